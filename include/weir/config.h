@@ -1,0 +1,181 @@
+/*
+ * The configuration snapshot: what a YAML file (or the `weir proxy` flags) describes, loaded
+ * and validated whole. A snapshot is immutable once loaded; workers reach the current one
+ * through one RCU-protected pointer (see server.h), so a reload only swaps that pointer.
+ */
+#ifndef WEIR_CONFIG_H
+#define WEIR_CONFIG_H
+
+#include <stdio.h>
+
+#include "weir/common.h"
+
+WEIR_BEGIN_DECLS
+
+enum weir_log_level {
+    WEIR_LOG_ERROR = 0,
+    WEIR_LOG_WARN,
+    WEIR_LOG_INFO,
+    WEIR_LOG_DEBUG,
+};
+
+enum weir_access_format {
+    WEIR_ACCESS_COMBINED = 0, /**< nginx's combined format */
+    WEIR_ACCESS_JSON,         /**< one JSON object per line */
+};
+
+enum weir_balance {
+    WEIR_BALANCE_ROUND_ROBIN = 0,
+};
+
+enum weir_header_op {
+    WEIR_HDR_ADD = 0, /**< append a field */
+    WEIR_HDR_SET,     /**< replace every field of that name by one */
+    WEIR_HDR_REMOVE,  /**< remove every field of that name */
+};
+
+/** One header edit from a route's request_headers / response_headers. */
+struct weir_cfg_header_edit {
+    enum weir_header_op op;
+    const char *name;
+    const char *value; /**< NULL for WEIR_HDR_REMOVE */
+};
+
+struct weir_cfg_header_edits {
+    const struct weir_cfg_header_edit *v;
+    size_t n;
+};
+
+/** Size and count bounds on requests (server.limits). */
+struct weir_cfg_limits {
+    uint32_t max_request_line;  /**< bytes; default 8192; over it: 414 */
+    uint32_t max_header_bytes;  /**< bytes of the whole head; default 32768; over it: 431 */
+    uint32_t max_headers;       /**< fields; default 100; over it: 431 */
+    uint64_t max_body_bytes;    /**< request body bytes; 0 = unlimited (default); over it: 413 */
+    uint32_t max_connections;   /**< open client connections per worker; default 10000 */
+    uint32_t buffer_size;       /**< I/O buffer bytes; default 16384 */
+};
+
+/** Timeouts in milliseconds (server.timeouts). */
+struct weir_cfg_timeouts {
+    uint32_t client_header_ms;    /**< whole request head; default 60000 */
+    uint32_t client_body_ms;      /**< between two reads of a request body; default 60000 */
+    uint32_t client_keepalive_ms; /**< idle between requests; default 75000 */
+    uint32_t client_write_ms;     /**< between two writes making progress; default 60000 */
+    uint32_t upstream_connect_ms; /**< default 5000 */
+    uint32_t upstream_read_ms;    /**< between two reads from the origin; default 60000 */
+    uint32_t upstream_write_ms;   /**< between two writes to the origin; default 60000 */
+    uint32_t upstream_idle_ms;    /**< an idle pooled upstream connection; default 60000 */
+};
+
+/** server: section. */
+struct weir_cfg_server {
+    uint32_t threads;            /**< workers per proxy service; default = online cores */
+    bool work_stealing;          /**< false: SO_REUSEPORT per worker; true: EPOLLEXCLUSIVE */
+    const char *pid_file;        /**< NULL: none */
+    const char *error_log;       /**< path, or NULL for stderr */
+    enum weir_log_level log_level;
+    uint32_t grace_period_ms;    /**< SIGTERM/SIGQUIT: time to finish in-flight requests; 30000 */
+    const char *access_log;      /**< path, "stdout", or NULL (off) */
+    enum weir_access_format access_log_format;
+    uint32_t upstream_keepalive; /**< idle upstream connections kept per peer and worker; 32 */
+    uint32_t max_retries;        /**< connect retries on another backend; default 1 */
+    bool x_forwarded_for;        /**< add X-Forwarded-For (default true) */
+    bool x_forwarded_proto;      /**< add X-Forwarded-Proto (default true) */
+    bool via;                    /**< add Via (default true) */
+    struct weir_cfg_limits limits;
+    struct weir_cfg_timeouts timeouts;
+};
+
+struct weir_cfg_listener {
+    const char *address; /**< "host:port" as written, IPv6 as "[::1]:8080" */
+    const char *name;    /**< optional label, "" when absent */
+};
+
+struct weir_cfg_backend {
+    const char *address; /**< "host:port" */
+    uint32_t weight;     /**< default 1 */
+};
+
+struct weir_cfg_upstream {
+    const char *name;
+    enum weir_balance balance;
+    const struct weir_cfg_backend *backends;
+    size_t nbackends;
+};
+
+struct weir_cfg_route {
+    const char *name;              /**< "" when absent */
+    const char *const *hosts;      /**< exact names or "*.suffix"; none = any host */
+    size_t nhosts;
+    const char *path_prefix;       /**< "/" when absent */
+    const struct weir_cfg_upstream *upstream;
+    struct weir_cfg_header_edits request_headers;
+    struct weir_cfg_header_edits response_headers;
+};
+
+/** A whole loaded configuration. Immutable; free with weir_config_free. */
+struct weir_config {
+    const char *source; /**< file name, or a label for text configs */
+    struct weir_cfg_server server;
+    const struct weir_cfg_listener *listeners;
+    size_t nlisteners;
+    const struct weir_cfg_route *routes; /**< in file order: first match wins */
+    size_t nroutes;
+    const struct weir_cfg_upstream *upstreams;
+    size_t nupstreams;
+};
+
+/** One validation error, pointing into the file. */
+struct weir_config_error {
+    const char *file;
+    int line; /**< 1-based; 0 when the error has no place (a missing file) */
+    int col;  /**< 1-based */
+    const char *key;     /**< dotted path of the offending key ("routes[1].upstream"), or "" */
+    const char *message; /**< what was expected, and a did-you-mean when one fits */
+};
+
+/** Every error of one load attempt. */
+struct weir_config_errors;
+
+/**
+ * Loads and validates the YAML file at path. On success returns 0 and stores a new snapshot
+ * in *out. On failure returns WEIR_ECONFIG (or WEIR_ENOMEM) and, when errs is not NULL, stores
+ * every error found (the whole file is checked in one pass) in *errs, which the caller frees
+ * with weir_config_errors_free. Blocks on file I/O; call it from a control thread.
+ */
+WEIR_EXTERN int weir_config_load_file(const char *path, struct weir_config **out,
+                                      struct weir_config_errors **errs);
+
+/** Same as weir_config_load_file, from text in memory; name labels it in errors. */
+WEIR_EXTERN int weir_config_load_string(const char *name, const char *text, size_t len,
+                                        struct weir_config **out,
+                                        struct weir_config_errors **errs);
+
+/** A snapshot with every default and no listeners, routes or upstreams. NULL on ENOMEM. */
+WEIR_EXTERN struct weir_config *weir_config_new_default(void);
+
+/** Frees a snapshot. Accepts NULL. */
+WEIR_EXTERN void weir_config_free(struct weir_config *cfg);
+
+WEIR_EXTERN size_t weir_config_errors_count(const struct weir_config_errors *errs);
+WEIR_EXTERN const struct weir_config_error *
+weir_config_errors_at(const struct weir_config_errors *errs, size_t i);
+
+/** Prints every error as "file:line:col: error: key: message" lines. */
+WEIR_EXTERN void weir_config_errors_print(const struct weir_config_errors *errs, FILE *to);
+
+WEIR_EXTERN void weir_config_errors_free(struct weir_config_errors *errs);
+
+/**
+ * Parses a duration: an integer (seconds) or a number with a unit ms, s, m, h ("250ms",
+ * "30s"). Stores milliseconds in *ms. 0 or WEIR_EINVAL.
+ */
+WEIR_EXTERN int weir_config_parse_duration(const char *s, uint32_t *ms);
+
+/** Parses a size: an integer (bytes) or with a unit k, m, g (powers of 1024). 0 or WEIR_EINVAL. */
+WEIR_EXTERN int weir_config_parse_size(const char *s, uint64_t *bytes);
+
+WEIR_END_DECLS
+
+#endif

@@ -1,0 +1,21 @@
+/*
+ * The one place weir allocates from the C heap. Everything else calls these, so a build can
+ * fail the Nth allocation (WEIR_FAILMALLOC) and a source check can ban raw malloc elsewhere.
+ */
+#ifndef WEIR_CORE_ALLOC_H
+#define WEIR_CORE_ALLOC_H
+
+#include <stddef.h>
+
+void *weir__malloc(size_t n);
+void *weir__calloc(size_t nmemb, size_t size);
+void *weir__realloc(void *p, size_t n);
+/** realloc for arrays: fails (NULL, p untouched) when nmemb * size overflows. */
+void *weir__reallocarray(void *p, size_t nmemb, size_t size);
+void weir__free(void *p);
+/** A heap copy of a NUL-terminated string, or NULL. */
+char *weir__strdup(const char *s);
+/** A heap copy of n bytes plus a NUL, or NULL. */
+char *weir__strndup(const char *s, size_t n);
+
+#endif
