@@ -263,7 +263,7 @@ static bool parse_u64(const char *s, size_t len, uint64_t *out)
         return false;
     }
     for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - 9) / 10) {
+        if (s[i] < '0' || s[i] > '9' || v > (UINT64_MAX - (uint64_t)(s[i] - '0')) / 10) {
             return false;
         }
         v = v * 10 + (uint64_t)(s[i] - '0');

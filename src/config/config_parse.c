@@ -34,10 +34,11 @@ static size_t parse_decimal(const char *s, uint64_t *mant, unsigned *frac_digits
         if (c < '0' || c > '9') {
             break;
         }
-        if (m > (UINT64_MAX - 9) / 10 || frac >= 18) {
+        uint64_t d = (uint64_t)(c - '0');
+        if (m > (UINT64_MAX - d) / 10 || frac >= 18) {
             return 0;
         }
-        m = m * 10 + (uint64_t)(c - '0');
+        m = m * 10 + d;
         frac += dot;
     }
     *mant = m;

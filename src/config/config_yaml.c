@@ -42,7 +42,12 @@ bool weir__ynode_is_null(const struct ynode *n)
            strcmp(n->text, "Null") == 0 || strcmp(n->text, "NULL") == 0;
 }
 
-static void set_pos(struct builder *b, struct ynode *n, struct fy_event *ev)
+/*
+ * Where n starts, 1-based. libfyaml marks a quoted scalar after its quote and an alias after
+ * its '*'; point at the quote or star, where an operator's eye goes. An empty value has no mark
+ * and gets the last one seen: its key's.
+ */
+static void set_pos(struct builder *b, struct ynode *n, struct fy_event *ev, bool lead_char)
 {
     const struct fy_mark *m = fy_event_start_mark(ev);
     if (m != NULL) {
@@ -51,6 +56,9 @@ static void set_pos(struct builder *b, struct ynode *n, struct fy_event *ev)
     }
     n->line = b->line;
     n->col = b->col;
+    if (m != NULL && lead_char && n->col > 1) {
+        n->col--;
+    }
 }
 
 static int text_of(struct builder *b, struct fy_token *t, const char **text, size_t *len)
@@ -120,8 +128,9 @@ static int on_scalar(struct builder *b, struct fy_event *ev)
         return WEIR_ENOMEM;
     }
     n->type = YN_SCALAR;
-    n->plain = fy_token_scalar_style(ev->scalar.value) == FYSS_PLAIN;
-    set_pos(b, n, ev);
+    enum fy_scalar_style style = fy_token_scalar_style(ev->scalar.value);
+    n->plain = style == FYSS_PLAIN;
+    set_pos(b, n, ev, style == FYSS_SINGLE_QUOTED || style == FYSS_DOUBLE_QUOTED);
     attach(b, n);
     if (ev->scalar.anchor == NULL) {
         return 0;
@@ -141,7 +150,7 @@ static int on_alias(struct builder *b, struct fy_event *ev)
         return WEIR_ENOMEM;
     }
     n->type = YN_ALIAS;
-    set_pos(b, n, ev);
+    set_pos(b, n, ev, true);
     n->target = find_anchor(b, n->text, n->len);
     if (n->target == NULL) {
         /* Keep the tree whole: the alias stands for a null, and the error says why. */
@@ -158,7 +167,7 @@ static int on_alias(struct builder *b, struct fy_event *ev)
         char shown[WEIR__CFG_DESCRIBE_MAX];
         struct ynode name = {.type = YN_SCALAR, .text = n->text, .len = n->len};
         if (weir__cfgerr_add(b->errs, n->line, n->col, "",
-                             "alias %s names no anchor defined before it",
+                             "no anchor named %s is defined before this alias",
                              weir__cfg_describe(&name, shown, sizeof(shown))) != 0) {
             return WEIR_ENOMEM;
         }
@@ -180,7 +189,7 @@ static int on_collection_start(struct builder *b, struct fy_event *ev, enum ynod
     if (anchor != NULL && text_of(b, anchor, &n->anchor, &n->anchor_len) != 0) {
         return WEIR_ENOMEM;
     }
-    set_pos(b, n, ev);
+    set_pos(b, n, ev, false);
     attach(b, n);
     b->cur = n;
     return 0;
