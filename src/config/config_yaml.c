@@ -280,6 +280,70 @@ static int run_parser(struct builder *b, struct fy_parser *p, struct fy_diag *di
     return rc;
 }
 
+/* Length of the UTF-8 sequence at s (1..4) when valid, else 0; *cp gets the code point. */
+static size_t utf8_seq(const unsigned char *s, size_t left, uint32_t *cp)
+{
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3
+             : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+    if (n == 0 || n > left) {
+        return 0;
+    }
+    uint32_t c = n == 1 ? s[0] : s[0] & (0x7f >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+        c = c << 6 | (s[i] & 0x3f);
+    }
+    if (c < min[n] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) {
+        return 0; /* overlong, out of range, or a surrogate */
+    }
+    *cp = c;
+    return n;
+}
+
+/* YAML's printable set (YAML 1.2 §5.1): what may appear unescaped in a file. */
+static bool printable(uint32_t c)
+{
+    return c == 0x9 || c == 0xa || c == 0xd || (c >= 0x20 && c <= 0x7e) || c == 0x85 ||
+           (c >= 0xa0 && c <= 0xd7ff) || (c >= 0xe000 && c <= 0xfffd) ||
+           (c >= 0x10000 && c <= 0x10ffff);
+}
+
+/*
+ * Refuses text that is not UTF-8 made of YAML's printable characters, before libfyaml sees it:
+ * a config file never needs anything else, and libfyaml 0.7.12 loops forever on some invalid
+ * bytes (a directive line holding one, found by fuzz_config). 0 or WEIR_ECONFIG/WEIR_ENOMEM.
+ */
+static int check_text(const char *text, size_t len, struct weir_config_errors *errs)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int line = 1, col = 1;
+    for (size_t i = 0; i < len;) {
+        uint32_t c = 0;
+        size_t n = utf8_seq(s + i, len - i, &c);
+        if (n == 0 || !printable(c)) {
+            int rc = n == 0 ? weir__cfgerr_add(errs, line, col, "",
+                                               "invalid UTF-8 (byte 0x%02x); save the file as "
+                                               "UTF-8", s[i])
+                            : weir__cfgerr_add(errs, line, col, "",
+                                               "control character U+%04X is not allowed in "
+                                               "YAML; write it as an escape in a double-quoted "
+                                               "string", (unsigned)c);
+            return rc != 0 ? rc : WEIR_ECONFIG;
+        }
+        if (c == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+        i += n;
+    }
+    return 0;
+}
+
 int weir__yaml_parse(const char *text, size_t len, struct weir_arena *a,
                      struct weir_config_errors *errs, struct ynode **root)
 {
@@ -289,6 +353,11 @@ int weir__yaml_parse(const char *text, size_t len, struct weir_arena *a,
     int rc = WEIR_ENOMEM;
 
     *root = NULL;
+    rc = check_text(text, len, errs);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = WEIR_ENOMEM;
     struct fy_diag_cfg dcfg;
     fy_diag_cfg_default(&dcfg);
     dcfg.fp = NULL;

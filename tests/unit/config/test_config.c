@@ -542,6 +542,38 @@ static void test_aliases_and_documents(void **state)
                "a config file holds one YAML document, found another");
 }
 
+/* libfyaml 0.7.12 looped forever on a directive holding an invalid UTF-8 byte (fuzz_config). */
+static void test_invalid_utf8_in_directive_does_not_hang(void **state)
+{
+    (void)state;
+    expect_one("r:\n%ex.a *mfo\xbe", 2, 11, "",
+               "invalid UTF-8 (byte 0xbe); save the file as UTF-8");
+    expect_one("%\xbe", 1, 2, "", "invalid UTF-8 (byte 0xbe); save the file as UTF-8");
+}
+
+static void test_text_must_be_printable_utf8(void **state)
+{
+    (void)state;
+    static const char nul[] = "server:\n  pid_file: a\0b\n";
+    struct weir_config *cfg = NULL;
+    struct weir_config_errors *errs = NULL;
+    assert_int_equal(weir_config_load_string("t.yaml", nul, sizeof(nul) - 1, &cfg, &errs),
+                     WEIR_ECONFIG);
+    check_err(errs, 0, 2, 14, "",
+              "control character U+0000 is not allowed in YAML; write it as an escape in a "
+              "double-quoted string");
+    weir_config_errors_free(errs);
+    expect_one("server:\n  pid_file: \xc3\xa9\x1b\n", 2, 14, "",
+               "control character U+001B is not allowed in YAML; write it as an escape in a "
+               "double-quoted string");
+    expect_one("a: \xc0\x80\n", 1, 4, "", "invalid UTF-8 (byte 0xc0); save the file as UTF-8");
+    expect_one("a: \xed\xa0\x80\n", 1, 4, "", "invalid UTF-8 (byte 0xed); save the file as UTF-8");
+    /* escapes in double-quoted strings are fine, and a BOM and non-ASCII text too */
+    struct weir_config *ok = load_ok("\xef\xbb\xbfserver:\n  pid_file: \"/tmp/\\u00e9\xc3\xa9\"\n");
+    assert_string_equal(ok->server.pid_file, "/tmp/\xc3\xa9\xc3\xa9");
+    weir_config_free(ok);
+}
+
 static void test_string_api_edges(void **state)
 {
     (void)state;
@@ -676,6 +708,8 @@ int main(void)
         cmocka_unit_test(test_several_errors_in_order),
         cmocka_unit_test(test_too_many_errors),
         cmocka_unit_test(test_aliases_and_documents),
+        cmocka_unit_test(test_invalid_utf8_in_directive_does_not_hang),
+        cmocka_unit_test(test_text_must_be_printable_utf8),
         cmocka_unit_test(test_string_api_edges),
         cmocka_unit_test(test_parse_duration),
         cmocka_unit_test(test_parse_size),
