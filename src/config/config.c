@@ -248,7 +248,8 @@ static bool fields(struct ctx *c, const struct ynode *m, const struct keyspec *k
 static const struct ynode *scalar(struct ctx *c, const struct ynode *n, const char *what)
 {
     const struct ynode *d = weir__ynode_deref(n);
-    if (d->type == YN_SCALAR && !weir__ynode_is_null(d)) {
+    /* A "\0" escape would cut the C string short and hide the rest from every check. */
+    if (d->type == YN_SCALAR && !weir__ynode_is_null(d) && strlen(d->text) == d->len) {
         return d;
     }
     char shown[WEIR__CFG_DESCRIBE_MAX];

@@ -378,6 +378,8 @@ static void test_wrong_types(void **state)
                "expected a mapping with server, listeners, routes, upstreams, got a sequence");
     expect_one("listeners: 127.0.0.1:80\n", 1, 12, "listeners",
                "expected a sequence of listeners, got '127.0.0.1:80'");
+    expect_one("server:\n  work_stealing: \"true\\0x\"\n", 2, 18, "server.work_stealing",
+               "expected true or false, got 'true\\x00x'");
     expect_one("server:\n  pid_file: \"\"\n", 2, 13, "server.pid_file",
                "expected a file path, got an empty string");
 }
