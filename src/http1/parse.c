@@ -151,10 +151,19 @@ static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *s
         pos = s;
         flag = 0;
     }
+    /*
+     * The first line is searched only over the bytes it may occupy (max_line plus CRLF), so
+     * the verdict on a given byte stream never depends on how it was split into reads.
+     */
+    size_t line1_end = s + (size_t)lim->max_line + 2;
     while (pos < limit) {
-        const char *lf = memchr(buf + pos, '\n', limit - pos);
+        size_t stop = !flag && line1_end < limit ? line1_end : limit;
+        const char *lf = pos < stop ? memchr(buf + pos, '\n', stop - pos) : NULL;
         if (lf == NULL) {
-            pos = limit;
+            pos = stop;
+            if (!flag && stop == line1_end) {
+                return line_too_long;
+            }
             break;
         }
         size_t i = (size_t)(lf - buf);
@@ -162,9 +171,6 @@ static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *s
             return WEIR_EH1_BAD; /* bare LF */
         }
         if (!flag) {
-            if (i - 1 - s > lim->max_line) {
-                return line_too_long;
-            }
             if (i - 1 == s) {
                 return WEIR_EH1_BAD; /* empty first line: a second leading CRLF */
             }
@@ -176,9 +182,6 @@ static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *s
         pos = i + 1;
     }
     scan->scanned = pos | flag;
-    if (!flag && pos - s > (size_t)lim->max_line + 1) {
-        return line_too_long;
-    }
     if (len >= lim->max_head) {
         return WEIR_EH1_HDR_TOO_LARGE;
     }
