@@ -45,6 +45,14 @@ WEIR_EXTERN int weir_arena_cleanup_add(struct weir_arena *a, weir_cleanup_fn fn,
 /** Bytes handed out since creation or the last reset. */
 WEIR_EXTERN size_t weir_arena_used(const struct weir_arena *a);
 
+/**
+ * The library's heap allocator, for data that outlives a request (counted by WEIR_FAILMALLOC
+ * builds like every internal allocation). NULL on out of memory; weir_free accepts NULL.
+ */
+WEIR_EXTERN void *weir_malloc(size_t n);
+WEIR_EXTERN void *weir_calloc(size_t nmemb, size_t size);
+WEIR_EXTERN void weir_free(void *p);
+
 WEIR_END_DECLS
 
 #endif

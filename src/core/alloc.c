@@ -4,6 +4,7 @@
  * sweep N across a request's life and check that out-of-memory never crashes or leaks.
  */
 #include "core/alloc.h"
+#include "weir/mem.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -89,4 +90,19 @@ char *weir__strndup(const char *s, size_t n)
 char *weir__strdup(const char *s)
 {
     return weir__strndup(s, strlen(s));
+}
+
+void *weir_malloc(size_t n)
+{
+    return weir__malloc(n);
+}
+
+void *weir_calloc(size_t nmemb, size_t size)
+{
+    return weir__calloc(nmemb, size);
+}
+
+void weir_free(void *p)
+{
+    weir__free(p);
 }

@@ -1,0 +1,303 @@
+/*
+ * The weir binary: runs a proxy from a YAML file (weir -c FILE), checks one (weir -t -c FILE),
+ * proxies with no file at all (weir proxy --listen ... --to ...), or, with no arguments,
+ * starts a built-in default: a proxy on 127.0.0.1:8080 in front of a demo origin on
+ * 127.0.0.1:8081 running in the same process.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app.h"
+
+#define DEMO_LISTEN "127.0.0.1:8080"
+#define DEMO_ORIGIN "127.0.0.1:8081"
+
+static void usage(FILE *to)
+{
+    fprintf(to,
+            "weir %s - a programmable HTTP proxy\n"
+            "\n"
+            "Usage:\n"
+            "  weir                      start the built-in demo: a proxy on " DEMO_LISTEN "\n"
+            "                            in front of a demo origin on " DEMO_ORIGIN "\n"
+            "  weir -c FILE              run from the YAML configuration FILE\n"
+            "  weir -t -c FILE           check FILE: print every error, exit 0 if valid, 1 if not\n"
+            "  weir proxy --listen ADDR --to ADDR[,ADDR...] [options]\n"
+            "                            proxy with no configuration file\n"
+            "  weir -V, --version        print version and build options\n"
+            "  weir -h, --help           print this help\n"
+            "\n"
+            "Options of 'weir proxy':\n"
+            "  --listen ADDR             address to listen on, ip:port (repeatable)\n"
+            "  --to ADDR[,ADDR...]       backends, ip:port, balanced round robin\n"
+            "  --threads N               worker threads (default: one per CPU)\n"
+            "  --access-log PATH|stdout|off   access log (default: off)\n"
+            "  --access-log-format combined|json   (default: combined)\n"
+            "  --work-stealing           one shared listening socket instead of one per thread\n"
+            "\n"
+            "Signals: SIGTERM/SIGQUIT finish in-flight requests and exit, SIGINT exits at once.\n"
+            "Configuration reference: docs/CONFIG.md\n",
+            weir_version());
+}
+
+static int print_errors(struct weir_config_errors *errs)
+{
+    weir_config_errors_print(errs, stderr);
+    size_t n = weir_config_errors_count(errs);
+    fprintf(stderr, "weir: configuration has %zu error%s\n", n, n == 1 ? "" : "s");
+    weir_config_errors_free(errs);
+    return 1;
+}
+
+static int run(struct weir_config *cfg, bool demo)
+{
+    if (cfg->nlisteners == 0) {
+        fprintf(stderr, "%s: error: no listeners: add at least one under 'listeners:'\n",
+                cfg->source);
+        weir_config_free(cfg);
+        return 1;
+    }
+    struct weir_server *srv = weir_server_new(cfg); /* takes cfg */
+    if (srv == NULL) {
+        fprintf(stderr, "weir: out of memory\n");
+        return 1;
+    }
+    const struct weir_config *c = weir_server_config(srv);
+    struct weir_service *svc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, NULL);
+    int rc = svc ? 0 : WEIR_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < c->nlisteners; i++) {
+        rc = weir_service_add_listener(svc, c->listeners[i].address);
+    }
+    if (rc == 0 && demo &&
+        weir_server_add_background(srv, "demo-origin", &weir_app_demo_origin_ops,
+                                   (void *)DEMO_ORIGIN) == NULL) {
+        rc = WEIR_ENOMEM;
+    }
+    if (rc == 0 && c->nroutes == 0) {
+        weir_log(WEIR_LOG_WARN, "no routes: every request will get 404");
+    }
+    if (rc == 0) {
+        rc = weir_server_run(srv);
+    } else {
+        fprintf(stderr, "weir: cannot set up the proxy: %s\n", weir_strerror(rc));
+    }
+    weir_server_free(srv);
+    return rc == 0 ? 0 : 1;
+}
+
+static int run_demo(void)
+{
+    static const char yaml[] = "server:\n"
+                               "  access_log: stdout\n"
+                               "listeners:\n"
+                               "  - " DEMO_LISTEN "\n"
+                               "routes:\n"
+                               "  - upstream: demo\n"
+                               "upstreams:\n"
+                               "  demo:\n"
+                               "    backends: [" DEMO_ORIGIN "]\n";
+    struct weir_config *cfg = NULL;
+    struct weir_config_errors *errs = NULL;
+    if (weir_config_load_string("<built-in demo>", yaml, sizeof(yaml) - 1, &cfg, &errs) != 0) {
+        return print_errors(errs);
+    }
+    fprintf(stderr, "weir: demo: proxy on http://" DEMO_LISTEN "/ -> demo origin on " DEMO_ORIGIN
+                    "\nweir: try: curl -i http://" DEMO_LISTEN "/\n");
+    return run(cfg, true);
+}
+
+static int run_file(const char *path, bool check_only)
+{
+    struct weir_config *cfg = NULL;
+    struct weir_config_errors *errs = NULL;
+    if (weir_config_load_file(path, &cfg, &errs) != 0) {
+        return print_errors(errs);
+    }
+    if (check_only) {
+        printf("%s: configuration OK (%zu listener%s, %zu route%s, %zu upstream%s)\n", path,
+               cfg->nlisteners, cfg->nlisteners == 1 ? "" : "s", cfg->nroutes,
+               cfg->nroutes == 1 ? "" : "s", cfg->nupstreams, cfg->nupstreams == 1 ? "" : "s");
+        weir_config_free(cfg);
+        return 0;
+    }
+    return run(cfg, false);
+}
+
+/* ---- weir proxy: a configuration written from flags, loaded like a file ---- */
+
+struct text {
+    char buf[65536];
+    size_t len;
+    bool overflow;
+};
+
+static void put(struct text *t, const char *s)
+{
+    size_t n = strlen(s);
+    if (t->len + n >= sizeof(t->buf)) {
+        t->overflow = true;
+        return;
+    }
+    memcpy(t->buf + t->len, s, n);
+    t->len += n;
+    t->buf[t->len] = '\0';
+}
+
+/* Writes s as a double-quoted YAML scalar. */
+static void put_quoted(struct text *t, const char *s)
+{
+    put(t, "\"");
+    for (; *s; s++) {
+        char c[3] = {*s, 0, 0};
+        if (*s == '"' || *s == '\\') {
+            c[0] = '\\';
+            c[1] = *s;
+        }
+        put(t, c);
+    }
+    put(t, "\"");
+}
+
+static int proxy_usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "weir proxy: %s%s%s\nRun 'weir --help' for usage.\n", msg, arg ? ": " : "",
+            arg ? arg : "");
+    return 1;
+}
+
+static int run_proxy_command(int argc, char **argv)
+{
+    struct text *t = weir_calloc(1, sizeof(*t)); /* 64 KiB: too big for the stack */
+    if (t == NULL) {
+        return 1;
+    }
+    static struct text listen; /* 64 KiB: too big for the stack */
+    const char *to = NULL, *threads = NULL, *access = NULL, *format = NULL;
+    bool stealing = false;
+    int rc = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        bool takes = strcmp(a, "--listen") == 0 || strcmp(a, "--to") == 0 ||
+                     strcmp(a, "--threads") == 0 || strcmp(a, "--access-log") == 0 ||
+                     strcmp(a, "--access-log-format") == 0;
+        if (takes && next == NULL) {
+            rc = proxy_usage_error("missing value after", a);
+            goto out;
+        }
+        if (strcmp(a, "--listen") == 0) {
+            put(&listen, "  - ");
+            put_quoted(&listen, next);
+            put(&listen, "\n");
+        } else if (strcmp(a, "--to") == 0) {
+            to = next;
+        } else if (strcmp(a, "--threads") == 0) {
+            threads = next;
+        } else if (strcmp(a, "--access-log") == 0) {
+            access = next;
+        } else if (strcmp(a, "--access-log-format") == 0) {
+            format = next;
+        } else if (strcmp(a, "--work-stealing") == 0) {
+            stealing = true;
+            continue;
+        } else {
+            rc = proxy_usage_error("unknown option", a);
+            goto out;
+        }
+        i++;
+    }
+    if (listen.len == 0 || to == NULL) {
+        rc = proxy_usage_error("--listen and --to are required", NULL);
+        goto out;
+    }
+    put(t, "server:\n");
+    if (threads) {
+        put(t, "  threads: ");
+        put_quoted(t, threads);
+        put(t, "\n");
+    }
+    if (stealing) {
+        put(t, "  work_stealing: true\n");
+    }
+    if (access) {
+        put(t, "  access_log: ");
+        put_quoted(t, access);
+        put(t, "\n");
+    }
+    if (format) {
+        put(t, "  access_log_format: ");
+        put_quoted(t, format);
+        put(t, "\n");
+    }
+    put(t, "listeners:\n");
+    put(t, listen.buf);
+    put(t, "routes:\n  - upstream: backends\nupstreams:\n  backends:\n    backends:\n");
+    for (const char *p = to; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char one[256];
+        if (n == 0 || n >= sizeof(one)) {
+            rc = proxy_usage_error("bad backend list", to);
+            goto out;
+        }
+        memcpy(one, p, n);
+        one[n] = '\0';
+        put(t, "      - ");
+        put_quoted(t, one);
+        put(t, "\n");
+        p += n + (comma ? 1 : 0);
+    }
+    if (t->overflow || listen.overflow) {
+        rc = proxy_usage_error("arguments too long", NULL);
+        goto out;
+    }
+    struct weir_config *cfg = NULL;
+    struct weir_config_errors *errs = NULL;
+    if (weir_config_load_string("<command line>", t->buf, t->len, &cfg, &errs) != 0) {
+        rc = print_errors(errs);
+        goto out;
+    }
+    weir_free(t);
+    return run(cfg, false);
+out:
+    weir_free(t);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *file = NULL;
+    bool check = false;
+    if (argc >= 2 && strcmp(argv[1], "proxy") == 0) {
+        return run_proxy_command(argc, argv);
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            printf("weir %s\nbuild: %s\n", weir_version(), weir_build_options());
+            return 0;
+        }
+        if (strcmp(a, "-t") == 0) {
+            check = true;
+        } else if (strcmp(a, "-c") == 0 && i + 1 < argc) {
+            file = argv[++i];
+        } else {
+            fprintf(stderr, "weir: unknown argument '%s'\nRun 'weir --help' for usage.\n", a);
+            return 1;
+        }
+    }
+    if (file != NULL) {
+        return run_file(file, check);
+    }
+    if (check) {
+        fprintf(stderr, "weir: -t needs -c FILE\n");
+        return 1;
+    }
+    return run_demo();
+}

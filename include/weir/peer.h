@@ -1,0 +1,38 @@
+/* The upstream peer a request goes to, chosen by the upstream_peer hook. */
+#ifndef WEIR_PEER_H
+#define WEIR_PEER_H
+
+#include <sys/socket.h>
+
+#include "weir/common.h"
+
+WEIR_BEGIN_DECLS
+
+/**
+ * Where and how to connect upstream. upstream_peer fills one in the session's storage
+ * (already zeroed, timeouts preset to the server's defaults). The address and the options
+ * together are the connection pool's key.
+ */
+struct weir_peer {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint32_t connect_timeout_ms; /**< 0: the server default */
+    uint32_t read_timeout_ms;    /**< 0: the server default */
+    uint32_t write_timeout_ms;   /**< 0: the server default */
+    bool tls;                    /**< reserved for the TLS issue; must be false for now */
+    char name[64];               /**< "ip:port" text for logs; set by weir_peer_set_address */
+};
+
+/**
+ * Sets the peer's address from "ip:port", "[ipv6]:port" or "localhost:port" (numeric only: no
+ * DNS on the worker thread). 0 or WEIR_EINVAL.
+ */
+WEIR_EXTERN int weir_peer_set_address(struct weir_peer *peer, const char *hostport);
+
+/** Sets the address from a socket address (copied). 0 or WEIR_EINVAL (unsupported family). */
+WEIR_EXTERN int weir_peer_set_sockaddr(struct weir_peer *peer, const struct sockaddr *sa,
+                                       socklen_t len);
+
+WEIR_END_DECLS
+
+#endif

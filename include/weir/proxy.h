@@ -1,0 +1,161 @@
+/*
+ * The programmable proxy: a table of hooks called at each phase of a request, as Pingora's
+ * ProxyHttp. Every hook is optional except upstream_peer. Hooks run on the worker thread that
+ * owns the connection and must not block: a hook that waits for something returns
+ * WEIR_HOOK_PENDING and later calls weir_session_resume() on the same thread (from a timer or
+ * an I/O completion on weir_session_loop()).
+ */
+#ifndef WEIR_PROXY_H
+#define WEIR_PROXY_H
+
+#include <sys/socket.h>
+
+#include "weir/buf.h"
+#include "weir/config.h"
+#include "weir/error.h"
+#include "weir/http.h"
+#include "weir/loop.h"
+#include "weir/mem.h"
+#include "weir/peer.h"
+
+WEIR_BEGIN_DECLS
+
+/** One request/response exchange on a client connection. Owned by the library. */
+struct weir_session;
+
+/** What a hook tells the proxy to do next. */
+enum weir_hook_result {
+    WEIR_HOOK_CONTINUE = 0, /**< go on to the next phase */
+    WEIR_HOOK_DONE,         /**< the hook answered the client (weir_session_respond*) */
+    WEIR_HOOK_PENDING,      /**< suspended: the hook will call weir_session_resume() */
+    WEIR_HOOK_ERROR,        /**< fail the request; fail_to_proxy chooses the answer */
+};
+
+/**
+ * The hooks, in the order they run. Which may return WEIR_HOOK_PENDING: early_request_filter,
+ * request_filter and upstream_peer. Which may return WEIR_HOOK_DONE: early_request_filter and
+ * request_filter. The ctx argument is what new_ctx returned (NULL without new_ctx).
+ */
+struct weir_proxy_hooks {
+    /** Per-request context, allocated from weir_session_arena(). data is the service's. */
+    void *(*new_ctx)(struct weir_session *s, void *data);
+    /** First look at the request head, before anything else. */
+    enum weir_hook_result (*early_request_filter)(struct weir_session *s, void *ctx);
+    /** Inspect or edit the request; may answer it directly. */
+    enum weir_hook_result (*request_filter)(struct weir_session *s, void *ctx);
+    /**
+     * Each piece of request body on its way up; end is true on the last call (body may then be
+     * empty). The hook may edit the bytes in place or point *body elsewhere (arena memory);
+     * WEIR_HOOK_ERROR aborts the request.
+     */
+    enum weir_hook_result (*request_body_filter)(struct weir_session *s, void *ctx,
+                                                 struct weir_iov *body, bool end);
+    /** Required: choose where the request goes by filling *peer. */
+    enum weir_hook_result (*upstream_peer)(struct weir_session *s, void *ctx,
+                                           struct weir_peer *peer);
+    /** A connection to the peer is ready (reused says whether it came from the pool). */
+    enum weir_hook_result (*connected_to_upstream)(struct weir_session *s, void *ctx,
+                                                   const struct weir_peer *peer, bool reused);
+    /** Edit the request head about to be sent upstream. */
+    enum weir_hook_result (*upstream_request_filter)(struct weir_session *s, void *ctx,
+                                                     struct weir_req *upstream_req);
+    /** The response head as it arrived from upstream (hop-by-hop fields already removed). */
+    enum weir_hook_result (*upstream_response_filter)(struct weir_session *s, void *ctx,
+                                                      struct weir_resp *resp);
+    /**
+     * The response head about to be sent to the client. Removing Content-Length makes the
+     * response chunked (HTTP/1.1 clients) or close-delimited, so body filters may change its
+     * length.
+     */
+    enum weir_hook_result (*response_filter)(struct weir_session *s, void *ctx,
+                                             struct weir_resp *resp);
+    /** Each piece of response body on its way down; same contract as request_body_filter. */
+    enum weir_hook_result (*response_body_filter)(struct weir_session *s, void *ctx,
+                                                  struct weir_iov *body, bool end);
+    /** Called exactly once per request, at its end; err is NULL on success. */
+    void (*logging)(struct weir_session *s, void *ctx, const struct weir_error *err);
+    /**
+     * Connecting to peer failed. err->retry comes preset (true when retries remain for a
+     * connect failure); the hook may change it. On retry, upstream_peer runs again.
+     */
+    void (*fail_to_connect)(struct weir_session *s, void *ctx, const struct weir_peer *peer,
+                            struct weir_error *err);
+    /**
+     * The exchange with the upstream failed after connecting. err->retry is preset when the
+     * request can safely be sent again (a reused connection that died before any byte of
+     * response); the hook may clear it.
+     */
+    void (*error_while_proxy)(struct weir_session *s, void *ctx, const struct weir_peer *peer,
+                              struct weir_error *err);
+    /**
+     * The request failed. Return the status to answer with (0: the default, 502/504/500 by
+     * error type); or answer yourself with weir_session_respond* and return 0. Not called when
+     * the response has already started: the connection is closed instead.
+     */
+    int (*fail_to_proxy)(struct weir_session *s, void *ctx, const struct weir_error *err);
+};
+
+/* ---- Session accessors. All of them: worker thread only, valid until logging returns. ---- */
+
+/** The request head (editable until upstream_request_filter returns). */
+WEIR_EXTERN struct weir_req *weir_session_req(struct weir_session *s);
+/** The response head once it exists (from upstream_response_filter on), else NULL. */
+WEIR_EXTERN struct weir_resp *weir_session_resp(struct weir_session *s);
+/** The request's arena: freed when the request ends. */
+WEIR_EXTERN struct weir_arena *weir_session_arena(struct weir_session *s);
+/** The worker's event loop, for timers and I/O of async hooks. */
+WEIR_EXTERN struct weir_loop *weir_session_loop(struct weir_session *s);
+/** The configuration snapshot this request runs under (held until the request ends). */
+WEIR_EXTERN const struct weir_config *weir_session_config(const struct weir_session *s);
+/** The client's socket address. */
+WEIR_EXTERN const struct sockaddr *weir_session_client_addr(const struct weir_session *s);
+/** The client's IP as text. */
+WEIR_EXTERN struct weir_iov weir_session_client_ip(const struct weir_session *s);
+/** The ctx new_ctx returned. */
+WEIR_EXTERN void *weir_session_ctx(const struct weir_session *s);
+/** The peer chosen by upstream_peer (NULL before). */
+WEIR_EXTERN const struct weir_peer *weir_session_peer(const struct weir_session *s);
+/** How many times the request was retried on another connection so far. */
+WEIR_EXTERN unsigned weir_session_retries(const struct weir_session *s);
+/** 1 for the first request on a client connection, 2 for the next, ... */
+WEIR_EXTERN unsigned weir_session_request_index(const struct weir_session *s);
+/** Status sent to the client (0 before the response head is sent). */
+WEIR_EXTERN int weir_session_status(const struct weir_session *s);
+/** Response body bytes sent to the client so far. */
+WEIR_EXTERN uint64_t weir_session_body_bytes_sent(const struct weir_session *s);
+/** Request body bytes received from the client so far. */
+WEIR_EXTERN uint64_t weir_session_body_bytes_received(const struct weir_session *s);
+/** Wall-clock time the request started, seconds since the epoch. */
+WEIR_EXTERN int64_t weir_session_start_time(const struct weir_session *s);
+/** Milliseconds since the request started. */
+WEIR_EXTERN uint64_t weir_session_elapsed_ms(const struct weir_session *s);
+
+/**
+ * A fresh response head with status and no fields, to fill and pass to weir_session_respond.
+ * NULL on out of memory.
+ */
+WEIR_EXTERN struct weir_resp *weir_session_response_new(struct weir_session *s, int status);
+
+/**
+ * Answers the client with resp and body (copied if it does not already live in the arena is
+ * not required: body must stay valid until the request ends; arena memory or static data).
+ * Sets Content-Length. Use from early_request_filter or request_filter, then return
+ * WEIR_HOOK_DONE (or resume with it). 0, WEIR_EINVAL (already answered) or WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_session_respond(struct weir_session *s, struct weir_resp *resp,
+                                     struct weir_iov body);
+
+/** weir_session_respond with a text/plain body. */
+WEIR_EXTERN int weir_session_respond_text(struct weir_session *s, int status,
+                                          struct weir_iov body);
+
+/**
+ * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would
+ * have returned. Worker thread only; the session continues at the end of the current loop
+ * turn, never inside this call.
+ */
+WEIR_EXTERN void weir_session_resume(struct weir_session *s, enum weir_hook_result result);
+
+WEIR_END_DECLS
+
+#endif

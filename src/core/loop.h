@@ -1,0 +1,46 @@
+/* Private side of the event loop: creation, running, stopping and deferred calls. */
+#ifndef WEIR_CORE_LOOP_H
+#define WEIR_CORE_LOOP_H
+
+#include "weir/loop.h"
+
+/** A call queued to run at the end of the current loop turn (intrusive; caller storage). */
+struct weir_defer {
+    struct weir_defer *next;
+    void (*fn)(struct weir_loop *loop, struct weir_defer *d);
+    bool queued;
+};
+
+/** Called once per loop turn, after events and timers (RCU quiescent state, log flush). */
+typedef void (*weir_turn_fn)(struct weir_loop *loop, void *arg);
+
+/** A new loop; post_cap bounds the cross-thread queue. NULL on failure (errno set). */
+struct weir_loop *weir__loop_new(uint32_t post_cap);
+void weir__loop_free(struct weir_loop *loop);
+
+/** Runs until weir__loop_stop is called on the loop's thread. 0 or -errno. */
+int weir__loop_run(struct weir_loop *loop);
+/** Makes weir__loop_run return after the current turn (loop's thread). */
+void weir__loop_stop(struct weir_loop *loop);
+
+void weir__loop_set_turn_hook(struct weir_loop *loop, weir_turn_fn fn, void *arg);
+
+/** Queues d to run at the end of this turn; no-op if already queued. */
+void weir__loop_defer(struct weir_loop *loop, struct weir_defer *d);
+/** Removes d from the queue if it is there. */
+void weir__loop_defer_cancel(struct weir_loop *loop, struct weir_defer *d);
+
+/** Number of armed timers (tests). */
+size_t weir__loop_timer_count(const struct weir_loop *loop);
+
+/** Refreshes the cached clocks (tests; the loop does it each turn). */
+void weir__loop_update_time(struct weir_loop *loop);
+
+/** Fires every timer due at the cached time (tests; the loop does it each turn). */
+void weir__loop_run_timers(struct weir_loop *loop);
+
+/** The loop's user slot (the worker that owns it). */
+void weir__loop_set_data(struct weir_loop *loop, void *data);
+void *weir__loop_data(const struct weir_loop *loop);
+
+#endif

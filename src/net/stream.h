@@ -1,0 +1,65 @@
+/*
+ * A non-blocking socket with its read buffer and edge-triggered readiness caches: the common
+ * part of a client connection and an upstream connection, so body pumping works the same in
+ * both directions.
+ */
+#ifndef WEIR_NET_STREAM_H
+#define WEIR_NET_STREAM_H
+
+#include <sys/uio.h>
+
+#include "core/buf.h"
+#include "weir/loop.h"
+
+struct weir__stream {
+    struct weir_io io;
+    struct weir_buf in;
+    bool readable; /* the last read did not hit EAGAIN (or an event said so since) */
+    bool writable;
+    bool eof;      /* the peer half-closed: no more bytes will arrive */
+};
+
+/** Pending output: up to 4 iovecs written in order. */
+struct weir__outq {
+    struct iovec v[4];
+    int n;   /* iovecs in use */
+    int i;   /* first not fully written */
+};
+
+static inline bool weir__outq_empty(const struct weir__outq *q)
+{
+    return q->i >= q->n;
+}
+
+static inline void weir__outq_reset(struct weir__outq *q)
+{
+    q->n = q->i = 0;
+}
+
+/** Appends a range (ignored when empty). The caller keeps it valid until written. */
+void weir__outq_push(struct weir__outq *q, const void *base, size_t len);
+
+/** Bytes still to write. */
+size_t weir__outq_len(const struct weir__outq *q);
+
+/**
+ * Reads as much as fits into st->in (acquiring a buffer from pool if st has none). Returns
+ * bytes read (> 0), 0 when nothing could be read now (EAGAIN, buffer full, or EOF: check
+ * st->eof), or -errno. Clears st->readable on EAGAIN.
+ */
+ssize_t weir__stream_read(struct weir__stream *st, struct weir_bufpool *pool);
+
+/**
+ * Writes q until drained or the socket would block. Returns bytes written (>= 0) or -errno.
+ * Clears st->writable when blocked.
+ */
+ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q);
+
+/**
+ * Makes room to read more of a message head: compacts st->in and, when it is full and smaller
+ * than max, moves its bytes to a heap buffer of max bytes (released by weir__buf_release like
+ * any other). 0, WEIR_ELIMIT (full at max) or WEIR_ENOMEM.
+ */
+int weir__stream_grow_for_head(struct weir__stream *st, struct weir_bufpool *pool, uint32_t max);
+
+#endif

@@ -1,0 +1,430 @@
+/*
+ * Client connections: accept, reading and parsing request heads, keep-alive between
+ * requests, pipelined requests, client-side timeouts, and closing. A connection holds no
+ * buffer while idle between requests.
+ */
+#include "proxy/proxy_int.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+
+#include "core/alloc.h"
+#include "net/sock.h"
+#include "weir/log.h"
+
+static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t events);
+static void conn_timer(struct weir_loop *loop, struct weir_timer *t);
+static void conn_kick(struct weir_loop *loop, struct weir_defer *d);
+static void conn_reap(struct weir_loop *loop, struct weir_defer *d);
+static void conn_idle_step(struct weir_conn *c);
+static void linger_step(struct weir_conn *c);
+
+struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
+                                                  const struct weir_proxy_hooks *hooks,
+                                                  void *data, struct weir_snapshot_slot *slot,
+                                                  struct weir_access_log *access)
+{
+    struct weir__proxy_worker *w = weir__calloc(1, sizeof(*w));
+    if (w == NULL) {
+        return NULL;
+    }
+    w->loop = loop;
+    w->hooks = hooks;
+    w->hooks_data = data;
+    w->slot = slot;
+    if (weir__snapshot_acquire(slot, &w->holder) == NULL) {
+        weir__free(w);
+        return NULL;
+    }
+    w->cfg = w->holder->snap->data;
+    const struct weir_cfg_server *sc = &w->cfg->server;
+    w->access_format = sc->access_log_format;
+    weir__access_buf_init(&w->access, access);
+    if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, 256) != 0) {
+        goto fail;
+    }
+    w->pool = weir__pool_new(loop, &w->bufs, sc->upstream_keepalive,
+                             sc->upstream_keepalive * 64 + 64, sc->timeouts.upstream_idle_ms);
+    if (w->pool == NULL) {
+        goto fail;
+    }
+    return w;
+fail:
+    weir__bufpool_dispose(&w->bufs);
+    weir__snapshot_holder_retire(&w->holder);
+    weir__free(w);
+    return NULL;
+}
+
+void weir__proxy_worker_free(struct weir__proxy_worker *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    weir__proxy_close_all(w);
+    weir__pool_free(w->pool);
+    weir__access_buf_dispose(&w->access);
+    weir_arena_free(w->spare_arena);
+    w->spare_arena = NULL;
+    weir__snapshot_holder_retire(&w->holder);
+    /* Closed connections are freed by deferred calls; buffers they held return first. */
+    w->pool = NULL;
+    weir__bufpool_dispose(&w->bufs);
+    weir__free(w);
+}
+
+void weir__proxy_turn(struct weir__proxy_worker *w)
+{
+    weir__snapshot_acquire(w->slot, &w->holder);
+    weir__access_buf_flush(&w->access, weir_loop_now_ms(w->loop), 1000);
+}
+
+int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
+                       socklen_t len)
+{
+    struct weir_conn *c = weir__calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return WEIR_ENOMEM;
+    }
+    c->magic = WEIR_CONN_MAGIC;
+    c->w = w;
+    c->st.io.fd = fd;
+    c->st.io.cb = conn_event;
+    c->st.io.data = c;
+    c->st.writable = true;
+    c->st.readable = true; /* data may already be there: try a read at once */
+    if (len <= sizeof(c->addr)) {
+        memcpy(&c->addr, sa, len);
+    }
+    int n = weir__addr_format_ip(sa, c->ip, sizeof(c->ip));
+    c->iplen = n > 0 ? (uint8_t)n : 0;
+    weir_timer_init(&c->timer, conn_timer, c);
+    c->reap.fn = conn_reap;
+    c->kick.fn = conn_kick;
+    int rc = weir_loop_io_add(w->loop, &c->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
+    if (rc != 0) {
+        close(fd);
+        weir__free(c);
+        return rc;
+    }
+    c->next = w->conns;
+    if (w->conns) {
+        w->conns->prev = c;
+    }
+    w->conns = c;
+    w->nconns++;
+    weir__conn_set_deadline(c, w->cfg->server.timeouts.client_header_ms);
+    /* Defer the first read so accept loops stay short. */
+    weir__loop_defer(w->loop, &c->kick);
+    return 0;
+}
+
+void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms)
+{
+    if (ms == 0) {
+        c->deadline_ms = 0;
+        weir_timer_stop(c->w->loop, &c->timer);
+        return;
+    }
+    uint64_t now = weir_loop_now_ms(c->w->loop);
+    c->deadline_ms = now + ms;
+    /* Lazy: an armed timer firing earlier re-arms itself for the real deadline. */
+    if (!weir_timer_active(&c->timer) || c->timer.deadline_ms > c->deadline_ms) {
+        if (weir_timer_start(c->w->loop, &c->timer, ms) != 0) {
+            /* Without a timer the connection could hang forever: drop it. */
+            weir__conn_close(c);
+        }
+    }
+}
+
+static void conn_timer(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir_conn *c = t->data;
+    uint64_t now = weir_loop_now_ms(loop);
+    if (c->deadline_ms == 0 || c->state == CONN_CLOSED) {
+        return;
+    }
+    if (c->deadline_ms > now) {
+        if (weir_timer_start(loop, t, c->deadline_ms - now) != 0) {
+            weir__conn_close(c);
+        }
+        return;
+    }
+    c->deadline_ms = 0;
+    if (c->state == CONN_ACTIVE && c->s != NULL) {
+        weir__session_client_timeout(c->s);
+        return;
+    }
+    /* Idle: a keep-alive or header timeout. Silent close, as nginx does for both. */
+    weir__conn_close(c);
+}
+
+static void unlink_conn(struct weir_conn *c)
+{
+    struct weir__proxy_worker *w = c->w;
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else if (w->conns == c) {
+        w->conns = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    c->prev = c->next = NULL;
+    w->nconns--;
+}
+
+void weir__conn_close(struct weir_conn *c)
+{
+    if (c->state == CONN_CLOSED) {
+        return;
+    }
+    struct weir__proxy_worker *w = c->w;
+    if (c->state == CONN_ACTIVE && c->s != NULL) {
+        /* The session ends with the connection; it logs and releases its upstream. */
+        struct weir_session *s = c->s;
+        c->state = CONN_CLOSED;
+        s->close_after = true;
+        weir__session_finish(s);
+    }
+    c->state = CONN_CLOSED;
+    weir_timer_stop(w->loop, &c->timer);
+    weir__loop_defer_cancel(w->loop, &c->kick);
+    weir_loop_io_del(w->loop, &c->st.io);
+    if (c->st.io.fd >= 0) {
+        close(c->st.io.fd);
+        c->st.io.fd = -1;
+    }
+    weir__buf_release(&w->bufs, &c->st.in);
+    unlink_conn(c);
+    if (c->s != NULL && c->s->suspended) {
+        c->zombie = true; /* the session frees us when its hook resumes */
+    } else {
+        weir__loop_defer(w->loop, &c->reap);
+    }
+    if (w->on_closed) {
+        w->on_closed(w, w->on_closed_arg);
+    }
+}
+
+static void conn_reap(struct weir_loop *loop, struct weir_defer *d)
+{
+    struct weir_conn *c = (struct weir_conn *)((char *)d - offsetof(struct weir_conn, reap));
+    c->magic = 0;
+    weir__free(c);
+}
+
+static void conn_kick(struct weir_loop *loop, struct weir_defer *d)
+{
+    struct weir_conn *c = (struct weir_conn *)((char *)d - offsetof(struct weir_conn, kick));
+    if (c->state == CONN_IDLE) {
+        conn_idle_step(c);
+    }
+}
+
+static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
+{
+    struct weir_conn *c = io->data;
+    if (c->state == CONN_CLOSED) {
+        return;
+    }
+    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        c->st.readable = true;
+    }
+    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        c->st.writable = true;
+    }
+    if (c->state == CONN_IDLE) {
+        conn_idle_step(c);
+    } else if (c->state == CONN_LINGER) {
+        linger_step(c);
+    } else {
+        weir__session_client_event(c->s);
+    }
+}
+
+#define LINGER_MS 2000
+#define LINGER_MAX_BYTES (1u << 20)
+
+static void linger_step(struct weir_conn *c)
+{
+    char sink[4096];
+    size_t total = 0;
+    for (;;) {
+        ssize_t n = read(c->st.io.fd, sink, sizeof(sink));
+        if (n > 0) {
+            total += (size_t)n;
+            if (total > LINGER_MAX_BYTES) {
+                weir__conn_close(c);
+                return;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        }
+        weir__conn_close(c); /* EOF or error: the client is done */
+        return;
+    }
+}
+
+void weir__conn_linger(struct weir_conn *c)
+{
+    if (c->state == CONN_CLOSED) {
+        return;
+    }
+    c->s = NULL;
+    c->state = CONN_LINGER;
+    weir__buf_release(&c->w->bufs, &c->st.in);
+    if (shutdown(c->st.io.fd, SHUT_WR) != 0) {
+        weir__conn_close(c);
+        return;
+    }
+    weir__conn_set_deadline(c, LINGER_MS);
+    if (c->state == CONN_LINGER) {
+        linger_step(c);
+    }
+}
+
+/* Answers a request we could not parse, then closes (the framing is lost). */
+static void reject_head(struct weir_conn *c, int code)
+{
+    int status = weir__h1_error_status(code);
+    char buf[256];
+    const char *reason = weir_http_reason(status);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nServer: weir\r\nContent-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                     status, reason, strlen(reason) + 1, reason);
+    if (n > 0 && (size_t)n < sizeof(buf)) {
+        /* Best effort: the socket buffer of a fresh connection takes this at once. */
+        (void)!write(c->st.io.fd, buf, (size_t)n);
+    }
+    weir_log(WEIR_LOG_DEBUG, "client %s: rejected request head: %s (%d)", c->ip,
+             weir_strerror(code), status);
+    weir__conn_linger(c);
+}
+
+static void conn_idle_step(struct weir_conn *c)
+{
+    struct weir__proxy_worker *w = c->w;
+    const struct weir_cfg_limits *lim = &w->cfg->server.limits;
+    struct weir_header hdrs[lim->max_headers > 0 && lim->max_headers <= 10000 ? lim->max_headers : 100];
+    struct weir_h1_limits hl = {lim->max_request_line, lim->max_header_bytes,
+                                (uint32_t)(sizeof(hdrs) / sizeof(hdrs[0]))};
+    for (;;) {
+        if (weir__buf_len(&c->st.in) > 0) {
+            struct weir_h1_request hr;
+            ssize_t n = weir__h1_parse_request(c->st.in.data + c->st.in.rpos,
+                                               weir__buf_len(&c->st.in), &c->scan, &hl, hdrs,
+                                               sizeof(hdrs) / sizeof(hdrs[0]), &hr);
+            if (n > 0) {
+                memset(&c->scan, 0, sizeof(c->scan));
+                c->head_started = false;
+                if (weir__session_start(c, &hr, (size_t)n) != 0) {
+                    weir__conn_close(c);
+                }
+                return;
+            }
+            if (n != WEIR_EAGAIN) {
+                reject_head(c, (int)n);
+                return;
+            }
+            if (!c->head_started) {
+                c->head_started = true;
+                weir__conn_set_deadline(c, w->cfg->server.timeouts.client_header_ms);
+            }
+        }
+        if (w->draining && weir__buf_len(&c->st.in) == 0) {
+            weir__conn_close(c);
+            return;
+        }
+        if (!c->st.readable) {
+            break;
+        }
+        /* A head bigger than the I/O buffer is allowed up to max_header_bytes. */
+        int grow = weir__stream_grow_for_head(&c->st, &w->bufs,
+                                              lim->max_header_bytes + lim->max_request_line);
+        if (grow != 0) {
+            if (grow == WEIR_ELIMIT) {
+                reject_head(c, WEIR_EH1_HDR_TOO_LARGE);
+            } else {
+                weir__conn_close(c);
+            }
+            return;
+        }
+        ssize_t r = weir__stream_read(&c->st, &w->bufs);
+        if (r < 0) {
+            weir__conn_close(c);
+            return;
+        }
+        if (r == 0 && c->st.eof) {
+            weir__conn_close(c);
+            return;
+        }
+    }
+    /* Waiting for bytes: hold no buffer when nothing is pending. */
+    if (weir__buf_len(&c->st.in) == 0) {
+        weir__buf_release(&w->bufs, &c->st.in);
+    }
+}
+
+void weir__conn_request_done(struct weir_conn *c, bool close_conn)
+{
+    struct weir__proxy_worker *w = c->w;
+    c->s = NULL;
+    if (c->state == CONN_CLOSED) {
+        if (c->zombie) {
+            c->zombie = false;
+            weir__loop_defer(w->loop, &c->reap);
+        }
+        return;
+    }
+    if (close_conn || w->draining) {
+        weir__conn_linger(c);
+        return;
+    }
+    c->state = CONN_IDLE;
+    if (c->st.in.data != NULL && c->st.in.cap != w->bufs.size && weir__buf_len(&c->st.in) == 0) {
+        /* Drop an oversized head buffer as soon as it is empty. */
+        weir__buf_release(&w->bufs, &c->st.in);
+    }
+    if (weir__buf_len(&c->st.in) > 0) {
+        c->head_started = true;
+        weir__conn_set_deadline(c, w->cfg->server.timeouts.client_header_ms);
+    } else {
+        c->head_started = false;
+        weir__conn_set_deadline(c, w->cfg->server.timeouts.client_keepalive_ms);
+    }
+    weir__loop_defer(w->loop, &c->kick);
+}
+
+void weir__proxy_drain(struct weir__proxy_worker *w)
+{
+    w->draining = true;
+    struct weir_conn *c = w->conns;
+    while (c) {
+        struct weir_conn *next = c->next;
+        if ((c->state == CONN_IDLE && weir__buf_len(&c->st.in) == 0) ||
+            c->state == CONN_LINGER) {
+            weir__conn_close(c);
+        }
+        c = next;
+    }
+    weir__pool_close_idle(w->pool);
+}
+
+void weir__proxy_close_all(struct weir__proxy_worker *w)
+{
+    w->draining = true;
+    while (w->conns) {
+        weir__conn_close(w->conns);
+    }
+    weir__pool_close_idle(w->pool);
+}

@@ -1,0 +1,513 @@
+/*
+ * The proxy state machine: one session per request, running the phases of the hook table
+ * in order (early_request_filter, request_filter, upstream_peer, then the upstream exchange),
+ * suspending when a hook returns WEIR_HOOK_PENDING, answering locally or with an error, and
+ * ending with exactly one logging call.
+ */
+#include "proxy/proxy_int.h"
+
+#include <string.h>
+
+#include "core/alloc.h"
+#include "weir/log.h"
+
+#define ARENA_BLOCK 4096
+
+static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d);
+static void up_timer_cb(struct weir_loop *loop, struct weir_timer *t);
+
+static struct weir_arena *take_arena(struct weir__proxy_worker *w, const struct weir_config *cfg)
+{
+    struct weir_arena *a = w->spare_arena;
+    if (a != NULL) {
+        w->spare_arena = NULL;
+        return a;
+    }
+    /* The cap bounds what one request may hold: its head copy, edits and hook data. */
+    size_t cap = (size_t)cfg->server.limits.max_header_bytes * 4 + 256 * 1024;
+    return weir_arena_new(ARENA_BLOCK, cap);
+}
+
+static void give_arena(struct weir__proxy_worker *w, struct weir_arena *a)
+{
+    weir_arena_reset(a);
+    if (w->spare_arena == NULL) {
+        w->spare_arena = a;
+    } else {
+        weir_arena_free(a);
+    }
+}
+
+/* Copies the parsed head out of the connection buffer so the buffer can carry the body. */
+static int adopt_head(struct weir_session *s, const struct weir_h1_request *hr, const char *head,
+                      size_t head_len)
+{
+    char *copy = weir_arena_alloc(s->arena, head_len);
+    if (copy == NULL) {
+        return WEIR_ENOMEM;
+    }
+    memcpy(copy, head, head_len);
+#define REBASE(iov) ((struct weir_iov){copy + ((iov).base - head), (iov).len})
+    s->req.method = REBASE(hr->method);
+    s->req.target = REBASE(hr->target);
+    s->req.minor = (uint8_t)hr->minor;
+    uint32_t max = s->cfg->server.limits.max_headers + 64;
+    int rc = weir__headers_init(&s->req.headers, s->arena, (uint32_t)hr->nheaders + 8, max);
+    if (rc != 0) {
+        return rc;
+    }
+    for (size_t i = 0; i < hr->nheaders; i++) {
+        s->req.headers.v[i].name = REBASE(hr->headers[i].name);
+        s->req.headers.v[i].value = REBASE(hr->headers[i].value);
+    }
+#undef REBASE
+    s->req.headers.n = (uint32_t)hr->nheaders;
+    return 0;
+}
+
+int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, size_t head_len)
+{
+    struct weir__proxy_worker *w = c->w;
+    struct weir_snapshot_holder *h = weir__snapshot_acquire(w->slot, &w->holder);
+    if (h == NULL) {
+        return WEIR_ENOMEM;
+    }
+    const struct weir_config *cfg = h->snap->data;
+    struct weir_arena *a = take_arena(w, cfg);
+    if (a == NULL) {
+        return WEIR_ENOMEM;
+    }
+    struct weir_session *s = weir_arena_calloc(a, sizeof(*s));
+    if (s == NULL) {
+        weir_arena_free(a);
+        return WEIR_ENOMEM;
+    }
+    s->magic = WEIR_SESSION_MAGIC;
+    s->c = c;
+    s->w = w;
+    s->arena = a;
+    s->holder = h;
+    h->local_refs++;
+    s->cfg = cfg;
+    s->start_ms = weir_loop_now_ms(w->loop);
+    s->start_wall = weir_loop_wall_s(w->loop);
+    s->resume.fn = session_resume_cb;
+    weir_timer_init(&s->up_timer, up_timer_cb, s);
+    c->s = s;
+    c->state = CONN_ACTIVE;
+    c->nrequests++;
+    w->requests++;
+    weir__conn_set_deadline(c, 0);
+
+    if (adopt_head(s, hr, c->st.in.data + c->st.in.rpos, head_len) != 0) {
+        weir__buf_consume(&c->st.in, (uint32_t)head_len);
+        weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        return 0;
+    }
+    weir__buf_consume(&c->st.in, (uint32_t)head_len);
+    s->orig_method = s->req.method;
+    s->orig_target = s->req.target;
+    s->client_minor = (uint8_t)hr->minor;
+    s->client_keep_alive = hr->keep_alive;
+    s->expect_continue = hr->expect_continue && hr->minor == 1;
+    s->req_body = hr->body;
+    s->req_length = hr->content_length;
+    if (!hr->keep_alive) {
+        s->close_after = true;
+    }
+    uint64_t max_body = cfg->server.limits.max_body_bytes;
+    if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
+        s->close_after = true;
+        weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n"));
+        weir__session_run(s);
+        return 0;
+    }
+    if (w->hooks->new_ctx) {
+        s->ctx = w->hooks->new_ctx(s, w->hooks_data);
+    }
+    s->phase = PH_EARLY;
+    weir__session_run(s);
+    return 0;
+}
+
+/* Runs hook h (may be NULL = continue), honouring a result delivered by resume. */
+#define CALL_HOOK(s, hook, ...)                                                                \
+    ((s)->have_result ? ((s)->have_result = false, (s)->result)                                \
+                      : ((hook) ? (hook)(__VA_ARGS__) : WEIR_HOOK_CONTINUE))
+
+static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum weir_phase next,
+                          bool may_done)
+{
+    switch (r) {
+    case WEIR_HOOK_CONTINUE:
+        s->phase = next;
+        return true;
+    case WEIR_HOOK_PENDING:
+        s->suspended = true;
+        return false;
+    case WEIR_HOOK_DONE:
+        if (may_done && s->resp != NULL) {
+            s->phase = PH_LOCAL_RESPONSE;
+            return true;
+        }
+        weir_log(WEIR_LOG_ERROR, "hook returned DONE without a response; answering 500");
+        break;
+    case WEIR_HOOK_ERROR:
+        break;
+    }
+    weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "hook");
+    return false;
+}
+
+static bool run_peer(struct weir_session *s)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    if (!s->have_result) {
+        memset(&s->peer, 0, sizeof(s->peer));
+    }
+    enum weir_hook_result r = CALL_HOOK(s, hk->upstream_peer, s, s->ctx, &s->peer);
+    if (r == WEIR_HOOK_CONTINUE && s->peer.addrlen == 0) {
+        weir__session_fail(s, WEIR_ERR_NO_PEER, WEIR_SRC_INTERNAL, 0, "upstream_peer");
+        return false;
+    }
+    if (r == WEIR_HOOK_CONTINUE) {
+        const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
+        if (s->peer.connect_timeout_ms == 0) {
+            s->peer.connect_timeout_ms = t->upstream_connect_ms;
+        }
+        if (s->peer.read_timeout_ms == 0) {
+            s->peer.read_timeout_ms = t->upstream_read_ms;
+        }
+        if (s->peer.write_timeout_ms == 0) {
+            s->peer.write_timeout_ms = t->upstream_write_ms;
+        }
+        s->have_peer = true;
+    }
+    return handle_result(s, r, PH_CONNECT, false);
+}
+
+void weir__session_run(struct weir_session *s)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    while (!s->suspended) {
+        enum weir_hook_result r;
+        switch (s->phase) {
+        case PH_EARLY:
+            r = CALL_HOOK(s, hk->early_request_filter, s, s->ctx);
+            if (!handle_result(s, r, PH_REQUEST_FILTER, true)) {
+                return;
+            }
+            break;
+        case PH_REQUEST_FILTER:
+            r = CALL_HOOK(s, hk->request_filter, s, s->ctx);
+            if (!handle_result(s, r, PH_PEER, true)) {
+                return;
+            }
+            break;
+        case PH_PEER:
+            if (!run_peer(s)) {
+                return;
+            }
+            break;
+        case PH_CONNECT:
+            s->phase = PH_PROXY;
+            weir__exchange_start(s);
+            return;
+        case PH_PROXY:
+            weir__exchange_run(s);
+            return;
+        case PH_LOCAL_RESPONSE:
+            weir__local_response_run(s);
+            return;
+        case PH_DONE:
+            return;
+        }
+    }
+}
+
+static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d)
+{
+    struct weir_session *s =
+        (struct weir_session *)((char *)d - offsetof(struct weir_session, resume));
+    if (s->c->state == CONN_CLOSED) {
+        /* The connection died while the hook waited; the session can end now. */
+        s->suspended = false;
+        weir__session_finish(s);
+        return;
+    }
+    weir__session_run(s);
+}
+
+void weir_session_resume(struct weir_session *s, enum weir_hook_result result)
+{
+    WEIR_SESSION_CHECK(s);
+    if (!s->suspended) {
+        weir_log(WEIR_LOG_ERROR, "weir_session_resume on a session that is not suspended");
+        return;
+    }
+    s->suspended = false;
+    s->have_result = true;
+    s->result = result;
+    weir__loop_defer(s->w->loop, &s->resume);
+}
+
+/* ---- errors ---- */
+
+static int default_status(enum weir_error_type t)
+{
+    switch (t) {
+    case WEIR_ERR_CONNECT_TIMEOUT:
+    case WEIR_ERR_READ_TIMEOUT:
+    case WEIR_ERR_WRITE_TIMEOUT:
+        return 504;
+    case WEIR_ERR_CONNECT_REFUSED:
+    case WEIR_ERR_CONNECT_ERROR:
+    case WEIR_ERR_READ_ERROR:
+    case WEIR_ERR_WRITE_ERROR:
+    case WEIR_ERR_CONNECTION_CLOSED:
+    case WEIR_ERR_INVALID_HTTP:
+    case WEIR_ERR_NO_PEER:
+        return 502;
+    default:
+        return 500;
+    }
+}
+
+void weir__session_fail(struct weir_session *s, enum weir_error_type type,
+                        enum weir_error_source src, int sys_errno, const char *context)
+{
+    s->failed = true;
+    s->has_err = true;
+    s->err = (struct weir_error){type, src, false, sys_errno, context};
+    weir_log(WEIR_LOG_DEBUG, "request from %s failed: %s (%s)", s->c->ip,
+             weir_error_type_str(type), context ? context : "");
+    weir__exchange_release_upstream(s, false);
+    weir_timer_stop(s->w->loop, &s->up_timer);
+    if (s->resp_started || s->c->state == CONN_CLOSED || src == WEIR_SRC_DOWNSTREAM) {
+        /* Mid-response or the client is gone: the only honest signal left is a close. */
+        s->close_after = true;
+        weir__session_finish(s);
+        return;
+    }
+    int status = 0;
+    if (s->w->hooks->fail_to_proxy) {
+        status = s->w->hooks->fail_to_proxy(s, s->ctx, &s->err);
+    }
+    if (s->resp != NULL && s->phase == PH_LOCAL_RESPONSE) {
+        weir__session_run(s); /* the hook answered itself */
+        return;
+    }
+    if (status < 100 || status > 599) {
+        status = default_status(type);
+    }
+    /* The request body may be half read: the connection cannot be trusted for another. */
+    if (!s->reqp.in_done && s->req_body != WEIR_H1_BODY_NONE) {
+        s->close_after = true;
+    }
+    s->resp = NULL;
+    if (weir_session_respond_text(s, status, weir_iov_cstr(weir_http_reason(status))) != 0) {
+        s->close_after = true;
+        weir__session_finish(s);
+        return;
+    }
+    weir__session_run(s);
+}
+
+void weir__session_client_timeout(struct weir_session *s)
+{
+    if (s->phase == PH_PROXY && !s->resp_started && !s->reqp.in_done) {
+        /* The client stopped sending its body. */
+        s->close_after = true;
+        s->resp = NULL;
+        weir__exchange_release_upstream(s, false);
+        if (weir_session_respond_text(s, 408, WEIR_IOV_LIT("Request Timeout\n")) == 0) {
+            s->has_err = true;
+            s->err = (struct weir_error){WEIR_ERR_READ_TIMEOUT, WEIR_SRC_DOWNSTREAM, false, 0,
+                                         "client body"};
+            weir__session_run(s);
+            return;
+        }
+    }
+    weir__session_fail(s, WEIR_ERR_WRITE_TIMEOUT, WEIR_SRC_DOWNSTREAM, 0, "client timeout");
+}
+
+void weir__session_client_event(struct weir_session *s)
+{
+    if (s->suspended) {
+        return;
+    }
+    if (s->phase == PH_PROXY) {
+        weir__exchange_run(s);
+    } else if (s->phase == PH_LOCAL_RESPONSE) {
+        weir__local_response_run(s);
+    }
+}
+
+static void up_timer_cb(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir_session *s = t->data;
+    weir__exchange_run(s); /* the exchange checks its own deadlines */
+}
+
+/* ---- the end ---- */
+
+void weir__session_finish(struct weir_session *s)
+{
+    if (s->phase == PH_DONE) {
+        return;
+    }
+    s->phase = PH_DONE;
+    struct weir_conn *c = s->c;
+    struct weir__proxy_worker *w = s->w;
+    weir__loop_defer_cancel(w->loop, &s->resume);
+    weir_timer_stop(w->loop, &s->up_timer);
+    weir__exchange_release_upstream(s, !s->failed);
+    if (s->suspended) {
+        /* A hook still owns a timer or I/O pointing at us: finish when it resumes. */
+        s->phase = PH_LOCAL_RESPONSE;
+        return;
+    }
+    if (w->hooks->logging) {
+        w->hooks->logging(s, s->ctx, s->has_err ? &s->err : NULL);
+    }
+    weir__access_log_request(s);
+    bool close_conn = s->close_after || !s->client_keep_alive || s->failed;
+    struct weir_snapshot_holder *h = s->holder;
+    struct weir_arena *a = s->arena;
+    s->magic = 0;
+    give_arena(w, a); /* s lived in the arena: no access after this */
+    weir__snapshot_holder_put(h);
+    weir__conn_request_done(c, close_conn);
+}
+
+/* ---- public accessors ---- */
+
+struct weir_req *weir_session_req(struct weir_session *s)
+{
+    return &s->req;
+}
+
+struct weir_resp *weir_session_resp(struct weir_session *s)
+{
+    return s->resp;
+}
+
+struct weir_arena *weir_session_arena(struct weir_session *s)
+{
+    return s->arena;
+}
+
+struct weir_loop *weir_session_loop(struct weir_session *s)
+{
+    return s->w->loop;
+}
+
+const struct weir_config *weir_session_config(const struct weir_session *s)
+{
+    return s->cfg;
+}
+
+const struct sockaddr *weir_session_client_addr(const struct weir_session *s)
+{
+    return (const struct sockaddr *)&s->c->addr;
+}
+
+struct weir_iov weir_session_client_ip(const struct weir_session *s)
+{
+    return (struct weir_iov){s->c->ip, s->c->iplen};
+}
+
+void *weir_session_ctx(const struct weir_session *s)
+{
+    return s->ctx;
+}
+
+const struct weir_peer *weir_session_peer(const struct weir_session *s)
+{
+    return s->have_peer ? &s->peer : NULL;
+}
+
+unsigned weir_session_retries(const struct weir_session *s)
+{
+    return s->retries;
+}
+
+unsigned weir_session_request_index(const struct weir_session *s)
+{
+    return s->c->nrequests;
+}
+
+int weir_session_status(const struct weir_session *s)
+{
+    return s->status;
+}
+
+uint64_t weir_session_body_bytes_sent(const struct weir_session *s)
+{
+    return s->respp.bytes;
+}
+
+uint64_t weir_session_body_bytes_received(const struct weir_session *s)
+{
+    return s->reqp.bytes;
+}
+
+int64_t weir_session_start_time(const struct weir_session *s)
+{
+    return s->start_wall;
+}
+
+uint64_t weir_session_elapsed_ms(const struct weir_session *s)
+{
+    return weir_loop_now_ms(s->w->loop) - s->start_ms;
+}
+
+struct weir_resp *weir_session_response_new(struct weir_session *s, int status)
+{
+    struct weir_resp *r = weir_arena_calloc(s->arena, sizeof(*r));
+    if (r == NULL || weir__headers_init(&r->headers, s->arena, 8, 128) != 0) {
+        return NULL;
+    }
+    r->minor = 1;
+    if (weir_resp_set_status(r, status) != 0) {
+        return NULL;
+    }
+    return r;
+}
+
+int weir_session_respond(struct weir_session *s, struct weir_resp *resp, struct weir_iov body)
+{
+    if (s->resp_started || s->phase >= PH_LOCAL_RESPONSE) {
+        return WEIR_EINVAL;
+    }
+    char len[24];
+    int n = snprintf(len, sizeof(len), "%zu", body.len);
+    int rc = weir_headers_set_iov(&resp->headers, WEIR_IOV_LIT("Content-Length"),
+                                  (struct weir_iov){len, (size_t)n});
+    if (rc != 0) {
+        return rc;
+    }
+    if (!weir_headers_get(&resp->headers, "Server", NULL)) {
+        rc = weir_headers_add(&resp->headers, "Server", "weir");
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    s->resp = resp;
+    s->local_body = body;
+    s->phase = PH_LOCAL_RESPONSE;
+    return 0;
+}
+
+int weir_session_respond_text(struct weir_session *s, int status, struct weir_iov body)
+{
+    struct weir_resp *r = weir_session_response_new(s, status);
+    if (r == NULL) {
+        return WEIR_ENOMEM;
+    }
+    int rc = weir_headers_add(&r->headers, "Content-Type", "text/plain; charset=utf-8");
+    if (rc != 0) {
+        return rc;
+    }
+    return weir_session_respond(s, r, body);
+}
