@@ -22,8 +22,8 @@ static void check_iov(struct weir_iov v, const char *buf, ssize_t n)
     }
 }
 
-static void check_result(const char *buf, ssize_t n, const struct weir_h1_response *r,
-                         bool head, const struct weir_h1_limits *lim)
+static void check_result(const char *buf, ssize_t n, const struct weir_h1_response *r, bool head,
+                         const struct weir_h1_limits *lim)
 {
     if (n <= 0) {
         return;
@@ -67,8 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             struct weir_header h1[CAP], h2[CAP];
             struct weir_h1_response one, inc;
             struct weir_h1_scan scan = {0};
-            ssize_t n =
-                weir__h1_parse_response(buf, size, &scan, &limits[l], head, h1, CAP, &one);
+            ssize_t n = weir__h1_parse_response(buf, size, &scan, &limits[l], head, h1, CAP, &one);
             check_result(buf, n, &one, head, &limits[l]);
             if (size == 0) {
                 continue;
@@ -80,8 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (n > 0 && (one.status != inc.status || one.body != inc.body ||
                           one.content_length != inc.content_length ||
                           one.keep_alive != inc.keep_alive || one.nheaders != inc.nheaders ||
-                          one.reason.base != inc.reason.base ||
-                          one.reason.len != inc.reason.len)) {
+                          one.reason.base != inc.reason.base || one.reason.len != inc.reason.len)) {
                 __builtin_trap();
             }
         }

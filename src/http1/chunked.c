@@ -22,16 +22,15 @@ enum {
 };
 
 /* Bounds for a state that was zeroed rather than initialised. */
-#define DEFAULT_MAX_LINE 4096
+#define DEFAULT_MAX_LINE    4096
 #define DEFAULT_MAX_TRAILER 16384
 
 #define MAX_SIZE UINT64_C(0x7fffffffffffffff)
 
 static const signed char hexval[256] = {
-    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,
-    ['7'] = 8,  ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14,
-    ['e'] = 15, ['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15,
-    ['F'] = 16,
+    ['0'] = 1,  ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,  ['7'] = 8,
+    ['8'] = 9,  ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+    ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 }; /* digit value + 1, so 0 means "not a hex digit" */
 
 void weir__h1_chunked_init(struct weir_h1_chunked *st, uint32_t max_line, uint32_t max_trailer)

@@ -24,22 +24,22 @@ enum {
 };
 
 static const unsigned char cls[256] = {
-     0,  0,  0,  0,  0,  0,  0,  0,  0,  2,  0,  0,  0,  0,  0,  0, /* 00 */
-     0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0, /* 10 */
-     2, 15,  6,  7, 15, 15, 15, 15, 14, 14, 15, 15, 14, 15, 15,  6, /* 20 */
-    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 14, 14,  6, 14,  6,  6, /* 30 */
-     6, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, /* 40 */
-    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 14,  6, 14,  7, 15, /* 50 */
-     7, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, /* 60 */
-    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15,  6,  7,  6, 15,  0, /* 70 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* 80 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* 90 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* a0 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* b0 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* c0 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* d0 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* e0 */
-     2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2, /* f0 */
+    0,  0,  0,  0,  0,  0,  0,  0,  0,  2,  0,  0,  0,  0,  0,  0,  /* 00 */
+    0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  /* 10 */
+    2,  15, 6,  7,  15, 15, 15, 15, 14, 14, 15, 15, 14, 15, 15, 6,  /* 20 */
+    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 14, 14, 6,  14, 6,  6,  /* 30 */
+    6,  15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, /* 40 */
+    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 14, 6,  14, 7,  15, /* 50 */
+    7,  15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, /* 60 */
+    15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 15, 6,  7,  6,  15, 0,  /* 70 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* 80 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* 90 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* a0 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* b0 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* c0 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* d0 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* e0 */
+    2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  2,  /* f0 */
 };
 
 /*
@@ -49,7 +49,7 @@ static const unsigned char cls[256] = {
  */
 #define SCAN_LINE1_DONE ((size_t)1 << (sizeof(size_t) * 8 - 1))
 
-#define ONES UINT64_C(0x0101010101010101)
+#define ONES  UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
 
 static inline uint64_t load64(const char *p)
@@ -408,8 +408,8 @@ static bool is_absolute_form(struct weir_iov t)
 {
     size_t i = 0;
     while (i < t.len && ((unsigned)((t.base[i] | 0x20) - 'a') < 26u ||
-                         (i > 0 && (is_digit(t.base[i]) || t.base[i] == '+' ||
-                                    t.base[i] == '-' || t.base[i] == '.')))) {
+                         (i > 0 && (is_digit(t.base[i]) || t.base[i] == '+' || t.base[i] == '-' ||
+                                    t.base[i] == '.')))) {
         i++;
     }
     return i > 0 && t.len - i > 3 && memcmp(t.base + i, "://", 3) == 0;
@@ -541,12 +541,10 @@ static int parse_status_line(const char **pp, const char *end, struct weir_h1_re
     return 0;
 }
 
-static int response_framing(const struct framing *f, bool method_head,
-                            struct weir_h1_response *out)
+static int response_framing(const struct framing *f, bool method_head, struct weir_h1_response *out)
 {
     /* RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing. */
-    if (f->te_fields &&
-        (f->cl_fields || f->te_bad || !f->te_chunked_last || out->minor == 0)) {
+    if (f->te_fields && (f->cl_fields || f->te_bad || !f->te_chunked_last || out->minor == 0)) {
         return WEIR_EH1_BAD;
     }
     int s = out->status;
@@ -595,11 +593,17 @@ ssize_t weir__h1_parse_response(const char *buf, size_t len, struct weir_h1_scan
 int weir__h1_error_status(int code)
 {
     switch (code) {
-    case WEIR_EH1_TOO_LARGE: return 413;
-    case WEIR_EH1_URI_TOO_LONG: return 414;
-    case WEIR_EH1_HDR_TOO_LARGE: return 431;
-    case WEIR_EH1_NOT_IMPL: return 501;
-    case WEIR_EH1_VERSION: return 505;
-    default: return 400;
+    case WEIR_EH1_TOO_LARGE:
+        return 413;
+    case WEIR_EH1_URI_TOO_LONG:
+        return 414;
+    case WEIR_EH1_HDR_TOO_LARGE:
+        return 431;
+    case WEIR_EH1_NOT_IMPL:
+        return 501;
+    case WEIR_EH1_VERSION:
+        return 505;
+    default:
+        return 400;
     }
 }

@@ -79,8 +79,8 @@ static void test_is_token(void **state)
 {
     (void)state;
     static const char *const good[] = {"GET", "x-forwarded-for", "!#$%&'*+-.^_`|~09azAZ"};
-    static const char *const bad[] = {"", "a b", "a:b", "a\tb", "a\"", "(x)", "a/b", "\x80",
-                                      "a,b", "a;b", "a=b", "{", "a@b", "\x7f"};
+    static const char *const bad[] = {"",     "a b", "a:b", "a\tb", "a\"", "(x)", "a/b",
+                                      "\x80", "a,b", "a;b", "a=b",  "{",   "a@b", "\x7f"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         assert_true(weir__http_is_token(weir_iov_cstr(good[i])));
     }
@@ -336,9 +336,8 @@ static void test_req_accessors(void **state)
     static const struct {
         const char *target, *path, *query;
     } split[] = {
-        {"/", "/", ""},       {"/p?", "/p", ""},     {"/?a", "/", "a"},
-        {"/p?a?b", "/p", "a?b"}, {"*", "*", ""},
-        {"http://h/p?q", "http://h/p", "q"},
+        {"/", "/", ""},          {"/p?", "/p", ""}, {"/?a", "/", "a"},
+        {"/p?a?b", "/p", "a?b"}, {"*", "*", ""},    {"http://h/p?q", "http://h/p", "q"},
     };
     for (size_t i = 0; i < sizeof(split) / sizeof(split[0]); i++) {
         req.target = weir_iov_cstr(split[i].target);
@@ -369,8 +368,8 @@ static void test_req_accessors(void **state)
 static void test_resp_accessors(void **state)
 {
     struct fx *fx = *state;
-    struct weir_resp resp = {.status = 200, .minor = 1, .reason = WEIR_IOV_LIT("Fine"),
-                             .headers = fx->h};
+    struct weir_resp resp = {
+        .status = 200, .minor = 1, .reason = WEIR_IOV_LIT("Fine"), .headers = fx->h};
     assert_int_equal(weir_resp_status(&resp), 200);
     assert_iov(weir_resp_reason(&resp), "Fine");
     assert_int_equal(weir_resp_set_status(&resp, 404), 0);
@@ -393,29 +392,73 @@ static void test_reason(void **state)
         int status;
         const char *reason;
     } cases[] = {
-        {100, "Continue"}, {101, "Switching Protocols"}, {102, "Processing"},
-        {103, "Early Hints"}, {200, "OK"}, {201, "Created"}, {202, "Accepted"},
-        {203, "Non-Authoritative Information"}, {204, "No Content"}, {205, "Reset Content"},
-        {206, "Partial Content"}, {207, "Multi-Status"}, {208, "Already Reported"},
-        {226, "IM Used"}, {300, "Multiple Choices"}, {301, "Moved Permanently"},
-        {302, "Found"}, {303, "See Other"}, {304, "Not Modified"}, {305, "Use Proxy"},
-        {307, "Temporary Redirect"}, {308, "Permanent Redirect"}, {400, "Bad Request"},
-        {401, "Unauthorized"}, {402, "Payment Required"}, {403, "Forbidden"},
-        {404, "Not Found"}, {405, "Method Not Allowed"}, {406, "Not Acceptable"},
-        {407, "Proxy Authentication Required"}, {408, "Request Timeout"}, {409, "Conflict"},
-        {410, "Gone"}, {411, "Length Required"}, {412, "Precondition Failed"},
-        {413, "Content Too Large"}, {414, "URI Too Long"}, {415, "Unsupported Media Type"},
-        {416, "Range Not Satisfiable"}, {417, "Expectation Failed"},
-        {421, "Misdirected Request"}, {422, "Unprocessable Content"}, {423, "Locked"},
-        {424, "Failed Dependency"}, {425, "Too Early"}, {426, "Upgrade Required"},
-        {428, "Precondition Required"}, {429, "Too Many Requests"},
-        {431, "Request Header Fields Too Large"}, {451, "Unavailable For Legal Reasons"},
-        {500, "Internal Server Error"}, {501, "Not Implemented"}, {502, "Bad Gateway"},
-        {503, "Service Unavailable"}, {504, "Gateway Timeout"},
-        {505, "HTTP Version Not Supported"}, {506, "Variant Also Negotiates"},
-        {507, "Insufficient Storage"}, {508, "Loop Detected"}, {510, "Not Extended"},
-        {511, "Network Authentication Required"}, {306, "Unknown"}, {418, "Unknown"},
-        {0, "Unknown"}, {-200, "Unknown"}, {600, "Unknown"}, {999, "Unknown"},
+        {100, "Continue"},
+        {101, "Switching Protocols"},
+        {102, "Processing"},
+        {103, "Early Hints"},
+        {200, "OK"},
+        {201, "Created"},
+        {202, "Accepted"},
+        {203, "Non-Authoritative Information"},
+        {204, "No Content"},
+        {205, "Reset Content"},
+        {206, "Partial Content"},
+        {207, "Multi-Status"},
+        {208, "Already Reported"},
+        {226, "IM Used"},
+        {300, "Multiple Choices"},
+        {301, "Moved Permanently"},
+        {302, "Found"},
+        {303, "See Other"},
+        {304, "Not Modified"},
+        {305, "Use Proxy"},
+        {307, "Temporary Redirect"},
+        {308, "Permanent Redirect"},
+        {400, "Bad Request"},
+        {401, "Unauthorized"},
+        {402, "Payment Required"},
+        {403, "Forbidden"},
+        {404, "Not Found"},
+        {405, "Method Not Allowed"},
+        {406, "Not Acceptable"},
+        {407, "Proxy Authentication Required"},
+        {408, "Request Timeout"},
+        {409, "Conflict"},
+        {410, "Gone"},
+        {411, "Length Required"},
+        {412, "Precondition Failed"},
+        {413, "Content Too Large"},
+        {414, "URI Too Long"},
+        {415, "Unsupported Media Type"},
+        {416, "Range Not Satisfiable"},
+        {417, "Expectation Failed"},
+        {421, "Misdirected Request"},
+        {422, "Unprocessable Content"},
+        {423, "Locked"},
+        {424, "Failed Dependency"},
+        {425, "Too Early"},
+        {426, "Upgrade Required"},
+        {428, "Precondition Required"},
+        {429, "Too Many Requests"},
+        {431, "Request Header Fields Too Large"},
+        {451, "Unavailable For Legal Reasons"},
+        {500, "Internal Server Error"},
+        {501, "Not Implemented"},
+        {502, "Bad Gateway"},
+        {503, "Service Unavailable"},
+        {504, "Gateway Timeout"},
+        {505, "HTTP Version Not Supported"},
+        {506, "Variant Also Negotiates"},
+        {507, "Insufficient Storage"},
+        {508, "Loop Detected"},
+        {510, "Not Extended"},
+        {511, "Network Authentication Required"},
+        {306, "Unknown"},
+        {418, "Unknown"},
+        {0, "Unknown"},
+        {-200, "Unknown"},
+        {600, "Unknown"},
+        {999, "Unknown"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         assert_string_equal(weir_http_reason(cases[i].status), cases[i].reason);
@@ -427,13 +470,20 @@ static void test_reason(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_iov),         cmocka_unit_test(test_is_token),
-        cmocka_unit_test(test_is_field_value), cmocka_unit_test(test_next_token),
-        T(test_add_get),                    T(test_add_copies),
-        T(test_add_invalid),                T(test_growth_and_limit),
-        T(test_set),                        T(test_remove),
-        T(test_adopt),                      cmocka_unit_test(test_enomem),
-        T(test_req_accessors),              T(test_resp_accessors),
+        cmocka_unit_test(test_iov),
+        cmocka_unit_test(test_is_token),
+        cmocka_unit_test(test_is_field_value),
+        cmocka_unit_test(test_next_token),
+        T(test_add_get),
+        T(test_add_copies),
+        T(test_add_invalid),
+        T(test_growth_and_limit),
+        T(test_set),
+        T(test_remove),
+        T(test_adopt),
+        cmocka_unit_test(test_enomem),
+        T(test_req_accessors),
+        T(test_resp_accessors),
         cmocka_unit_test(test_reason),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

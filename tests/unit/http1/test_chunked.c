@@ -14,7 +14,7 @@
 
 #include "http1/h1.h"
 
-#define MAX_LINE 64
+#define MAX_LINE    64
 #define MAX_TRAILER 128
 
 enum { R_DONE = 0, R_MORE = 1 };
@@ -134,8 +134,8 @@ static const struct ok_case ok_cases[] = {
     {"5;x=\"\xc3\xa9\"\r\nhello\r\n0\r\n\r\n", "hello", "", 0},
     {"3\r\n\r\n\r\r\n0\r\n\r\n", "\r\n\r", "", 0},
     {"0\r\nExpires: never\r\n\r\n", "", "Expires: never\r\n", 0},
-    {"2\r\nab\r\n0\r\nX-A: 1\r\nx-b:\t2 \r\nEmpty:\r\n\r\n", "ab", "X-A: 1\r\nx-b:\t2 \r\nEmpty:\r\n",
-     0},
+    {"2\r\nab\r\n0\r\nX-A: 1\r\nx-b:\t2 \r\nEmpty:\r\n\r\n", "ab",
+     "X-A: 1\r\nx-b:\t2 \r\nEmpty:\r\n", 0},
     {"0\r\n\r\nGET / HTTP/1.1\r\n", "", "", 16},
     {"1\r\n\xff\r\n0\r\n\r\n\r\n", "\xff", "", 2},
 };
@@ -159,8 +159,8 @@ static void test_valid(void **state)
 }
 
 static const char *const bad_cases[] = {
-    "\r\n",                   /* empty size */
-    ";x\r\n",                 /* extension without size */
+    "\r\n",                     /* empty size */
+    ";x\r\n",                   /* extension without size */
     " 5\r\nhello\r\n0\r\n\r\n", /* leading space */
     "5 \r\nhello\r\n0\r\n\r\n", /* trailing space, no extension */
     "5\t\r\nhello\r\n0\r\n\r\n",
@@ -169,11 +169,11 @@ static const char *const bad_cases[] = {
     "-5\r\n",
     "+5\r\n",
     "0x5\r\n",
-    "5\n",                    /* bare LF */
+    "5\n", /* bare LF */
     "5\r\r\n",
     "5\rhello\r\n",
     "\n",
-    "5\r\nhello\n0\r\n\r\n",   /* bare LF after data */
+    "5\r\nhello\n0\r\n\r\n", /* bare LF after data */
     "5\r\nhelloX\r\n",
     "5\r\nhello\r\r\n",
     "5\r\nhello\n",
@@ -182,11 +182,11 @@ static const char *const bad_cases[] = {
     "5;\x7f\r\nhello\r\n0\r\n\r\n",
     "5;a\rb\r\nhello\r\n0\r\n\r\n",
     "5;a\nb\r\nhello\r\n0\r\n\r\n",
-    "8000000000000000\r\n",   /* 2^63 */
-    "10000000000000000\r\n",  /* 2^64 */
+    "8000000000000000\r\n",  /* 2^63 */
+    "10000000000000000\r\n", /* 2^64 */
     "fffffffffffffffff\r\n",
     "ffffffffffffffffffffffffffffffff5\r\nhello\r\n",
-    "0\r\nX: a\nb\r\n\r\n",      /* trailers */
+    "0\r\nX: a\nb\r\n\r\n", /* trailers */
     "0\r\n X: folded\r\n\r\n",
     "0\r\nX: a\r\n folded\r\n\r\n",
     "0\r\nBad Name: x\r\n\r\n",
@@ -225,9 +225,21 @@ static void test_incomplete(void **state)
 {
     (void)state;
     static const char *const partial[] = {
-        "", "5", "5\r", "5\r\n", "5\r\nhel", "5\r\nhello", "5\r\nhello\r", "5\r\nhello\r\n",
-        "5\r\nhello\r\n0", "5\r\nhello\r\n0\r\n", "5\r\nhello\r\n0\r\n\r", "0\r\nX: 1\r\n",
-        "0\r\nX: 1", "5;ext", "7fffffffffffffff\r\n",
+        "",
+        "5",
+        "5\r",
+        "5\r\n",
+        "5\r\nhel",
+        "5\r\nhello",
+        "5\r\nhello\r",
+        "5\r\nhello\r\n",
+        "5\r\nhello\r\n0",
+        "5\r\nhello\r\n0\r\n",
+        "5\r\nhello\r\n0\r\n\r",
+        "0\r\nX: 1\r\n",
+        "0\r\nX: 1",
+        "5;ext",
+        "7fffffffffffffff\r\n",
     };
     for (size_t i = 0; i < sizeof(partial) / sizeof(partial[0]); i++) {
         struct result r;
@@ -316,8 +328,7 @@ static void test_zeroed_state(void **state)
     static const char in[] = "3;ext\r\nabc\r\n0\r\nT: 1\r\n\r\n";
     assert_int_equal(weir__h1_chunked_decode(&st, in, sizeof(in) - 1, &out), 10);
     assert_int_equal(out.data.len, 3);
-    assert_int_equal(weir__h1_chunked_decode(&st, in + 10, sizeof(in) - 11, &out),
-                     sizeof(in) - 11);
+    assert_int_equal(weir__h1_chunked_decode(&st, in + 10, sizeof(in) - 11, &out), sizeof(in) - 11);
     assert_true(out.done);
     assert_int_equal(out.trailers.len, 6);
     /* After done, calls consume nothing and keep reporting done. */

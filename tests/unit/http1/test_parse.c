@@ -56,53 +56,53 @@ struct req_ok {
 #define H11 " HTTP/1.1\r\nHost: h\r\n"
 
 static const struct req_ok req_ok[] = {
-    {"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "GET", "/", 1, WEIR_H1_BODY_NONE, X, 1, 0,
-     0, "example.com", 1},
+    {"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "GET", "/", 1, WEIR_H1_BODY_NONE, X, 1, 0, 0,
+     "example.com", 1},
     {"GET /a?b=c HTTP/1.0\r\n\r\n", "GET", "/a?b=c", 0, WEIR_H1_BODY_NONE, X, 0, 0, 0, "", 0},
-    {"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "GET", "/", 0, WEIR_H1_BODY_NONE, X, 1,
-     0, 0, "", 1},
-    {"GET / HTTP/1.0\r\nConnection: Keep-Alive, close\r\n\r\n", "GET", "/", 0, X, X, 0, X, X,
-     NULL, X},
+    {"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", "GET", "/", 0, WEIR_H1_BODY_NONE, X, 1, 0,
+     0, "", 1},
+    {"GET / HTTP/1.0\r\nConnection: Keep-Alive, close\r\n\r\n", "GET", "/", 0, X, X, 0, X, X, NULL,
+     X},
     {"GET /" H11 "Connection: close\r\n\r\n", "GET", "/", 1, X, X, 0, 0, 0, "h", 2},
-    {"GET /" H11 "Connection: foo\r\nConnection: CLOSE\r\n\r\n", NULL, NULL, 1, X, X, 0, X, X,
-     NULL, 3},
-    {"POST /up" H11 "Content-Length: 5\r\n\r\n", "POST", "/up", 1, WEIR_H1_BODY_LENGTH, 5, 1, 0,
-     0, "h", 2},
-    {"POST /" H11 "Content-Length: 0\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_NONE, X, 1, X, X,
-     NULL, X},
+    {"GET /" H11 "Connection: foo\r\nConnection: CLOSE\r\n\r\n", NULL, NULL, 1, X, X, 0, X, X, NULL,
+     3},
+    {"POST /up" H11 "Content-Length: 5\r\n\r\n", "POST", "/up", 1, WEIR_H1_BODY_LENGTH, 5, 1, 0, 0,
+     "h", 2},
+    {"POST /" H11 "Content-Length: 0\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_NONE, X, 1, X, X, NULL,
+     X},
     {"POST /" H11 "Content-Length: 007\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_LENGTH, 7, X, X, X,
      NULL, X},
-    {"POST /" H11 "Content-Length: 9223372036854775807\r\n\r\n", NULL, NULL, 1,
-     WEIR_H1_BODY_LENGTH, INT64_MAX, X, X, X, NULL, X},
-    {"POST /" H11 "Content-Length:  12 \t\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_LENGTH, 12, X, X,
-     X, NULL, X},
-    {"POST /" H11 "Transfer-Encoding: chunked\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_CHUNKED, X,
-     X, X, X, NULL, X},
-    {"POST /" H11 "transfer-encoding: CHUNKED\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_CHUNKED, X,
-     X, X, X, NULL, X},
-    {"POST /" H11 "Transfer-Encoding: chunked, \r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_CHUNKED, X,
-     X, X, X, NULL, X},
+    {"POST /" H11 "Content-Length: 9223372036854775807\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_LENGTH,
+     INT64_MAX, X, X, X, NULL, X},
+    {"POST /" H11 "Content-Length:  12 \t\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_LENGTH, 12, X, X, X,
+     NULL, X},
+    {"POST /" H11 "Transfer-Encoding: chunked\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_CHUNKED, X, X,
+     X, X, NULL, X},
+    {"POST /" H11 "transfer-encoding: CHUNKED\r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_CHUNKED, X, X,
+     X, X, NULL, X},
+    {"POST /" H11 "Transfer-Encoding: chunked, \r\n\r\n", NULL, NULL, 1, WEIR_H1_BODY_CHUNKED, X, X,
+     X, X, NULL, X},
     {"POST /" H11 "Expect: 100-continue\r\nContent-Length: 3\r\n\r\n", NULL, NULL, 1,
      WEIR_H1_BODY_LENGTH, 3, 1, 1, 0, NULL, 3},
     {"POST /" H11 "Expect: 100-CONTINUE\r\n\r\n", NULL, NULL, 1, X, X, X, 1, X, NULL, X},
     {"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n", NULL, NULL, 0, X, X, X, 0, X, NULL, X},
     {"GET /" H11 "Expect: 200-ok\r\n\r\n", NULL, NULL, 1, X, X, X, 0, X, NULL, X},
-    {"GET /ws" H11 "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", NULL, NULL, 1, X, X, 1,
-     0, 1, NULL, 3},
-    {"GET /ws" H11 "Connection: keep-alive, upgrade\r\nUpgrade: h2c\r\n\r\n", NULL, NULL, 1, X,
-     X, 1, 0, 1, NULL, 3},
+    {"GET /ws" H11 "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", NULL, NULL, 1, X, X, 1, 0,
+     1, NULL, 3},
+    {"GET /ws" H11 "Connection: keep-alive, upgrade\r\nUpgrade: h2c\r\n\r\n", NULL, NULL, 1, X, X,
+     1, 0, 1, NULL, 3},
     {"GET /ws" H11 "Connection: upgrade\r\n\r\n", NULL, NULL, 1, X, X, X, X, 0, NULL, X},
     {"GET /ws" H11 "Upgrade: websocket\r\n\r\n", NULL, NULL, 1, X, X, X, X, 0, NULL, X},
     /* Request-target forms. */
     {"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "OPTIONS", "*", 1, X, X, X, X, X, "h", 1},
     {"GET http://example.com/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n", "GET",
      "http://example.com/x?y", 1, X, X, X, X, X, NULL, X},
-    {"GET HTTPS://e.com HTTP/1.1\r\nHost: e.com\r\n\r\n", NULL, "HTTPS://e.com", 1, X, X, X, X,
-     X, NULL, X},
+    {"GET HTTPS://e.com HTTP/1.1\r\nHost: e.com\r\n\r\n", NULL, "HTTPS://e.com", 1, X, X, X, X, X,
+     NULL, X},
     {"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "CONNECT",
      "example.com:443", 1, X, X, X, X, X, "example.com:443", X},
-    {"CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n", NULL, "[::1]:8443", 1, X, X, X,
-     X, X, "[::1]:8443", X},
+    {"CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n", NULL, "[::1]:8443", 1, X, X, X, X,
+     X, "[::1]:8443", X},
     {"GET /%7e!$&'()*+,;=:@[]{}|^`\"<>\\ HTTP/1.1\r\nHost: h\r\n\r\n", NULL,
      "/%7e!$&'()*+,;=:@[]{}|^`\"<>\\", 1, X, X, X, X, X, NULL, X},
     {"GET /a#frag HTTP/1.1\r\nHost: h\r\n\r\n", NULL, "/a#frag", 1, X, X, X, X, X, NULL, X},
@@ -198,8 +198,8 @@ struct req_bad {
     int rc;
 };
 
-#define B WEIR_EH1_BAD
-#define NI WEIR_EH1_NOT_IMPL
+#define B   WEIR_EH1_BAD
+#define NI  WEIR_EH1_NOT_IMPL
 #define VER WEIR_EH1_VERSION
 
 static const struct req_bad req_bad[] = {
@@ -227,7 +227,7 @@ static const struct req_bad req_bad[] = {
     {"GET /\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n", 0, B},
     {"GET /a\x01 HTTP/1.1\r\nHost: h\r\n\r\n", 0, B},
     {"GET /a\0b HTTP/1.1\r\nHost: h\r\n\r\n", 30, B},
-    {"GET /\r\n\r\n", 0, B},          /* HTTP/0.9 */
+    {"GET /\r\n\r\n", 0, B}, /* HTTP/0.9 */
     {"GET\r\n\r\n", 0, B},
     {"GET / \r\n\r\n", 0, B},
     {"/ HTTP/1.1\r\nHost: h\r\n\r\n", 0, B},
@@ -353,9 +353,17 @@ static void test_request_incomplete(void **state)
 {
     (void)state;
     static const char *const partial[] = {
-        "", "G", "GET / HTTP/1.1", "GET / HTTP/1.1\r", "GET / HTTP/1.1\r\n",
-        "GET / HTTP/1.1\r\nHost: h\r\n", "GET / HTTP/1.1\r\nHost: h\r\n\r", "\r", "\r\n",
-        "\r\nGET", "GET / HTTP/1.1\r\nHo",
+        "",
+        "G",
+        "GET / HTTP/1.1",
+        "GET / HTTP/1.1\r",
+        "GET / HTTP/1.1\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\n\r",
+        "\r",
+        "\r\n",
+        "\r\nGET",
+        "GET / HTTP/1.1\r\nHo",
     };
     for (size_t i = 0; i < sizeof(partial) / sizeof(partial[0]); i++) {
         struct weir_h1_request r;
@@ -406,7 +414,8 @@ static void test_request_bytewise(void **state)
         feed_bytewise_req(c->raw, c->len ? c->len : strlen(c->raw));
     }
     /* Pipelined: the parser stops at the end of the first head. */
-    static const char two[] = "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
+    static const char two[] =
+        "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
     struct weir_h1_request r;
     assert_int_equal(parse_req(two, sizeof(two) - 1, &r), (sizeof(two) - 1) / 2);
     assert_iov(r.target, "/1");
@@ -507,42 +516,44 @@ struct resp_case {
     int keep_alive;
 };
 
-#define RBAD(raw, head) {raw, head, B, 0, NULL, 0, 0, 0}
+#define RBAD(raw, head)                                                                            \
+    {                                                                                              \
+        raw, head, B, 0, NULL, 0, 0, 0                                                             \
+    }
 
 static const struct resp_case resp_cases[] = {
     {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, 0, 200, "OK", WEIR_H1_BODY_LENGTH, 5,
      1},
-    {"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, 0, 200, "OK", WEIR_H1_BODY_NONE, X,
-     1},
+    {"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, 0, 200, "OK", WEIR_H1_BODY_NONE, X, 1},
     {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, 0, 200, "OK", WEIR_H1_BODY_NONE, X, 1},
     {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, 0, 200, NULL,
      WEIR_H1_BODY_CHUNKED, X, 1},
     {"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false, 0, 200, NULL,
      WEIR_H1_BODY_CHUNKED, X, 1},
-    {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, 0, 200, NULL,
-     WEIR_H1_BODY_NONE, X, 1},
+    {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, 0, 200, NULL, WEIR_H1_BODY_NONE,
+     X, 1},
     {"HTTP/1.1 200 OK\r\n\r\n", false, 0, 200, "OK", WEIR_H1_BODY_CLOSE, X, 0},
     {"HTTP/1.1 200 OK\r\n\r\n", true, 0, 200, "OK", WEIR_H1_BODY_NONE, X, 1},
     {"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false, 0, 200, "OK", WEIR_H1_BODY_LENGTH, 2,
      0},
-    {"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n", false, 0, 200,
-     NULL, WEIR_H1_BODY_LENGTH, 2, 1},
-    {"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n", false, 0, 200, NULL,
-     WEIR_H1_BODY_CLOSE, X, 0},
+    {"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n", false, 0, 200, NULL,
+     WEIR_H1_BODY_LENGTH, 2, 1},
+    {"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n", false, 0, 200, NULL, WEIR_H1_BODY_CLOSE,
+     X, 0},
     {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n", false, 0, 200, NULL,
      WEIR_H1_BODY_LENGTH, 2, 0},
     {"HTTP/1.1 204 No Content\r\n\r\n", false, 0, 204, "No Content", WEIR_H1_BODY_NONE, X, 1},
     {"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n", false, 0, 304, NULL,
      WEIR_H1_BODY_NONE, X, 1},
     {"HTTP/1.1 100 Continue\r\n\r\n", false, 0, 100, "Continue", WEIR_H1_BODY_NONE, X, 1},
-    {"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-     false, 0, 101, NULL, WEIR_H1_BODY_NONE, X, 1},
-    {"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n", false, 0, 103, NULL,
-     WEIR_H1_BODY_NONE, X, X},
+    {"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n", false,
+     0, 101, NULL, WEIR_H1_BODY_NONE, X, 1},
+    {"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n", false, 0, 103, NULL, WEIR_H1_BODY_NONE,
+     X, X},
     {"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\n", false, 0, 200, "", WEIR_H1_BODY_LENGTH, 1, 1},
     {"HTTP/1.1 200 \r\nContent-Length: 1\r\n\r\n", false, 0, 200, "", WEIR_H1_BODY_LENGTH, 1, 1},
-    {"HTTP/1.1 404 Not  Found \xe9\r\nContent-Length: 1\r\n\r\n", false, 0, 404,
-     "Not  Found \xe9", X, X, X},
+    {"HTTP/1.1 404 Not  Found \xe9\r\nContent-Length: 1\r\n\r\n", false, 0, 404, "Not  Found \xe9",
+     X, X, X},
     {"HTTP/1.1 999 Whatever\r\nContent-Length: 1\r\n\r\n", false, 0, 999, NULL, X, X, X},
     {"HTTP/1.1 200 OK\r\nHost: a/b c\r\nContent-Length: 1\r\n\r\n", false, 0, 200, NULL, X, X, X},
     /* Rejected. */
