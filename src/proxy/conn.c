@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <netinet/tcp.h>
 
 #include "core/alloc.h"
 #include "net/sock.h"
@@ -88,6 +89,11 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     if (c == NULL) {
         close(fd);
         return WEIR_ENOMEM;
+    }
+    int one = 1;
+    /* Responses leave in whole writes; Nagle would only add delayed-ACK stalls. */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
+        weir_log(WEIR_LOG_DEBUG, "TCP_NODELAY: %s", strerror(errno));
     }
     c->magic = WEIR_CONN_MAGIC;
     c->w = w;

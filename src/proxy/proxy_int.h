@@ -133,6 +133,7 @@ struct weir_session {
     bool have_peer;
     struct weir__upconn *up;
     bool up_reused;
+    bool up_ready;           /* connected and the request head queued */
     unsigned retries;
     unsigned stale_retries;
     struct weir_timer up_timer;
