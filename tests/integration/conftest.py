@@ -1,0 +1,344 @@
+"""Shared harness for weir's integration tests.
+
+Everything here starts real processes on loopback with ephemeral ports: the weir binary
+(WEIR_BIN, set by ctest), byte-exact Python origins the test controls, and nginx as an origin.
+Every process started is stopped by PID at teardown; weir must exit cleanly and print no
+sanitizer report.
+"""
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from origin import Origin, HttpOrigin  # noqa: F401  (re-exported for tests)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WEIR_BIN = os.environ.get("WEIR_BIN", os.path.join(ROOT, "build", "weir"))
+EXAMPLES_DIR = os.environ.get("WEIR_EXAMPLES_DIR", os.path.join(ROOT, "build", "examples"))
+SANITIZED = os.environ.get("WEIR_SANITIZED", "0") == "1"
+
+SANITIZER_MARKERS = (
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",
+    "WARNING: ThreadSanitizer",
+    "assertion failed",
+)
+
+
+def free_port():
+    """A port the kernel just handed out on 127.0.0.1 (closed again, so reusable)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0, host="127.0.0.1"):
+    """Waits until something accepts connections on port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class Weir:
+    """One weir process: started from a config text, a command line, or an example binary."""
+
+    def __init__(self, args, workdir, port=None, env=None, binary=None):
+        self.args = list(args)
+        self.workdir = workdir
+        self.port = port
+        self.stderr_path = os.path.join(workdir, f"weir-{id(self)}.stderr")
+        self.stdout_path = os.path.join(workdir, f"weir-{id(self)}.stdout")
+        self.binary = binary or WEIR_BIN
+        self.env = dict(os.environ)
+        self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1")
+        self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        if env:
+            self.env.update(env)
+        self.proc = None
+        self.returncode = None
+
+    def start(self, wait=True):
+        self._err = open(self.stderr_path, "wb")
+        self._out = open(self.stdout_path, "wb")
+        self.proc = subprocess.Popen([self.binary] + self.args, stdout=self._out,
+                                     stderr=self._err, stdin=subprocess.DEVNULL,
+                                     cwd=self.workdir, env=self.env)
+        if wait and self.port:
+            try:
+                wait_port(self.port, timeout=20 if SANITIZED else 10)
+            except TimeoutError:
+                self.stop(signal.SIGKILL)
+                raise AssertionError("weir did not start:\n" + self.stderr())
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stderr(self):
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stdout(self):
+        with open(self.stdout_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig):
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout=30):
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.returncode = self.proc.wait()
+            raise AssertionError(f"weir did not exit within {timeout}s:\n" + self.stderr())
+        return self.returncode
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Stops weir with sig and returns its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        rc = self.wait(timeout)
+        self._err.close()
+        self._out.close()
+        return rc
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def hwm_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+    def check_clean(self):
+        err = self.stderr()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in err, f"weir reported '{marker}':\n{err}"
+
+
+@pytest.fixture
+def weir(tmp_path):
+    """weir(config_yaml, port=...) starts weir -c on a config text; stopped at teardown.
+
+    weir.cli([...], port=...) starts it with any arguments instead. Each started process must
+    exit 0 on SIGTERM at teardown (unless the test stopped it itself) and print no sanitizer
+    report.
+    """
+    started = []
+
+    def start_config(config_text, port=None, env=None, wait=True):
+        path = tmp_path / f"weir-{len(started)}.yaml"
+        path.write_text(config_text)
+        w = Weir(["-c", str(path)], str(tmp_path), port=port, env=env)
+        started.append(w)
+        return w.start(wait=wait)
+
+    def start_cli(args, port=None, env=None, wait=True, binary=None):
+        w = Weir(args, str(tmp_path), port=port, env=env, binary=binary)
+        started.append(w)
+        return w.start(wait=wait)
+
+    start_config.cli = start_cli
+    start_config.tmp_path = tmp_path
+    yield start_config
+    for w in started:
+        if w.proc is not None and w.returncode is None:
+            rc = w.stop(signal.SIGTERM)
+            assert rc == 0, f"weir exited {rc} on SIGTERM:\n{w.stderr()}"
+        w.check_clean()
+
+
+def proxy_config(listen_port, backends, server_extra="", routes=None, upstreams=None):
+    """A config text: one listener, one route to one upstream group of backends."""
+    backend_lines = "\n".join(f"      - 127.0.0.1:{p}" for p in backends)
+    routes = routes or "  - upstream: backend\n"
+    upstreams = upstreams or f"  backend:\n    backends:\n{backend_lines}\n"
+    return (f"server:\n  threads: 2\n  grace_period: 10s\n{server_extra}"
+            f"listeners:\n  - 127.0.0.1:{listen_port}\n"
+            f"routes:\n{routes}"
+            f"upstreams:\n{upstreams}")
+
+
+@pytest.fixture
+def origin():
+    """An HttpOrigin (see origin.py) started on a free port; stopped at teardown."""
+    o = HttpOrigin()
+    o.start()
+    yield o
+    o.stop()
+
+
+@pytest.fixture
+def raw_origin():
+    """Origin(handler): a TCP server whose handler(conn, data_so_far) scripts every byte."""
+    made = []
+
+    def make(handler):
+        o = Origin(handler)
+        o.start()
+        made.append(o)
+        return o
+
+    yield make
+    for o in made:
+        o.stop()
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {prefix}/www;
+        location /echo {{
+            client_max_body_size 0;
+            return 200 "nginx-echo $request_method $request_uri\\n";
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx_origin(tmp_path):
+    """nginx serving files from a temp root: returns an object with .port and .www (a path)."""
+    nginx = "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        pytest.fail("nginx is not installed (scripts/deps.sh installs nginx-light)")
+    prefix = tmp_path / "nginx"
+    (prefix / "www").mkdir(parents=True)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
+    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    class N:
+        pass
+
+    n = N()
+    n.port = port
+    n.www = prefix / "www"
+    n.proc = proc
+    try:
+        wait_port(port)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError("nginx did not start: " + proc.stderr.read().decode())
+    yield n
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def raw_exchange(port, data, timeout=5.0, read_until_close=True, half_close=False):
+    """Sends bytes, returns every byte received until the server closes (or timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                b = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            chunks.append(b)
+            if not read_until_close:
+                break
+        return b"".join(chunks)
+
+
+def parse_responses(data):
+    """Splits raw bytes into [(status, headers(dict, lower-case keys), body)] using framing."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise AssertionError(f"incomplete response head: {data[:200]!r}")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers.setdefault(k.strip().lower().decode(), v.strip().decode())
+        if status < 200:
+            out.append((status, headers, b""))
+            data = rest
+            continue
+        if "content-length" in headers:
+            n = int(headers["content-length"])
+            body, data = rest[:n], rest[n:]
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                line, _, rest = rest.partition(b"\r\n")
+                size = int(line.split(b";")[0], 16)
+                if size == 0:
+                    _, _, rest = rest.partition(b"\r\n")
+                    break
+                body += rest[:size]
+                rest = rest[size + 2:]
+            data = rest
+        else:
+            body, data = rest, b""
+        out.append((status, headers, body))
+    return out
+
+
+def run_in_thread(fn, *args):
+    """Runs fn(*args) in a daemon thread; returns (thread, result holder dict)."""
+    result = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            result["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, result
