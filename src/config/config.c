@@ -39,7 +39,7 @@ struct ctx {
 };
 
 #define KEY_REQUIRED 1u
-#define MAX_KEYS 16 /* keys of the widest mapping (server:) */
+#define MAX_KEYS     16 /* keys of the widest mapping (server:) */
 
 struct keyspec {
     const char *name;
@@ -159,8 +159,8 @@ static void unknown_key(struct ctx *c, const struct ynode *k, const struct keysp
     } else if (s >= 0) {
         err(c, k, "unknown key %s; did you mean '%s'?", shown, names[s]);
     } else {
-        err(c, k, "unknown key %s; valid keys here: %s", shown, join(names, nkeys, list,
-                                                                     sizeof(list)));
+        err(c, k, "unknown key %s; valid keys here: %s", shown,
+            join(names, nkeys, list, sizeof(list)));
     }
     path_pop(c, old);
 }
@@ -202,8 +202,8 @@ static bool expect_map(struct ctx *c, const struct ynode *n, const char *what)
  * a required key, which then gets "got nothing"). Reports unknown, duplicate and non-string
  * keys, and missing required ones at m's position. false when m is not a mapping.
  */
-static bool fields(struct ctx *c, const struct ynode *m, const struct keyspec *keys,
-                   size_t nkeys, const struct ynode **vals, const char *what)
+static bool fields(struct ctx *c, const struct ynode *m, const struct keyspec *keys, size_t nkeys,
+                   const struct ynode **vals, const char *what)
 {
     const struct ynode *seen[MAX_KEYS] = {0};
     for (size_t i = 0; i < nkeys; i++) {
@@ -214,7 +214,8 @@ static bool fields(struct ctx *c, const struct ynode *m, const struct keyspec *k
         return false;
     }
     const struct ynode *d = weir__ynode_deref(m);
-    for (const struct ynode *k = is_null ? NULL : d->first; k != NULL && k->next != NULL; k = k->next->next) {
+    for (const struct ynode *k = is_null ? NULL : d->first; k != NULL && k->next != NULL;
+         k = k->next->next) {
         const struct ynode *v = k->next;
         if (!scalar_key(c, k)) {
             continue;
@@ -315,7 +316,8 @@ static void get_bool(struct ctx *c, const struct ynode *n, const char *key, bool
             *out = false;
         } else {
             char shown[WEIR__CFG_DESCRIBE_MAX];
-            err(c, n, "expected true or false, got %s", weir__cfg_describe(s, shown, sizeof(shown)));
+            err(c, n, "expected true or false, got %s",
+                weir__cfg_describe(s, shown, sizeof(shown)));
         }
     }
     path_pop(c, old);
@@ -487,7 +489,6 @@ static const char *address_value(struct ctx *c, const struct ynode *n, bool allo
     return keep(c, s->text, s->len);
 }
 
-
 /* --- server: ------------------------------------------------------------------------- */
 
 static void forwarded_section(struct ctx *c, const struct ynode *m, struct weir_cfg_server *s)
@@ -564,8 +565,20 @@ static void access_log_value(struct ctx *c, const struct ynode *n, struct weir_c
 static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg_server *s)
 {
     enum {
-        K_THREADS, K_STEAL, K_PID, K_ERRLOG, K_LEVEL, K_GRACE, K_ALOG, K_AFMT, K_KEEP,
-        K_RETRIES, K_FWD, K_LIMITS, K_TIMEOUTS, K_N
+        K_THREADS,
+        K_STEAL,
+        K_PID,
+        K_ERRLOG,
+        K_LEVEL,
+        K_GRACE,
+        K_ALOG,
+        K_AFMT,
+        K_KEEP,
+        K_RETRIES,
+        K_FWD,
+        K_LIMITS,
+        K_TIMEOUTS,
+        K_N
     };
     static const struct keyspec keys[K_N] = {
         [K_THREADS] = {"threads", 0},
@@ -971,8 +984,10 @@ static const char *header_value(struct ctx *c, const struct ynode *n)
     for (size_t i = 0; i < d->len; i++) {
         unsigned char ch = (unsigned char)d->text[i];
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-            err(c, n, "a header value may not contain CR, LF, NUL or other control characters, "
-                "got %s", weir__cfg_describe(d, shown, sizeof(shown)));
+            err(c, n,
+                "a header value may not contain CR, LF, NUL or other control characters, "
+                "got %s",
+                weir__cfg_describe(d, shown, sizeof(shown)));
             return NULL;
         }
     }
@@ -994,7 +1009,8 @@ static void header_map(struct ctx *c, const struct ynode *n, enum weir_header_op
     if (n == NULL || !expect_map(c, n, "a mapping of header names to values")) {
         return;
     }
-    for (const struct ynode *k = weir__ynode_deref(n)->first; k != NULL && k->next != NULL; k = k->next->next) {
+    for (const struct ynode *k = weir__ynode_deref(n)->first; k != NULL && k->next != NULL;
+         k = k->next->next) {
         const char *name = header_name(c, k);
         if (name == NULL) {
             continue;
@@ -1329,8 +1345,8 @@ int weir_config_load_string(const char *name, const char *text, size_t len,
     if (e == NULL) {
         return WEIR_ENOMEM;
     }
-    return finish(load(name != NULL ? name : "(string)", text != NULL ? text : "", len, e, out),
-                  e, errs);
+    return finish(load(name != NULL ? name : "(string)", text != NULL ? text : "", len, e, out), e,
+                  errs);
 }
 
 /* Reads the whole file into a heap buffer. 0 or -errno; EFBIG when over the size limit. */

@@ -61,7 +61,7 @@ const struct weir_config_error *weir_config_errors_at(const struct weir_config_e
 }
 
 __attribute__((format(printf, 2, 0))) static char *vformat(struct weir_arena *a, const char *fmt,
-                                                             va_list ap)
+                                                           va_list ap)
 {
     char small[256];
     va_list ap2;
@@ -195,7 +195,8 @@ size_t weir__cfg_edit_distance(const char *a, size_t alen, const char *b, size_t
             if (d[i - 1][j - 1] + cost < best) {
                 best = d[i - 1][j - 1] + cost;
             }
-            if (i > 1 && j > 1 && lower((unsigned char)a[i - 1]) == lower((unsigned char)b[j - 2]) &&
+            if (i > 1 && j > 1 &&
+                lower((unsigned char)a[i - 1]) == lower((unsigned char)b[j - 2]) &&
                 lower((unsigned char)a[i - 2]) == lower((unsigned char)b[j - 1]) &&
                 d[i - 2][j - 2] + 1 < best) {
                 best = d[i - 2][j - 2] + 1; /* transposition */

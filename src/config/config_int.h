@@ -32,8 +32,8 @@ struct ynode {
     enum ynode_type type;
     int line;
     int col;
-    bool plain;        /* scalar written without quotes or block style */
-    const char *text;  /* scalar text (NUL-terminated copy; may hold NULs), alias name */
+    bool plain;       /* scalar written without quotes or block style */
+    const char *text; /* scalar text (NUL-terminated copy; may hold NULs), alias name */
     size_t len;
     struct ynode *target; /* alias: the anchored node, NULL when unknown */
     struct ynode *first;
@@ -42,7 +42,7 @@ struct ynode {
     struct ynode *parent; /* while building */
     const char *anchor;   /* while building: a collection's anchor, registered at its end */
     size_t anchor_len;
-    size_t n;             /* children */
+    size_t n; /* children */
 };
 
 /* The node an alias names (or the node itself). Never returns an alias. */

@@ -105,8 +105,8 @@ int weir_config_parse_size(const char *s, uint64_t *bytes)
     static const struct {
         const char *name;
         uint64_t mul;
-    } units[] = {{"", 1},        {"k", 1u << 10}, {"K", 1u << 10},
-                 {"m", 1u << 20}, {"M", 1u << 20}, {"g", 1u << 30}, {"G", 1u << 30}};
+    } units[] = {{"", 1},         {"k", 1u << 10}, {"K", 1u << 10}, {"m", 1u << 20},
+                 {"M", 1u << 20}, {"g", 1u << 30}, {"G", 1u << 30}};
     uint64_t mant;
     unsigned frac;
     if (s == NULL) {

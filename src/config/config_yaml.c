@@ -184,8 +184,7 @@ static int on_collection_start(struct builder *b, struct fy_event *ev, enum ynod
     }
     n->type = type;
     n->text = "";
-    struct fy_token *anchor =
-        type == YN_MAP ? ev->mapping_start.anchor : ev->sequence_start.anchor;
+    struct fy_token *anchor = type == YN_MAP ? ev->mapping_start.anchor : ev->sequence_start.anchor;
     if (anchor != NULL && text_of(b, anchor, &n->anchor, &n->anchor_len) != 0) {
         return WEIR_ENOMEM;
     }
@@ -250,8 +249,7 @@ static int collect_diag(struct builder *b, struct fy_diag *diag)
             return WEIR_ENOMEM;
         }
     }
-    if (!found &&
-        weir__cfgerr_add(b->errs, b->line, b->col, "", "YAML syntax error") != 0) {
+    if (!found && weir__cfgerr_add(b->errs, b->line, b->col, "", "YAML syntax error") != 0) {
         return WEIR_ENOMEM;
     }
     return WEIR_ECONFIG;
@@ -284,8 +282,11 @@ static int run_parser(struct builder *b, struct fy_parser *p, struct fy_diag *di
 static size_t utf8_seq(const unsigned char *s, size_t left, uint32_t *cp)
 {
     static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-    size_t n = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3
-             : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+    size_t n = s[0] < 0x80             ? 1
+               : (s[0] & 0xe0) == 0xc0 ? 2
+               : (s[0] & 0xf0) == 0xe0 ? 3
+               : (s[0] & 0xf8) == 0xf0 ? 4
+                                       : 0;
     if (n == 0 || n > left) {
         return 0;
     }
@@ -326,11 +327,13 @@ static int check_text(const char *text, size_t len, struct weir_config_errors *e
         if (n == 0 || !printable(c)) {
             int rc = n == 0 ? weir__cfgerr_add(errs, line, col, "",
                                                "invalid UTF-8 (byte 0x%02x); save the file as "
-                                               "UTF-8", s[i])
+                                               "UTF-8",
+                                               s[i])
                             : weir__cfgerr_add(errs, line, col, "",
                                                "control character U+%04X is not allowed in "
                                                "YAML; write it as an escape in a double-quoted "
-                                               "string", (unsigned)c);
+                                               "string",
+                                               (unsigned)c);
             return rc != 0 ? rc : WEIR_ECONFIG;
         }
         if (c == '\n') {

@@ -205,8 +205,12 @@ static void test_defaults(void **state)
     check_defaults(cfg);
     weir_config_free(cfg);
 
-    static const char *const empty[] = {"", "# nothing\n", "server:\n", "server: {}\n",
-                                        "server:\n  limits:\n  timeouts: ~\n", "---\n...\n"};
+    static const char *const empty[] = {"",
+                                        "# nothing\n",
+                                        "server:\n",
+                                        "server: {}\n",
+                                        "server:\n  limits:\n  timeouts: ~\n",
+                                        "---\n...\n"};
     for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
         cfg = load_ok(empty[i]);
         check_defaults(cfg);
@@ -266,7 +270,8 @@ static void test_bad_file_all_errors(void **state)
     assert_null(cfg);
     assert_int_equal(weir_config_errors_count(errs), 5);
     check_err(errs, 0, 2, 3, "server.thread", "unknown key 'thread'; did you mean 'threads'?");
-    check_err(errs, 1, 3, 12, "server.threads", "expected an integer between 1 and 256, got 'lots'");
+    check_err(errs, 1, 3, 12, "server.threads",
+              "expected an integer between 1 and 256, got 'lots'");
     check_err(errs, 2, 4, 14, "server.log_level",
               "expected one of error, warn, info, debug, got 'verbose'");
     check_err(errs, 3, 6, 14, "listeners[0].address",
@@ -277,16 +282,14 @@ static void test_bad_file_all_errors(void **state)
     assert_string_equal(weir_config_errors_at(errs, 0)->file, "bad.yaml");
     assert_null(weir_config_errors_at(errs, 5));
 
-    char *out = NULL;
-    size_t outlen = 0;
-    FILE *f = open_memstream(&out, &outlen);
+    char out[2048] = {0};
+    FILE *f = fmemopen(out, sizeof(out) - 1, "w");
     assert_non_null(f);
     weir_config_errors_print(errs, f);
     fclose(f);
     assert_non_null(strstr(out, "bad.yaml:2:3: error: server.thread: unknown key 'thread'; "
                                 "did you mean 'threads'?\n"
                                 "bad.yaml:3:12: error: server.threads: expected an integer"));
-    free(out);
     weir_config_errors_free(errs);
 }
 
@@ -299,14 +302,13 @@ static void test_missing_file(void **state)
     assert_int_equal(weir_config_errors_count(errs), 1);
     check_err(errs, 0, 0, 0, "", "cannot read the file: No such file or directory");
 
-    char *out = NULL;
-    size_t outlen = 0;
-    FILE *f = open_memstream(&out, &outlen);
+    char out[2048] = {0};
+    FILE *f = fmemopen(out, sizeof(out) - 1, "w");
+    assert_non_null(f);
     weir_config_errors_print(errs, f);
     fclose(f);
     assert_string_equal(out, "no-such.yaml: error: cannot read the file: No such file or "
                              "directory\n");
-    free(out);
     weir_config_errors_free(errs);
 
     /* errs may be NULL; a directory is not a config */
@@ -336,8 +338,9 @@ static void test_unknown_keys(void **state)
     expect_one("sevrer: {}\n", 1, 1, "sevrer", "unknown key 'sevrer'; did you mean 'server'?");
     expect_one("bogus: 1\n", 1, 1, "bogus",
                "unknown key 'bogus'; valid keys here: server, listeners, routes, upstreams");
-    expect_one("routes:\n  - upstream: a\n    macth: {}\nupstreams: {a: {backends: [localhost:1]}}\n",
-               3, 5, "routes[0].macth", "unknown key 'macth'; did you mean 'match'?");
+    expect_one(
+        "routes:\n  - upstream: a\n    macth: {}\nupstreams: {a: {backends: [localhost:1]}}\n", 3,
+        5, "routes[0].macth", "unknown key 'macth'; did you mean 'match'?");
     expect_one("server:\n  <<: {threads: 1}\n", 2, 3, "server.<<",
                "merge keys (<<) are not supported; write the keys out");
 }
@@ -367,13 +370,12 @@ static void test_wrong_types(void **state)
                "expected a size between 1k and 1m, got '2m'");
     expect_one("server:\n  limits:\n    max_request_line: lots\n", 3, 23,
                "server.limits.max_request_line", "expected a size like 16k or 1m, got 'lots'");
-    expect_one("server:\n  timeouts:\n    client_body: 0s\n", 3, 18,
-               "server.timeouts.client_body", "expected a duration of at least 1ms, got '0s'");
+    expect_one("server:\n  timeouts:\n    client_body: 0s\n", 3, 18, "server.timeouts.client_body",
+               "expected a duration of at least 1ms, got '0s'");
     expect_one("server:\n  timeouts:\n    client_body: 2000h\n", 3, 18,
                "server.timeouts.client_body",
                "expected a duration of whole milliseconds up to 1193h, got '2000h'");
-    expect_one("server: 4\n", 1, 9, "server",
-               "expected a mapping of server settings, got '4'");
+    expect_one("server: 4\n", 1, 9, "server", "expected a mapping of server settings, got '4'");
     expect_one("- 1\n", 1, 1, "",
                "expected a mapping with server, listeners, routes, upstreams, got a sequence");
     expect_one("listeners: 127.0.0.1:80\n", 1, 12, "listeners",
@@ -444,8 +446,8 @@ static void test_upstreams_and_routes(void **state)
     expect_one("upstreams:\n  u: {}\n", 2, 6, "upstreams.u", "missing required key 'backends'");
     expect_one("upstreams:\n  u:\n    balance: random\n    backends: [localhost:1]\n", 3, 14,
                "upstreams.u.balance", "expected one of round_robin, got 'random'");
-    expect_one("upstreams:\n  u:\n    backends:\n      - {address: localhost:1, weight: 1001}\n",
-               4, 40, "upstreams.u.backends[0].weight",
+    expect_one("upstreams:\n  u:\n    backends:\n      - {address: localhost:1, weight: 1001}\n", 4,
+               40, "upstreams.u.backends[0].weight",
                "expected an integer between 1 and 1000, got '1001'");
 }
 
@@ -482,8 +484,8 @@ static void test_duplicates(void **state)
     (void)state;
     expect_one("server:\n  threads: 1\n  threads: 2\n", 3, 3, "server.threads",
                "duplicate key 'threads' (first at line 2, column 3)");
-    expect_one("upstreams:\n  u: {backends: [localhost:1]}\n  u: {backends: [localhost:2]}\n", 3,
-               3, "upstreams.u", "duplicate key 'u' (first at line 2, column 3)");
+    expect_one("upstreams:\n  u: {backends: [localhost:1]}\n  u: {backends: [localhost:2]}\n", 3, 3,
+               "upstreams.u", "duplicate key 'u' (first at line 2, column 3)");
     expect_one("server: {}\nserver: {}\n", 2, 1, "server",
                "duplicate key 'server' (first at line 1, column 1)");
 }
@@ -500,8 +502,7 @@ static void test_several_errors_in_order(void **state)
                                                "  web: {backends: [bad]}\n");
     assert_int_equal(weir_config_errors_count(errs), 4);
     /* sorted by place even though upstreams are checked before routes */
-    check_err(errs, 0, 2, 15, "routes[0].upstream",
-              "no upstream named 'wbe'; did you mean 'web'?");
+    check_err(errs, 0, 2, 15, "routes[0].upstream", "no upstream named 'wbe'; did you mean 'web'?");
     check_err(errs, 1, 4, 12, "server.threads", "expected an integer between 1 and 256, got 'x'");
     check_err(errs, 2, 5, 29, "server.timeouts.client_header",
               "expected a duration like 30s or 250ms, got '1y'");
@@ -513,8 +514,7 @@ static void test_several_errors_in_order(void **state)
 static void test_too_many_errors(void **state)
 {
     (void)state;
-    char *yaml = malloc(200 * 32);
-    assert_non_null(yaml);
+    static char yaml[200 * 32];
     size_t o = 0;
     o += (size_t)snprintf(yaml + o, 32, "listeners:\n");
     for (int i = 0; i < 150; i++) {
@@ -524,13 +524,13 @@ static void test_too_many_errors(void **state)
     assert_int_equal(weir_config_errors_count(errs), WEIR__CFG_MAX_ERRORS + 1);
     check_err(errs, WEIR__CFG_MAX_ERRORS, 102, 5, "", "too many errors; stopped reporting here");
     weir_config_errors_free(errs);
-    free(yaml);
 }
 
 static void test_aliases_and_documents(void **state)
 {
     (void)state;
-    expect_one("server:\n  threads: *n\n", 2, 12, "", "no anchor named 'n' is defined before this alias");
+    expect_one("server:\n  threads: *n\n", 2, 12, "",
+               "no anchor named 'n' is defined before this alias");
     /* an alias inside its own anchor finds nothing: no cycles */
     struct weir_config_errors *errs = load_bad("server: &s\n  threads: 1\n  x: *s\n");
     assert_int_equal(weir_config_errors_count(errs), 2);
@@ -605,15 +605,48 @@ static void test_parse_duration(void **state)
         const char *s;
         uint32_t ms;
     } ok[] = {
-        {"0", 0},          {"30", 30000},          {"30s", 30000},     {"250ms", 250},
-        {"2m", 120000},    {"1h", 3600000},        {"1.5s", 1500},     {"0.5m", 30000},
-        {"0ms", 0},        {"4294967295ms", UINT32_MAX}, {"1193h", 4294800000u},
-        {"4294967s", 4294967000u}, {"1.250s", 1250}, {"007s", 7000},
+        {"0", 0},
+        {"30", 30000},
+        {"30s", 30000},
+        {"250ms", 250},
+        {"2m", 120000},
+        {"1h", 3600000},
+        {"1.5s", 1500},
+        {"0.5m", 30000},
+        {"0ms", 0},
+        {"4294967295ms", UINT32_MAX},
+        {"1193h", 4294800000u},
+        {"4294967s", 4294967000u},
+        {"1.250s", 1250},
+        {"007s", 7000},
     };
     static const char *const bad[] = {
-        "", "s", "ms", "-1s", "+1s", "1 s", " 1s", "1s ", "5 minutes", "1d", "1S", "1.s", ".5s",
-        "1..5s", "1.2.3s", "0.5ms", "1.0001s", "4294967296ms", "4294968s", "1194h",
-        "99999999999999999999999h", "18446744073709551616", "1e3", "0x10", "1sm", "1mss",
+        "",
+        "s",
+        "ms",
+        "-1s",
+        "+1s",
+        "1 s",
+        " 1s",
+        "1s ",
+        "5 minutes",
+        "1d",
+        "1S",
+        "1.s",
+        ".5s",
+        "1..5s",
+        "1.2.3s",
+        "0.5ms",
+        "1.0001s",
+        "4294967296ms",
+        "4294968s",
+        "1194h",
+        "99999999999999999999999h",
+        "18446744073709551616",
+        "1e3",
+        "0x10",
+        "1sm",
+        "1mss",
     };
     uint32_t ms;
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -653,8 +686,23 @@ static void test_parse_size(void **state)
         {"1.50000000000000000g", 1610612736},
     };
     static const char *const bad[] = {
-        "", "k", "-1", "+1", "1 k", "1kb", "1KiB", "1t", "0.3", "1.5", "1.0001k",
-        "18446744073709551616", "17179869184g", "99999999999999999999g", "1e3", "lots", " 1",
+        "",
+        "k",
+        "-1",
+        "+1",
+        "1 k",
+        "1kb",
+        "1KiB",
+        "1t",
+        "0.3",
+        "1.5",
+        "1.0001k",
+        "18446744073709551616",
+        "17179869184g",
+        "99999999999999999999g",
+        "1e3",
+        "lots",
+        " 1",
     };
     uint64_t v;
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
@@ -683,7 +731,7 @@ static void test_edit_distance(void **state)
     assert_int_equal(weir__cfg_edit_distance("", 0, "abc", 3), 3);
     assert_int_equal(weir__cfg_edit_distance("kitten", 6, "sitting", 7), 3);
     static const char *const keys[] = {"via", "x_forwarded_for", "x_forwarded_proto"};
-    assert_int_equal(weir__cfg_suggest("x", 1, keys, 3), -1);       /* not a typo of via */
+    assert_int_equal(weir__cfg_suggest("x", 1, keys, 3), -1); /* not a typo of via */
     assert_int_equal(weir__cfg_suggest("vai", 3, keys, 3), 0);
     assert_int_equal(weir__cfg_suggest("forwarded_proto", 15, keys, 3), 2); /* 2 edits of 17 */
     assert_int_equal(weir__cfg_suggest("x_forwarded_prot", 16, keys, 3), 2);
