@@ -115,17 +115,19 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
     if (!hr->keep_alive) {
         s->close_after = true;
     }
-    uint64_t max_body = cfg->server.limits.max_body_bytes;
-    if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
-        s->close_after = true;
-        weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n"));
-        weir__session_run(s);
-        return 0;
-    }
     if (w->hooks->new_ctx) {
         s->ctx = w->hooks->new_ctx(s, w->hooks_data);
     }
     s->phase = PH_EARLY;
+    uint64_t max_body = cfg->server.limits.max_body_bytes;
+    if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
+        /* Refused before any hook or upstream sees it; the body is never read. */
+        s->close_after = true;
+        if (weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n")) != 0) {
+            weir__session_finish(s);
+            return 0;
+        }
+    }
     weir__session_run(s);
     return 0;
 }
