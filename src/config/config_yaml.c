@@ -27,6 +27,7 @@ struct builder {
     int line; /* last known position, for events without a mark (empty scalars) */
     int col;
     int docs;
+    bool ended; /* saw STREAM_END: libfyaml read the whole text */
 };
 
 bool weir__ynode_is_null(const struct ynode *n)
@@ -208,6 +209,9 @@ static int on_collection_end(struct builder *b)
 static int on_event(struct builder *b, struct fy_event *ev)
 {
     switch (ev->type) {
+    case FYET_STREAM_END:
+        b->ended = true;
+        return 0;
     case FYET_DOCUMENT_START:
         if (++b->docs == 2) {
             const struct fy_mark *m = fy_event_start_mark(ev);
@@ -272,7 +276,7 @@ static int run_parser(struct builder *b, struct fy_parser *p, struct fy_diag *di
         rc = on_event(b, ev);
         fy_parser_event_free(p, ev);
     }
-    if (rc == 0 && fy_parser_get_stream_error(p)) {
+    if (rc == 0 && (fy_parser_get_stream_error(p) || !b->ended)) {
         rc = collect_diag(b, diag);
     }
     return rc;
@@ -312,6 +316,16 @@ static bool printable(uint32_t c)
            (c >= 0x10000 && c <= 0x10ffff);
 }
 
+/* Whether blanks from s up to a ':' follow: "? a\t: b" crashes libfyaml 0.7.12 (fuzz_config). */
+static bool tab_before_colon(const char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (s[i] == '\t' || s[i] == ' ')) {
+        i++;
+    }
+    return i < len && s[i] == ':';
+}
+
 /*
  * Refuses text that is not UTF-8 made of YAML's printable characters, before libfyaml sees it:
  * a config file never needs anything else, and libfyaml 0.7.12 loops forever on some invalid
@@ -334,6 +348,11 @@ static int check_text(const char *text, size_t len, struct weir_config_errors *e
                                                "YAML; write it as an escape in a double-quoted "
                                                "string",
                                                (unsigned)c);
+            return rc != 0 ? rc : WEIR_ECONFIG;
+        }
+        if (c == '\t' && tab_before_colon(text + i, len - i)) {
+            int rc = weir__cfgerr_add(errs, line, col, "",
+                                      "a tab before ':' is not supported; use spaces");
             return rc != 0 ? rc : WEIR_ECONFIG;
         }
         if (c == '\n') {

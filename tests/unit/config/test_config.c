@@ -553,6 +553,19 @@ static void test_invalid_utf8_in_directive_does_not_hang(void **state)
     expect_one("%\xbe", 1, 2, "", "invalid UTF-8 (byte 0xbe); save the file as UTF-8");
 }
 
+/* libfyaml 0.7.12 crashed on a tab before ':' after an explicit key (fuzz_config). */
+static void test_tab_before_colon_does_not_crash(void **state)
+{
+    (void)state;
+    expect_one("? 1:\t:", 1, 5, "", "a tab before ':' is not supported; use spaces");
+    expect_one("server:\n  threads:\t 4\n  via \t: 1\n", 3, 7, "",
+               "a tab before ':' is not supported; use spaces");
+    /* a tab elsewhere is fine */
+    struct weir_config *cfg = load_ok("server:\n  threads:\t4 # \tx\n");
+    assert_int_equal(cfg->server.threads, 4);
+    weir_config_free(cfg);
+}
+
 static void test_text_must_be_printable_utf8(void **state)
 {
     (void)state;
@@ -759,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_too_many_errors),
         cmocka_unit_test(test_aliases_and_documents),
         cmocka_unit_test(test_invalid_utf8_in_directive_does_not_hang),
+        cmocka_unit_test(test_tab_before_colon_does_not_crash),
         cmocka_unit_test(test_text_must_be_printable_utf8),
         cmocka_unit_test(test_string_api_edges),
         cmocka_unit_test(test_parse_duration),
