@@ -22,6 +22,7 @@ typedef void (*weir_post_fn)(struct weir_loop *loop, void *arg);
 struct weir_timer {
     uint64_t deadline_ms; /**< private */
     size_t heap_index;    /**< private; SIZE_MAX when not armed */
+    uint64_t start_seq;   /**< private: when it was armed, in the loop's sequence */
     weir_timer_cb cb;
     void *data;           /**< the caller's */
 };

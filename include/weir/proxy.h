@@ -63,9 +63,10 @@ struct weir_proxy_hooks {
     enum weir_hook_result (*upstream_response_filter)(struct weir_session *s, void *ctx,
                                                       struct weir_resp *resp);
     /**
-     * The response head about to be sent to the client. Removing Content-Length makes the
-     * response chunked (HTTP/1.1 clients) or close-delimited, so body filters may change its
-     * length.
+     * The response head from upstream about to be sent to the client. Removing
+     * Content-Length makes the response chunked (HTTP/1.1 clients) or close-delimited, so body
+     * filters may change its length. Not called for responses weir makes itself
+     * (weir_session_respond*, error pages), as in Pingora: those are final as given.
      */
     enum weir_hook_result (*response_filter)(struct weir_session *s, void *ctx,
                                              struct weir_resp *resp);

@@ -5,6 +5,7 @@
  */
 #include "weir/mem.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -143,6 +144,9 @@ void *weir_arena_calloc(struct weir_arena *a, size_t n)
 
 char *weir_arena_strndup(struct weir_arena *a, const char *s, size_t n)
 {
+    if (n == SIZE_MAX) {
+        return NULL;
+    }
     char *d = weir_arena_alloc(a, n + 1);
     if (d == NULL) {
         return NULL;

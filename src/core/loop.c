@@ -31,6 +31,7 @@ struct weir_loop {
     int64_t wall_s;
 
     struct weir_timer **heap;
+    uint64_t timer_seq; /* counts timer starts: a pass fires only timers armed before it */
     size_t nheap;
     size_t heap_cap;
 
@@ -43,6 +44,7 @@ struct weir_loop {
 
     struct weir_defer *defer_head;
     struct weir_defer *defer_tail;
+    uint64_t defer_round;
 
     weir_turn_fn turn_fn;
     void *turn_arg;
@@ -191,6 +193,7 @@ void weir_timer_stop(struct weir_loop *loop, struct weir_timer *t)
 int weir_timer_start(struct weir_loop *loop, struct weir_timer *t, uint64_t ms)
 {
     uint64_t deadline = loop->now_ms + ms;
+    t->start_seq = ++loop->timer_seq;
     if (t->heap_index != SIZE_MAX) {
         uint64_t old = t->deadline_ms;
         t->deadline_ms = deadline;
@@ -224,7 +227,13 @@ size_t weir__loop_timer_count(const struct weir_loop *loop)
 
 void weir__loop_run_timers(struct weir_loop *loop)
 {
-    while (loop->nheap > 0 && loop->heap[0]->deadline_ms <= loop->now_ms) {
+    /*
+     * Timers armed by callbacks during this pass wait for the next one (as libuv does), so a
+     * callback re-arming itself with 0 ms cannot keep the turn from ending.
+     */
+    uint64_t pass = loop->timer_seq;
+    while (loop->nheap > 0 && loop->heap[0]->deadline_ms <= loop->now_ms &&
+           loop->heap[0]->start_seq <= pass) {
         struct weir_timer *t = loop->heap[0];
         weir_timer_stop(loop, t);
         t->cb(loop, t);
@@ -346,6 +355,7 @@ void weir__loop_defer(struct weir_loop *loop, struct weir_defer *d)
     }
     d->queued = true;
     d->next = NULL;
+    d->round = loop->defer_round;
     if (loop->defer_tail) {
         loop->defer_tail->next = d;
     } else {
@@ -377,15 +387,20 @@ void weir__loop_defer_cancel(struct weir_loop *loop, struct weir_defer *d)
 
 static void run_deferred(struct weir_loop *loop)
 {
-    /* Calls deferred while running go to the next round, so one turn stays bounded. */
-    struct weir_defer *d = loop->defer_head;
-    loop->defer_head = loop->defer_tail = NULL;
-    while (d) {
-        struct weir_defer *next = d->next;
+    /*
+     * Calls deferred while running belong to the next round, so one turn stays bounded. The
+     * queue stays live while it runs, so a call may cancel any other still queued.
+     */
+    uint64_t round = loop->defer_round++;
+    while (loop->defer_head != NULL && loop->defer_head->round <= round) {
+        struct weir_defer *d = loop->defer_head;
+        loop->defer_head = d->next;
+        if (loop->defer_head == NULL) {
+            loop->defer_tail = NULL;
+        }
         d->queued = false;
         d->next = NULL;
         d->fn(loop, d);
-        d = next;
     }
 }
 
@@ -438,5 +453,7 @@ int weir__loop_run(struct weir_loop *loop)
     pthread_mutex_lock(&loop->post_lock);
     loop->closed = true;
     pthread_mutex_unlock(&loop->post_lock);
+    /* Posts accepted before the queue closed still run: their senders count on it. */
+    drain_posts(loop, &loop->wake, 0);
     return 0;
 }

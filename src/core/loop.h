@@ -9,6 +9,7 @@ struct weir_defer {
     struct weir_defer *next;
     void (*fn)(struct weir_loop *loop, struct weir_defer *d);
     bool queued;
+    uint64_t round; /* private: the round it was queued in */
 };
 
 /** Called once per loop turn, after events and timers (RCU quiescent state, log flush). */

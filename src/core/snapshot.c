@@ -46,7 +46,7 @@ struct weir_snapshot_holder *weir__snapshot_acquire(struct weir_snapshot_slot *s
                                                     struct weir_snapshot_holder **cur)
 {
     struct weir_snapshot *s = rcu_dereference(slot->current);
-    if (*cur != NULL && (*cur)->snap == s) {
+    if (s == NULL || (*cur != NULL && (*cur)->snap == s)) {
         return *cur;
     }
     struct weir_snapshot_holder *h = weir__malloc(sizeof(*h));

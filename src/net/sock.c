@@ -39,6 +39,9 @@ int weir__addr_parse(const char *s, size_t len, struct sockaddr_storage *ss, soc
     uint16_t port;
 
     memset(ss, 0, sizeof(*ss));
+    if (s == NULL || len == 0 || memchr(s, '\0', len) != NULL) {
+        return WEIR_EINVAL; /* inet_pton would stop at the NUL and accept a prefix */
+    }
     if (len > 0 && s[0] == '[') {
         const char *rb = memchr(s, ']', len);
         if (rb == NULL || (size_t)(rb - s) + 1 >= len || rb[1] != ':') {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/assert.h"
 #include "weir/error.h"
 
 void weir__outq_push(struct weir__outq *q, const void *base, size_t len)
@@ -14,12 +15,11 @@ void weir__outq_push(struct weir__outq *q, const void *base, size_t len)
     if (len == 0) {
         return;
     }
-    /* Callers push at most 4 ranges per message part; 4 is the design bound. */
-    if (q->n < 4) {
-        q->v[q->n].iov_base = (void *)base;
-        q->v[q->n].iov_len = len;
-        q->n++;
-    }
+    /* Callers push at most WEIR_OUTQ_MAX ranges per message part: more is our bug. */
+    WEIR_ASSERT(q->n < WEIR_OUTQ_MAX);
+    q->v[q->n].iov_base = (void *)base;
+    q->v[q->n].iov_len = len;
+    q->n++;
 }
 
 size_t weir__outq_len(const struct weir__outq *q)

@@ -19,9 +19,12 @@ struct weir__stream {
     bool eof;      /* the peer half-closed: no more bytes will arrive */
 };
 
-/** Pending output: up to 4 iovecs written in order. */
+/** The most ranges one queue holds: head + chunk size line + data + CRLF. */
+#define WEIR_OUTQ_MAX 4
+
+/** Pending output: up to WEIR_OUTQ_MAX iovecs written in order. */
 struct weir__outq {
-    struct iovec v[4];
+    struct iovec v[WEIR_OUTQ_MAX];
     int n;   /* iovecs in use */
     int i;   /* first not fully written */
 };
@@ -36,7 +39,10 @@ static inline void weir__outq_reset(struct weir__outq *q)
     q->n = q->i = 0;
 }
 
-/** Appends a range (ignored when empty). The caller keeps it valid until written. */
+/**
+ * Appends a range (ignored when empty). The caller keeps it valid until written. Pushing more
+ * than WEIR_OUTQ_MAX ranges is a bug and aborts: bytes are never dropped silently.
+ */
 void weir__outq_push(struct weir__outq *q, const void *base, size_t len);
 
 /** Bytes still to write. */

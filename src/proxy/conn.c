@@ -65,6 +65,12 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
         return;
     }
     weir__proxy_close_all(w);
+    /* The loop will not run again: sessions still waiting for a hook end here. */
+    while (w->zombies) {
+        struct weir_session *s = w->zombies->s;
+        s->suspended = false;
+        weir__session_finish(s);
+    }
     weir__pool_free(w->pool);
     weir__access_buf_dispose(&w->access);
     weir_arena_free(w->spare_arena);
@@ -208,6 +214,11 @@ void weir__conn_close(struct weir_conn *c)
     unlink_conn(c);
     if (c->s != NULL && c->s->suspended) {
         c->zombie = true; /* the session frees us when its hook resumes */
+        c->next = w->zombies;
+        if (w->zombies) {
+            w->zombies->prev = c;
+        }
+        w->zombies = c;
     } else {
         weir__loop_defer(w->loop, &c->reap);
     }
@@ -388,6 +399,15 @@ void weir__conn_request_done(struct weir_conn *c, bool close_conn)
     if (c->state == CONN_CLOSED) {
         if (c->zombie) {
             c->zombie = false;
+            if (c->prev) {
+                c->prev->next = c->next;
+            } else {
+                w->zombies = c->next;
+            }
+            if (c->next) {
+                c->next->prev = c->prev;
+            }
+            c->prev = c->next = NULL;
             weir__loop_defer(w->loop, &c->reap);
         }
         return;

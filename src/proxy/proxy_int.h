@@ -42,6 +42,7 @@ struct weir__proxy_worker {
     struct weir_access_buf access;
     enum weir_access_format access_format;
     struct weir_conn *conns; /* every open client connection */
+    struct weir_conn *zombies; /* closed, waiting for a suspended hook to resume */
     uint32_t nconns;
     bool draining;
     weir__conn_closed_fn on_closed;

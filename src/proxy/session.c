@@ -164,8 +164,12 @@ static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum 
 static bool run_peer(struct weir_session *s)
 {
     const struct weir_proxy_hooks *hk = s->w->hooks;
+    const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
     if (!s->have_result) {
         memset(&s->peer, 0, sizeof(s->peer));
+        s->peer.connect_timeout_ms = t->upstream_connect_ms;
+        s->peer.read_timeout_ms = t->upstream_read_ms;
+        s->peer.write_timeout_ms = t->upstream_write_ms;
     }
     enum weir_hook_result r = CALL_HOOK(s, hk->upstream_peer, s, s->ctx, &s->peer);
     if (r == WEIR_HOOK_CONTINUE && s->peer.addrlen == 0) {
@@ -173,7 +177,6 @@ static bool run_peer(struct weir_session *s)
         return false;
     }
     if (r == WEIR_HOOK_CONTINUE) {
-        const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
         if (s->peer.connect_timeout_ms == 0) {
             s->peer.connect_timeout_ms = t->upstream_connect_ms;
         }

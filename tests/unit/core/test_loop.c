@@ -313,7 +313,7 @@ static void chain_a(struct weir_loop *loop, struct weir_timer *t)
     struct chain *ch = t->data;
     ch->fa++;
     weir_timer_stop(loop, &ch->b);                               /* due now: must not fire */
-    assert_int_equal(weir_timer_start(loop, &ch->c, 0), 0);      /* new and due */
+    assert_int_equal(weir_timer_start(loop, &ch->c, 0), 0);      /* due, fires on the next pass */
     assert_int_equal(weir_timer_start(loop, &ch->d, 100000), 0); /* was due: pushed out */
 }
 
@@ -334,7 +334,7 @@ static void test_callback_starts_and_stops_others(void **state)
     weir__loop_run_timers(loop);
     assert_int_equal(ch.fa, 1);
     assert_int_equal(ch.fb, 0);
-    assert_int_equal(ch.fc, 1);
+    assert_int_equal(ch.fc, 1); /* armed during the first pass, fired by the second */
     assert_int_equal(ch.fd, 0);
     assert_true(weir_timer_active(&ch.d));
     assert_false(weir_timer_active(&ch.b));
