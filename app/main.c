@@ -287,6 +287,9 @@ int main(int argc, char **argv)
             check = true;
         } else if (strcmp(a, "-c") == 0 && i + 1 < argc) {
             file = argv[++i];
+        } else if (strcmp(a, "-c") == 0) {
+            fprintf(stderr, "weir: -c needs a configuration file: weir -c FILE\n");
+            return 1;
         } else {
             fprintf(stderr, "weir: unknown argument '%s'\nRun 'weir --help' for usage.\n", a);
             return 1;

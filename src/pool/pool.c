@@ -127,7 +127,10 @@ static void evict(struct weir__pool *p, struct weir__upconn *u, uint64_t *counte
 static void idle_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
 {
     struct weir__upconn *u = io->data;
-    /* Any readiness on an idle connection is a close, an error or bytes nobody asked for. */
+    /* Writability means nothing here; anything readable is a close, an error or stray bytes. */
+    if ((events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) == 0) {
+        return;
+    }
     evict(u->pool, u, &u->pool->stats.evict_closed);
 }
 

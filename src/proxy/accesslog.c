@@ -160,3 +160,58 @@ void weir__access_log_request(struct weir_session *s)
     l.buf[l.len++] = '\n';
     weir__access_buf_append(&w->access, l.buf, l.len, weir_loop_now_ms(w->loop));
 }
+
+void weir__access_log_reject(struct weir_conn *c, int status, size_t body_bytes)
+{
+    struct weir__proxy_worker *w = c->w;
+    if (w->access.log == NULL) {
+        return;
+    }
+    /* The request line as received, up to its end or the buffer's (it may be the bad part). */
+    struct weir_iov line = {NULL, 0};
+    if (c->st.in.data != NULL) {
+        const char *p = c->st.in.data + c->st.in.rpos;
+        size_t n = weir__buf_len(&c->st.in);
+        const char *eol = memchr(p, '\n', n);
+        line.base = p;
+        line.len = eol ? (size_t)(eol - p) : n;
+        if (line.len > 0 && line.base[line.len - 1] == '\r') {
+            line.len--;
+        }
+    }
+    struct tm tm;
+    time_t t = (time_t)weir_loop_wall_s(w->loop);
+    gmtime_r(&t, &tm);
+    struct line l;
+    l.len = 0;
+    if (w->access_format == WEIR_ACCESS_JSON) {
+        char ts[32];
+        int n = snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02dZ", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        put_str(&l, "{");
+        json_str(&l, "time", (struct weir_iov){ts, n > 0 ? (size_t)n : 0}, false);
+        json_str(&l, "client", (struct weir_iov){c->ip, c->iplen}, true);
+        json_str(&l, "request_line", line, true);
+        json_num(&l, "status", (uint64_t)status);
+        json_num(&l, "body_bytes_sent", body_bytes);
+        json_str(&l, "error", WEIR_IOV_LIT("InvalidHTTP"), true);
+        put_str(&l, "}");
+    } else {
+        static const char *const mon[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                          "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        char ts[40];
+        int n = snprintf(ts, sizeof(ts), "[%02d/%s/%04d:%02d:%02d:%02d +0000] \"", tm.tm_mday,
+                         mon[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        put_raw(&l, c->ip, c->iplen);
+        put_str(&l, " - - ");
+        put_raw(&l, ts, n > 0 ? (size_t)n : 0);
+        put_escaped(&l, line, false);
+        put_str(&l, "\" ");
+        put_u64(&l, (uint64_t)status);
+        put_str(&l, " ");
+        put_u64(&l, body_bytes);
+        put_str(&l, " \"-\" \"-\"");
+    }
+    l.buf[l.len++] = '\n';
+    weir__access_buf_append(&w->access, l.buf, l.len, weir_loop_now_ms(w->loop));
+}

@@ -323,6 +323,7 @@ static void reject_head(struct weir_conn *c, int code)
         /* Best effort: the socket buffer of a fresh connection takes this at once. */
         (void)!write(c->st.io.fd, buf, (size_t)n);
     }
+    weir__access_log_reject(c, status, strlen(reason) + 1);
     weir_log(WEIR_LOG_DEBUG, "client %s: rejected request head: %s (%d)", c->ip,
              weir_strerror(code), status);
     weir__conn_linger(c);

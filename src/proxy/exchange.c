@@ -201,50 +201,140 @@ static enum pipe_status pipe_step(struct weir_session *s, struct weir__pipe *p,
 
 /* ---- upstream connection ---- */
 
-static const struct weir_iov hop_by_hop[] = {
-    WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("Keep-Alive"), WEIR_IOV_LIT("TE"),
-    WEIR_IOV_LIT("Upgrade"), WEIR_IOV_LIT("Transfer-Encoding"), WEIR_IOV_LIT("Trailer"),
+/*
+ * Header rewriting on the hot path: one compaction pass over the fields removes hop-by-hop
+ * ones and notes the fields we care about, instead of one scan per name.
+ */
+
+#define MAX_CONN_TOKENS 8
+
+/* Fields that describe one connection and never cross the proxy (RFC 9110 7.6.1). */
+static bool is_hop_by_hop(struct weir_iov n)
+{
+    switch (n.len) {
+    case 2:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("TE"));
+    case 7:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("Upgrade"));
+    case 10:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("Connection")) ||
+               weir_iov_ieq(n, WEIR_IOV_LIT("Keep-Alive"));
+    case 17:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("Transfer-Encoding"));
+    default:
+        break;
+    }
+    return n.len > 6 && weir_iov_ieq((struct weir_iov){n.base, 6}, WEIR_IOV_LIT("Proxy-"));
+}
+
+struct field_scan {
+    int content_length; /* index after compaction, -1 when absent */
+    int x_forwarded_for;
+    struct weir_iov conn_tokens[MAX_CONN_TOKENS]; /* extra names Connection listed */
+    unsigned nconn_tokens;
+    bool conn_overflow;
 };
 
-/* Removes hop-by-hop fields: the fixed list, Proxy-*, and every field Connection names. */
-static void strip_hop_by_hop(struct weir_headers *h)
+/* Notes the names a Connection field lists beyond the usual close/keep-alive. */
+static void note_connection_tokens(struct field_scan *fs, struct weir_iov value)
 {
-    struct weir_iov conn;
-    /* Names listed in Connection go first, while the Connection fields still exist. */
-    for (uint32_t i = 0; i < h->n; i++) {
-        if (!weir_iov_ieq(h->v[i].name, WEIR_IOV_LIT("Connection"))) {
+    size_t pos = 0;
+    struct weir_iov tok;
+    while (weir__http_next_token(value, &pos, &tok)) {
+        if (weir_iov_ieq(tok, WEIR_IOV_LIT("close")) ||
+            weir_iov_ieq(tok, WEIR_IOV_LIT("keep-alive")) || is_hop_by_hop(tok)) {
             continue;
         }
-        conn = h->v[i].value;
-        size_t pos = 0;
-        struct weir_iov tok;
-        while (weir__http_next_token(conn, &pos, &tok)) {
-            if (!weir_iov_ieq(tok, WEIR_IOV_LIT("Connection"))) {
-                weir_headers_remove_iov(h, tok);
-            }
-        }
-    }
-    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++) {
-        weir_headers_remove_iov(h, hop_by_hop[i]);
-    }
-    for (uint32_t i = 0; i < h->n;) {
-        if (h->v[i].name.len > 6 && weir_iov_ieq((struct weir_iov){h->v[i].name.base, 6},
-                                                 WEIR_IOV_LIT("Proxy-"))) {
-            weir__headers_remove_at(h, i);
+        if (fs->nconn_tokens < MAX_CONN_TOKENS) {
+            fs->conn_tokens[fs->nconn_tokens++] = tok;
         } else {
-            i++;
+            fs->conn_overflow = true;
         }
     }
 }
 
-static int add_forwarded(struct weir_session *s, struct weir_headers *h)
+static bool named_by_connection(const struct field_scan *fs, struct weir_iov name)
+{
+    for (unsigned i = 0; i < fs->nconn_tokens; i++) {
+        if (weir_iov_ieq(name, fs->conn_tokens[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Removes hop-by-hop fields, the fields Connection names, and for requests Expect and
+ * X-Forwarded-Proto (we answer 100-continue ourselves and set the protocol). Fills *fs.
+ */
+static void strip_fields(struct weir_headers *h, bool request, struct field_scan *fs)
+{
+    memset(fs, 0, sizeof(*fs));
+    fs->content_length = fs->x_forwarded_for = -1;
+    uint32_t w = 0;
+    for (uint32_t r = 0; r < h->n; r++) {
+        struct weir_iov name = h->v[r].name;
+        if (is_hop_by_hop(name)) {
+            if (name.len == 10 && (name.base[0] | 0x20) == 'c') {
+                note_connection_tokens(fs, h->v[r].value);
+            }
+            continue;
+        }
+        if (request && ((name.len == 6 && weir_iov_ieq(name, WEIR_IOV_LIT("Expect"))) ||
+                        (name.len == 17 && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-Proto"))))) {
+            continue;
+        }
+        if (name.len == 14 && weir_iov_ieq(name, WEIR_IOV_LIT("Content-Length"))) {
+            fs->content_length = (int)w;
+        } else if (request && name.len == 15 &&
+                   weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-For"))) {
+            fs->x_forwarded_for = (int)w;
+        }
+        h->v[w++] = h->v[r];
+    }
+    h->n = w;
+    if (fs->nconn_tokens > 0) {
+        /* Rare: Connection named other fields, which may have come before it. */
+        fs->content_length = fs->x_forwarded_for = -1;
+        w = 0;
+        for (uint32_t r = 0; r < h->n; r++) {
+            struct weir_iov name = h->v[r].name;
+            if (named_by_connection(fs, name)) {
+                continue;
+            }
+            if (weir_iov_ieq(name, WEIR_IOV_LIT("Content-Length"))) {
+                fs->content_length = (int)w;
+            } else if (request && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-For"))) {
+                fs->x_forwarded_for = (int)w;
+            }
+            h->v[w++] = h->v[r];
+        }
+        h->n = w;
+    }
+}
+
+/*
+ * Appends a field whose bytes outlive the request (static text, or the connection's own
+ * buffers) without copying them; falls back to a copying add when the array must grow.
+ */
+static int push_field(struct weir_headers *h, struct weir_iov name, struct weir_iov value)
+{
+    if (h->n < h->cap) {
+        h->v[h->n++] = (struct weir_header){name, value};
+        return 0;
+    }
+    return weir_headers_add_iov(h, name, value);
+}
+
+static int add_forwarded(struct weir_session *s, struct weir_headers *h,
+                         const struct field_scan *fs)
 {
     const struct weir_cfg_server *sc = &s->cfg->server;
     int rc = 0;
     if (sc->x_forwarded_for) {
-        struct weir_iov prev;
         struct weir_iov ip = weir_session_client_ip(s);
-        if (weir_headers_get(h, "X-Forwarded-For", &prev) && prev.len > 0) {
+        if (fs->x_forwarded_for >= 0 && h->v[fs->x_forwarded_for].value.len > 0) {
+            struct weir_iov prev = h->v[fs->x_forwarded_for].value;
             size_t len = prev.len + 2 + ip.len;
             char *v = weir_arena_alloc(s->arena, len);
             if (v == NULL) {
@@ -253,17 +343,19 @@ static int add_forwarded(struct weir_session *s, struct weir_headers *h)
             memcpy(v, prev.base, prev.len);
             memcpy(v + prev.len, ", ", 2);
             memcpy(v + prev.len + 2, ip.base, ip.len);
-            rc = weir_headers_set_iov(h, WEIR_IOV_LIT("X-Forwarded-For"),
-                                      (struct weir_iov){v, len});
+            h->v[fs->x_forwarded_for].value = (struct weir_iov){v, len};
+        } else if (fs->x_forwarded_for >= 0) {
+            h->v[fs->x_forwarded_for].value = ip;
         } else {
-            rc = weir_headers_set_iov(h, WEIR_IOV_LIT("X-Forwarded-For"), ip);
+            rc = push_field(h, WEIR_IOV_LIT("X-Forwarded-For"), ip);
         }
     }
     if (rc == 0 && sc->x_forwarded_proto) {
-        rc = weir_headers_set(h, "X-Forwarded-Proto", "http");
+        rc = push_field(h, WEIR_IOV_LIT("X-Forwarded-Proto"), WEIR_IOV_LIT("http"));
     }
     if (rc == 0 && sc->via) {
-        rc = weir_headers_add(h, "Via", s->client_minor ? "1.1 weir" : "1.0 weir");
+        rc = push_field(h, WEIR_IOV_LIT("Via"),
+                        s->client_minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
     }
     return rc;
 }
@@ -288,29 +380,36 @@ static bool parse_length(struct weir_iov v, uint64_t *out)
 static int build_upstream_head(struct weir_session *s)
 {
     struct weir_headers *h = &s->req.headers;
+    struct field_scan fs;
     if (s->up_head != NULL) {
         return 0;
     }
-    strip_hop_by_hop(h);
-    weir_headers_remove(h, "Expect");
-    int rc = add_forwarded(s, h);
+    strip_fields(h, true, &fs);
+    int rc = add_forwarded(s, h, &fs);
     if (rc != 0) {
         return rc;
     }
-    if (s->w->hooks->upstream_request_filter &&
-        s->w->hooks->upstream_request_filter(s, s->ctx, &s->req) != WEIR_HOOK_CONTINUE) {
-        return WEIR_EINVAL;
+    if (s->w->hooks->upstream_request_filter) {
+        if (s->w->hooks->upstream_request_filter(s, s->ctx, &s->req) != WEIR_HOOK_CONTINUE) {
+            return WEIR_EINVAL;
+        }
+        fs.content_length = -2; /* the hook may have moved fields: look again */
     }
     /* Framing going up follows the final head: Content-Length if present, else chunked. */
     s->reqp.in_kind = s->req_body;
     s->reqp.in_left = s->req_length;
     weir__h1_chunked_init(&s->reqp.dec, 4096, s->cfg->server.limits.max_header_bytes);
-    struct weir_iov cl;
+    struct weir_iov cl = {NULL, 0};
+    bool has_cl = fs.content_length == -2 ? weir_headers_get(h, "Content-Length", &cl)
+                                          : fs.content_length >= 0;
+    if (fs.content_length >= 0) {
+        cl = h->v[fs.content_length].value;
+    }
     uint64_t len;
     if (s->req_body == WEIR_H1_BODY_NONE) {
         s->reqp.out_kind = WEIR_H1_BODY_NONE;
-    } else if (s->req_body == WEIR_H1_BODY_LENGTH && weir_headers_get(h, "Content-Length", &cl) &&
-               parse_length(cl, &len) && len == s->req_length) {
+    } else if (s->req_body == WEIR_H1_BODY_LENGTH && has_cl && parse_length(cl, &len) &&
+               len == s->req_length) {
         s->reqp.out_kind = WEIR_H1_BODY_LENGTH;
     } else {
         weir_headers_remove(h, "Content-Length");
@@ -604,12 +703,14 @@ static int read_response_head(struct weir_session *s)
 /* Sets the Connection field the client sees and reports whether we close after. */
 static int set_connection_header(struct weir_session *s, struct weir_resp *r)
 {
+    /* Local responses may carry a Connection field a hook set: replace it. */
+    weir_headers_remove(&r->headers, "Connection");
     if (s->close_after || !s->client_keep_alive || s->w->draining) {
         s->close_after = true;
-        return weir_headers_set(&r->headers, "Connection", "close");
+        return push_field(&r->headers, WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("close"));
     }
     if (s->client_minor == 0) {
-        return weir_headers_set(&r->headers, "Connection", "keep-alive");
+        return push_field(&r->headers, WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("keep-alive"));
     }
     return 0;
 }
@@ -632,24 +733,33 @@ static int start_client_response(struct weir_session *s)
 {
     struct weir_resp *r = s->resp;
     const struct weir_proxy_hooks *hk = s->w->hooks;
-    strip_hop_by_hop(&r->headers);
-    if ((hk->upstream_response_filter &&
-         hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) ||
-        (hk->response_filter && hk->response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE)) {
-        return WEIR_EINVAL;
+    struct field_scan fs;
+    strip_fields(&r->headers, false, &fs);
+    if (hk->upstream_response_filter || hk->response_filter) {
+        if ((hk->upstream_response_filter &&
+             hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) ||
+            (hk->response_filter && hk->response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE)) {
+            return WEIR_EINVAL;
+        }
+        fs.content_length = -2; /* the hooks may have moved fields: look again */
     }
     bool head_method = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
     bool bodyless = head_method || r->status < 200 || r->status == 204 || r->status == 304;
-    struct weir_iov cl;
+    struct weir_iov cl = {NULL, 0};
+    bool has_cl = fs.content_length == -2 ? weir_headers_get(&r->headers, "Content-Length", &cl)
+                                          : fs.content_length >= 0;
+    if (fs.content_length >= 0) {
+        cl = r->headers.v[fs.content_length].value;
+    }
     uint64_t len;
     int rc = 0;
     if (bodyless || s->respp.in_kind == WEIR_H1_BODY_NONE) {
         s->respp.out_kind = WEIR_H1_BODY_NONE;
-    } else if (weir_headers_get(&r->headers, "Content-Length", &cl) && parse_length(cl, &len)) {
+    } else if (has_cl && parse_length(cl, &len)) {
         s->respp.out_kind = WEIR_H1_BODY_LENGTH;
     } else if (s->client_minor == 1) {
         weir_headers_remove(&r->headers, "Content-Length");
-        rc = weir_headers_set(&r->headers, "Transfer-Encoding", "chunked");
+        rc = push_field(&r->headers, WEIR_IOV_LIT("Transfer-Encoding"), WEIR_IOV_LIT("chunked"));
         s->respp.out_kind = WEIR_H1_BODY_CHUNKED;
     } else {
         weir_headers_remove(&r->headers, "Content-Length");
@@ -657,7 +767,8 @@ static int start_client_response(struct weir_session *s)
         s->close_after = true;
     }
     if (rc == 0 && s->cfg->server.via) {
-        rc = weir_headers_add(&r->headers, "Via", r->minor ? "1.1 weir" : "1.0 weir");
+        rc = push_field(&r->headers, WEIR_IOV_LIT("Via"),
+                        r->minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
     }
     if (rc == 0) {
         rc = set_connection_header(s, r);

@@ -221,5 +221,7 @@ int weir__queue_response_head(struct weir_session *s, struct weir_resp *resp);
 
 /* accesslog.c */
 void weir__access_log_request(struct weir_session *s);
+/** Logs a request head rejected before it became a session. */
+void weir__access_log_reject(struct weir_conn *c, int status, size_t body_bytes);
 
 #endif

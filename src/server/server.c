@@ -318,11 +318,23 @@ static void worker_turn(struct weir_loop *loop, void *arg)
     }
 }
 
+/* Stops the kernel from completing new connections on our sockets: they are refused now. */
+static void shut_listeners(struct worker *wk)
+{
+    for (unsigned i = 0; i < wk->nls; i++) {
+        if (wk->ls[i].own_fd && wk->ls[i].io.fd >= 0) {
+            close(wk->ls[i].io.fd);
+            wk->ls[i].io.fd = -1;
+        }
+    }
+}
+
 static void post_drain(struct weir_loop *loop, void *arg)
 {
     struct worker *wk = arg;
     wk->draining = true;
     set_listening(wk, false);
+    shut_listeners(wk);
     if (wk->pw != NULL) {
         weir__proxy_drain(wk->pw);
     } else {
@@ -421,6 +433,18 @@ static int bind_listeners(struct weir_service *svc)
                 return fd;
             }
             l->shared_fd = fd;
+        }
+        if (!stealing) {
+            /*
+             * SO_REUSEPORT would let us join another process's group on the same port and
+             * share its traffic silently: a plain bind first proves the port is free.
+             */
+            int probe = weir__listen(&l->ss, l->len, false, 1);
+            if (probe < 0) {
+                weir_log(WEIR_LOG_ERROR, "cannot listen on %s: %s", l->address, strerror(-probe));
+                return probe;
+            }
+            close(probe);
         }
         for (unsigned w = 0; w < svc->nworkers; w++) {
             struct worker_listener *wl = &svc->workers[w].ls[i];
@@ -606,6 +630,14 @@ static void graceful_stop(struct weir_server *srv, const sigset_t *set)
     weir_log(WEIR_LOG_INFO, "shutting down: finishing in-flight requests (grace period %ums)",
              grace);
     post_all(srv, SVC_PROXY, post_drain);
+    /* Shared sockets (work stealing): shut down here; the fds stay valid until freed. */
+    for (struct weir_service *svc = srv->services; svc; svc = svc->next) {
+        for (unsigned i = 0; i < svc->nlisteners; i++) {
+            if (svc->listeners[i].shared_fd >= 0) {
+                (void)shutdown(svc->listeners[i].shared_fd, SHUT_RDWR);
+            }
+        }
+    }
     uint32_t waited = 0;
     while (!all_exited(srv, SVC_PROXY) && waited < grace) {
         int sig = wait_signal(set, 50);
