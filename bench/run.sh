@@ -11,9 +11,9 @@
 # Exit status: 0 when the harness worked, whatever the figures (weir failing to build,
 # start or serve is reported in the table, not as a failure); 1 when nginx-as-proxy or
 # HAProxy could not be measured; 2 when a prerequisite is missing or the origin fails.
-set -uo pipefail
 # W_* are set by run_wrk with printf -v; cleanup is reached through trap.
 # shellcheck disable=SC2154,SC2317
+set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
