@@ -78,7 +78,7 @@ struct weir_cfg_server {
     uint32_t grace_period_ms;    /**< SIGTERM/SIGQUIT: time to finish in-flight requests; 30000 */
     const char *access_log;      /**< path, "stdout", or NULL (off) */
     enum weir_access_format access_log_format;
-    uint32_t upstream_keepalive; /**< idle upstream connections kept per peer and worker; 32 */
+    uint32_t upstream_keepalive; /**< idle upstream connections kept per peer and worker; 128 */
     uint32_t max_retries;        /**< connect retries on another backend; default 1 */
     bool x_forwarded_for;        /**< add X-Forwarded-For (default true) */
     bool x_forwarded_proto;      /**< add X-Forwarded-Proto (default true) */

@@ -1225,7 +1225,7 @@ static void set_defaults(struct weir_config *cfg)
     s->log_level = WEIR_LOG_INFO;
     s->grace_period_ms = 30000;
     s->access_log_format = WEIR_ACCESS_COMBINED;
-    s->upstream_keepalive = 32;
+    s->upstream_keepalive = 128;
     s->max_retries = 1;
     s->x_forwarded_for = true;
     s->x_forwarded_proto = true;

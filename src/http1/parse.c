@@ -48,6 +48,7 @@ static const unsigned char cls[256] = {
  * the flag, telling whether the first line is complete would need a rescan on every call.
  */
 #define SCAN_LINE1_DONE ((size_t)1 << (sizeof(size_t) * 8 - 1))
+#define SCAN_FLAGS SCAN_LINE1_DONE
 
 #define ONES  UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
@@ -130,7 +131,8 @@ static inline bool ieq_lit(struct weir_iov v, const char *lit, size_t n)
  */
 static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *scan,
                              const struct weir_h1_limits *lim, bool allow_leading_crlf,
-                             int line_too_long, size_t *start)
+                             int line_too_long, int (*line1_check)(const char *, const char *),
+                             size_t *start)
 {
     size_t s = 0;
     /* RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request-line. */
@@ -144,8 +146,8 @@ static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *s
         }
     }
     *start = s;
-    size_t flag = scan->scanned & SCAN_LINE1_DONE;
-    size_t pos = scan->scanned & ~SCAN_LINE1_DONE;
+    size_t flag = scan->scanned & SCAN_FLAGS;
+    size_t pos = scan->scanned & ~SCAN_FLAGS;
     size_t limit = len < lim->max_head ? len : lim->max_head;
     if (pos < s || pos > limit) {
         pos = s;
@@ -175,6 +177,17 @@ static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *s
                 return WEIR_EH1_BAD; /* empty first line: a second leading CRLF */
             }
             flag = SCAN_LINE1_DONE;
+            /*
+             * Judge the request line as soon as it is whole, in byte order as a one-shot parse
+             * would: an HTTP/0.9 client or a bogus version gets its answer now, not after a
+             * blank line that never comes.
+             */
+            if (line1_check != NULL) {
+                int rc = line1_check(buf + s, buf + i + 1);
+                if (rc != 0) {
+                    return rc;
+                }
+            }
         } else if (buf[i - 2] == '\n') {
             scan->scanned = (i + 1) | flag;
             return (ssize_t)(i + 1);
@@ -486,12 +499,20 @@ static int request_framing(const struct framing *f, struct weir_h1_request *out)
     return 0;
 }
 
+static int request_line_check(const char *line, const char *end)
+{
+    struct weir_h1_request r;
+    memset(&r, 0, sizeof(r));
+    return parse_request_line(&line, end, &r);
+}
+
 ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir_h1_scan *scan,
                                const struct weir_h1_limits *lim, struct weir_header *hdrs,
                                size_t hdr_cap, struct weir_h1_request *out)
 {
     size_t start;
-    ssize_t end = find_head_end(buf, len, scan, lim, true, WEIR_EH1_URI_TOO_LONG, &start);
+    ssize_t end = find_head_end(buf, len, scan, lim, true, WEIR_EH1_URI_TOO_LONG,
+                                request_line_check, &start);
     if (end < 0) {
         return end;
     }
@@ -569,7 +590,7 @@ ssize_t weir__h1_parse_response(const char *buf, size_t len, struct weir_h1_scan
                                 struct weir_h1_response *out)
 {
     size_t start;
-    ssize_t end = find_head_end(buf, len, scan, lim, false, WEIR_EH1_BAD, &start);
+    ssize_t end = find_head_end(buf, len, scan, lim, false, WEIR_EH1_BAD, NULL, &start);
     if (end < 0) {
         return end;
     }

@@ -205,17 +205,18 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
         return false;
     }
     /*
-     * Edge-triggered: re-arming with the same mask would not report bytes that arrived before
-     * we parked it, so check for them now with a peek.
+     * A close or stray bytes that arrive from now on raise an edge and evict it. One that came
+     * while the session still owned it raised its edge then; weir__upconn_alive catches that
+     * case at reuse, where it matters.
      */
+    return true;
+}
+
+bool weir__upconn_alive(struct weir__upconn *u)
+{
     char c;
     ssize_t n = recv(u->st.io.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
-        unlink_idle(p, k, u);
-        u->st.io.cb = noop_event;
-        return false;
-    }
-    return true;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 void weir__pool_close_idle(struct weir__pool *p)

@@ -69,6 +69,12 @@ uint32_t weir__pool_idle_count(const struct weir__pool *p);
 int weir__upconn_connect(struct weir__pool *p, const struct weir_peer *peer,
                          struct weir__upconn **out);
 
+/**
+ * True when u shows no sign of a close or stray bytes (one non-blocking peek). Worth its
+ * syscall before sending a request that cannot be retried once its body is under way.
+ */
+bool weir__upconn_alive(struct weir__upconn *u);
+
 /** Closes the socket, releases the buffer and frees u. */
 void weir__upconn_close(struct weir__pool *p, struct weir__upconn *u);
 

@@ -434,6 +434,14 @@ static void begin_connection(struct weir_session *s)
     int rc;
     s->up_reused = false;
     s->up = weir__pool_take(w->pool, &s->peer);
+    /*
+     * A request with a body cannot be retried once the body is under way, so make sure a
+     * pooled connection is alive first; bodiless requests are retried if it was not.
+     */
+    while (s->up != NULL && s->req_body != WEIR_H1_BODY_NONE && !weir__upconn_alive(s->up)) {
+        weir__upconn_close(w->pool, s->up);
+        s->up = weir__pool_take(w->pool, &s->peer);
+    }
     if (s->up != NULL) {
         s->up_reused = true;
     } else {

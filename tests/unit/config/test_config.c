@@ -175,7 +175,7 @@ static void check_defaults(const struct weir_config *cfg)
     assert_int_equal(s->grace_period_ms, 30000);
     assert_null(s->access_log);
     assert_int_equal(s->access_log_format, WEIR_ACCESS_COMBINED);
-    assert_int_equal(s->upstream_keepalive, 32);
+    assert_int_equal(s->upstream_keepalive, 128);
     assert_int_equal(s->max_retries, 1);
     assert_true(s->x_forwarded_for && s->x_forwarded_proto && s->via);
     assert_int_equal(s->limits.max_request_line, 8192);
