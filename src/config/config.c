@@ -1236,7 +1236,7 @@ static void set_defaults(struct weir_config *cfg)
         .max_headers = 100,
         .max_body_bytes = 0,
         .max_connections = 10000,
-        .buffer_size = 16384,
+        .buffer_size = 32768,
     };
     s->timeouts = (struct weir_cfg_timeouts){
         .client_header_ms = 60000,

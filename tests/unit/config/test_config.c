@@ -183,7 +183,7 @@ static void check_defaults(const struct weir_config *cfg)
     assert_int_equal(s->limits.max_headers, 100);
     assert_int_equal(s->limits.max_body_bytes, 0);
     assert_int_equal(s->limits.max_connections, 10000);
-    assert_int_equal(s->limits.buffer_size, 16384);
+    assert_int_equal(s->limits.buffer_size, 32768);
     assert_int_equal(s->timeouts.client_header_ms, 60000);
     assert_int_equal(s->timeouts.client_body_ms, 60000);
     assert_int_equal(s->timeouts.client_keepalive_ms, 75000);
