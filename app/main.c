@@ -187,6 +187,12 @@ static int run_proxy_command(int argc, char **argv)
             rc = proxy_usage_error("missing value after", a);
             goto out;
         }
+        struct weir_peer check;
+        if ((strcmp(a, "--listen") == 0 && weir_peer_set_address(&check, next) != 0)) {
+            rc = proxy_usage_error("--listen: expected ip:port (numeric, or localhost), got",
+                                   next);
+            goto out;
+        }
         if (strcmp(a, "--listen") == 0) {
             put(&listen, "  - ");
             put_quoted(&listen, next);
@@ -244,6 +250,11 @@ static int run_proxy_command(int argc, char **argv)
         }
         memcpy(one, p, n);
         one[n] = '\0';
+        struct weir_peer check;
+        if (weir_peer_set_address(&check, one) != 0) {
+            rc = proxy_usage_error("--to: expected ip:port (numeric, or localhost), got", one);
+            goto out;
+        }
         put(t, "      - ");
         put_quoted(t, one);
         put(t, "\n");

@@ -210,6 +210,8 @@ def raw_origin():
 
 NGINX_CONF = """
 daemon off;
+# As root, nginx's workers would run as nobody and could not read pytest's 0700 temp dirs.
+user {user};
 worker_processes 1;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
@@ -244,7 +246,9 @@ def nginx_origin(tmp_path):
     (prefix / "www").mkdir(parents=True)
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port))
+    import pwd
+    user = pwd.getpwuid(os.getuid()).pw_name
+    conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, user=user))
     proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
