@@ -16,37 +16,38 @@
 
 static void usage(FILE *to)
 {
-    fprintf(to,
-            "weir %s - a programmable HTTP proxy\n"
-            "\n"
-            "Usage:\n"
-            "  weir                      start the built-in demo: a proxy on " DEMO_LISTEN "\n"
-            "                            in front of a demo origin on " DEMO_ORIGIN "\n"
-            "  weir -c FILE              run from the YAML configuration FILE\n"
-            "  weir -t -c FILE           check FILE: print every error, exit 0 if valid, 1 if not\n"
-            "  weir proxy --listen ADDR --to ADDR[,ADDR...] [options]\n"
-            "                            proxy with no configuration file\n"
-            "  weir -V, --version        print version and build options\n"
-            "  weir -h, --help           print this help\n"
-            "\n"
-            "Options of 'weir proxy':\n"
-            "  --listen ADDR             address to listen on, ip:port (repeatable)\n"
-            "  --to ADDR[,ADDR...]       backends, ip:port, balanced round robin\n"
-            "  --threads N               worker threads (default: one per CPU)\n"
-            "  --access-log PATH|stdout|off   access log (default: off)\n"
-            "  --access-log-format combined|json   (default: combined)\n"
-            "  --work-stealing           one shared listening socket instead of one per thread\n"
-            "\n"
-            "Signals: SIGTERM/SIGQUIT finish in-flight requests and exit, SIGINT exits at once.\n"
-            "Configuration reference: docs/CONFIG.md\n",
-            weir_version());
+    (void)fprintf(
+        to,
+        "weir %s - a programmable HTTP proxy\n"
+        "\n"
+        "Usage:\n"
+        "  weir                      start the built-in demo: a proxy on " DEMO_LISTEN "\n"
+        "                            in front of a demo origin on " DEMO_ORIGIN "\n"
+        "  weir -c FILE              run from the YAML configuration FILE\n"
+        "  weir -t -c FILE           check FILE: print every error, exit 0 if valid, 1 if not\n"
+        "  weir proxy --listen ADDR --to ADDR[,ADDR...] [options]\n"
+        "                            proxy with no configuration file\n"
+        "  weir -V, --version        print version and build options\n"
+        "  weir -h, --help           print this help\n"
+        "\n"
+        "Options of 'weir proxy':\n"
+        "  --listen ADDR             address to listen on, ip:port (repeatable)\n"
+        "  --to ADDR[,ADDR...]       backends, ip:port, balanced round robin\n"
+        "  --threads N               worker threads (default: one per CPU)\n"
+        "  --access-log PATH|stdout|off   access log (default: off)\n"
+        "  --access-log-format combined|json   (default: combined)\n"
+        "  --work-stealing           one shared listening socket instead of one per thread\n"
+        "\n"
+        "Signals: SIGTERM/SIGQUIT finish in-flight requests and exit, SIGINT exits at once.\n"
+        "Configuration reference: docs/CONFIG.md\n",
+        weir_version());
 }
 
 static int print_errors(struct weir_config_errors *errs)
 {
     weir_config_errors_print(errs, stderr);
     size_t n = weir_config_errors_count(errs);
-    fprintf(stderr, "weir: configuration has %zu error%s\n", n, n == 1 ? "" : "s");
+    (void)fprintf(stderr, "weir: configuration has %zu error%s\n", n, n == 1 ? "" : "s");
     weir_config_errors_free(errs);
     return 1;
 }
@@ -54,14 +55,14 @@ static int print_errors(struct weir_config_errors *errs)
 static int run(struct weir_config *cfg, bool demo)
 {
     if (cfg->nlisteners == 0) {
-        fprintf(stderr, "%s: error: no listeners: add at least one under 'listeners:'\n",
-                cfg->source);
+        (void)fprintf(stderr, "%s: error: no listeners: add at least one under 'listeners:'\n",
+                      cfg->source);
         weir_config_free(cfg);
         return 1;
     }
     struct weir_server *srv = weir_server_new(cfg); /* takes cfg */
     if (srv == NULL) {
-        fprintf(stderr, "weir: out of memory\n");
+        (void)fprintf(stderr, "weir: out of memory\n");
         return 1;
     }
     const struct weir_config *c = weir_server_config(srv);
@@ -81,7 +82,7 @@ static int run(struct weir_config *cfg, bool demo)
     if (rc == 0) {
         rc = weir_server_run(srv);
     } else {
-        fprintf(stderr, "weir: cannot set up the proxy: %s\n", weir_strerror(rc));
+        (void)fprintf(stderr, "weir: cannot set up the proxy: %s\n", weir_strerror(rc));
     }
     weir_server_free(srv);
     return rc == 0 ? 0 : 1;
@@ -103,8 +104,9 @@ static int run_demo(void)
     if (weir_config_load_string("<built-in demo>", yaml, sizeof(yaml) - 1, &cfg, &errs) != 0) {
         return print_errors(errs);
     }
-    fprintf(stderr, "weir: demo: proxy on http://" DEMO_LISTEN "/ -> demo origin on " DEMO_ORIGIN
-                    "\nweir: try: curl -i http://" DEMO_LISTEN "/\n");
+    (void)fprintf(stderr,
+                  "weir: demo: proxy on http://" DEMO_LISTEN "/ -> demo origin on " DEMO_ORIGIN
+                  "\nweir: try: curl -i http://" DEMO_LISTEN "/\n");
     return run(cfg, true);
 }
 
@@ -162,118 +164,145 @@ static void put_quoted(struct text *t, const char *s)
 
 static int proxy_usage_error(const char *msg, const char *arg)
 {
-    fprintf(stderr, "weir proxy: %s%s%s\nRun 'weir --help' for usage.\n", msg, arg ? ": " : "",
-            arg ? arg : "");
+    (void)fprintf(stderr, "weir proxy: %s%s%s\nRun 'weir --help' for usage.\n", msg,
+                  arg ? ": " : "", arg ? arg : "");
     return 1;
 }
 
-static int run_proxy_command(int argc, char **argv)
+/* The flags of 'weir proxy'. Two 64 KiB texts: too big for the stack. */
+struct proxy_cmd {
+    struct text yaml;
+    struct text listen;
+    const char *to, *threads, *access, *format;
+    bool stealing;
+};
+
+/* Where the value of a flag that takes one goes; NULL for --listen (repeatable) and unknowns. */
+static const char **proxy_slot(struct proxy_cmd *pc, const char *a)
 {
-    struct text *t = weir_calloc(1, sizeof(*t)); /* 64 KiB: too big for the stack */
-    if (t == NULL) {
-        return 1;
+    if (strcmp(a, "--to") == 0) {
+        return &pc->to;
     }
-    static struct text listen; /* 64 KiB: too big for the stack */
-    const char *to = NULL, *threads = NULL, *access = NULL, *format = NULL;
-    bool stealing = false;
-    int rc = 1;
+    if (strcmp(a, "--threads") == 0) {
+        return &pc->threads;
+    }
+    if (strcmp(a, "--access-log") == 0) {
+        return &pc->access;
+    }
+    if (strcmp(a, "--access-log-format") == 0) {
+        return &pc->format;
+    }
+    return NULL;
+}
+
+/* 0, or 1 after printing the usage error. */
+static int parse_proxy_args(int argc, char **argv, struct proxy_cmd *pc)
+{
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
-        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        bool takes = strcmp(a, "--listen") == 0 || strcmp(a, "--to") == 0 ||
-                     strcmp(a, "--threads") == 0 || strcmp(a, "--access-log") == 0 ||
-                     strcmp(a, "--access-log-format") == 0;
-        if (takes && next == NULL) {
-            rc = proxy_usage_error("missing value after", a);
-            goto out;
+        if (strcmp(a, "--work-stealing") == 0) {
+            pc->stealing = true;
+            continue;
+        }
+        const char **slot = proxy_slot(pc, a);
+        bool is_listen = strcmp(a, "--listen") == 0;
+        if (slot == NULL && !is_listen) {
+            return proxy_usage_error("unknown option", a);
+        }
+        if (i + 1 >= argc) {
+            return proxy_usage_error("missing value after", a);
+        }
+        const char *next = argv[++i];
+        if (slot != NULL) {
+            *slot = next;
+            continue;
         }
         struct weir_peer check;
-        if ((strcmp(a, "--listen") == 0 && weir_peer_set_address(&check, next) != 0)) {
-            rc = proxy_usage_error("--listen: expected ip:port (numeric, or localhost), got",
-                                   next);
-            goto out;
+        if (weir_peer_set_address(&check, next) != 0) {
+            return proxy_usage_error("--listen: expected ip:port (numeric, or localhost), got",
+                                     next);
         }
-        if (strcmp(a, "--listen") == 0) {
-            put(&listen, "  - ");
-            put_quoted(&listen, next);
-            put(&listen, "\n");
-        } else if (strcmp(a, "--to") == 0) {
-            to = next;
-        } else if (strcmp(a, "--threads") == 0) {
-            threads = next;
-        } else if (strcmp(a, "--access-log") == 0) {
-            access = next;
-        } else if (strcmp(a, "--access-log-format") == 0) {
-            format = next;
-        } else if (strcmp(a, "--work-stealing") == 0) {
-            stealing = true;
-            continue;
-        } else {
-            rc = proxy_usage_error("unknown option", a);
-            goto out;
-        }
-        i++;
+        put(&pc->listen, "  - ");
+        put_quoted(&pc->listen, next);
+        put(&pc->listen, "\n");
     }
-    if (listen.len == 0 || to == NULL) {
-        rc = proxy_usage_error("--listen and --to are required", NULL);
-        goto out;
+    if (pc->listen.len == 0 || pc->to == NULL) {
+        return proxy_usage_error("--listen and --to are required", NULL);
     }
-    put(t, "server:\n");
-    if (threads) {
-        put(t, "  threads: ");
-        put_quoted(t, threads);
+    return 0;
+}
+
+/* Writes "  KEY: VALUE" (VALUE quoted) when value is set. */
+static void put_setting(struct text *t, const char *key, const char *value)
+{
+    if (value != NULL) {
+        put(t, key);
+        put_quoted(t, value);
         put(t, "\n");
     }
-    if (stealing) {
+}
+
+/* The configuration the flags stand for, in pc->yaml. 0, or 1 after printing the error. */
+static int write_proxy_yaml(struct proxy_cmd *pc)
+{
+    struct text *t = &pc->yaml;
+    put(t, "server:\n");
+    put_setting(t, "  threads: ", pc->threads);
+    if (pc->stealing) {
         put(t, "  work_stealing: true\n");
     }
-    if (access) {
-        put(t, "  access_log: ");
-        put_quoted(t, access);
-        put(t, "\n");
-    }
-    if (format) {
-        put(t, "  access_log_format: ");
-        put_quoted(t, format);
-        put(t, "\n");
-    }
+    put_setting(t, "  access_log: ", pc->access);
+    put_setting(t, "  access_log_format: ", pc->format);
     put(t, "listeners:\n");
-    put(t, listen.buf);
+    put(t, pc->listen.buf);
     put(t, "routes:\n  - upstream: backends\nupstreams:\n  backends:\n    backends:\n");
-    for (const char *p = to; *p;) {
+    for (const char *p = pc->to; *p;) {
         const char *comma = strchr(p, ',');
         size_t n = comma ? (size_t)(comma - p) : strlen(p);
         char one[256];
         if (n == 0 || n >= sizeof(one)) {
-            rc = proxy_usage_error("bad backend list", to);
-            goto out;
+            return proxy_usage_error("bad backend list", pc->to);
         }
         memcpy(one, p, n);
         one[n] = '\0';
         struct weir_peer check;
         if (weir_peer_set_address(&check, one) != 0) {
-            rc = proxy_usage_error("--to: expected ip:port (numeric, or localhost), got", one);
-            goto out;
+            return proxy_usage_error("--to: expected ip:port (numeric, or localhost), got", one);
         }
         put(t, "      - ");
         put_quoted(t, one);
         put(t, "\n");
         p += n + (comma ? 1 : 0);
     }
-    if (t->overflow || listen.overflow) {
-        rc = proxy_usage_error("arguments too long", NULL);
+    if (t->overflow || pc->listen.overflow) {
+        return proxy_usage_error("arguments too long", NULL);
+    }
+    return 0;
+}
+
+static int run_proxy_command(int argc, char **argv)
+{
+    struct proxy_cmd *pc = weir_calloc(1, sizeof(*pc));
+    if (pc == NULL) {
+        return 1;
+    }
+    int rc = parse_proxy_args(argc, argv, pc);
+    if (rc == 0) {
+        rc = write_proxy_yaml(pc);
+    }
+    if (rc != 0) {
         goto out;
     }
     struct weir_config *cfg = NULL;
     struct weir_config_errors *errs = NULL;
-    if (weir_config_load_string("<command line>", t->buf, t->len, &cfg, &errs) != 0) {
+    if (weir_config_load_string("<command line>", pc->yaml.buf, pc->yaml.len, &cfg, &errs) != 0) {
         rc = print_errors(errs);
         goto out;
     }
-    weir_free(t);
+    weir_free(pc);
     return run(cfg, false);
 out:
-    weir_free(t);
+    weir_free(pc);
     return rc;
 }
 
@@ -299,10 +328,10 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "-c") == 0 && i + 1 < argc) {
             file = argv[++i];
         } else if (strcmp(a, "-c") == 0) {
-            fprintf(stderr, "weir: -c needs a configuration file: weir -c FILE\n");
+            (void)fprintf(stderr, "weir: -c needs a configuration file: weir -c FILE\n");
             return 1;
         } else {
-            fprintf(stderr, "weir: unknown argument '%s'\nRun 'weir --help' for usage.\n", a);
+            (void)fprintf(stderr, "weir: unknown argument '%s'\nRun 'weir --help' for usage.\n", a);
             return 1;
         }
     }
@@ -310,7 +339,7 @@ int main(int argc, char **argv)
         return run_file(file, check);
     }
     if (check) {
-        fprintf(stderr, "weir: -t needs -c FILE\n");
+        (void)fprintf(stderr, "weir: -t needs -c FILE\n");
         return 1;
     }
     return run_demo();

@@ -138,19 +138,20 @@ static int parse_uint(const char *text, unsigned long min, unsigned long max, un
 
 static void usage(FILE *to)
 {
-    fprintf(to, "Usage: async_check --listen ADDR --to ADDR [--delay-ms MS] [--threads N]\n"
-                "\n"
-                "Holds every request for MS milliseconds (default 200) on a timer, without\n"
-                "blocking the worker, then answers 403 if its path contains '/deny' and proxies\n"
-                "it to --to otherwise. Responses carry 'X-Suspended-Peak: N', the most requests\n"
-                "seen waiting at once.\n");
+    (void)fprintf(to,
+                  "Usage: async_check --listen ADDR --to ADDR [--delay-ms MS] [--threads N]\n"
+                  "\n"
+                  "Holds every request for MS milliseconds (default 200) on a timer, without\n"
+                  "blocking the worker, then answers 403 if its path contains '/deny' and proxies\n"
+                  "it to --to otherwise. Responses carry 'X-Suspended-Peak: N', the most requests\n"
+                  "seen waiting at once.\n");
 }
 
 static int run(const char *listen, unsigned threads, struct check *check)
 {
     struct weir_server *srv = weir_server_new(NULL); /* every default */
     if (srv == NULL) {
-        fprintf(stderr, "async_check: out of memory\n");
+        (void)fprintf(stderr, "async_check: out of memory\n");
         return 1;
     }
     static const struct weir_proxy_hooks hooks = {
@@ -169,10 +170,10 @@ static int run(const char *listen, unsigned threads, struct check *check)
     }
     if (rc == 0) {
         rc = weir_server_run(srv);
-        fprintf(stderr, "async_check: at most %u requests were suspended at once\n",
-                atomic_load(&suspended_peak));
+        (void)fprintf(stderr, "async_check: at most %u requests were suspended at once\n",
+                      atomic_load(&suspended_peak));
     } else {
-        fprintf(stderr, "async_check: cannot set up: %s\n", weir_strerror(rc));
+        (void)fprintf(stderr, "async_check: cannot set up: %s\n", weir_strerror(rc));
     }
     weir_server_free(srv);
     return rc == 0 ? 0 : 1;
@@ -191,7 +192,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (v == NULL) {
-            fprintf(stderr, "async_check: '%s' needs a value (or is unknown)\n", a);
+            (void)fprintf(stderr, "async_check: '%s' needs a value (or is unknown)\n", a);
             return 2;
         }
         bool ok = true;
@@ -209,7 +210,7 @@ int main(int argc, char **argv)
             ok = false;
         }
         if (!ok) {
-            fprintf(stderr, "async_check: bad argument '%s %s'\n", a, v);
+            (void)fprintf(stderr, "async_check: bad argument '%s %s'\n", a, v);
             usage(stderr);
             return 2;
         }

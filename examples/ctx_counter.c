@@ -136,18 +136,19 @@ static int parse_threads(const char *text, unsigned *out)
 
 static void usage(FILE *to)
 {
-    fprintf(to, "Usage: ctx_counter --listen ADDR --to ADDR [--beta-to ADDR] [--threads N]\n"
-                "\n"
-                "Proxies to --to (beta users, with an 'X-Beta-User' header not '0', to --beta-to\n"
-                "when given), adds 'X-Request-Count: N' and 'X-Beta: yes|no' to each response and\n"
-                "logs one line per request to stderr.\n");
+    (void)fprintf(
+        to, "Usage: ctx_counter --listen ADDR --to ADDR [--beta-to ADDR] [--threads N]\n"
+            "\n"
+            "Proxies to --to (beta users, with an 'X-Beta-User' header not '0', to --beta-to\n"
+            "when given), adds 'X-Request-Count: N' and 'X-Beta: yes|no' to each response and\n"
+            "logs one line per request to stderr.\n");
 }
 
 static int run(const char *listen, unsigned threads, struct backends *be)
 {
     struct weir_server *srv = weir_server_new(NULL); /* every default; log level info */
     if (srv == NULL) {
-        fprintf(stderr, "ctx_counter: out of memory\n");
+        (void)fprintf(stderr, "ctx_counter: out of memory\n");
         return 1;
     }
     static const struct weir_proxy_hooks hooks = {
@@ -168,7 +169,7 @@ static int run(const char *listen, unsigned threads, struct backends *be)
     if (rc == 0) {
         rc = weir_server_run(srv);
     } else {
-        fprintf(stderr, "ctx_counter: cannot set up: %s\n", weir_strerror(rc));
+        (void)fprintf(stderr, "ctx_counter: cannot set up: %s\n", weir_strerror(rc));
     }
     weir_server_free(srv);
     return rc == 0 ? 0 : 1;
@@ -187,7 +188,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (v == NULL) {
-            fprintf(stderr, "ctx_counter: '%s' needs a value (or is unknown)\n", a);
+            (void)fprintf(stderr, "ctx_counter: '%s' needs a value (or is unknown)\n", a);
             return 2;
         }
         bool ok = true;
@@ -203,7 +204,7 @@ int main(int argc, char **argv)
             ok = false;
         }
         if (!ok) {
-            fprintf(stderr, "ctx_counter: bad argument '%s %s'\n", a, v);
+            (void)fprintf(stderr, "ctx_counter: bad argument '%s %s'\n", a, v);
             usage(stderr);
             return 2;
         }

@@ -169,19 +169,20 @@ static int parse_threads(const char *text, unsigned *out)
 
 static void usage(FILE *to)
 {
-    fprintf(to, "Usage: gateway --listen ADDR --token TOKEN --route /PREFIX=ADDR [--route ...]\n"
-                "               [--threads N]\n"
-                "\n"
-                "Routes each request to the backend of the longest matching path prefix (404 if\n"
-                "none). Requests without 'Authorization: Bearer TOKEN' get 403. The backend sees\n"
-                "no Authorization header and an 'X-Gateway: weir' header.\n");
+    (void)fprintf(
+        to, "Usage: gateway --listen ADDR --token TOKEN --route /PREFIX=ADDR [--route ...]\n"
+            "               [--threads N]\n"
+            "\n"
+            "Routes each request to the backend of the longest matching path prefix (404 if\n"
+            "none). Requests without 'Authorization: Bearer TOKEN' get 403. The backend sees\n"
+            "no Authorization header and an 'X-Gateway: weir' header.\n");
 }
 
 static int run(const char *listen, unsigned threads, struct gateway *gw)
 {
     struct weir_server *srv = weir_server_new(NULL); /* every default */
     if (srv == NULL) {
-        fprintf(stderr, "gateway: out of memory\n");
+        (void)fprintf(stderr, "gateway: out of memory\n");
         return 1;
     }
     static const struct weir_proxy_hooks hooks = {
@@ -201,7 +202,7 @@ static int run(const char *listen, unsigned threads, struct gateway *gw)
     if (rc == 0) {
         rc = weir_server_run(srv);
     } else {
-        fprintf(stderr, "gateway: cannot set up: %s\n", weir_strerror(rc));
+        (void)fprintf(stderr, "gateway: cannot set up: %s\n", weir_strerror(rc));
     }
     weir_server_free(srv);
     return rc == 0 ? 0 : 1;
@@ -219,7 +220,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (v == NULL) {
-            fprintf(stderr, "gateway: '%s' needs a value (or is unknown)\n", a);
+            (void)fprintf(stderr, "gateway: '%s' needs a value (or is unknown)\n", a);
             return 2;
         }
         bool ok = true;
@@ -235,7 +236,7 @@ int main(int argc, char **argv)
             ok = false;
         }
         if (!ok) {
-            fprintf(stderr, "gateway: bad argument '%s %s'\n", a, v);
+            (void)fprintf(stderr, "gateway: bad argument '%s %s'\n", a, v);
             usage(stderr);
             return 2;
         }

@@ -88,7 +88,7 @@ static int parse_backends(struct lb *lb, const char *list)
         memcpy(one, p, len);
         one[len] = '\0';
         if (weir_peer_set_address(&lb->backends[lb->n], one) != 0) {
-            fprintf(stderr, "load_balancer: bad backend address '%s'\n", one);
+            (void)fprintf(stderr, "load_balancer: bad backend address '%s'\n", one);
             return WEIR_EINVAL;
         }
         lb->n++;
@@ -111,26 +111,27 @@ static int parse_threads(const char *text, unsigned *out)
 
 static void usage(FILE *to)
 {
-    fprintf(to, "Usage: load_balancer --listen ADDR --to ADDR[,ADDR...] [--threads N]\n"
-                "\n"
-                "Round robin over the backends (ip:port). A backend that refuses the connection\n"
-                "is retried on the next one; each request tries every backend at most once.\n"
-                "  --threads N   worker threads (default: one per CPU); the round robin\n"
-                "                cursor is per thread\n");
+    (void)fprintf(to,
+                  "Usage: load_balancer --listen ADDR --to ADDR[,ADDR...] [--threads N]\n"
+                  "\n"
+                  "Round robin over the backends (ip:port). A backend that refuses the connection\n"
+                  "is retried on the next one; each request tries every backend at most once.\n"
+                  "  --threads N   worker threads (default: one per CPU); the round robin\n"
+                  "                cursor is per thread\n");
 }
 
 static int run(const char *listen, unsigned threads, struct lb *lb)
 {
     struct weir_config *cfg = weir_config_new_default();
     if (cfg == NULL) {
-        fprintf(stderr, "load_balancer: out of memory\n");
+        (void)fprintf(stderr, "load_balancer: out of memory\n");
         return 1;
     }
     /* A dead host should cost a second, not the default five, before the next backend. */
     cfg->server.timeouts.upstream_connect_ms = 1000;
     struct weir_server *srv = weir_server_new(cfg); /* takes cfg, even on failure */
     if (srv == NULL) {
-        fprintf(stderr, "load_balancer: out of memory\n");
+        (void)fprintf(stderr, "load_balancer: out of memory\n");
         return 1;
     }
     static const struct weir_proxy_hooks hooks = {
@@ -149,7 +150,7 @@ static int run(const char *listen, unsigned threads, struct lb *lb)
     if (rc == 0) {
         rc = weir_server_run(srv);
     } else {
-        fprintf(stderr, "load_balancer: cannot set up: %s\n", weir_strerror(rc));
+        (void)fprintf(stderr, "load_balancer: cannot set up: %s\n", weir_strerror(rc));
     }
     weir_server_free(srv);
     return rc == 0 ? 0 : 1;
@@ -167,7 +168,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (v == NULL) {
-            fprintf(stderr, "load_balancer: '%s' needs a value (or is unknown)\n", a);
+            (void)fprintf(stderr, "load_balancer: '%s' needs a value (or is unknown)\n", a);
             return 2;
         }
         bool ok = true;
@@ -181,7 +182,7 @@ int main(int argc, char **argv)
             ok = false;
         }
         if (!ok) {
-            fprintf(stderr, "load_balancer: bad argument '%s %s'\n", a, v);
+            (void)fprintf(stderr, "load_balancer: bad argument '%s %s'\n", a, v);
             usage(stderr);
             return 2;
         }
@@ -191,8 +192,9 @@ int main(int argc, char **argv)
         return 2;
     }
     if (parse_backends(&lb, to) != 0) {
-        fprintf(stderr, "load_balancer: --to wants 1 to %d ip:port backends, comma-separated\n",
-                MAX_BACKENDS);
+        (void)fprintf(stderr,
+                      "load_balancer: --to wants 1 to %d ip:port backends, comma-separated\n",
+                      MAX_BACKENDS);
         return 2;
     }
     return run(listen, threads, &lb);

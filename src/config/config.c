@@ -133,7 +133,7 @@ static const char *join(const char *const *names, size_t n, char *buf, size_t si
     for (size_t i = 0; i < n && o < size; i++) {
         int w = snprintf(buf + o, size - o, "%s%s", i ? ", " : "", names[i]);
         if (w < 0 || (size_t)w >= size - o) {
-            snprintf(buf + (size > 4 ? size - 4 : 0), size > 4 ? 4 : size, "...");
+            (void)snprintf(buf + (size > 4 ? size - 4 : 0), size > 4 ? 4 : size, "...");
             break;
         }
         o += (size_t)w;
@@ -281,7 +281,7 @@ static void get_u32(struct ctx *c, const struct ynode *n, const char *key, uint3
         return;
     }
     char what[80];
-    snprintf(what, sizeof(what), "an integer between %u and %u", min, max);
+    (void)snprintf(what, sizeof(what), "an integer between %u and %u", min, max);
     size_t old = path_key(c, key);
     const struct ynode *s = scalar(c, n, what);
     uint64_t v;
@@ -367,7 +367,7 @@ static void get_enum(struct ctx *c, const struct ynode *n, const char *key,
         return;
     }
     char list[256], what[300];
-    snprintf(what, sizeof(what), "one of %s", join(names, count, list, sizeof(list)));
+    (void)snprintf(what, sizeof(what), "one of %s", join(names, count, list, sizeof(list)));
     size_t old = path_key(c, key);
     const struct ynode *s = scalar(c, n, what);
     if (s != NULL) {
@@ -429,11 +429,11 @@ static const char *fmt_size(uint64_t v, char *buf, size_t size)
     for (int i = 0; i < 3; i++) {
         uint64_t u = (uint64_t)1 << (10 * (3 - i));
         if (v >= u && v % u == 0) {
-            snprintf(buf, size, "%llu%c", (unsigned long long)(v / u), units[i]);
+            (void)snprintf(buf, size, "%llu%c", (unsigned long long)(v / u), units[i]);
             return buf;
         }
     }
-    snprintf(buf, size, "%llu", (unsigned long long)v);
+    (void)snprintf(buf, size, "%llu", (unsigned long long)v);
     return buf;
 }
 
@@ -679,6 +679,8 @@ static void listeners_section(struct ctx *c, const struct ynode *n, struct weir_
         return;
     }
     struct weir_cfg_listener *ls = keep_array(c, seq->n, sizeof(*ls));
+    /* An array of pointers: sizeof(*where) is a pointer's size on purpose. */
+    // NOLINTNEXTLINE(bugprone-sizeof-expression)
     const struct ynode **where = weir_arena_calloc(c->tmp, seq->n * sizeof(*where));
     if (ls == NULL || where == NULL) {
         c->oom = true;
@@ -799,6 +801,8 @@ static void upstreams_section(struct ctx *c, const struct ynode *n, struct weir_
     }
     const struct ynode *m = weir__ynode_deref(n);
     struct weir_cfg_upstream *us = keep_array(c, m->n / 2 + 1, sizeof(*us));
+    /* An array of pointers: sizeof(*where) is a pointer's size on purpose. */
+    // NOLINTNEXTLINE(bugprone-sizeof-expression)
     const struct ynode **where = weir_arena_calloc(c->tmp, (m->n / 2 + 1) * sizeof(*where));
     if (us == NULL || where == NULL) {
         c->oom = true;

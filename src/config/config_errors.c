@@ -78,7 +78,7 @@ __attribute__((format(printf, 2, 0))) static char *vformat(struct weir_arena *a,
     if ((size_t)n < sizeof(small)) {
         memcpy(s, small, (size_t)n + 1);
     } else {
-        vsnprintf(s, (size_t)n + 1, fmt, ap);
+        (void)vsnprintf(s, (size_t)n + 1, fmt, ap);
     }
     return s;
 }
@@ -158,10 +158,10 @@ void weir_config_errors_print(const struct weir_config_errors *errs, FILE *to)
         const struct weir_config_error *e = &errs->v[i];
         const char *sep = e->key[0] != '\0' ? ": " : "";
         if (e->line > 0) {
-            fprintf(to, "%s:%d:%d: error: %s%s%s\n", e->file, e->line, e->col, e->key, sep,
-                    e->message);
+            (void)fprintf(to, "%s:%d:%d: error: %s%s%s\n", e->file, e->line, e->col, e->key, sep,
+                          e->message);
         } else {
-            fprintf(to, "%s: error: %s%s%s\n", e->file, e->key, sep, e->message);
+            (void)fprintf(to, "%s: error: %s%s%s\n", e->file, e->key, sep, e->message);
         }
     }
 }
@@ -241,11 +241,11 @@ const char *weir__cfg_describe(const struct ynode *n, char *buf, size_t size)
     }
     n = weir__ynode_deref(n);
     if (weir__ynode_is_null(n)) {
-        snprintf(buf, size, "nothing");
+        (void)snprintf(buf, size, "nothing");
         return buf;
     }
     if (n->type != YN_SCALAR) {
-        snprintf(buf, size, "%s", n->type == YN_MAP ? "a mapping" : "a sequence");
+        (void)snprintf(buf, size, "%s", n->type == YN_MAP ? "a mapping" : "a sequence");
         return buf;
     }
     size_t o = 0;

@@ -5,12 +5,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define WEIR_ASSERT(cond)                                                                      \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            fprintf(stderr, "weir: assertion failed: %s (%s:%d)\n", #cond, __FILE__, __LINE__); \
-            abort();                                                                           \
-        }                                                                                      \
+#define WEIR_ASSERT(cond)                                                                          \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            (void)fprintf(stderr, "weir: assertion failed: %s (%s:%d)\n", #cond, __FILE__,         \
+                          __LINE__);                                                               \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 #ifndef NDEBUG

@@ -206,6 +206,8 @@ int weir_timer_start(struct weir_loop *loop, struct weir_timer *t, uint64_t ms)
     }
     if (loop->nheap == loop->heap_cap) {
         size_t cap = loop->heap_cap ? loop->heap_cap * 2 : 64;
+        /* An array of pointers: sizeof(*h) is a pointer's size on purpose. */
+        // NOLINTNEXTLINE(bugprone-sizeof-expression)
         struct weir_timer **h = weir__reallocarray(loop->heap, cap, sizeof(*h));
         if (h == NULL) {
             return WEIR_ENOMEM;

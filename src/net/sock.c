@@ -194,7 +194,7 @@ int weir__connect_result(int fd)
 
 int weir__sock_port(int fd)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0}; /* the analyzer cannot see getsockname fill it */
     socklen_t len = sizeof(ss);
     if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0) {
         return -1;

@@ -341,6 +341,8 @@ static int add_forwarded(struct weir_session *s, struct weir_headers *h,
                 return WEIR_ENOMEM;
             }
             memcpy(v, prev.base, prev.len);
+            /* A length-delimited header value, not a C string: no NUL wanted. */
+            // NOLINTNEXTLINE(bugprone-not-null-terminated-result)
             memcpy(v + prev.len, ", ", 2);
             memcpy(v + prev.len + 2, ip.base, ip.len);
             h->v[fs->x_forwarded_for].value = (struct weir_iov){v, len};
@@ -452,6 +454,7 @@ static void begin_connection(struct weir_session *s)
             return;
         }
     }
+    WEIR_ASSERT(s->up != NULL); /* set by weir__upconn_connect when it returns 0 */
     s->up->owner = s;
     s->up->st.io.cb = up_event;
     s->up->st.io.data = s->up;

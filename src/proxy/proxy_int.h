@@ -193,7 +193,7 @@ void weir__conn_close(struct weir_conn *c);
  */
 void weir__conn_linger(struct weir_conn *c);
 /** The session ended: continue with the next request or close. */
-void weir__conn_request_done(struct weir_conn *c, bool close);
+void weir__conn_request_done(struct weir_conn *c, bool close_conn);
 /** Sets the client-side deadline ms from now (0 disarms). */
 void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms);
 

@@ -668,11 +668,11 @@ int weir_server_run(struct weir_server *srv)
     sigaddset(&set, SIGHUP);
     /* Threads inherit the mask: signals reach only the main thread's sigwait. */
     pthread_sigmask(SIG_BLOCK, &set, &old);
-    signal(SIGPIPE, SIG_IGN);
+    (void)signal(SIGPIPE, SIG_IGN);
 
     rc = weir__log_open(sc->error_log, sc->log_level);
     if (rc != 0) {
-        fprintf(stderr, "weir: cannot open error log %s: %s\n", sc->error_log, strerror(-rc));
+        (void)fprintf(stderr, "weir: cannot open error log %s: %s\n", sc->error_log, strerror(-rc));
         goto out;
     }
     if (sc->access_log != NULL) {
