@@ -48,6 +48,11 @@ fuzz-build: deps
 fuzz-smoke: fuzz-build
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/smoke.sh build-fuzz/fuzz
 
+# Static gates (docs/SECURITY.md): checksrc, clang-tidy and cppcheck over src/ app/ examples/.
+.PHONY: lint
+lint: deps
+	@bash scripts/lint.sh
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
