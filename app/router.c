@@ -164,7 +164,10 @@ static const struct weir_cfg_route *find_route(const struct weir_config *cfg, st
     struct weir_iov path = weir_req_path(req);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct weir_cfg_route *r = &cfg->routes[i];
-        if (host_matches(r, host) && weir_iov_has_prefix(path, weir_iov_cstr(r->path_prefix))) {
+        /* "/" is every path, asterisk-form (OPTIONS *) included. */
+        bool any_path = r->path_prefix[0] == '/' && r->path_prefix[1] == '\0';
+        if (host_matches(r, host) &&
+            (any_path || weir_iov_has_prefix(path, weir_iov_cstr(r->path_prefix)))) {
             return r;
         }
     }

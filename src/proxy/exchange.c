@@ -230,6 +230,7 @@ static bool is_hop_by_hop(struct weir_iov n)
 struct field_scan {
     int content_length; /* index after compaction, -1 when absent */
     int x_forwarded_for;
+    bool host;
     struct weir_iov conn_tokens[MAX_CONN_TOKENS]; /* extra names Connection listed */
     unsigned nconn_tokens;
     bool conn_overflow;
@@ -289,6 +290,8 @@ static void strip_fields(struct weir_headers *h, bool request, struct field_scan
         } else if (request && name.len == 15 &&
                    weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-For"))) {
             fs->x_forwarded_for = (int)w;
+        } else if (request && name.len == 4 && weir_iov_ieq(name, WEIR_IOV_LIT("Host"))) {
+            fs->host = true;
         }
         h->v[w++] = h->v[r];
     }
@@ -388,6 +391,10 @@ static int build_upstream_head(struct weir_session *s)
     }
     strip_fields(h, true, &fs);
     int rc = add_forwarded(s, h, &fs);
+    if (rc == 0 && !fs.host) {
+        /* An HTTP/1.0 client may omit Host; what we send up is HTTP/1.1, which needs one. */
+        rc = push_field(h, WEIR_IOV_LIT("Host"), weir_iov_cstr(s->peer.name));
+    }
     if (rc != 0) {
         return rc;
     }
@@ -667,7 +674,11 @@ static int read_response_head(struct weir_session *s)
                                                 weir__buf_len(&u->st.in), &s->up_scan, &hl,
                                                 head_method, hdrs, maxh, &hr);
             if (n > 0 && hr.status >= 100 && hr.status < 200 && hr.status != 101) {
-                /* Interim responses are ours to give (100-continue) or to drop. */
+                /* Interim responses are ours to give (100-continue) or to drop, boundedly. */
+                if (++s->interim_responses > WEIR_MAX_INTERIM_RESPONSES) {
+                    upstream_error(s, WEIR_ERR_INVALID_HTTP, 0, "too many interim responses");
+                    return -1;
+                }
                 weir__buf_consume(&u->st.in, (uint32_t)n);
                 memset(&s->up_scan, 0, sizeof(s->up_scan));
                 continue;

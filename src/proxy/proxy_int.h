@@ -22,6 +22,9 @@
 #define WEIR_CONN_MAGIC 0x636f6e6eu
 #define WEIR_SESSION_MAGIC 0x73657373u
 
+/* 1xx responses skipped before the final one; an origin sending more is broken or hostile. */
+#define WEIR_MAX_INTERIM_RESPONSES 16
+
 #define WEIR_SESSION_CHECK(s) WEIR_ASSERT((s) != NULL && (s)->magic == WEIR_SESSION_MAGIC)
 
 struct weir__proxy_worker;
@@ -141,6 +144,7 @@ struct weir_session {
     uint64_t up_progress_ms;
     bool resp_head_done;   /* the upstream response head was parsed */
     bool resp_byte_seen;   /* any response byte arrived on this connection */
+    uint32_t interim_responses; /* 1xx heads skipped (bounded) */
     struct weir_h1_scan up_scan;
 
     /* pipes and output */

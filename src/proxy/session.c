@@ -65,6 +65,53 @@ static int adopt_head(struct weir_session *s, const struct weir_h1_request *hr, 
     return 0;
 }
 
+/*
+ * RFC 9112 3.2.2: with an absolute-form target the authority in it counts, not Host. Rewrite
+ * the request to origin-form with that authority as its only Host, so routing, hooks and the
+ * origin all see one host. 0, or WEIR_EINVAL (400) for another scheme or a bad authority.
+ */
+static int normalize_absolute_form(struct weir_session *s)
+{
+    struct weir_iov t = s->req.target;
+    size_t skip = 0;
+    if (t.len == 0 || t.base[0] == '/' || t.base[0] == '*') {
+        return 0;
+    }
+    if (t.len > 7 && weir_iov_ieq((struct weir_iov){t.base, 7}, WEIR_IOV_LIT("http://"))) {
+        skip = 7;
+    } else if (t.len > 8 && weir_iov_ieq((struct weir_iov){t.base, 8}, WEIR_IOV_LIT("https://"))) {
+        skip = 8;
+    } else {
+        /* authority-form belongs to CONNECT, which has no origin-form to rewrite to */
+        return weir_iov_eq(s->req.method, WEIR_IOV_LIT("CONNECT")) ? 0 : WEIR_EINVAL;
+    }
+    const char *a = t.base + skip;
+    size_t rest = t.len - skip, alen = 0;
+    while (alen < rest && a[alen] != '/' && a[alen] != '?') {
+        if (a[alen] == '@') {
+            return WEIR_EINVAL; /* userinfo has no place in a request target */
+        }
+        alen++;
+    }
+    if (alen == 0) {
+        return WEIR_EINVAL;
+    }
+    struct weir_iov path = {a + alen, rest - alen};
+    if (path.len == 0) {
+        path = WEIR_IOV_LIT("/");
+    } else if (path.base[0] == '?') {
+        char *p = weir_arena_alloc(s->arena, path.len + 1);
+        if (p == NULL) {
+            return WEIR_ENOMEM;
+        }
+        p[0] = '/';
+        memcpy(p + 1, path.base, path.len);
+        path = (struct weir_iov){p, path.len + 1};
+    }
+    s->req.target = path;
+    return weir_headers_set_iov(&s->req.headers, WEIR_IOV_LIT("Host"), (struct weir_iov){a, alen});
+}
+
 int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, size_t head_len)
 {
     struct weir__proxy_worker *w = c->w;
@@ -198,6 +245,14 @@ void weir__session_run(struct weir_session *s)
         enum weir_hook_result r;
         switch (s->phase) {
         case PH_EARLY:
+            if (!s->have_result && normalize_absolute_form(s) != 0) {
+                s->close_after = true;
+                if (weir_session_respond_text(s, 400, WEIR_IOV_LIT("Bad Request\n")) != 0) {
+                    weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+                    return;
+                }
+                break; /* on to the local response */
+            }
             r = CALL_HOOK(s, hk->early_request_filter, s, s->ctx);
             if (!handle_result(s, r, PH_REQUEST_FILTER, true)) {
                 return;
