@@ -43,8 +43,14 @@ static void usage(FILE *to)
         weir_version());
 }
 
-static int print_errors(struct weir_config_errors *errs)
+/* rc is the loader's: WEIR_ECONFIG comes with errs; anything else (out of memory) has none. */
+static int print_errors(int rc, struct weir_config_errors *errs)
 {
+    if (rc != WEIR_ECONFIG || errs == NULL) {
+        (void)fprintf(stderr, "weir: cannot load the configuration: %s\n", weir_strerror(rc));
+        weir_config_errors_free(errs);
+        return 1;
+    }
     weir_config_errors_print(errs, stderr);
     size_t n = weir_config_errors_count(errs);
     (void)fprintf(stderr, "weir: configuration has %zu error%s\n", n, n == 1 ? "" : "s");
@@ -101,8 +107,9 @@ static int run_demo(void)
                                "    backends: [" DEMO_ORIGIN "]\n";
     struct weir_config *cfg = NULL;
     struct weir_config_errors *errs = NULL;
-    if (weir_config_load_string("<built-in demo>", yaml, sizeof(yaml) - 1, &cfg, &errs) != 0) {
-        return print_errors(errs);
+    int rc = weir_config_load_string("<built-in demo>", yaml, sizeof(yaml) - 1, &cfg, &errs);
+    if (rc != 0) {
+        return print_errors(rc, errs);
     }
     (void)fprintf(stderr,
                   "weir: demo: proxy on http://" DEMO_LISTEN "/ -> demo origin on " DEMO_ORIGIN
@@ -114,8 +121,9 @@ static int run_file(const char *path, bool check_only)
 {
     struct weir_config *cfg = NULL;
     struct weir_config_errors *errs = NULL;
-    if (weir_config_load_file(path, &cfg, &errs) != 0) {
-        return print_errors(errs);
+    int rc = weir_config_load_file(path, &cfg, &errs);
+    if (rc != 0) {
+        return print_errors(rc, errs);
     }
     if (check_only) {
         printf("%s: configuration OK (%zu listener%s, %zu route%s, %zu upstream%s)\n", path,
@@ -295,8 +303,9 @@ static int run_proxy_command(int argc, char **argv)
     }
     struct weir_config *cfg = NULL;
     struct weir_config_errors *errs = NULL;
-    if (weir_config_load_string("<command line>", pc->yaml.buf, pc->yaml.len, &cfg, &errs) != 0) {
-        rc = print_errors(errs);
+    rc = weir_config_load_string("<command line>", pc->yaml.buf, pc->yaml.len, &cfg, &errs);
+    if (rc != 0) {
+        rc = print_errors(rc, errs);
         goto out;
     }
     weir_free(pc);

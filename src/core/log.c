@@ -148,6 +148,7 @@ struct weir_access_log *weir__access_log_open(const char *path)
 {
     struct weir_access_log *al = weir__calloc(1, sizeof(*al));
     if (al == NULL) {
+        weir_log(WEIR_LOG_ERROR, "cannot open access log %s: out of memory", path);
         return NULL;
     }
     if (strcmp(path, "stdout") == 0) {
@@ -162,7 +163,9 @@ struct weir_access_log *weir__access_log_open(const char *path)
     }
     pthread_mutex_init(&al->lock, NULL);
     pthread_cond_init(&al->cond, NULL);
-    if (pthread_create(&al->thread, NULL, writer_main, al) != 0) {
+    int rc = pthread_create(&al->thread, NULL, writer_main, al);
+    if (rc != 0) {
+        weir_log(WEIR_LOG_ERROR, "cannot start the access log writer: %s", strerror(rc));
         close(al->fd);
         pthread_mutex_destroy(&al->lock);
         pthread_cond_destroy(&al->cond);

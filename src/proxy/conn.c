@@ -19,6 +19,7 @@ static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
 static void conn_timer(struct weir_loop *loop, struct weir_timer *t);
 static void conn_kick(struct weir_loop *loop, struct weir_defer *d);
 static void conn_reap(struct weir_loop *loop, struct weir_defer *d);
+static void conn_doom(struct weir_loop *loop, struct weir_defer *d);
 static void conn_idle_step(struct weir_conn *c);
 static void linger_step(struct weir_conn *c);
 
@@ -116,6 +117,7 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     weir_timer_init(&c->timer, conn_timer, c);
     c->reap.fn = conn_reap;
     c->kick.fn = conn_kick;
+    c->doom.fn = conn_doom;
     int rc = weir_loop_io_add(w->loop, &c->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
     if (rc != 0) {
         close(fd);
@@ -146,8 +148,12 @@ void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms)
     /* Lazy: an armed timer firing earlier re-arms itself for the real deadline. */
     if (!weir_timer_active(&c->timer) || c->timer.deadline_ms > c->deadline_ms) {
         if (weir_timer_start(c->w->loop, &c->timer, ms) != 0) {
-            /* Without a timer the connection could hang forever: drop it. */
-            weir__conn_close(c);
+            /*
+             * Without a timer the connection could hang forever: drop it, at the end of the
+             * turn. Closing here would free it under callers that go on using it (the accept
+             * path queues its first read right after).
+             */
+            weir__loop_defer(c->w->loop, &c->doom);
         }
     }
 }
@@ -205,6 +211,7 @@ void weir__conn_close(struct weir_conn *c)
     c->state = CONN_CLOSED;
     weir_timer_stop(w->loop, &c->timer);
     weir__loop_defer_cancel(w->loop, &c->kick);
+    weir__loop_defer_cancel(w->loop, &c->doom);
     weir_loop_io_del(w->loop, &c->st.io);
     if (c->st.io.fd >= 0) {
         close(c->st.io.fd);
@@ -225,6 +232,11 @@ void weir__conn_close(struct weir_conn *c)
     if (w->on_closed) {
         w->on_closed(w, w->on_closed_arg);
     }
+}
+
+static void conn_doom(struct weir_loop *loop, struct weir_defer *d)
+{
+    weir__conn_close((struct weir_conn *)((char *)d - offsetof(struct weir_conn, doom)));
 }
 
 static void conn_reap(struct weir_loop *loop, struct weir_defer *d)

@@ -588,6 +588,7 @@ static void retry_stale(struct weir_session *s)
     s->reqp.in_left = s->req_length;
     s->reqp.in_done = s->reqp.out_done = s->reqp.end_filtered = false;
     weir__h1_chunked_init(&s->reqp.dec, 4096, s->cfg->server.limits.max_header_bytes);
+    s->req_sent = false; /* the head must go out again, or we wait for an answer forever */
     s->resp_head_done = false;
     struct weir__upconn *u = NULL;
     int rc = weir__upconn_connect(s->w->pool, &s->peer, &u);

@@ -79,6 +79,7 @@ struct weir_conn {
     struct weir_conn *prev, *next;
     struct weir_defer reap;
     struct weir_defer kick; /* re-enters the idle state machine after a request */
+    struct weir_defer doom; /* closes a connection whose deadline could not be armed */
     bool zombie;            /* closed while a suspended session still points at it */
 };
 

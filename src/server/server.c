@@ -79,6 +79,7 @@ struct worker {
     bool paused; /* at max_connections: listeners unwatched */
     atomic_bool exited;
     int start_rc;
+    bool loop_live; /* the loop exists and takes posts; under start_lock */
     pthread_mutex_t start_lock;
     pthread_cond_t start_cond;
     bool start_done;
@@ -358,6 +359,7 @@ static void signal_started(struct worker *wk, int rc)
     pthread_mutex_lock(&wk->start_lock);
     wk->start_rc = rc;
     wk->start_done = true;
+    wk->loop_live = rc == 0;
     pthread_cond_signal(&wk->start_cond);
     pthread_mutex_unlock(&wk->start_lock);
 }
@@ -414,6 +416,9 @@ static void *worker_main(void *arg)
         wk->pw = NULL;
     }
     rcu_unregister_thread();
+    pthread_mutex_lock(&wk->start_lock);
+    wk->loop_live = false;
+    pthread_mutex_unlock(&wk->start_lock);
     weir__loop_free(wk->loop);
     wk->loop = NULL;
     atomic_store(&wk->exited, true);
@@ -500,6 +505,7 @@ static int start_service(struct weir_service *svc)
     svc->nworkers = svc->threads;
     svc->workers = weir__calloc(svc->nworkers, sizeof(*svc->workers));
     if (svc->workers == NULL) {
+        weir_log(WEIR_LOG_ERROR, "service %s: out of memory", svc->name);
         return WEIR_ENOMEM;
     }
     for (unsigned i = 0; i < svc->nworkers; i++) {
@@ -522,6 +528,8 @@ static int start_service(struct weir_service *svc)
         struct worker *wk = &svc->workers[i];
         int rc = pthread_create(&wk->thread, NULL, worker_main, wk);
         if (rc != 0) {
+            weir_log(WEIR_LOG_ERROR, "service %s: cannot start worker %u: %s", svc->name, i,
+                     strerror(rc));
             return -rc;
         }
         wk->started = true;
@@ -546,6 +554,25 @@ static int start_service(struct weir_service *svc)
     return 0;
 }
 
+/*
+ * Posts fn to a worker. A worker that failed to start has no loop, and one that is exiting
+ * frees its loop whatever its exited flag said a moment ago: loop_live, under the worker's
+ * lock, says whether the loop may still be posted to.
+ */
+static void post_worker(struct worker *wk, weir_post_fn fn)
+{
+    for (;;) {
+        pthread_mutex_lock(&wk->start_lock);
+        int rc = wk->loop_live ? weir_loop_post(wk->loop, fn, wk) : 0;
+        pthread_mutex_unlock(&wk->start_lock);
+        if (rc != WEIR_ELIMIT) {
+            return;
+        }
+        /* A full queue means the worker is alive and busy; try once more later. */
+        usleep(1000);
+    }
+}
+
 static void post_all(struct weir_server *srv, enum service_kind kind, weir_post_fn fn)
 {
     for (struct weir_service *svc = srv->services; svc; svc = svc->next) {
@@ -554,11 +581,8 @@ static void post_all(struct weir_server *srv, enum service_kind kind, weir_post_
         }
         for (unsigned i = 0; i < svc->nworkers; i++) {
             struct worker *wk = &svc->workers[i];
-            if (wk->started && !atomic_load(&wk->exited)) {
-                /* A full queue means the worker is alive and busy; try once more later. */
-                while (weir_loop_post(wk->loop, fn, wk) == WEIR_ELIMIT) {
-                    usleep(1000);
-                }
+            if (wk->started) {
+                post_worker(wk, fn);
             }
         }
     }

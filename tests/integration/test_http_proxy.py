@@ -974,3 +974,32 @@ def test_dead_backend_retried_on_live_one(weir, origin):
         assert r.status == 200, f"keep-alive request {i} got {r.status}"
         assert json.loads(r.read())["body_len"] == 4
     assert len(origin.requests) == 20
+
+
+def test_pooled_connection_closed_after_request_written_is_retried(weir, raw_origin):
+    """The origin reads the second request on a pooled connection, then closes without an
+    answer: weir resends it on a fresh connection (a retry used to skip resending the head and
+    wait for an answer until the upstream read timeout)."""
+    seen = []
+
+    def handler(c):
+        n = len(seen)
+        seen.append(n)
+        while c.read_until(b"\r\n\r\n") is not None:
+            if n == 0 and c.served:
+                return  # the second request on the first connection: close, no answer
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            c.served = True
+
+    def wrapped(c):
+        c.served = False
+        handler(c)
+
+    o = raw_origin(wrapped)
+    w = start_proxy(weir, [o.port], threads=1)
+    with RawClient(w.listen_port, timeout=5.0) as c:
+        for i in range(2):
+            c.send(get(f"/stale/{i}"))
+            r = c.read_response()
+            assert r.status == 200, f"request {i} got {r.status}"
+    assert o.connections == 2
