@@ -1,5 +1,6 @@
 # weir's front door. `make run` and `make test` work on a fresh Debian 12 machine as root.
-.PHONY: all deps build build-asan run test test-release test-asan bench fuzz-build fuzz-smoke clean format
+.PHONY: all deps build build-asan run test test-release test-asan bench fuzz-build fuzz-smoke clean format \
+	build-tsan test-tsan build-memcheck memcheck build-failmalloc failmalloc
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DWEIR_WERROR=ON
@@ -36,6 +37,53 @@ test-asan: build-asan
 # Release first, sanitizers last, so ctest's summary of the ASan+UBSan run closes the output.
 test: test-release test-asan
 
+# Dynamic gates (docs/SECURITY.md): ThreadSanitizer, valgrind memcheck, allocation failure.
+PYTEST = /usr/bin/python3 -m pytest -q -p no:cacheprovider
+TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp"
+# The tests that run several workers, the access-log writer, cross-thread posts and snapshots.
+TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
+	test_http_proxy.py
+VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	--show-leak-kinds=definite --num-callers=30
+MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py
+MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
+	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
+	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
+	get_through_config or graceful_signal or sigterm_with_idle or sigint_exits
+
+build-tsan: deps
+	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DWEIR_TSAN=ON >/dev/null
+	@cmake --build build-tsan -j $(JOBS)
+
+test-tsan: build-tsan
+	@echo "== ThreadSanitizer build: unit + multi-threaded integration tests =="
+	cd build-tsan && $(TSAN_ENV) ctest --output-on-failure -j 2 -E '^integration$$'
+	cd tests/integration && $(TSAN_ENV) WEIR_BIN=$(CURDIR)/build-tsan/weir \
+	  WEIR_EXAMPLES_DIR=$(CURDIR)/build-tsan/examples WEIR_SANITIZED=1 $(PYTEST) $(TSAN_TESTS)
+
+# Release with debug info, no sanitizer, every pooled object through malloc.
+build-memcheck: deps
+	@cmake -S . -B build-memcheck $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DWEIR_NO_POOLS=ON -DWEIR_BUILD_TESTS=OFF >/dev/null
+	@cmake --build build-memcheck -j $(JOBS)
+
+memcheck: build-memcheck
+	@echo "== valgrind memcheck: weir under valgrind for a subset of the integration tests =="
+	cd tests/integration && WEIR_WRAPPER="$(VALGRIND)" WEIR_BIN=$(CURDIR)/build-memcheck/weir \
+	  WEIR_EXAMPLES_DIR=$(CURDIR)/build-memcheck/examples \
+	  $(PYTEST) $(MEMCHECK_TESTS) -k "$(MEMCHECK_SELECT)"
+
+build-failmalloc: deps
+	@cmake -S . -B build-failmalloc $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug -DWEIR_ASAN=ON \
+	  -DWEIR_UBSAN=ON -DWEIR_FAILMALLOC=ON -DWEIR_BUILD_TESTS=OFF >/dev/null
+	@cmake --build build-failmalloc -j $(JOBS)
+
+failmalloc: build-failmalloc
+	@echo "== allocation failure: every allocation of startup and of a request fails once =="
+	cd tests/integration && WEIR_BIN=$(CURDIR)/build-failmalloc/weir WEIR_SANITIZED=1 \
+	  $(PYTEST) test_failmalloc.py
+
 bench: build
 	bash bench/run.sh
 
@@ -57,4 +105,4 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-fuzz build-tsan build-memcheck build-failmalloc

@@ -1,7 +1,9 @@
 /*
  * Heap allocation wrappers. With WEIR_FAILMALLOC compiled in, the environment variable
- * WEIR_FAILMALLOC=N makes the Nth allocation (counted process-wide) return NULL, so tests can
- * sweep N across a request's life and check that out-of-memory never crashes or leaks.
+ * WEIR_FAILMALLOC=N makes the Nth allocation (counted process-wide, from 1) return NULL, so tests
+ * can sweep N across a request's life and check that out-of-memory never crashes or leaks.
+ * WEIR_FAILMALLOC_REPORT=1 prints the number of allocations made at exit, which tells a test
+ * where startup ends and a request begins (tests/integration/test_failmalloc.py).
  */
 #include "core/alloc.h"
 #include "weir/mem.h"
@@ -12,25 +14,64 @@
 #include <string.h>
 
 #ifdef WEIR_FAILMALLOC
+#include <execinfo.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+void __sanitizer_print_stack_trace(void);
+#endif
+
 static atomic_long fail_at = -1; /* -1: not read yet; 0: disabled */
 static atomic_long alloc_count;
 
+static void report_count(void)
+{
+    (void)fprintf(stderr, "weir: failmalloc: %ld allocations\n", atomic_load(&alloc_count));
+}
+
+/* Reads the settings once; racing first calls read the same environment, so either wins. */
+static long read_settings(void)
+{
+    const char *env = getenv("WEIR_FAILMALLOC");
+    char *end = NULL;
+    long at = env ? strtol(env, &end, 10) : 0;
+    if (at < 0 || (end && *end != '\0')) {
+        at = 0;
+    }
+    long expected = -1;
+    if (atomic_compare_exchange_strong(&fail_at, &expected, at)) {
+        const char *rep = getenv("WEIR_FAILMALLOC_REPORT");
+        if (rep != NULL && rep[0] == '1') {
+            (void)atexit(report_count);
+        }
+    }
+    return atomic_load(&fail_at);
+}
+
+/*
+ * Counts every allocation (for WEIR_FAILMALLOC_REPORT=1, which prints the total at exit) and
+ * fails only the Nth: one failure per run, so a test can check that the next request works.
+ */
 static int should_fail(void)
 {
     long at = atomic_load_explicit(&fail_at, memory_order_relaxed);
     if (at < 0) {
-        const char *env = getenv("WEIR_FAILMALLOC");
-        char *end = NULL;
-        at = env ? strtol(env, &end, 10) : 0;
-        if (at < 0 || (end && *end != '\0')) {
-            at = 0;
-        }
-        atomic_store(&fail_at, at);
+        at = read_settings();
     }
-    if (at == 0) {
+    long n = atomic_fetch_add_explicit(&alloc_count, 1, memory_order_relaxed) + 1;
+    if (at == 0 || n != at) {
         return 0;
     }
-    return atomic_fetch_add(&alloc_count, 1) + 1 == at;
+    /* Where it failed, so a test failure names the allocation. */
+    (void)fprintf(stderr, "weir: failmalloc: failing allocation %ld\n", n);
+#if defined(__SANITIZE_ADDRESS__)
+    __sanitizer_print_stack_trace();
+#else
+    void *frames[32];
+    backtrace_symbols_fd(frames, backtrace(frames, 32), STDERR_FILENO);
+#endif
+    return 1;
 }
 #else
 static inline int should_fail(void)

@@ -6,6 +6,8 @@ Every process started is stopped by PID at teardown; weir must exit cleanly and 
 sanitizer report.
 """
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,6 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WEIR_BIN = os.environ.get("WEIR_BIN", os.path.join(ROOT, "build", "weir"))
 EXAMPLES_DIR = os.environ.get("WEIR_EXAMPLES_DIR", os.path.join(ROOT, "build", "examples"))
 SANITIZED = os.environ.get("WEIR_SANITIZED", "0") == "1"
+# A command that prefixes weir's (e.g. "valgrind --error-exitcode=99 ..."; see `make memcheck`).
+WRAPPER = shlex.split(os.environ.get("WEIR_WRAPPER", ""))
+# Slow runtimes (valgrind) need longer to start and stop.
+SLOW = 4 if WRAPPER else 1
 
 SANITIZER_MARKERS = (
     "ERROR: AddressSanitizer",
@@ -70,12 +76,12 @@ class Weir:
     def start(self, wait=True):
         self._err = open(self.stderr_path, "wb")
         self._out = open(self.stdout_path, "wb")
-        self.proc = subprocess.Popen([self.binary] + self.args, stdout=self._out,
+        self.proc = subprocess.Popen(WRAPPER + [self.binary] + self.args, stdout=self._out,
                                      stderr=self._err, stdin=subprocess.DEVNULL,
                                      cwd=self.workdir, env=self.env)
         if wait and self.port:
             try:
-                wait_port(self.port, timeout=20 if SANITIZED else 10)
+                wait_port(self.port, timeout=(20 if SANITIZED else 10) * SLOW)
             except TimeoutError:
                 self.stop(signal.SIGKILL)
                 raise AssertionError("weir did not start:\n" + self.stderr())
@@ -101,6 +107,7 @@ class Weir:
             os.kill(self.proc.pid, sig)
 
     def wait(self, timeout=30):
+        timeout *= SLOW
         try:
             self.returncode = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -138,6 +145,9 @@ class Weir:
         err = self.stderr()
         for marker in SANITIZER_MARKERS:
             assert marker not in err, f"weir reported '{marker}':\n{err}"
+        # valgrind prints its summary when the process exits (not after SIGKILL).
+        for n in re.findall(r"ERROR SUMMARY: (\d+) errors", err):
+            assert n == "0", f"valgrind reported errors:\n{err}"
 
 
 @pytest.fixture
