@@ -75,7 +75,7 @@ static int run(struct weir_config *cfg, bool demo)
     struct weir_service *svc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, NULL);
     int rc = svc ? 0 : WEIR_ENOMEM;
     for (size_t i = 0; rc == 0 && i < c->nlisteners; i++) {
-        rc = weir_service_add_listener(svc, c->listeners[i].address);
+        rc = weir_service_add_listener_cfg(svc, &c->listeners[i]);
     }
     if (rc == 0 && demo &&
         weir_server_add_background(srv, "demo-origin", &weir_app_demo_origin_ops,

@@ -54,6 +54,12 @@ struct weir_cfg_limits {
     uint64_t max_body_bytes;    /**< request body bytes; 0 = unlimited (default); over it: 413 */
     uint32_t max_connections;   /**< open client connections per worker; default 10000 */
     uint32_t buffer_size;       /**< I/O buffer bytes; default 32768 */
+    /** open connections from one client address (IPv6: its /64), all workers; 0 = off (default) */
+    uint32_t max_connections_per_ip;
+    /** requests per second from one client address; 0 = off (default); over it: 429 */
+    uint32_t requests_per_second_per_ip;
+    /** requests on one connection, then Connection: close; 0 = unlimited; default 10000 */
+    uint32_t max_requests_per_connection;
 };
 
 /** Timeouts in milliseconds (server.timeouts). */
@@ -90,6 +96,7 @@ struct weir_cfg_server {
 struct weir_cfg_listener {
     const char *address; /**< "host:port" as written, IPv6 as "[::1]:8080" */
     const char *name;    /**< optional label, "" when absent */
+    uint32_t max_connections; /**< open connections on this listener, all workers; 0 = no cap */
 };
 
 struct weir_cfg_backend {

@@ -37,6 +37,14 @@ WEIR_EXTERN struct weir_service *weir_server_add_proxy(struct weir_server *srv, 
 /** Adds a listening address ("ip:port") to a proxy service. 0, WEIR_EINVAL or WEIR_ENOMEM. */
 WEIR_EXTERN int weir_service_add_listener(struct weir_service *svc, const char *address);
 
+/**
+ * Adds a listener described by a configuration entry: its address, and its max_connections
+ * (open connections on this listener across every worker; 0 = no cap; over it a new
+ * connection is closed at once). 0, WEIR_EINVAL or WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_service_add_listener_cfg(struct weir_service *svc,
+                                              const struct weir_cfg_listener *l);
+
 /** Sets the number of worker threads of a proxy service (1..256). 0 or WEIR_EINVAL. */
 WEIR_EXTERN int weir_service_set_threads(struct weir_service *svc, unsigned threads);
 

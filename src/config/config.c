@@ -510,11 +510,28 @@ static void forwarded_section(struct ctx *c, const struct ynode *m, struct weir_
 
 static void limits_section(struct ctx *c, const struct ynode *m, struct weir_cfg_limits *l)
 {
-    enum { K_LINE, K_HBYTES, K_HCOUNT, K_BODY, K_CONNS, K_BUF, K_N };
+    enum {
+        K_LINE,
+        K_HBYTES,
+        K_HCOUNT,
+        K_BODY,
+        K_CONNS,
+        K_BUF,
+        K_IPCONNS,
+        K_IPRPS,
+        K_CONNREQS,
+        K_N
+    };
     static const struct keyspec keys[K_N] = {
-        [K_LINE] = {"max_request_line", 0}, [K_HBYTES] = {"max_header_bytes", 0},
-        [K_HCOUNT] = {"max_headers", 0},    [K_BODY] = {"max_body_bytes", 0},
-        [K_CONNS] = {"max_connections", 0}, [K_BUF] = {"buffer_size", 0},
+        [K_LINE] = {"max_request_line", 0},
+        [K_HBYTES] = {"max_header_bytes", 0},
+        [K_HCOUNT] = {"max_headers", 0},
+        [K_BODY] = {"max_body_bytes", 0},
+        [K_CONNS] = {"max_connections", 0},
+        [K_BUF] = {"buffer_size", 0},
+        [K_IPCONNS] = {"max_connections_per_ip", 0},
+        [K_IPRPS] = {"requests_per_second_per_ip", 0},
+        [K_CONNREQS] = {"max_requests_per_connection", 0},
     };
     const struct ynode *v[K_N];
     if (!fields(c, m, keys, K_N, v, "a mapping of limits")) {
@@ -526,6 +543,11 @@ static void limits_section(struct ctx *c, const struct ynode *m, struct weir_cfg
     get_size(c, v[K_BODY], "max_body_bytes", 0, UINT64_MAX, &l->max_body_bytes);
     get_u32(c, v[K_CONNS], "max_connections", 1, 10000000, &l->max_connections);
     get_size32(c, v[K_BUF], "buffer_size", 1u << 10, 1u << 20, &l->buffer_size);
+    get_u32(c, v[K_IPCONNS], "max_connections_per_ip", 0, 10000000, &l->max_connections_per_ip);
+    get_u32(c, v[K_IPRPS], "requests_per_second_per_ip", 0, 10000000,
+            &l->requests_per_second_per_ip);
+    get_u32(c, v[K_CONNREQS], "max_requests_per_connection", 0, 100000000,
+            &l->max_requests_per_connection);
 }
 
 static void timeouts_section(struct ctx *c, const struct ynode *m, struct weir_cfg_timeouts *t)
@@ -650,10 +672,11 @@ static const struct ynode *sequence(struct ctx *c, const struct ynode *n, const 
 
 static void listener_item(struct ctx *c, const struct ynode *n, struct weir_cfg_listener *l)
 {
-    enum { K_ADDR, K_NAME, K_N };
+    enum { K_ADDR, K_NAME, K_MAXCONN, K_N };
     static const struct keyspec keys[K_N] = {
         [K_ADDR] = {"address", KEY_REQUIRED},
         [K_NAME] = {"name", 0},
+        [K_MAXCONN] = {"max_connections", 0},
     };
     const struct ynode *v[K_N];
     const struct ynode *d = weir__ynode_deref(n);
@@ -661,7 +684,8 @@ static void listener_item(struct ctx *c, const struct ynode *n, struct weir_cfg_
         l->address = address_value(c, n, true);
         return;
     }
-    if (!fields(c, n, keys, K_N, v, "host:port or a mapping with address and name")) {
+    if (!fields(c, n, keys, K_N, v,
+                "host:port or a mapping with address, name, max_connections")) {
         return;
     }
     if (v[K_ADDR] != NULL) {
@@ -670,6 +694,7 @@ static void listener_item(struct ctx *c, const struct ynode *n, struct weir_cfg_
         path_pop(c, old);
     }
     get_string(c, v[K_NAME], "name", "a name", &l->name);
+    get_u32(c, v[K_MAXCONN], "max_connections", 0, 10000000, &l->max_connections);
 }
 
 static void listeners_section(struct ctx *c, const struct ynode *n, struct weir_config *cfg)
@@ -1241,6 +1266,9 @@ static void set_defaults(struct weir_config *cfg)
         .max_body_bytes = 0,
         .max_connections = 10000,
         .buffer_size = 32768,
+        .max_connections_per_ip = 0,
+        .requests_per_second_per_ip = 0,
+        .max_requests_per_connection = 10000,
     };
     s->timeouts = (struct weir_cfg_timeouts){
         .client_header_ms = 60000,

@@ -89,14 +89,117 @@ void weir__proxy_turn(struct weir__proxy_worker *w)
     weir__access_buf_flush(&w->access, weir_loop_now_ms(w->loop), 1000);
 }
 
-int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
-                       socklen_t len)
+/*
+ * The key a client address is limited under: the 4 bytes of an IPv4 address (IPv4-mapped
+ * IPv6 included), or the /64 prefix of an IPv6 address (one subscriber's network: a client
+ * that owns a /64 must not get 2^64 separate allowances). 0 for other families.
+ */
+static size_t ip_key(const struct sockaddr *sa, socklen_t len, uint8_t key[8])
 {
+    if (sa->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 4;
+    }
+    if (sa->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            memcpy(key, &a->s6_addr[12], 4);
+            return 4;
+        }
+        memcpy(key, a->s6_addr, 8);
+        return 8;
+    }
+    return 0;
+}
+
+/* Logs refusals as a warning at most every 10 s per worker (a flood must not flood the log). */
+static void note_refused(struct weir__proxy_worker *w, const char *why,
+                         const struct sockaddr *sa)
+{
+    w->refused++;
+    uint64_t now = weir_loop_now_ms(w->loop);
+    bool warn = now >= w->refused_warn_ms;
+    if (warn) {
+        w->refused_warn_ms = now + 10000;
+    }
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (warn || weir__log_enabled(WEIR_LOG_DEBUG)) {
+        (void)weir__addr_format_ip(sa, ip, sizeof(ip));
+        weir_log(warn ? WEIR_LOG_WARN : WEIR_LOG_DEBUG,
+                 "refused a connection from %s: %s (%llu refused by this worker so far)", ip,
+                 why, (unsigned long long)w->refused);
+    }
+}
+
+/*
+ * The connection caps checked before anything is allocated for a connection: the listener's
+ * max_connections and server.limits.max_connections_per_ip, both across every worker. A
+ * refused connection is closed at once, without a response: an answer would cost a write per
+ * flood connection and tell the client nothing it can act on, and the ones already open keep
+ * working. 0, or WEIR_ELIMIT (nothing counted).
+ */
+static int admit(struct weir__proxy_worker *w, struct weir_conn *c, const struct sockaddr *sa,
+                 struct weir__listener_count *lc)
+{
+    if (lc != NULL && lc->max != 0) {
+        if (atomic_fetch_add_explicit(&lc->n, 1, memory_order_relaxed) >= lc->max) {
+            atomic_fetch_sub_explicit(&lc->n, 1, memory_order_relaxed);
+            note_refused(w, "the listener's max_connections is reached", sa);
+            return WEIR_ELIMIT;
+        }
+        c->lc = lc;
+    }
+    uint32_t per_ip = w->cfg->server.limits.max_connections_per_ip;
+    if (w->ip_conns != NULL && per_ip != 0 && c->ipkeylen != 0) {
+        if (weir_inflight_add(w->ip_conns, c->ipkey, c->ipkeylen, 1) > per_ip) {
+            weir_inflight_sub(w->ip_conns, c->ipkey, c->ipkeylen, 1);
+            note_refused(w, "max_connections_per_ip is reached", sa);
+            goto refuse;
+        }
+        c->ip_counted = true;
+    }
+    return 0;
+refuse:
+    if (c->lc != NULL) {
+        atomic_fetch_sub_explicit(&c->lc->n, 1, memory_order_relaxed);
+        c->lc = NULL;
+    }
+    return WEIR_ELIMIT;
+}
+
+/* Gives back what admit counted. */
+static void release_counts(struct weir_conn *c)
+{
+    if (c->lc != NULL) {
+        atomic_fetch_sub_explicit(&c->lc->n, 1, memory_order_relaxed);
+        c->lc = NULL;
+    }
+    if (c->ip_counted) {
+        weir_inflight_sub(c->w->ip_conns, c->ipkey, c->ipkeylen, 1);
+        c->ip_counted = false;
+    }
+}
+
+int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
+                       socklen_t len, struct weir__listener_count *lc)
+{
+    struct weir_conn probe = {.w = w};
+    probe.ipkeylen = (uint8_t)ip_key(sa, len, probe.ipkey);
+    int rc = admit(w, &probe, sa, lc);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
     struct weir_conn *c = weir__calloc(1, sizeof(*c));
     if (c == NULL) {
+        release_counts(&probe);
         close(fd);
         return WEIR_ENOMEM;
     }
+    memcpy(c->ipkey, probe.ipkey, sizeof(c->ipkey));
+    c->ipkeylen = probe.ipkeylen;
+    c->ip_counted = probe.ip_counted;
+    c->lc = probe.lc;
     int one = 1;
     /* Responses leave in whole writes; Nagle would only add delayed-ACK stalls. */
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
@@ -118,8 +221,9 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     c->reap.fn = conn_reap;
     c->kick.fn = conn_kick;
     c->doom.fn = conn_doom;
-    int rc = weir_loop_io_add(w->loop, &c->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
+    rc = weir_loop_io_add(w->loop, &c->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
     if (rc != 0) {
+        release_counts(c);
         close(fd);
         weir__free(c);
         return rc;
@@ -218,6 +322,7 @@ void weir__conn_close(struct weir_conn *c)
         c->st.io.fd = -1;
     }
     weir__buf_release(&w->bufs, &c->st.in);
+    release_counts(c);
     unlink_conn(c);
     if (c->s != NULL && c->s->suspended) {
         c->zombie = true; /* the session frees us when its hook resumes */

@@ -7,6 +7,7 @@
 #define WEIR_PROXY_INT_H
 
 #include <netinet/in.h>
+#include <stdatomic.h>
 
 #include "core/assert.h"
 #include "core/buf.h"
@@ -17,6 +18,7 @@
 #include "http1/h1.h"
 #include "net/stream.h"
 #include "pool/pool.h"
+#include "weir/limits.h"
 #include "weir/proxy.h"
 
 #define WEIR_CONN_MAGIC 0x636f6e6eu
@@ -28,6 +30,16 @@
 #define WEIR_SESSION_CHECK(s) WEIR_ASSERT((s) != NULL && (s)->magic == WEIR_SESSION_MAGIC)
 
 struct weir__proxy_worker;
+
+/**
+ * Connections open on one listener across every worker (listeners[].max_connections). The
+ * server owns it; a connection admitted under it holds a pointer and gives its count back
+ * when it closes.
+ */
+struct weir__listener_count {
+    _Atomic uint32_t n;
+    uint32_t max; /* 0: no cap (nothing is counted) */
+};
 
 /** Called when a client connection closes (the server resumes accepting below the cap). */
 typedef void (*weir__conn_closed_fn)(struct weir__proxy_worker *w, void *arg);
@@ -52,6 +64,11 @@ struct weir__proxy_worker {
     void *on_closed_arg;
     struct weir_arena *spare_arena; /* one reset arena kept for the next request */
     uint64_t requests;
+    /* abuse limits, shared by the service's workers (NULL when off; owned by the server) */
+    struct weir_inflight *ip_conns; /* open connections per client address */
+    struct weir_rate *ip_rate;      /* requests per client address, 1 s windows */
+    uint64_t refused;               /* connections refused by a cap on this worker */
+    uint64_t refused_warn_ms;       /* next time a refusal may be logged as a warning */
 };
 
 enum conn_state {
@@ -75,6 +92,10 @@ struct weir_conn {
     char ip[INET6_ADDRSTRLEN];
     uint8_t iplen;
     unsigned nrequests;
+    uint8_t ipkey[8];       /* the client's address as a limits key: IPv4, or an IPv6 /64 */
+    uint8_t ipkeylen;
+    bool ip_counted;        /* counted in w->ip_conns: give it back at close */
+    struct weir__listener_count *lc; /* counted on this listener: give it back at close */
     struct weir_session *s;
     struct weir_conn *prev, *next;
     struct weir_defer reap;
@@ -180,9 +201,12 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   void *data, struct weir_snapshot_slot *slot,
                                                   struct weir_access_log *access);
 void weir__proxy_worker_free(struct weir__proxy_worker *w);
-/** Takes an accepted socket. 0, or an error (the fd is closed). */
+/**
+ * Takes an accepted socket from a listener counted in lc (NULL: none). 0; WEIR_ELIMIT when a
+ * connection cap refused it; or an error. The fd is closed on any failure.
+ */
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
-                       socklen_t len);
+                       socklen_t len, struct weir__listener_count *lc);
 /** Graceful: close idle connections, let active ones finish their request then close. */
 void weir__proxy_drain(struct weir__proxy_worker *w);
 /** Immediate: close every connection. */

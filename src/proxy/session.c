@@ -66,6 +66,32 @@ static int adopt_head(struct weir_session *s, const struct weir_h1_request *hr, 
 }
 
 /*
+ * Counts the request against server.limits.requests_per_second_per_ip (every request counts,
+ * refused ones too: a client has to slow down to get through) and reports whether it is over.
+ */
+static bool over_request_rate(struct weir_session *s)
+{
+    uint32_t limit = s->cfg->server.limits.requests_per_second_per_ip;
+    struct weir_conn *c = s->c;
+    if (limit == 0 || s->w->ip_rate == NULL || c->ipkeylen == 0) {
+        return false;
+    }
+    return weir_rate_observe(s->w->ip_rate, c->ipkey, c->ipkeylen, 1, s->start_ms) > limit;
+}
+
+/* 429 with Retry-After: the estimate covers the last second, so one second is the wait. */
+static int respond_too_many(struct weir_session *s)
+{
+    struct weir_resp *r = weir_session_response_new(s, 429);
+    if (r == NULL ||
+        weir_headers_add(&r->headers, "Content-Type", "text/plain; charset=utf-8") != 0 ||
+        weir_headers_add(&r->headers, "Retry-After", "1") != 0) {
+        return WEIR_ENOMEM;
+    }
+    return weir_session_respond(s, r, WEIR_IOV_LIT("Too Many Requests\n"));
+}
+
+/*
  * RFC 9112 3.2.2: with an absolute-form target the authority in it counts, not Host. Rewrite
  * the request to origin-form with that authority as its only Host, so routing, hooks and the
  * origin all see one host. 0, or WEIR_EINVAL (400) for another scheme or a bad authority.
@@ -159,21 +185,28 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
     s->expect_continue = hr->expect_continue && hr->minor == 1;
     s->req_body = hr->body;
     s->req_length = hr->content_length;
-    if (!hr->keep_alive) {
+    uint32_t max_reqs = cfg->server.limits.max_requests_per_connection;
+    if (!hr->keep_alive || (max_reqs != 0 && c->nrequests >= max_reqs)) {
         s->close_after = true;
     }
     if (w->hooks->new_ctx) {
         s->ctx = w->hooks->new_ctx(s, w->hooks_data);
     }
     s->phase = PH_EARLY;
+    /* Refused before any hook but new_ctx (logging needs its ctx) or the upstream sees it. */
+    int early = 0;
     uint64_t max_body = cfg->server.limits.max_body_bytes;
-    if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
-        /* Refused before any hook or upstream sees it; the body is never read. */
+    if (over_request_rate(s)) {
+        early = respond_too_many(s); /* an unread body closes the connection after */
+    } else if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
+        /* The body is never read. */
         s->close_after = true;
-        if (weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n")) != 0) {
-            weir__session_finish(s);
-            return 0;
-        }
+        early = weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n"));
+    }
+    if (early != 0) {
+        s->close_after = true;
+        weir__session_finish(s);
+        return 0;
     }
     weir__session_run(s);
     return 0;

@@ -40,6 +40,7 @@ struct listener {
     struct sockaddr_storage ss;
     socklen_t len;
     int shared_fd; /* work_stealing: one socket for every worker */
+    struct weir__listener_count count; /* listeners[].max_connections, across workers */
 };
 
 struct worker;
@@ -57,11 +58,14 @@ struct weir_service {
     unsigned threads;
     struct worker *workers;
     unsigned nworkers;
+    struct weir_inflight *ip_conns; /* server.limits.max_connections_per_ip (NULL: off) */
+    struct weir_rate *ip_rate;      /* server.limits.requests_per_second_per_ip (NULL: off) */
 };
 
 struct worker_listener {
     struct weir_io io;
     struct worker *wk;
+    struct weir__listener_count *count;
     bool own_fd;
     bool watching;
 };
@@ -193,6 +197,15 @@ int weir_service_add_listener(struct weir_service *svc, const char *address)
     return 0;
 }
 
+int weir_service_add_listener_cfg(struct weir_service *svc, const struct weir_cfg_listener *l)
+{
+    int rc = weir_service_add_listener(svc, l->address);
+    if (rc == 0) {
+        svc->listeners[svc->nlisteners - 1].count.max = l->max_connections;
+    }
+    return rc;
+}
+
 int weir_service_set_threads(struct weir_service *svc, unsigned threads)
 {
     if (threads < 1 || threads > 256 || svc->kind != SVC_PROXY) {
@@ -218,6 +231,8 @@ static void free_service(struct weir_service *svc)
         }
     }
     weir__free(svc->workers);
+    weir_inflight_free(svc->ip_conns);
+    weir_rate_free(svc->ip_rate);
     weir__free(svc->name);
     weir__free(svc);
 }
@@ -300,8 +315,8 @@ static void listener_event(struct weir_loop *loop, struct weir_io *io, uint32_t 
             }
             return;
         }
-        int rc = weir__proxy_accept(wk->pw, fd, (struct sockaddr *)&ss, len);
-        if (rc != 0) {
+        int rc = weir__proxy_accept(wk->pw, fd, (struct sockaddr *)&ss, len, wl->count);
+        if (rc != 0 && rc != WEIR_ELIMIT) { /* refusals by a cap are logged sparingly */
             weir_log(WEIR_LOG_ERROR, "accept: %s", weir_strerror(rc));
         }
     }
@@ -383,6 +398,8 @@ static int worker_setup(struct worker *wk)
     }
     wk->pw->on_closed = conn_closed;
     wk->pw->on_closed_arg = wk;
+    wk->pw->ip_conns = svc->ip_conns;
+    wk->pw->ip_rate = svc->ip_rate;
     set_listening(wk, true);
     return 0;
 }
@@ -454,6 +471,7 @@ static int bind_listeners(struct weir_service *svc)
         for (unsigned w = 0; w < svc->nworkers; w++) {
             struct worker_listener *wl = &svc->workers[w].ls[i];
             wl->wk = &svc->workers[w];
+            wl->count = &l->count;
             wl->io.cb = listener_event;
             wl->io.data = wl;
             if (stealing) {
@@ -500,6 +518,31 @@ static int write_pid_file(const char *path)
     return rc;
 }
 
+/* Sketch size for the per-address limits: 4 rows of 64Ki counters (1 MiB per sketch). */
+#define LIMITS_SLOTS 65536u
+
+/*
+ * The per-address limit tables every worker of the service shares, made only for the limits
+ * switched on (they are read from the configuration the server started with).
+ */
+static int create_limits(struct weir_service *svc)
+{
+    const struct weir_cfg_limits *lim = &svc->srv->cfg->server.limits;
+    if (lim->max_connections_per_ip != 0) {
+        svc->ip_conns = weir_inflight_new(4, LIMITS_SLOTS);
+        if (svc->ip_conns == NULL) {
+            return WEIR_ENOMEM;
+        }
+    }
+    if (lim->requests_per_second_per_ip != 0) {
+        svc->ip_rate = weir_rate_new(1000, 4, LIMITS_SLOTS);
+        if (svc->ip_rate == NULL) {
+            return WEIR_ENOMEM;
+        }
+    }
+    return 0;
+}
+
 static int start_service(struct weir_service *svc)
 {
     svc->nworkers = svc->threads;
@@ -519,7 +562,11 @@ static int start_service(struct weir_service *svc)
             weir_log(WEIR_LOG_ERROR, "service %s has no listener", svc->name);
             return WEIR_EINVAL;
         }
-        int rc = bind_listeners(svc);
+        int rc = create_limits(svc);
+        if (rc != 0) {
+            return rc;
+        }
+        rc = bind_listeners(svc);
         if (rc != 0) {
             return rc;
         }

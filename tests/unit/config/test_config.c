@@ -100,6 +100,9 @@ static void test_full_file(void **state)
     assert_int_equal(s->limits.max_body_bytes, 10u << 20);
     assert_int_equal(s->limits.max_connections, 2000);
     assert_int_equal(s->limits.buffer_size, 8192);
+    assert_int_equal(s->limits.max_connections_per_ip, 64);
+    assert_int_equal(s->limits.requests_per_second_per_ip, 500);
+    assert_int_equal(s->limits.max_requests_per_connection, 100);
     assert_int_equal(s->timeouts.client_header_ms, 10000);
     assert_int_equal(s->timeouts.client_body_ms, 11000);
     assert_int_equal(s->timeouts.client_keepalive_ms, 12000);
@@ -113,7 +116,9 @@ static void test_full_file(void **state)
     assert_string_equal(cfg->listeners[0].address, "127.0.0.1:8080");
     assert_string_equal(cfg->listeners[0].name, "main");
     assert_string_equal(cfg->listeners[1].address, "[::1]:8443");
+    assert_int_equal(cfg->listeners[0].max_connections, 5000);
     assert_string_equal(cfg->listeners[1].name, "");
+    assert_int_equal(cfg->listeners[1].max_connections, 0);
     assert_string_equal(cfg->listeners[2].address, "localhost:0");
 
     assert_int_equal(cfg->nupstreams, 2);
@@ -184,6 +189,9 @@ static void check_defaults(const struct weir_config *cfg)
     assert_int_equal(s->limits.max_body_bytes, 0);
     assert_int_equal(s->limits.max_connections, 10000);
     assert_int_equal(s->limits.buffer_size, 32768);
+    assert_int_equal(s->limits.max_connections_per_ip, 0);
+    assert_int_equal(s->limits.requests_per_second_per_ip, 0);
+    assert_int_equal(s->limits.max_requests_per_connection, 10000);
     assert_int_equal(s->timeouts.client_header_ms, 60000);
     assert_int_equal(s->timeouts.client_body_ms, 60000);
     assert_int_equal(s->timeouts.client_keepalive_ms, 75000);
