@@ -4,7 +4,7 @@
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DWEIR_WERROR=ON
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 60
 
 all: build
 
@@ -105,4 +105,4 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-fuzz build-tsan build-memcheck build-failmalloc
+	rm -rf build build-asan build-fuzz build-tsan build-memcheck build-failmalloc build-lint
