@@ -93,11 +93,11 @@ def tree(pid):
     if not os.path.exists("/proc/%d" % pid):
         return []
     kids = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
         out.append(p)
-        todo.extend(kids.get(p, []))
+        stack.extend(kids.get(p, []))
     return out
 
 
