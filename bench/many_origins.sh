@@ -38,8 +38,8 @@ MO=$HERE/many_origins.py
 # saw nothing from that origin for 2 s) about exp(-2 * 2) = 1.8 % of the time when the pool
 # is shared, exp(-1 * 2) = 13.5 % when it is per worker: 7x as many connections, with
 # 8000 measured requests enough of them to count (~150 vs ~1100). 400 req/s keeps the
-# Python origin and load generator far from saturation on 2 CPUs (a few % of a CPU each),
-# so the schedule holds; 32 client connections let the kernel spread them over both
+# Python origin and load generator far from saturation on 2 CPUs (well under 10 % of a CPU
+# each), so the schedule holds; 32 client connections let the kernel spread them over both
 # workers. A 2 s idle timeout is short but real (Apache and Node.js default to 5 s).
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
   DURATION=4 WARMUP=1
