@@ -4,8 +4,17 @@
 
 #include <weir/weir.h>
 
-/** The hooks of the config-driven proxy (routes, upstream groups, header edits). */
+/**
+ * The hooks of the config-driven proxy (routes, upstream groups, header edits). Their service
+ * data is a router built for the server's configuration.
+ */
 extern const struct weir_proxy_hooks weir_app_router_hooks;
+
+/** The load balancers of cfg's upstream groups. 0, WEIR_EINVAL (logged) or WEIR_ENOMEM. */
+struct weir_app_router;
+int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **out);
+/** After the server has stopped. Accepts NULL. */
+void weir_app_router_free(struct weir_app_router *r);
 
 /** The built-in demo origin as a background service's callbacks; data is the address text. */
 extern const struct weir_background_ops weir_app_demo_origin_ops;

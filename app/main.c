@@ -72,8 +72,13 @@ static int run(struct weir_config *cfg, bool demo)
         return 1;
     }
     const struct weir_config *c = weir_server_config(srv);
-    struct weir_service *svc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, NULL);
-    int rc = svc ? 0 : WEIR_ENOMEM;
+    struct weir_app_router *router = NULL;
+    int rc = weir_app_router_new(c, &router);
+    struct weir_service *svc = NULL;
+    if (rc == 0) {
+        svc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, router);
+        rc = svc ? 0 : WEIR_ENOMEM;
+    }
     for (size_t i = 0; rc == 0 && i < c->nlisteners; i++) {
         rc = weir_service_add_listener_cfg(svc, &c->listeners[i]);
     }
@@ -91,6 +96,7 @@ static int run(struct weir_config *cfg, bool demo)
         (void)fprintf(stderr, "weir: cannot set up the proxy: %s\n", weir_strerror(rc));
     }
     weir_server_free(srv);
+    weir_app_router_free(router);
     return rc == 0 ? 0 : 1;
 }
 

@@ -1,126 +1,169 @@
 /*
  * The config-driven proxy of the weir binary: pick the first route whose host and path
  * prefix match, apply its request and response header edits, and send the request to its
- * upstream group with round robin (weights honoured). Written on the public API only.
+ * upstream group through that group's load balancer (weir/lb.h). Written on the public API
+ * only.
  *
- * Backends are parsed once per configuration snapshot and thread into a thread-local table,
- * so the request path neither parses addresses nor touches shared counters.
+ * The load balancers are built once per configuration, before the workers start, and shared
+ * by every worker; selecting needs no lock.
  */
-#include <pthread.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "app.h"
 
+struct weir_app_router {
+    const struct weir_config *cfg;
+    struct weir_lb **lbs; /* one per cfg->upstreams[i] */
+    size_t nlbs;
+};
+
 struct route_ctx {
+    const struct weir_app_router *router;
     const struct weir_cfg_route *route;
 };
 
-struct group_state {
-    struct weir_peer *peers; /* each backend repeated weight times, interleaved */
-    size_t npeers;
-    size_t next;
-};
-
-struct thread_state {
-    const struct weir_config *cfg;
-    struct group_state *groups; /* one per cfg->upstreams[i] */
-    size_t ngroups;
-};
-
-static _Thread_local struct thread_state tls;
-
-static void free_groups(void)
+void weir_app_router_free(struct weir_app_router *r)
 {
-    for (size_t i = 0; i < tls.ngroups; i++) {
-        weir_free(tls.groups[i].peers);
+    if (r == NULL) {
+        return;
     }
-    weir_free(tls.groups);
-    tls.groups = NULL;
-    tls.ngroups = 0;
-    tls.cfg = NULL;
+    for (size_t i = 0; i < r->nlbs; i++) {
+        weir_lb_free(r->lbs[i]);
+    }
+    weir_free(r->lbs);
+    weir_free(r);
 }
 
-/* Smooth interleaving of weights: a backend of weight 3 appears at spread positions. */
-static int build_group(struct group_state *g, const struct weir_cfg_upstream *up, size_t salt)
+int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **out)
 {
-    size_t total = 0;
-    for (size_t i = 0; i < up->nbackends; i++) {
-        total += up->backends[i].weight ? up->backends[i].weight : 1;
-    }
-    g->peers = weir_calloc(total ? total : 1, sizeof(*g->peers));
-    if (g->peers == NULL) {
+    struct weir_app_router *r = weir_calloc(1, sizeof(*r));
+    if (r == NULL) {
         return WEIR_ENOMEM;
     }
-    long *current = weir_calloc(up->nbackends ? up->nbackends : 1, sizeof(*current));
-    if (current == NULL) {
+    r->cfg = cfg;
+    r->lbs = weir_calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*r->lbs));
+    if (r->lbs == NULL) {
+        weir_free(r);
         return WEIR_ENOMEM;
     }
-    for (size_t k = 0; k < total; k++) {
-        size_t best = 0;
-        for (size_t i = 0; i < up->nbackends; i++) {
-            current[i] += up->backends[i].weight ? up->backends[i].weight : 1;
-            if (current[i] > current[best]) {
-                best = i;
-            }
-        }
-        current[best] -= (long)total;
-        if (weir_peer_set_address(&g->peers[k], up->backends[best].address) != 0) {
-            weir_free(current);
-            return WEIR_EINVAL;
-        }
-    }
-    weir_free(current);
-    g->npeers = total;
-    g->next = salt % (total ? total : 1); /* threads start at different backends */
-    return 0;
-}
-
-static pthread_key_t tls_key;
-static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
-
-static void tls_destroy(void *unused)
-{
-    (void)unused;
-    free_groups();
-}
-
-static bool tls_key_ok;
-
-static void tls_key_init(void)
-{
-    tls_key_ok = pthread_key_create(&tls_key, tls_destroy) == 0;
-}
-
-static int refresh(const struct weir_config *cfg)
-{
-    static _Thread_local size_t thread_salt;
-    if (tls.cfg == cfg) {
-        return 0;
-    }
-    free_groups();
-    pthread_once(&tls_once, tls_key_init);
-    /* The value only has to be non-NULL for the destructor to run at thread exit. */
-    if (!tls_key_ok || pthread_setspecific(tls_key, &tls) != 0) {
-        return WEIR_ENOMEM;
-    }
-    if (thread_salt == 0) {
-        thread_salt = (size_t)(uintptr_t)&tls / 64;
-    }
-    tls.groups = weir_calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*tls.groups));
-    if (tls.groups == NULL) {
-        return WEIR_ENOMEM;
-    }
-    tls.ngroups = cfg->nupstreams;
     for (size_t i = 0; i < cfg->nupstreams; i++) {
-        int rc = build_group(&tls.groups[i], &cfg->upstreams[i], thread_salt);
+        const struct weir_cfg_upstream *up = &cfg->upstreams[i];
+        struct weir_lb_backend *specs = weir_calloc(up->nbackends ? up->nbackends : 1,
+                                                    sizeof(*specs));
+        if (specs == NULL) {
+            weir_app_router_free(r);
+            return WEIR_ENOMEM;
+        }
+        for (size_t j = 0; j < up->nbackends; j++) {
+            specs[j] = (struct weir_lb_backend){up->backends[j].address, up->backends[j].weight,
+                                                up->backends[j].backup, up->backends[j].drain};
+        }
+        struct weir_lb_options opt = {
+            .algorithm = (enum weir_lb_algorithm)up->balance,
+            .fail_open = up->fail_open,
+            .max_fails = up->max_fails == 0 ? UINT32_MAX : up->max_fails,
+            .eject_ms = up->eject_ms,
+            .eject_max_ms = up->eject_max_ms,
+        };
+        const char *why = NULL;
+        int rc = weir_lb_new(&opt, specs, up->nbackends, &r->lbs[i], &why);
+        weir_free(specs);
         if (rc != 0) {
-            free_groups();
+            weir_log(WEIR_LOG_ERROR, "upstream %s: %s", up->name,
+                     why && *why ? why : weir_strerror(rc));
+            weir_app_router_free(r);
             return rc;
         }
+        r->nlbs = i + 1;
     }
-    tls.cfg = cfg;
+    *out = r;
     return 0;
+}
+
+/* ---- hash keys ---- */
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* The value of cookie name in one Cookie field ("a=1; b=2"), as nginx's $cookie_NAME. */
+static bool cookie_in(struct weir_iov field, const char *name, struct weir_iov *out)
+{
+    size_t nlen = strlen(name);
+    size_t i = 0;
+    while (i < field.len) {
+        while (i < field.len && (is_ows(field.base[i]) || field.base[i] == ';')) {
+            i++;
+        }
+        size_t start = i;
+        while (i < field.len && field.base[i] != ';') {
+            i++;
+        }
+        struct weir_iov pair = {field.base + start, i - start};
+        if (pair.len > nlen && pair.base[nlen] == '=' && memcmp(pair.base, name, nlen) == 0) {
+            *out = (struct weir_iov){pair.base + nlen + 1, pair.len - nlen - 1};
+            while (out->len > 0 && is_ows(out->base[out->len - 1])) {
+                out->len--;
+            }
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The value of query argument name, as nginx's $arg_NAME (raw, name case-insensitive). */
+static bool arg_in(struct weir_iov query, const char *name, struct weir_iov *out)
+{
+    size_t nlen = strlen(name);
+    size_t i = 0;
+    while (i <= query.len) {
+        size_t start = i;
+        while (i < query.len && query.base[i] != '&') {
+            i++;
+        }
+        struct weir_iov pair = {query.base + start, i - start};
+        if (pair.len > nlen && pair.base[nlen] == '=' &&
+            weir_iov_ieq((struct weir_iov){pair.base, nlen}, weir_iov_cstr(name))) {
+            *out = (struct weir_iov){pair.base + nlen + 1, pair.len - nlen - 1};
+            return true;
+        }
+        i++;
+    }
+    return false;
+}
+
+static struct weir_iov hash_key(struct weir_session *s, const struct weir_cfg_upstream *up)
+{
+    struct weir_req *req = weir_session_req(s);
+    struct weir_iov v = {"", 0};
+    switch (up->hash_key) {
+    case WEIR_HASH_URI:
+        return weir_req_target(req);
+    case WEIR_HASH_PATH:
+        return weir_req_path(req);
+    case WEIR_HASH_CLIENT_IP:
+        return weir_session_client_ip(s);
+    case WEIR_HASH_HEADER:
+        (void)weir_headers_get(weir_req_headers(req), up->hash_key_name, &v);
+        return v;
+    case WEIR_HASH_COOKIE: {
+        const struct weir_headers *h = weir_req_headers(req);
+        for (size_t i = 0; i < weir_headers_count(h); i++) {
+            const struct weir_header *f = weir_headers_at(h, i);
+            if (weir_iov_ieq_cstr(f->name, "Cookie") && cookie_in(f->value, up->hash_key_name, &v)) {
+                return v;
+            }
+        }
+        return v;
+    }
+    case WEIR_HASH_ARG: {
+        struct weir_iov q = weir_req_query(req);
+        (void)arg_in(q, up->hash_key_name, &v);
+        return v;
+    }
+    }
+    return v;
 }
 
 /* The Host value without port, for matching. */
@@ -199,7 +242,11 @@ static int apply_edits(struct weir_headers *h, const struct weir_cfg_header_edit
 
 static void *new_ctx(struct weir_session *s, void *data)
 {
-    return weir_arena_calloc(weir_session_arena(s), sizeof(struct route_ctx));
+    struct route_ctx *rc = weir_arena_calloc(weir_session_arena(s), sizeof(*rc));
+    if (rc != NULL) {
+        rc->router = data;
+    }
+    return rc;
 }
 
 static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
@@ -226,20 +273,17 @@ static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
 {
     struct route_ctx *rc = ctx;
     const struct weir_config *cfg = weir_session_config(s);
-    if (refresh(cfg) != 0) {
-        return WEIR_HOOK_ERROR;
+    if (rc->router == NULL || rc->router->cfg != cfg) {
+        return WEIR_HOOK_ERROR; /* a snapshot this router was not built for */
     }
     size_t idx = (size_t)(rc->route->upstream - cfg->upstreams);
-    struct group_state *g = &tls.groups[idx];
-    if (g->npeers == 0) {
+    const struct weir_cfg_upstream *up = &cfg->upstreams[idx];
+    struct weir_iov key = up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up)
+                                                                      : (struct weir_iov){"", 0};
+    if (weir_lb_select(rc->router->lbs[idx], key, peer) != 0) {
+        weir_session_set_error(s, WEIR_ERR_NO_BACKEND);
         return WEIR_HOOK_ERROR;
     }
-    uint32_t ct = peer->connect_timeout_ms, rt = peer->read_timeout_ms, wt = peer->write_timeout_ms;
-    *peer = g->peers[g->next];
-    peer->connect_timeout_ms = ct;
-    peer->read_timeout_ms = rt;
-    peer->write_timeout_ms = wt;
-    g->next = (g->next + 1) % g->npeers;
     return WEIR_HOOK_CONTINUE;
 }
 

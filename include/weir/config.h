@@ -24,8 +24,22 @@ enum weir_access_format {
     WEIR_ACCESS_JSON,         /**< one JSON object per line */
 };
 
+/** upstreams.*.balance; the same algorithms as enum weir_lb_algorithm, in the same order. */
 enum weir_balance {
-    WEIR_BALANCE_ROUND_ROBIN = 0,
+    WEIR_BALANCE_ROUND_ROBIN = 0, /**< nginx's smooth weighted round robin */
+    WEIR_BALANCE_RANDOM,          /**< weighted random */
+    WEIR_BALANCE_LEAST_CONN,      /**< power of two choices, fewest active requests per weight */
+    WEIR_BALANCE_CONSISTENT_HASH, /**< ketama ring on hash_key, as nginx `hash KEY consistent` */
+};
+
+/** What consistent_hash hashes (upstreams.*.hash_key). */
+enum weir_hash_key {
+    WEIR_HASH_URI = 0,   /**< the request target as received (path and query): $request_uri */
+    WEIR_HASH_PATH,      /**< the path without the query */
+    WEIR_HASH_CLIENT_IP, /**< the client's IP address as text */
+    WEIR_HASH_HEADER,    /**< a request header's value (hash_key_name); empty when absent */
+    WEIR_HASH_COOKIE,    /**< a cookie's value (hash_key_name); empty when absent */
+    WEIR_HASH_ARG,       /**< a query argument's value (hash_key_name); empty when absent */
 };
 
 enum weir_header_op {
@@ -101,12 +115,20 @@ struct weir_cfg_listener {
 
 struct weir_cfg_backend {
     const char *address; /**< "host:port" */
-    uint32_t weight;     /**< default 1 */
+    uint32_t weight;     /**< 1..256, default 1 */
+    bool backup;         /**< used only while no primary backend can be */
+    bool drain;          /**< out of rotation (nginx's `down`) */
 };
 
 struct weir_cfg_upstream {
     const char *name;
     enum weir_balance balance;
+    enum weir_hash_key hash_key;  /**< consistent_hash only */
+    const char *hash_key_name;    /**< header, cookie or argument name; NULL otherwise */
+    bool fail_open;               /**< all backends down: use them anyway (true) or 503 */
+    uint32_t max_fails;           /**< passive health: failures in a row that eject; 0 = off */
+    uint32_t eject_ms;            /**< first ejection; doubles while failing; default 10000 */
+    uint32_t eject_max_ms;        /**< longest ejection; default 300000 */
     const struct weir_cfg_backend *backends;
     size_t nbackends;
 };

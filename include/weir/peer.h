@@ -21,6 +21,9 @@ struct weir_peer {
     uint32_t write_timeout_ms;   /**< 0: the server default */
     bool tls;                    /**< reserved for the TLS issue; must be false for now */
     char name[64];               /**< "ip:port" text for logs; set by weir_peer_set_address */
+    /** The load balancer's backend behind this peer (weir_lb_select sets it), through which
+        the proxy reports the request's outcome; NULL for a peer set by hand. */
+    struct weir_backend *backend;
 };
 
 /**

@@ -14,6 +14,7 @@
 #include "weir/config.h"
 #include "weir/error.h"
 #include "weir/http.h"
+#include "weir/lb.h"
 #include "weir/loop.h"
 #include "weir/mem.h"
 #include "weir/peer.h"
@@ -149,6 +150,13 @@ WEIR_EXTERN int weir_session_respond(struct weir_session *s, struct weir_resp *r
 /** weir_session_respond with a text/plain body. */
 WEIR_EXTERN int weir_session_respond_text(struct weir_session *s, int status,
                                           struct weir_iov body);
+
+/**
+ * From a hook about to return WEIR_HOOK_ERROR: the error type the request fails with (default
+ * WEIR_ERR_HOOK, answered 500). WEIR_ERR_NO_BACKEND, for weir_lb_select's WEIR_EUNAVAILABLE,
+ * is answered 503.
+ */
+WEIR_EXTERN void weir_session_set_error(struct weir_session *s, enum weir_error_type type);
 
 /**
  * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would

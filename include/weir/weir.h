@@ -6,6 +6,7 @@
 #include "weir/config.h"
 #include "weir/error.h"
 #include "weir/http.h"
+#include "weir/lb.h"
 #include "weir/limits.h"
 #include "weir/log.h"
 #include "weir/loop.h"

@@ -17,6 +17,7 @@
 #include "config/config_int.h"
 #include "core/alloc.h"
 #include "weir/error.h"
+#include "weir/lb.h"
 
 struct config_impl {
     struct weir_config pub; /* first: weir_config_free casts back */
@@ -734,10 +735,12 @@ static void listeners_section(struct ctx *c, const struct ynode *n, struct weir_
 
 static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_backend *b)
 {
-    enum { K_ADDR, K_WEIGHT, K_N };
+    enum { K_ADDR, K_WEIGHT, K_BACKUP, K_DRAIN, K_N };
     static const struct keyspec keys[K_N] = {
         [K_ADDR] = {"address", KEY_REQUIRED},
         [K_WEIGHT] = {"weight", 0},
+        [K_BACKUP] = {"backup", 0},
+        [K_DRAIN] = {"drain", 0},
     };
     const struct ynode *v[K_N];
     const struct ynode *d = weir__ynode_deref(n);
@@ -746,7 +749,8 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
         b->address = address_value(c, n, false);
         return;
     }
-    if (!fields(c, n, keys, K_N, v, "host:port or a mapping with address and weight")) {
+    if (!fields(c, n, keys, K_N, v,
+                "host:port or a mapping with address, weight, backup, drain")) {
         return;
     }
     if (v[K_ADDR] != NULL) {
@@ -754,7 +758,9 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
         b->address = address_value(c, v[K_ADDR], false);
         path_pop(c, old);
     }
-    get_u32(c, v[K_WEIGHT], "weight", 1, 1000, &b->weight);
+    get_u32(c, v[K_WEIGHT], "weight", 1, WEIR_LB_MAX_WEIGHT, &b->weight);
+    get_bool(c, v[K_BACKUP], "backup", &b->backup);
+    get_bool(c, v[K_DRAIN], "drain", &b->drain);
 }
 
 static void backends_value(struct ctx *c, const struct ynode *n, struct weir_cfg_upstream *u)
@@ -763,13 +769,33 @@ static void backends_value(struct ctx *c, const struct ynode *n, struct weir_cfg
     const struct ynode *seq = sequence(c, n, "a sequence of backends");
     if (seq != NULL && seq->n == 0) {
         err(c, n, "an upstream needs at least one backend");
+    } else if (seq != NULL && seq->n > WEIR_LB_MAX_BACKENDS) {
+        err(c, n, "an upstream may have at most %d backends, got %zu", WEIR_LB_MAX_BACKENDS,
+            seq->n);
     } else if (seq != NULL) {
         struct weir_cfg_backend *bs = keep_array(c, seq->n, sizeof(*bs));
         size_t i = 0;
+        uint64_t total[2] = {0, 0};
         for (const struct ynode *it = seq->first; bs != NULL && it != NULL; it = it->next) {
             size_t o = path_index(c, i);
-            backend_item(c, it, &bs[i++]);
+            backend_item(c, it, &bs[i]);
+            total[bs[i].backup ? 1 : 0] += bs[i].weight;
+            for (size_t j = 0; bs[i].address != NULL && j < i; j++) {
+                if (bs[j].address != NULL && strcmp(bs[i].address, bs[j].address) == 0) {
+                    err(c, it, "backend '%s' is already listed as backends[%zu]", bs[i].address,
+                        j);
+                    break;
+                }
+            }
             path_pop(c, o);
+            i++;
+        }
+        if (bs != NULL && total[0] == 0) {
+            err(c, n, "every backend is a backup: at least one must not be");
+        }
+        if (total[0] > WEIR_LB_MAX_TOTAL_WEIGHT || total[1] > WEIR_LB_MAX_TOTAL_WEIGHT) {
+            err(c, n, "the weights of an upstream's backends add up to more than %d",
+                WEIR_LB_MAX_TOTAL_WEIGHT);
         }
         u->backends = bs;
         u->nbackends = bs != NULL ? seq->n : 0;
@@ -777,21 +803,92 @@ static void backends_value(struct ctx *c, const struct ynode *n, struct weir_cfg
     path_pop(c, old);
 }
 
+/* hash_key: uri, path, client_ip, header:NAME, cookie:NAME or arg:NAME. */
+static void hash_key_value(struct ctx *c, const struct ynode *n, struct weir_cfg_upstream *u)
+{
+    static const char what[] = "uri, path, client_ip, header:NAME, cookie:NAME or arg:NAME";
+    size_t old = path_key(c, "hash_key");
+    const struct ynode *sv = scalar(c, n, what);
+    if (sv == NULL) {
+        path_pop(c, old);
+        return;
+    }
+    static const struct {
+        const char *prefix;
+        enum weir_hash_key kind;
+        bool named;
+    } kinds[] = {
+        {"uri", WEIR_HASH_URI, false},         {"path", WEIR_HASH_PATH, false},
+        {"client_ip", WEIR_HASH_CLIENT_IP, false}, {"header:", WEIR_HASH_HEADER, true},
+        {"cookie:", WEIR_HASH_COOKIE, true},   {"arg:", WEIR_HASH_ARG, true},
+    };
+    bool ok = false;
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]) && !ok; i++) {
+        size_t plen = strlen(kinds[i].prefix);
+        if (!kinds[i].named) {
+            ok = sv->len == plen && memcmp(sv->text, kinds[i].prefix, plen) == 0;
+        } else if (sv->len > plen && memcmp(sv->text, kinds[i].prefix, plen) == 0) {
+            const char *name = sv->text + plen;
+            size_t nlen = sv->len - plen;
+            ok = weir__cfg_is_token(name, nlen);
+            if (ok) {
+                u->hash_key_name = keep(c, name, nlen);
+            }
+        }
+        if (ok) {
+            u->hash_key = kinds[i].kind;
+        }
+    }
+    if (!ok) {
+        char shown[WEIR__CFG_DESCRIBE_MAX];
+        err(c, n, "expected %s (NAME an HTTP token), got %s", what,
+            weir__cfg_describe(sv, shown, sizeof(shown)));
+    }
+    path_pop(c, old);
+}
+
 static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg_upstream *u)
 {
-    enum { K_BALANCE, K_BACKENDS, K_N };
+    enum { K_BALANCE, K_HASH_KEY, K_FAIL_OPEN, K_MAX_FAILS, K_EJECT, K_EJECT_MAX, K_BACKENDS, K_N };
     static const struct keyspec keys[K_N] = {
         [K_BALANCE] = {"balance", 0},
+        [K_HASH_KEY] = {"hash_key", 0},
+        [K_FAIL_OPEN] = {"fail_open", 0},
+        [K_MAX_FAILS] = {"max_fails", 0},
+        [K_EJECT] = {"eject", 0},
+        [K_EJECT_MAX] = {"eject_max", 0},
         [K_BACKENDS] = {"backends", KEY_REQUIRED},
     };
-    static const char *const balances[] = {"round_robin"};
+    static const char *const balances[] = {"round_robin", "random", "least_conn",
+                                           "consistent_hash"};
     const struct ynode *v[K_N];
+    u->max_fails = 3;
+    u->eject_ms = 10000;
+    u->eject_max_ms = 300000;
     if (!fields(c, m, keys, K_N, v, "a mapping with balance and backends")) {
         return;
     }
     int e = (int)u->balance;
-    get_enum(c, v[K_BALANCE], "balance", balances, 1, &e);
+    get_enum(c, v[K_BALANCE], "balance", balances, 4, &e);
     u->balance = (enum weir_balance)e;
+    if (v[K_HASH_KEY] != NULL) {
+        if (u->balance == WEIR_BALANCE_CONSISTENT_HASH) {
+            hash_key_value(c, v[K_HASH_KEY], u);
+        } else {
+            err(c, v[K_HASH_KEY], "hash_key needs balance: consistent_hash");
+        }
+    } else if (u->balance == WEIR_BALANCE_CONSISTENT_HASH && v[K_BALANCE] != NULL) {
+        err(c, v[K_BALANCE],
+            "balance: consistent_hash needs hash_key (uri, path, client_ip, header:NAME, "
+            "cookie:NAME or arg:NAME)");
+    }
+    get_bool(c, v[K_FAIL_OPEN], "fail_open", &u->fail_open);
+    get_u32(c, v[K_MAX_FAILS], "max_fails", 0, 1000, &u->max_fails);
+    get_duration(c, v[K_EJECT], "eject", 1, &u->eject_ms);
+    get_duration(c, v[K_EJECT_MAX], "eject_max", 1, &u->eject_max_ms);
+    if (v[K_EJECT_MAX] != NULL && u->eject_max_ms < u->eject_ms) {
+        err(c, v[K_EJECT_MAX], "eject_max must not be shorter than eject");
+    }
     if (v[K_BACKENDS] != NULL) {
         backends_value(c, v[K_BACKENDS], u);
     }

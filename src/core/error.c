@@ -15,6 +15,7 @@ const char *weir_strerror(int code)
     case WEIR_ECLOSED: return "connection closed";
     case WEIR_ETIMEDOUT: return "timed out";
     case WEIR_ECONFIG: return "configuration error";
+    case WEIR_EUNAVAILABLE: return "no backend available";
     case WEIR_EH1_BAD: return "malformed HTTP message";
     case WEIR_EH1_URI_TOO_LONG: return "request line too long";
     case WEIR_EH1_HDR_TOO_LARGE: return "header section too large";
@@ -45,6 +46,7 @@ const char *weir_error_type_str(enum weir_error_type type)
         [WEIR_ERR_CONNECTION_CLOSED] = "ConnectionClosed",
         [WEIR_ERR_INVALID_HTTP] = "InvalidHTTP",
         [WEIR_ERR_NO_PEER] = "NoPeer",
+        [WEIR_ERR_NO_BACKEND] = "NoBackend",
         [WEIR_ERR_HOOK] = "HookError",
         [WEIR_ERR_INTERNAL] = "InternalError",
     };

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/rcu.h"
 #include "weir/error.h"
 
 #define MAX_EVENTS 256
@@ -434,7 +435,15 @@ int weir__loop_run(struct weir_loop *loop)
     struct epoll_event evs[MAX_EVENTS];
     loop->stop = false;
     while (!loop->stop) {
-        int n = epoll_wait(loop->epfd, evs, MAX_EVENTS, next_timeout(loop));
+        int timeout = next_timeout(loop);
+        /* A reader blocked here must not hold up a grace period (see core/rcu.h). */
+        if (timeout != 0) {
+            weir__rcu_offline();
+        }
+        int n = epoll_wait(loop->epfd, evs, MAX_EVENTS, timeout);
+        if (timeout != 0) {
+            weir__rcu_online();
+        }
         if (n < 0) {
             if (errno == EINTR) {
                 continue;

@@ -484,6 +484,7 @@ void weir__exchange_connect_failed(struct weir_session *s, int err)
                                 : err == WEIR_ETIMEDOUT ? WEIR_ERR_CONNECT_TIMEOUT
                                                         : WEIR_ERR_CONNECT_ERROR;
     weir__exchange_release_upstream(s, false);
+    weir__backend_failed(s->peer.backend);
     unsigned max = s->cfg->server.max_retries;
     struct weir_error e = {type, WEIR_SRC_UPSTREAM, s->retries < max, err < 0 && err > -4096 ? -err : 0,
                            "connect"};
@@ -618,9 +619,10 @@ static void upstream_error(struct weir_session *s, enum weir_error_type type, in
         s->w->hooks->error_while_proxy(s, s->ctx, &s->peer, &e);
     }
     if (e.retry && can_retry_stale(s)) {
-        retry_stale(s);
+        retry_stale(s); /* a pooled connection the peer had closed: not the backend's fault */
         return;
     }
+    weir__backend_failed(s->peer.backend);
     weir__session_fail(s, type, WEIR_SRC_UPSTREAM, sys_errno, context);
 }
 
@@ -905,6 +907,7 @@ static bool run_response_pipe(struct weir_session *s)
             return r == 0;
         }
         s->resp_head_done = true;
+        weir__backend_succeeded(s->peer.backend);
         if (start_client_response(s) != 0) {
             weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response head");
             return false;
@@ -968,6 +971,7 @@ static void arm_timers(struct weir_session *s)
             if (type == WEIR_ERR_CONNECT_TIMEOUT) {
                 weir__exchange_connect_failed(s, WEIR_ETIMEDOUT);
             } else {
+                weir__backend_failed(s->peer.backend);
                 weir__session_fail(s, type, WEIR_SRC_UPSTREAM, 0, "upstream timeout");
             }
             return;

@@ -16,6 +16,7 @@
 #include "core/snapshot.h"
 #include "http/head.h"
 #include "http1/h1.h"
+#include "lb/lb_int.h"
 #include "net/stream.h"
 #include "pool/pool.h"
 #include "weir/limits.h"
@@ -156,7 +157,9 @@ struct weir_session {
 
     /* upstream */
     struct weir_peer peer;
+    struct weir_backend *peer_prev; /* the backend tried before a retry (upstream_peer) */
     bool have_peer;
+    enum weir_error_type hook_error; /* weir_session_set_error, for a hook's WEIR_HOOK_ERROR */
     struct weir__upconn *up;
     bool up_reused;
     bool up_ready;           /* connected and the request head queued */

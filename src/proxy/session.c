@@ -235,6 +235,10 @@ static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum 
         weir_log(WEIR_LOG_ERROR, "hook returned DONE without a response; answering 500");
         break;
     case WEIR_HOOK_ERROR:
+        if (s->hook_error != WEIR_ERR_NONE) {
+            weir__session_fail(s, s->hook_error, WEIR_SRC_INTERNAL, 0, "hook");
+            return false;
+        }
         break;
     }
     weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "hook");
@@ -246,12 +250,21 @@ static bool run_peer(struct weir_session *s)
     const struct weir_proxy_hooks *hk = s->w->hooks;
     const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
     if (!s->have_result) {
+        /* On a retry the peer keeps the backend just tried, so weir_lb_select avoids it. */
+        s->peer_prev = s->peer.backend;
         memset(&s->peer, 0, sizeof(s->peer));
+        s->peer.backend = s->peer_prev;
         s->peer.connect_timeout_ms = t->upstream_connect_ms;
         s->peer.read_timeout_ms = t->upstream_read_ms;
         s->peer.write_timeout_ms = t->upstream_write_ms;
     }
     enum weir_hook_result r = CALL_HOOK(s, hk->upstream_peer, s, s->ctx, &s->peer);
+    if (r != WEIR_HOOK_PENDING && s->peer_prev != NULL) {
+        if (s->peer.backend == s->peer_prev) {
+            weir_peer_release(&s->peer); /* the hook chose without weir_lb_select */
+        }
+        s->peer_prev = NULL;
+    }
     if (r == WEIR_HOOK_CONTINUE && s->peer.addrlen == 0) {
         weir__session_fail(s, WEIR_ERR_NO_PEER, WEIR_SRC_INTERNAL, 0, "upstream_peer");
         return false;
@@ -361,6 +374,8 @@ static int default_status(enum weir_error_type t)
     case WEIR_ERR_INVALID_HTTP:
     case WEIR_ERR_NO_PEER:
         return 502;
+    case WEIR_ERR_NO_BACKEND:
+        return 503;
     default:
         return 500;
     }
@@ -464,6 +479,7 @@ void weir__session_finish(struct weir_session *s)
         w->hooks->logging(s, s->ctx, s->has_err ? &s->err : NULL);
     }
     weir__access_log_request(s);
+    weir_peer_release(&s->peer);
     bool close_conn = s->close_after || !s->client_keep_alive || s->failed;
     struct weir_snapshot_holder *h = s->holder;
     struct weir_arena *a = s->arena;
@@ -474,6 +490,11 @@ void weir__session_finish(struct weir_session *s)
 }
 
 /* ---- public accessors ---- */
+
+void weir_session_set_error(struct weir_session *s, enum weir_error_type type)
+{
+    s->hook_error = type;
+}
 
 struct weir_req *weir_session_req(struct weir_session *s)
 {

@@ -17,11 +17,11 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
-#include <urcu-qsbr.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/loop.h"
+#include "core/rcu.h"
 #include "core/snapshot.h"
 #include "net/sock.h"
 #include "proxy/proxy_int.h"
@@ -118,7 +118,7 @@ struct weir_server *weir_server_new(struct weir_config *cfg)
         return NULL;
     }
     srv->cfg = cfg;
-    rcu_assign_pointer(srv->slot.current, snap);
+    (void)weir__rcu_xchg((void **)&srv->slot.current, snap);
     return srv;
 }
 
@@ -325,7 +325,7 @@ static void listener_event(struct weir_loop *loop, struct weir_io *io, uint32_t 
 static void worker_turn(struct weir_loop *loop, void *arg)
 {
     struct worker *wk = arg;
-    rcu_quiescent_state();
+    weir__rcu_quiescent();
     if (wk->pw != NULL) {
         weir__proxy_turn(wk->pw);
         if (wk->draining && wk->pw->nconns == 0) {
@@ -408,7 +408,7 @@ static void *worker_main(void *arg)
 {
     struct worker *wk = arg;
     struct weir_service *svc = wk->svc;
-    rcu_register_thread();
+    weir__rcu_register();
     int rc = worker_setup(wk);
     signal_started(wk, rc);
     if (rc == 0) {
@@ -432,7 +432,7 @@ static void *worker_main(void *arg)
         weir__proxy_worker_free(wk->pw);
         wk->pw = NULL;
     }
-    rcu_unregister_thread();
+    weir__rcu_unregister();
     pthread_mutex_lock(&wk->start_lock);
     wk->loop_live = false;
     pthread_mutex_unlock(&wk->start_lock);

@@ -452,11 +452,12 @@ static void test_upstreams_and_routes(void **state)
     expect_one("upstreams:\n  u:\n    backends: []\n", 3, 15, "upstreams.u.backends",
                "an upstream needs at least one backend");
     expect_one("upstreams:\n  u: {}\n", 2, 6, "upstreams.u", "missing required key 'backends'");
-    expect_one("upstreams:\n  u:\n    balance: random\n    backends: [localhost:1]\n", 3, 14,
-               "upstreams.u.balance", "expected one of round_robin, got 'random'");
-    expect_one("upstreams:\n  u:\n    backends:\n      - {address: localhost:1, weight: 1001}\n", 4,
+    expect_one("upstreams:\n  u:\n    balance: fastest\n    backends: [localhost:1]\n", 3, 14,
+               "upstreams.u.balance",
+               "expected one of round_robin, random, least_conn, consistent_hash, got 'fastest'");
+    expect_one("upstreams:\n  u:\n    backends:\n      - {address: localhost:1, weight: 257}\n", 4,
                40, "upstreams.u.backends[0].weight",
-               "expected an integer between 1 and 1000, got '1001'");
+               "expected an integer between 1 and 256, got '257'");
 }
 
 static void test_headers(void **state)

@@ -1,0 +1,54 @@
+/*
+ * Load balancer internals the proxy and the health checker use: a backend's shared state and
+ * the calls that report what happened to a request sent to it.
+ */
+#ifndef WEIR_LB_LB_INT_H
+#define WEIR_LB_LB_INT_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "weir/lb.h"
+
+/*
+ * One backend. Its address never changes; its state is shared by every worker and survives
+ * set updates that keep the address. Freed when the last set and the last peer let go.
+ */
+struct weir_backend {
+    atomic_uint refs;      /* sets containing it + peers holding it */
+    atomic_uint active;    /* peers holding it: requests in flight */
+    atomic_uint fails;     /* consecutive failures */
+    atomic_uint ejections; /* ejections in a row without a success in between */
+    _Atomic uint64_t ejected_until_ms; /* monotonic ms; 0 = not ejected */
+    atomic_bool healthy;   /* active health checks (true until one says otherwise) */
+    atomic_bool drain;
+    _Atomic uint64_t selected;
+    /* immutable */
+    uint32_t max_fails, eject_ms, eject_max_ms;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char ident[64]; /* the address as written: the backend's identity, and ketama's input */
+    char name[64];  /* the peer name (numeric "ip:port") */
+};
+
+/** Monotonic milliseconds (coarse clock: the granularity of ejection times). */
+uint64_t weir__lb_now_ms(void);
+
+/** A request to b failed (connect error, timeout, error before a response). */
+void weir__backend_failed(struct weir_backend *b);
+/** A request to b got a response head. */
+void weir__backend_succeeded(struct weir_backend *b);
+
+void weir__backend_ref(struct weir_backend *b);
+void weir__backend_unref(struct weir_backend *b);
+
+/**
+ * The current set's backends, each with a reference the caller drops with
+ * weir__backend_unref (any thread). *out is weir__calloc'ed; 0 or WEIR_ENOMEM.
+ */
+int weir__lb_backends(struct weir_lb *lb, struct weir_backend ***out, size_t *n);
+
+/** CRC-32 as nginx computes it (IEEE 802.3, reflected), for the ketama ring. */
+uint32_t weir__crc32(const void *data, size_t len);
+
+#endif

@@ -1,0 +1,319 @@
+"""Load balancing end to end: weir's consistent hashing against nginx's `hash ... consistent`
+for thousands of keys, weights, least_conn, passive ejection, backups, and what happens when
+every backend is down (503, or fail_open).
+
+Each backend is a real HttpOrigin on its own port; which backend served a request is read from
+the origins' own records, so nothing depends on response parsing.
+"""
+import http.client
+import os
+import pwd
+import random
+import string
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import SANITIZED, free_port, wait_port
+from origin import HttpOrigin
+
+
+@pytest.fixture
+def origins():
+    made = []
+
+    def make(n):
+        new = [HttpOrigin() for _ in range(n)]
+        for o in new:
+            o.start()
+        made.extend(new)
+        return new
+
+    yield make
+    for o in made:
+        o.stop()
+
+
+def served_by(backends):
+    """{target: index of the backend that received it} from the origins' records."""
+    out = {}
+    for i, o in enumerate(backends):
+        for r in o.requests:
+            out[r.target] = i
+        o.requests.clear()
+    return out
+
+
+def send_all(port, requests):
+    """Sends (target, headers) requests on one keep-alive connection; all must get 200."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    for target, headers in requests:
+        c.request("GET", target, headers=headers)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, (target, r.status)
+    c.close()
+
+
+def weir_upstream(backends, balance, extra="", weights=None):
+    lines = []
+    for i, o in enumerate(backends):
+        w = weights[i] if weights else 1
+        lines.append(f"      - {{address: 127.0.0.1:{o.port}, weight: {w}}}")
+    return (f"  backend:\n    balance: {balance}\n{extra}    backends:\n" + "\n".join(lines) + "\n")
+
+
+def start_weir(weir, upstreams, server_extra=""):
+    port = free_port()
+    cfg = (f"server:\n  threads: 2\n  grace_period: 5s\n  access_log: off\n{server_extra}"
+           f"listeners:\n  - 127.0.0.1:{port}\n"
+           f"routes:\n  - upstream: backend\n"
+           f"upstreams:\n{upstreams}")
+    weir(cfg, port=port)
+    return port
+
+
+NGINX_PROXY_CONF = """
+daemon off;
+user {user};
+worker_processes 2;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream backend {{
+        hash {key} consistent;
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_next_upstream off;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx_proxy(tmp_path):
+    """nginx_proxy(key, backends, weights) runs nginx as a hashing proxy; returns its port."""
+    procs = []
+
+    def start(key, backends, weights=None):
+        prefix = tmp_path / f"nginx-{len(procs)}"
+        prefix.mkdir()
+        port = free_port()
+        servers = "\n".join(
+            f"        server 127.0.0.1:{o.port} weight={weights[i] if weights else 1};"
+            for i, o in enumerate(backends))
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_PROXY_CONF.format(prefix=prefix, port=port, key=key, servers=servers,
+                                                user=pwd.getpwuid(os.getuid()).pw_name))
+        p = subprocess.Popen(["/usr/sbin/nginx", "-p", str(prefix), "-c", str(conf)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(p)
+        try:
+            wait_port(port)
+        except TimeoutError:
+            p.kill()
+            raise AssertionError("nginx did not start: " + p.stderr.read().decode())
+        return port
+
+    yield start
+    for p in procs:
+        p.terminate()
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def random_key(rng):
+    n = rng.randint(1, 24)
+    return "".join(rng.choice(string.ascii_letters + string.digits + "-_.") for _ in range(n))
+
+
+KEYS = 800 if SANITIZED else 3000
+
+# (weir hash_key, nginx key, how the key travels in request i)
+HASH_CASES = {
+    "uri": ("uri", "$request_uri", lambda i, k: (f"/item/{k}?n={i}", {})),
+    "arg": ("arg:k", "$arg_k", lambda i, k: (f"/a/{i}?x=1&k={k}&y=2", {})),
+    "header": ("header:X-Key", "$http_x_key", lambda i, k: (f"/h/{i}", {"X-Key": k})),
+    "cookie": ("cookie:sid", "$cookie_sid", lambda i, k: (f"/c/{i}", {"Cookie": f"a=1; sid={k}; b=2"})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HASH_CASES))
+def test_consistent_hash_matches_nginx(weir, origins, nginx_proxy, case):
+    """The same server list sends every key to the same backend through weir and nginx."""
+    weir_key, nginx_key, make = HASH_CASES[case]
+    backends = origins(7)
+    # Weights differ in one case to check the ring's 160 points per unit of weight.
+    weights = [1, 2, 1, 3, 1, 1, 2] if case == "uri" else None
+    rng = random.Random(f"ketama-{case}")
+    requests = [make(i, random_key(rng)) for i in range(KEYS)]
+    # An empty key: nginx balances it round robin; so does weir (not compared: the two
+    # round-robin cursors start in different places).
+
+
+    nport = nginx_proxy(nginx_key, backends, weights)
+    send_all(nport, requests)
+    by_nginx = served_by(backends)
+
+    wport = start_weir(weir, weir_upstream(backends, "consistent_hash",
+                                           f"    hash_key: {weir_key}\n", weights))
+    send_all(wport, requests)
+    by_weir = served_by(backends)
+
+    assert len(by_nginx) == len(requests) == len(by_weir)
+    differ = [t for t in by_nginx if by_weir.get(t) != by_nginx[t]]
+    assert not differ, f"{len(differ)} of {len(requests)} keys differ, e.g. {differ[:5]}"
+    # And the keys are spread: every backend got some.
+    assert set(by_weir.values()) == set(range(len(backends)))
+
+
+def test_consistent_hash_missing_key_round_robin(weir, origins):
+    """No key (the header is absent): spread round robin, as nginx does."""
+    backends = origins(4)
+    port = start_weir(weir, weir_upstream(backends, "consistent_hash", "    hash_key: header:X-Key\n"))
+    send_all(port, [(f"/n/{i}", {}) for i in range(40)])
+    assert [len(o.requests) for o in backends] == [10, 10, 10, 10]
+
+
+def test_round_robin_weights(weir, origins):
+    backends = origins(3)
+    port = start_weir(weir, weir_upstream(backends, "round_robin", weights=[1, 2, 3]))
+    send_all(port, [(f"/rr/{i}", {}) for i in range(600)])
+    by = {}
+    for i, o in enumerate(backends):
+        by[i] = len(o.requests)
+    # One cursor for all workers walks nginx's smooth order: exact proportions over whole
+    # periods.
+    assert by == {0: 100, 1: 200, 2: 300}, by
+
+
+def test_random_spreads_by_weight(weir, origins):
+    backends = origins(2)
+    port = start_weir(weir, weir_upstream(backends, "random", weights=[1, 3]))
+    send_all(port, [(f"/r/{i}", {}) for i in range(800)])
+    n0, n1 = len(backends[0].requests), len(backends[1].requests)
+    assert n0 + n1 == 800
+    assert 120 <= n0 <= 280, (n0, n1)  # expected 200; bounds are over 6 standard deviations
+
+
+def test_least_conn_avoids_busy_backend(weir, origins):
+    """Requests held open on one backend steer new ones to the others."""
+    backends = origins(2)
+    port = start_weir(weir, weir_upstream(backends, "least_conn"))
+    # Park 6 slow requests; least_conn spreads them 3/3.
+    slow = []
+    for i in range(6):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        c.request("GET", f"/slow/3000?i={i}")
+        slow.append(c)
+    time.sleep(0.5)
+    held = [len(o.requests) for o in backends]
+    assert sorted(held) == [3, 3], held
+    for c in slow:
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200
+        c.close()
+
+
+def test_refused_backend_ejected_and_no_client_errors(weir, origins):
+    """A backend that refuses connections costs no client an error (retried on another) and
+    is ejected after max_fails, so later requests do not even try it."""
+    backends = origins(2)
+    dead_port = free_port()  # nothing listens there
+    ups = (f"  backend:\n    max_fails: 2\n    eject: 60s\n    backends:\n"
+           f"      - 127.0.0.1:{backends[0].port}\n      - 127.0.0.1:{dead_port}\n"
+           f"      - 127.0.0.1:{backends[1].port}\n")
+    port = start_weir(weir, ups, server_extra="  max_retries: 2\n")
+    send_all(port, [(f"/d/{i}", {}) for i in range(300)])
+    n = len(backends[0].requests) + len(backends[1].requests)
+    assert n == 300
+
+
+def test_backup_used_only_when_primaries_down(weir, origins):
+    primary, backup = origins(2)
+    dead_port = free_port()
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 60s\n    backends:\n"
+           f"      - 127.0.0.1:{primary.port}\n"
+           f"      - {{address: 127.0.0.1:{backup.port}, backup: true}}\n")
+    port = start_weir(weir, ups)
+    send_all(port, [(f"/p/{i}", {}) for i in range(20)])
+    assert len(primary.requests) == 20 and not backup.requests
+    # Primary gone: refused connects eject it and the backup takes over.
+    primary.stop()
+    ok = 0
+    for i in range(20):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", f"/b/{i}")
+        r = c.getresponse()
+        r.read()
+        c.close()
+        ok += r.status == 200
+    assert ok >= 18  # the first request(s) to the dead primary may see the retry fail over
+    assert len(backup.requests) >= 18
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_all_backends_down(weir, fail_open):
+    dead = [free_port(), free_port()]
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 60s\n    fail_open: {str(fail_open).lower()}\n"
+           f"    backends:\n" + "".join(f"      - 127.0.0.1:{p}\n" for p in dead))
+    port = start_weir(weir, ups, server_extra="  max_retries: 1\n")
+    statuses = []
+    for i in range(6):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", f"/x/{i}")
+        r = c.getresponse()
+        r.read()
+        c.close()
+        statuses.append(r.status)
+    # The first requests find out (502: connect refused, on both); after that both backends
+    # are ejected: fail closed answers 503 at once, fail open keeps trying them (502).
+    assert statuses[0] == 502
+    assert statuses[-3:] == ([502] * 3 if fail_open else [503] * 3), statuses
+
+
+def test_drained_backend_gets_nothing(weir, origins):
+    a, b = origins(2)
+    ups = (f"  backend:\n    backends:\n      - 127.0.0.1:{a.port}\n"
+           f"      - {{address: 127.0.0.1:{b.port}, drain: true}}\n")
+    port = start_weir(weir, ups)
+    send_all(port, [(f"/z/{i}", {}) for i in range(30)])
+    assert len(a.requests) == 30 and not b.requests
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("    balance: consistent_hash\n", "needs hash_key"),
+    ("    hash_key: uri\n", "hash_key needs balance: consistent_hash"),
+    ("    balance: consistent_hash\n    hash_key: \"header:\"\n", "expected uri, path"),
+    ("    balance: consistent_hash\n    hash_key: cookie:a;b\n", "expected uri, path"),
+    ("    eject: 10s\n    eject_max: 1s\n", "eject_max must not be shorter than eject"),
+])
+def test_bad_lb_config_refused(weir, tmp_path, bad, msg):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"listeners: [127.0.0.1:1]\nroutes: [{{upstream: u}}]\n"
+                    f"upstreams:\n  u:\n{bad}    backends: [127.0.0.1:2]\n")
+    r = subprocess.run([os.environ["WEIR_BIN"], "-t", "-c", str(path)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1
+    assert msg in r.stderr, r.stderr
+    assert f"{path}:" in r.stderr
