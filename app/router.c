@@ -41,6 +41,8 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
         return WEIR_ENOMEM;
     }
     r->cfg = cfg;
+    /* An array of pointers: sizeof(*r->lbs) is a pointer's size on purpose. */
+    // NOLINTNEXTLINE(bugprone-sizeof-expression)
     r->lbs = weir_calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*r->lbs));
     if (r->lbs == NULL) {
         weir_free(r);

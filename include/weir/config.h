@@ -99,6 +99,12 @@ struct weir_cfg_server {
     const char *access_log;      /**< path, "stdout", or NULL (off) */
     enum weir_access_format access_log_format;
     uint32_t upstream_keepalive; /**< idle upstream connections kept per peer and worker; 128 */
+    /** upstream_pool.shared_per_peer: idle connections per peer in the tier all workers share;
+        0 turns sharing off; default 256 */
+    uint32_t upstream_shared_per_peer;
+    uint32_t upstream_shared_total;    /**< upstream_pool.shared_total: in all; default 4096 */
+    uint32_t upstream_share_after_ms;  /**< upstream_pool.share_after: idle time in a worker's
+                                            own tier before sharing; default 100 */
     uint32_t max_retries;        /**< connect retries on another backend; default 1 */
     bool x_forwarded_for;        /**< add X-Forwarded-For (default true) */
     bool x_forwarded_proto;      /**< add X-Forwarded-Proto (default true) */

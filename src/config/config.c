@@ -509,6 +509,23 @@ static void forwarded_section(struct ctx *c, const struct ynode *m, struct weir_
     get_bool(c, v[K_VIA], "via", &s->via);
 }
 
+static void upstream_pool_section(struct ctx *c, const struct ynode *m, struct weir_cfg_server *s)
+{
+    enum { K_PER_PEER, K_TOTAL, K_AFTER, K_N };
+    static const struct keyspec keys[K_N] = {
+        [K_PER_PEER] = {"shared_per_peer", 0},
+        [K_TOTAL] = {"shared_total", 0},
+        [K_AFTER] = {"share_after", 0},
+    };
+    const struct ynode *v[K_N];
+    if (!fields(c, m, keys, K_N, v, "a mapping of shared_per_peer, shared_total, share_after")) {
+        return;
+    }
+    get_u32(c, v[K_PER_PEER], "shared_per_peer", 0, 65535, &s->upstream_shared_per_peer);
+    get_u32(c, v[K_TOTAL], "shared_total", 1, 1000000, &s->upstream_shared_total);
+    get_duration(c, v[K_AFTER], "share_after", 1, &s->upstream_share_after_ms);
+}
+
 static void limits_section(struct ctx *c, const struct ynode *m, struct weir_cfg_limits *l)
 {
     enum {
@@ -597,6 +614,7 @@ static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg
         K_ALOG,
         K_AFMT,
         K_KEEP,
+        K_POOL,
         K_RETRIES,
         K_FWD,
         K_LIMITS,
@@ -613,6 +631,7 @@ static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg
         [K_ALOG] = {"access_log", 0},
         [K_AFMT] = {"access_log_format", 0},
         [K_KEEP] = {"upstream_keepalive", 0},
+        [K_POOL] = {"upstream_pool", 0},
         [K_RETRIES] = {"max_retries", 0},
         [K_FWD] = {"forwarded_headers", 0},
         [K_LIMITS] = {"limits", 0},
@@ -653,6 +672,11 @@ static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg
     if (v[K_TIMEOUTS] != NULL) {
         old = path_key(c, "timeouts");
         timeouts_section(c, v[K_TIMEOUTS], &s->timeouts);
+        path_pop(c, old);
+    }
+    if (v[K_POOL] != NULL) {
+        old = path_key(c, "upstream_pool");
+        upstream_pool_section(c, v[K_POOL], s);
         path_pop(c, old);
     }
 }
@@ -1352,6 +1376,9 @@ static void set_defaults(struct weir_config *cfg)
     s->grace_period_ms = 30000;
     s->access_log_format = WEIR_ACCESS_COMBINED;
     s->upstream_keepalive = 128;
+    s->upstream_shared_per_peer = 256;
+    s->upstream_shared_total = 4096;
+    s->upstream_share_after_ms = 100;
     s->max_retries = 1;
     s->x_forwarded_for = true;
     s->x_forwarded_proto = true;

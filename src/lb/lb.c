@@ -400,10 +400,13 @@ static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
         return WEIR_ENOMEM;
     }
     size_t cap = n ? n : 1;
+    /* Arrays of pointers: sizeof(*x) is a pointer's size on purpose. */
+    // NOLINTNEXTLINE(bugprone-sizeof-expression)
     s->all = weir__calloc(cap, sizeof(*s->all));
     s->all_weight = weir__calloc(cap, sizeof(*s->all_weight));
     s->all_backup = weir__calloc(cap, sizeof(*s->all_backup));
     for (int k = 0; k < 2; k++) {
+        // NOLINTNEXTLINE(bugprone-sizeof-expression)
         s->tier[k].b = weir__calloc(cap, sizeof(*s->tier[k].b));
         s->tier[k].weight = weir__calloc(cap, sizeof(*s->tier[k].weight));
     }
@@ -455,7 +458,7 @@ static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
 int weir_lb_new(const struct weir_lb_options *opt, const struct weir_lb_backend *b, size_t n,
                 struct weir_lb **out, const char **why)
 {
-    const char *dummy;
+    const char *dummy = NULL;
     why = why ? why : &dummy;
     *why = "";
     if (opt == NULL || (unsigned)opt->algorithm > WEIR_LB_KETAMA) {
@@ -502,7 +505,7 @@ int weir_lb_new(const struct weir_lb_options *opt, const struct weir_lb_backend 
 int weir_lb_update(struct weir_lb *lb, const struct weir_lb_backend *b, size_t n,
                    const char **why)
 {
-    const char *dummy;
+    const char *dummy = NULL;
     why = why ? why : &dummy;
     *why = "";
     int rc = check_specs(b, n, why);
@@ -679,6 +682,7 @@ int weir__lb_backends(struct weir_lb *lb, struct weir_backend ***out, size_t *n)
 {
     pthread_mutex_lock(&lb->update_lock);
     struct lbset *s = lb->set;
+    // NOLINTNEXTLINE(bugprone-sizeof-expression)
     struct weir_backend **v = weir__calloc(s->nall ? s->nall : 1, sizeof(*v));
     if (v == NULL) {
         pthread_mutex_unlock(&lb->update_lock);

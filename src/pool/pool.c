@@ -1,13 +1,16 @@
 /*
- * The per-worker tier of the upstream connection pool: idle connections hashed by the peer's
- * address, most recently used first, bounded per key and in total, each watched for peer
- * close and idle timeout.
+ * The upstream connection pool (see pool.h): per-worker hot tiers and the shared tier. In both,
+ * idle connections are hashed by the peer's address, most recently used first, bounded per key
+ * and in total, and kept on a list of every idle connection of the tier, oldest last.
  */
 #include "pool/pool.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -26,6 +29,11 @@ struct keylist {
     struct weir__upconn *tail;
 };
 
+/* Every idle connection of a tier, most recently parked first. */
+struct idlelist {
+    struct weir__upconn *head, *tail;
+};
+
 struct weir__pool {
     struct weir_loop *loop;
     struct weir_bufpool *bufs;
@@ -34,6 +42,23 @@ struct weir__pool {
     uint32_t idle_timeout_ms;
     uint32_t nidle;
     struct keylist *buckets[NBUCKETS];
+    struct idlelist all;
+    struct weir__pool_shared *sh;
+    uint32_t share_after_ms;
+    struct weir_timer sweep;
+    struct weir__pool_stats stats;
+};
+
+struct weir__pool_shared {
+    pthread_mutex_t lock;
+    int wfd;                  /* epoll set watching every connection in this tier */
+    atomic_uint nidle_hint;   /* nidle, readable without the lock */
+    uint32_t max_per_key;
+    uint32_t max_total;
+    uint32_t idle_timeout_ms;
+    uint32_t nidle;
+    struct keylist *buckets[NBUCKETS];
+    struct idlelist all;
     struct weir__pool_stats stats;
 };
 
@@ -49,26 +74,10 @@ static uint64_t addr_hash(const struct sockaddr *sa, socklen_t len)
     return h;
 }
 
-struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir_bufpool *bufs,
-                                  uint32_t max_idle_per_key, uint32_t max_idle_total,
-                                  uint32_t idle_timeout_ms)
+static struct keylist *find_key(struct keylist **buckets, const struct sockaddr *sa,
+                                socklen_t len, uint64_t hash)
 {
-    struct weir__pool *p = weir__calloc(1, sizeof(*p));
-    if (p == NULL) {
-        return NULL;
-    }
-    p->loop = loop;
-    p->bufs = bufs;
-    p->max_idle_per_key = max_idle_per_key;
-    p->max_idle_total = max_idle_total;
-    p->idle_timeout_ms = idle_timeout_ms;
-    return p;
-}
-
-static struct keylist *find_key(struct weir__pool *p, const struct sockaddr *sa, socklen_t len,
-                                uint64_t hash)
-{
-    for (struct keylist *k = p->buckets[hash % NBUCKETS]; k; k = k->next) {
+    for (struct keylist *k = buckets[hash % NBUCKETS]; k; k = k->next) {
         if (k->hash == hash && k->addrlen == len &&
             weir__addr_equal((const struct sockaddr *)&k->addr, sa)) {
             return k;
@@ -77,10 +86,10 @@ static struct keylist *find_key(struct weir__pool *p, const struct sockaddr *sa,
     return NULL;
 }
 
-static struct keylist *get_key(struct weir__pool *p, const struct sockaddr *sa, socklen_t len,
-                               uint64_t hash)
+static struct keylist *get_key(struct keylist **buckets, const struct sockaddr *sa,
+                               socklen_t len, uint64_t hash)
 {
-    struct keylist *k = find_key(p, sa, len, hash);
+    struct keylist *k = find_key(buckets, sa, len, hash);
     if (k != NULL) {
         return k;
     }
@@ -91,12 +100,40 @@ static struct keylist *get_key(struct weir__pool *p, const struct sockaddr *sa, 
     memcpy(&k->addr, sa, len);
     k->addrlen = len;
     k->hash = hash;
-    k->next = p->buckets[hash % NBUCKETS];
-    p->buckets[hash % NBUCKETS] = k;
+    k->next = buckets[hash % NBUCKETS];
+    buckets[hash % NBUCKETS] = k;
     return k;
 }
 
-static void unlink_idle(struct weir__pool *p, struct keylist *k, struct weir__upconn *u)
+static void free_keys(struct keylist **buckets)
+{
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        struct keylist *k = buckets[i];
+        while (k) {
+            struct keylist *next = k->next;
+            weir__free(k);
+            k = next;
+        }
+        buckets[i] = NULL;
+    }
+}
+
+/* ---- the two lists every idle connection is on ---- */
+
+static void key_push(struct keylist *k, struct weir__upconn *u)
+{
+    u->prev = NULL;
+    u->next = k->head;
+    if (k->head) {
+        k->head->prev = u;
+    } else {
+        k->tail = u;
+    }
+    k->head = u;
+    k->count++;
+}
+
+static void key_unlink(struct keylist *k, struct weir__upconn *u)
 {
     if (u->prev) {
         u->prev->next = u->next;
@@ -110,13 +147,196 @@ static void unlink_idle(struct weir__pool *p, struct keylist *k, struct weir__up
     }
     u->prev = u->next = NULL;
     k->count--;
+}
+
+static void all_push(struct idlelist *l, struct weir__upconn *u)
+{
+    u->gprev = NULL;
+    u->gnext = l->head;
+    if (l->head) {
+        l->head->gprev = u;
+    } else {
+        l->tail = u;
+    }
+    l->head = u;
+}
+
+static void all_unlink(struct idlelist *l, struct weir__upconn *u)
+{
+    if (u->gprev) {
+        u->gprev->gnext = u->gnext;
+    } else {
+        l->head = u->gnext;
+    }
+    if (u->gnext) {
+        u->gnext->gprev = u->gprev;
+    } else {
+        l->tail = u->gprev;
+    }
+    u->gprev = u->gnext = NULL;
+}
+
+/* ---- the shared tier (every function here runs with sh->lock held) ---- */
+
+static void shared_unlink(struct weir__pool_shared *sh, struct weir__upconn *u)
+{
+    struct keylist *k = find_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen,
+                                 u->key_hash);
+    if (k != NULL) {
+        key_unlink(k, u);
+    }
+    all_unlink(&sh->all, u);
+    sh->nidle--;
+    atomic_store_explicit(&sh->nidle_hint, sh->nidle, memory_order_relaxed);
+    (void)epoll_ctl(sh->wfd, EPOLL_CTL_DEL, u->st.io.fd, NULL);
+    u->shared = false;
+}
+
+static void shared_evict(struct weir__pool_shared *sh, struct weir__upconn *u, uint64_t *counter)
+{
+    shared_unlink(sh, u);
+    (*counter)++;
+    close(u->st.io.fd);
+    u->magic = 0;
+    weir__free(u); /* in no loop: no event can still be queued for it */
+}
+
+/* Evicts what closed or sent bytes (the epoll set says so) and what idled too long. */
+static void shared_maintain(struct weir__pool_shared *sh, uint64_t now)
+{
+    struct epoll_event evs[64];
+    int n;
+    do {
+        n = sh->nidle ? epoll_wait(sh->wfd, evs, 64, 0) : 0;
+        for (int i = 0; i < n; i++) {
+            struct weir__upconn *u = evs[i].data.ptr;
+            if (u->shared) {
+                shared_evict(sh, u, &sh->stats.evict_closed);
+            }
+        }
+    } while (n == 64);
+    while (sh->all.tail && now - sh->all.tail->idle_since_ms >= sh->idle_timeout_ms) {
+        shared_evict(sh, sh->all.tail, &sh->stats.evict_timeout);
+    }
+}
+
+/* Takes ownership of u (idle, in no loop); closes it when it cannot be kept. */
+static void shared_insert(struct weir__pool_shared *sh, struct weir__upconn *u)
+{
+    struct keylist *k = get_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen,
+                                u->key_hash);
+    if (k != NULL && k->count >= sh->max_per_key && k->tail != NULL) {
+        shared_evict(sh, k->tail, &sh->stats.evict_full); /* keep the most recent */
+    }
+    if (k != NULL && sh->nidle >= sh->max_total && sh->all.tail != NULL) {
+        shared_evict(sh, sh->all.tail, &sh->stats.evict_full);
+    }
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = u};
+    if (k == NULL || sh->max_per_key == 0 || sh->nidle >= sh->max_total ||
+        epoll_ctl(sh->wfd, EPOLL_CTL_ADD, u->st.io.fd, &ev) != 0) {
+        sh->stats.evict_full++;
+        close(u->st.io.fd);
+        u->magic = 0;
+        weir__free(u);
+        return;
+    }
+    u->shared = true;
+    u->pool = NULL;
+    key_push(k, u);
+    all_push(&sh->all, u);
+    sh->nidle++;
+    atomic_store_explicit(&sh->nidle_hint, sh->nidle, memory_order_relaxed);
+}
+
+struct weir__pool_shared *weir__pool_shared_new(uint32_t max_per_key, uint32_t max_total,
+                                                uint32_t idle_timeout_ms)
+{
+    struct weir__pool_shared *sh = weir__calloc(1, sizeof(*sh));
+    if (sh == NULL) {
+        return NULL;
+    }
+    sh->wfd = epoll_create1(EPOLL_CLOEXEC);
+    if (sh->wfd < 0) {
+        weir__free(sh);
+        return NULL;
+    }
+    if (pthread_mutex_init(&sh->lock, NULL) != 0) {
+        close(sh->wfd);
+        weir__free(sh);
+        return NULL;
+    }
+    atomic_init(&sh->nidle_hint, 0);
+    sh->max_per_key = max_per_key;
+    sh->max_total = max_total;
+    sh->idle_timeout_ms = idle_timeout_ms;
+    return sh;
+}
+
+void weir__pool_shared_free(struct weir__pool_shared *sh)
+{
+    if (sh == NULL) {
+        return;
+    }
+    while (sh->all.head) {
+        shared_evict(sh, sh->all.head, &sh->stats.evict_full);
+    }
+    free_keys(sh->buckets);
+    close(sh->wfd);
+    pthread_mutex_destroy(&sh->lock);
+    weir__free(sh);
+}
+
+void weir__pool_shared_stats(struct weir__pool_shared *sh, struct weir__pool_stats *out)
+{
+    pthread_mutex_lock(&sh->lock);
+    *out = sh->stats;
+    pthread_mutex_unlock(&sh->lock);
+}
+
+uint32_t weir__pool_shared_idle_count(struct weir__pool_shared *sh)
+{
+    pthread_mutex_lock(&sh->lock);
+    uint32_t n = sh->nidle;
+    pthread_mutex_unlock(&sh->lock);
+    return n;
+}
+
+/* ---- the hot tier ---- */
+
+static void sweep(struct weir_loop *loop, struct weir_timer *t);
+
+struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir_bufpool *bufs,
+                                  uint32_t max_idle_per_key, uint32_t max_idle_total,
+                                  uint32_t idle_timeout_ms, struct weir__pool_shared *sh,
+                                  uint32_t share_after_ms)
+{
+    struct weir__pool *p = weir__calloc(1, sizeof(*p));
+    if (p == NULL) {
+        return NULL;
+    }
+    p->loop = loop;
+    p->bufs = bufs;
+    p->max_idle_per_key = max_idle_per_key;
+    p->max_idle_total = max_idle_total;
+    p->idle_timeout_ms = idle_timeout_ms;
+    p->sh = sh;
+    p->share_after_ms = share_after_ms ? share_after_ms : 1;
+    weir_timer_init(&p->sweep, sweep, p);
+    return p;
+}
+
+static void unlink_idle(struct weir__pool *p, struct keylist *k, struct weir__upconn *u)
+{
+    key_unlink(k, u);
+    all_unlink(&p->all, u);
     p->nidle--;
     weir_timer_stop(p->loop, &u->idle_timer);
 }
 
 static void evict(struct weir__pool *p, struct weir__upconn *u, uint64_t *counter)
 {
-    struct keylist *k = find_key(p, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+    struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
+                                 u->key_hash);
     if (k != NULL) {
         unlink_idle(p, k, u);
     }
@@ -151,21 +371,100 @@ static void reap_upconn(struct weir_loop *loop, struct weir_defer *d)
     weir__free(u);
 }
 
-struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_peer *peer)
+/* Moves a hot idle connection into the shared tier (sh->lock held). */
+static void move_to_shared(struct weir__pool *p, struct keylist *k, struct weir__upconn *u)
 {
-    uint64_t hash = addr_hash((const struct sockaddr *)&peer->addr, peer->addrlen);
-    struct keylist *k = find_key(p, (const struct sockaddr *)&peer->addr, peer->addrlen, hash);
-    if (k == NULL || k->head == NULL) {
-        return NULL;
-    }
-    struct weir__upconn *u = k->head;
     unlink_idle(p, k, u);
+    weir_loop_io_del(p->loop, &u->st.io);
+    p->stats.to_shared++;
+    shared_insert(p->sh, u);
+}
+
+static void arm_sweep(struct weir__pool *p, uint64_t in_ms)
+{
+    if (!weir_timer_active(&p->sweep) || p->sweep.deadline_ms > weir_loop_now_ms(p->loop) + in_ms) {
+        weir_timer_stop(p->loop, &p->sweep);
+        /* Failing to arm only delays sharing: the next put tries again. */
+        (void)weir_timer_start(p->loop, &p->sweep, in_ms);
+    }
+}
+
+/* Every share_after_ms while this tier holds idle connections: hand the ones idle that long
+   to the shared tier, one lock for the batch; and keep the shared tier tidy meanwhile. */
+static void sweep(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir__pool *p = t->data;
+    uint64_t now = weir_loop_now_ms(loop);
+    pthread_mutex_lock(&p->sh->lock);
+    shared_maintain(p->sh, now);
+    while (p->all.tail && now - p->all.tail->idle_since_ms >= p->share_after_ms) {
+        struct weir__upconn *u = p->all.tail;
+        struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
+                                     u->key_hash);
+        if (k == NULL) {
+            break; /* cannot happen: every idle connection is on its key's list */
+        }
+        move_to_shared(p, k, u);
+    }
+    bool shared_left = p->sh->nidle != 0;
+    pthread_mutex_unlock(&p->sh->lock);
+    if (p->all.tail) {
+        arm_sweep(p, p->all.tail->idle_since_ms + p->share_after_ms - now);
+    } else if (shared_left) {
+        /* Nothing of ours left, but the shared tier still needs its closes and timeouts
+           noticed while traffic is quiet. */
+        arm_sweep(p, p->idle_timeout_ms < 1000 ? p->idle_timeout_ms : 1000);
+    }
+}
+
+/* Registers a connection from the shared tier on this worker's loop. */
+static struct weir__upconn *adopt(struct weir__pool *p, struct weir__upconn *u)
+{
+    u->pool = p;
     u->st.io.cb = noop_event;
     u->st.io.data = u;
     u->st.readable = false;
     u->st.writable = true;
-    p->stats.reuses++;
+    weir_timer_init(&u->idle_timer, idle_timeout, u);
+    if (weir_loop_io_add(p->loop, &u->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP) != 0) {
+        close(u->st.io.fd);
+        u->magic = 0;
+        weir__free(u);
+        return NULL;
+    }
+    p->stats.reuses_shared++;
     return u;
+}
+
+struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_peer *peer)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)&peer->addr;
+    uint64_t hash = addr_hash(sa, peer->addrlen);
+    struct keylist *k = find_key(p->buckets, sa, peer->addrlen, hash);
+    if (k != NULL && k->head != NULL) {
+        struct weir__upconn *u = k->head;
+        unlink_idle(p, k, u);
+        u->st.io.cb = noop_event;
+        u->st.io.data = u;
+        u->st.readable = false;
+        u->st.writable = true;
+        p->stats.reuses++;
+        return u;
+    }
+    struct weir__pool_shared *sh = p->sh;
+    if (sh == NULL || atomic_load_explicit(&sh->nidle_hint, memory_order_relaxed) == 0) {
+        return NULL;
+    }
+    struct weir__upconn *u = NULL;
+    pthread_mutex_lock(&sh->lock);
+    shared_maintain(sh, weir_loop_now_ms(p->loop));
+    k = find_key(sh->buckets, sa, peer->addrlen, hash);
+    if (k != NULL && k->head != NULL) {
+        u = k->head;
+        shared_unlink(sh, u);
+    }
+    pthread_mutex_unlock(&sh->lock);
+    return u != NULL ? adopt(p, u) : NULL;
 }
 
 bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
@@ -173,36 +472,43 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
     if (p->max_idle_per_key == 0 || u->st.eof || weir__buf_len(&u->st.in) != 0) {
         return false;
     }
-    struct keylist *k = get_key(p, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+    struct keylist *k = get_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
+                                u->key_hash);
     if (k == NULL) {
         return false;
     }
     if (k->count >= p->max_idle_per_key || p->nidle >= p->max_idle_total) {
-        if (k->tail == NULL) {
+        struct weir__upconn *old = k->count >= p->max_idle_per_key ? k->tail : p->all.tail;
+        if (old == NULL) {
             return false;
         }
-        /* Keep the warm one just released; drop this key's oldest. */
-        evict(p, k->tail, &p->stats.evict_full);
+        /* Keep the warm one just released; the oldest goes to the shared tier or away. */
+        if (p->sh != NULL) {
+            struct keylist *ok = old == k->tail ? k
+                                                : find_key(p->buckets, (struct sockaddr *)&old->addr,
+                                                           old->addrlen, old->key_hash);
+            pthread_mutex_lock(&p->sh->lock);
+            move_to_shared(p, ok, old);
+            pthread_mutex_unlock(&p->sh->lock);
+        } else {
+            evict(p, old, &p->stats.evict_full);
+        }
     }
     weir__buf_release(p->bufs, &u->st.in);
     u->owner = NULL;
     u->st.io.cb = idle_event;
     u->st.io.data = u;
-    u->prev = NULL;
-    u->next = k->head;
-    if (k->head) {
-        k->head->prev = u;
-    } else {
-        k->tail = u;
-    }
-    k->head = u;
-    k->count++;
+    key_push(k, u);
+    all_push(&p->all, u);
     p->nidle++;
     u->idle_since_ms = weir_loop_now_ms(p->loop);
     weir_timer_init(&u->idle_timer, idle_timeout, u);
     if (weir_timer_start(p->loop, &u->idle_timer, p->idle_timeout_ms) != 0) {
         unlink_idle(p, k, u);
         return false;
+    }
+    if (p->sh != NULL) {
+        arm_sweep(p, p->share_after_ms);
     }
     /*
      * A close or stray bytes that arrive from now on raise an edge and evict it. One that came
@@ -221,14 +527,16 @@ bool weir__upconn_alive(struct weir__upconn *u)
 
 void weir__pool_close_idle(struct weir__pool *p)
 {
-    for (size_t i = 0; i < NBUCKETS; i++) {
-        for (struct keylist *k = p->buckets[i]; k; k = k->next) {
-            while (k->head) {
-                struct weir__upconn *u = k->head;
-                unlink_idle(p, k, u);
-                weir__upconn_close(p, u);
-            }
+    weir_timer_stop(p->loop, &p->sweep);
+    while (p->all.head) {
+        struct weir__upconn *u = p->all.head;
+        struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
+                                     u->key_hash);
+        if (k == NULL) {
+            break; /* cannot happen */
         }
+        unlink_idle(p, k, u);
+        weir__upconn_close(p, u);
     }
 }
 
@@ -238,14 +546,7 @@ void weir__pool_free(struct weir__pool *p)
         return;
     }
     weir__pool_close_idle(p);
-    for (size_t i = 0; i < NBUCKETS; i++) {
-        struct keylist *k = p->buckets[i];
-        while (k) {
-            struct keylist *next = k->next;
-            weir__free(k);
-            k = next;
-        }
-    }
+    free_keys(p->buckets);
     weir__free(p);
 }
 

@@ -1,7 +1,20 @@
 /*
- * Upstream connections and the per-worker tier of the connection pool. An idle connection
- * stays registered for readability: a peer close, stray bytes or the idle timeout evicts it.
- * The shared tier (a later issue) slots in behind weir__pool_take / weir__pool_put.
+ * Upstream connections and the two-tier connection pool.
+ *
+ * Hot tier (struct weir__pool): one per worker, touched by that worker alone, so it needs no
+ * lock. A released connection goes there first; the next request to the same peer on that
+ * worker takes it back without any shared write.
+ *
+ * Shared tier (struct weir__pool_shared): one per proxy service, behind a mutex. A connection
+ * idle in a hot tier for share_after_ms moves there (a periodic sweep per worker, one lock per
+ * batch), as does the oldest of a full hot list; a worker whose hot tier misses looks there
+ * before connecting. So a connection released by one worker is reused by another once the
+ * first worker has not needed it for a moment, while a busy peer's connections stay hot.
+ *
+ * Idle connections are watched wherever they are: in a hot tier by the worker's loop, in the
+ * shared tier by an epoll set of its own that every lock holder drains (level-triggered) before
+ * handing anything out, so a peer close, stray bytes or the idle timeout evicts them and a dead
+ * one is never handed out knowingly.
  */
 #ifndef WEIR_POOL_POOL_H
 #define WEIR_POOL_POOL_H
@@ -23,8 +36,10 @@ struct weir__upconn {
     uint32_t requests;         /* requests completed on this connection */
     bool connected;
     /* while idle in the pool */
-    struct weir__pool *pool;
-    struct weir__upconn *prev, *next;
+    struct weir__pool *pool;            /* the worker tier that owns it (not while shared) */
+    struct weir__upconn *prev, *next;   /* its key's idle list (hot or shared) */
+    struct weir__upconn *gprev, *gnext; /* the tier's list of every idle one, oldest last */
+    bool shared;                        /* idle in the shared tier */
     struct weir_timer idle_timer;
     uint64_t idle_since_ms;
     void *owner;               /* the session using it, NULL when idle */
@@ -35,19 +50,43 @@ struct weir__upconn {
 
 struct weir__pool_stats {
     uint64_t connects;
-    uint64_t reuses;
+    uint64_t reuses;        /* from this worker's hot tier */
+    uint64_t reuses_shared; /* from the shared tier */
+    uint64_t to_shared;     /* moved to the shared tier */
     uint64_t evict_closed;  /* peer closed or sent stray bytes while idle */
     uint64_t evict_timeout; /* idle timeout */
     uint64_t evict_full;    /* over the idle bounds */
 };
 
+struct weir__pool_shared;
+
+/**
+ * The shared tier: at most max_per_key idle connections per peer and max_total in all, each
+ * evicted after idle_timeout_ms. NULL on failure (errno set).
+ */
+struct weir__pool_shared *weir__pool_shared_new(uint32_t max_per_key, uint32_t max_total,
+                                                uint32_t idle_timeout_ms);
+/** Closes every connection in it and frees it; no worker may use it any more. */
+void weir__pool_shared_free(struct weir__pool_shared *sh);
+/** Its counters (connects and reuses stay 0 here; evictions are the shared tier's). */
+void weir__pool_shared_stats(struct weir__pool_shared *sh, struct weir__pool_stats *out);
+uint32_t weir__pool_shared_idle_count(struct weir__pool_shared *sh);
+
+/**
+ * A worker's hot tier. sh may be NULL (no sharing); share_after_ms is how long a connection
+ * stays idle here before it moves to sh.
+ */
 struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir_bufpool *bufs,
                                   uint32_t max_idle_per_key, uint32_t max_idle_total,
-                                  uint32_t idle_timeout_ms);
+                                  uint32_t idle_timeout_ms, struct weir__pool_shared *sh,
+                                  uint32_t share_after_ms);
 /** Closes every idle connection and frees the pool. */
 void weir__pool_free(struct weir__pool *p);
 
-/** An idle connection to peer's address, unregistered from the pool, or NULL. */
+/**
+ * An idle connection to peer's address taken out of the pool (the hot tier first, then the
+ * shared one), registered on this worker's loop; or NULL.
+ */
 struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_peer *peer);
 
 /**
@@ -56,7 +95,7 @@ struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_pee
  */
 bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u);
 
-/** Closes every idle connection (shutdown). */
+/** Closes every idle connection of this worker's hot tier (shutdown). */
 void weir__pool_close_idle(struct weir__pool *p);
 
 const struct weir__pool_stats *weir__pool_stats(const struct weir__pool *p);

@@ -26,7 +26,8 @@ static void linger_step(struct weir_conn *c);
 struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   const struct weir_proxy_hooks *hooks,
                                                   void *data, struct weir_snapshot_slot *slot,
-                                                  struct weir_access_log *access)
+                                                  struct weir_access_log *access,
+                                                  struct weir__pool_shared *shared_pool)
 {
     struct weir__proxy_worker *w = weir__calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -48,7 +49,8 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
         goto fail;
     }
     w->pool = weir__pool_new(loop, &w->bufs, sc->upstream_keepalive,
-                             sc->upstream_keepalive * 64 + 64, sc->timeouts.upstream_idle_ms);
+                             sc->upstream_keepalive * 64 + 64, sc->timeouts.upstream_idle_ms,
+                             shared_pool, sc->upstream_share_after_ms);
     if (w->pool == NULL) {
         goto fail;
     }

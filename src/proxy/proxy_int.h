@@ -202,7 +202,8 @@ struct weir_session {
 struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   const struct weir_proxy_hooks *hooks,
                                                   void *data, struct weir_snapshot_slot *slot,
-                                                  struct weir_access_log *access);
+                                                  struct weir_access_log *access,
+                                                  struct weir__pool_shared *shared_pool);
 void weir__proxy_worker_free(struct weir__proxy_worker *w);
 /**
  * Takes an accepted socket from a listener counted in lc (NULL: none). 0; WEIR_ELIMIT when a

@@ -59,6 +59,7 @@ struct weir_service {
     struct worker *workers;
     unsigned nworkers;
     struct weir_inflight *ip_conns; /* server.limits.max_connections_per_ip (NULL: off) */
+    struct weir__pool_shared *shared_pool; /* the upstream pool's shared tier (NULL: off) */
     struct weir_rate *ip_rate;      /* server.limits.requests_per_second_per_ip (NULL: off) */
 };
 
@@ -233,6 +234,7 @@ static void free_service(struct weir_service *svc)
     weir__free(svc->workers);
     weir_inflight_free(svc->ip_conns);
     weir_rate_free(svc->ip_rate);
+    weir__pool_shared_free(svc->shared_pool);
     weir__free(svc->name);
     weir__free(svc);
 }
@@ -392,7 +394,8 @@ static int worker_setup(struct worker *wk)
     if (svc->kind == SVC_BACKGROUND) {
         return svc->bg.start(wk->loop, svc->data);
     }
-    wk->pw = weir__proxy_worker_new(wk->loop, &svc->hooks, svc->data, &srv->slot, srv->access);
+    wk->pw = weir__proxy_worker_new(wk->loop, &svc->hooks, svc->data, &srv->slot, srv->access,
+                                    svc->shared_pool);
     if (wk->pw == NULL) {
         return WEIR_ENOMEM;
     }
@@ -537,6 +540,15 @@ static int create_limits(struct weir_service *svc)
     if (lim->requests_per_second_per_ip != 0) {
         svc->ip_rate = weir_rate_new(1000, 4, LIMITS_SLOTS);
         if (svc->ip_rate == NULL) {
+            return WEIR_ENOMEM;
+        }
+    }
+    const struct weir_cfg_server *sc = &svc->srv->cfg->server;
+    if (sc->upstream_shared_per_peer != 0 && sc->upstream_keepalive != 0) {
+        svc->shared_pool = weir__pool_shared_new(sc->upstream_shared_per_peer,
+                                                 sc->upstream_shared_total,
+                                                 sc->timeouts.upstream_idle_ms);
+        if (svc->shared_pool == NULL) {
             return WEIR_ENOMEM;
         }
     }

@@ -90,6 +90,9 @@ static void test_full_file(void **state)
     assert_string_equal(s->access_log, "/var/log/weir/access.log");
     assert_int_equal(s->access_log_format, WEIR_ACCESS_JSON);
     assert_int_equal(s->upstream_keepalive, 7);
+    assert_int_equal(s->upstream_shared_per_peer, 9);
+    assert_int_equal(s->upstream_shared_total, 99);
+    assert_int_equal(s->upstream_share_after_ms, 250);
     assert_int_equal(s->max_retries, 3);
     assert_false(s->x_forwarded_for);
     assert_false(s->x_forwarded_proto);
@@ -132,6 +135,23 @@ static void test_full_file(void **state)
     assert_int_equal(u->backends[1].weight, 2);
     assert_string_equal(cfg->upstreams[1].name, "other");
     assert_string_equal(cfg->upstreams[1].backends[0].address, "[::1]:9002");
+    const struct weir_cfg_upstream *o = &cfg->upstreams[1];
+    assert_int_equal(o->balance, WEIR_BALANCE_CONSISTENT_HASH);
+    assert_int_equal(o->hash_key, WEIR_HASH_COOKIE);
+    assert_string_equal(o->hash_key_name, "sid");
+    assert_int_equal(o->max_fails, 5);
+    assert_int_equal(o->eject_ms, 2000);
+    assert_int_equal(o->eject_max_ms, 60000);
+    assert_true(o->fail_open);
+    assert_int_equal(o->nbackends, 3);
+    assert_int_equal(o->backends[1].weight, 3);
+    assert_true(o->backends[1].backup);
+    assert_false(o->backends[0].backup);
+    assert_true(o->backends[2].drain);
+    assert_int_equal(cfg->upstreams[0].balance, WEIR_BALANCE_ROUND_ROBIN);
+    assert_int_equal(cfg->upstreams[0].max_fails, 3);
+    assert_int_equal(cfg->upstreams[0].eject_ms, 10000);
+    assert_false(cfg->upstreams[0].fail_open);
 
     assert_int_equal(cfg->nroutes, 2);
     const struct weir_cfg_route *r = &cfg->routes[0];
@@ -181,6 +201,9 @@ static void check_defaults(const struct weir_config *cfg)
     assert_null(s->access_log);
     assert_int_equal(s->access_log_format, WEIR_ACCESS_COMBINED);
     assert_int_equal(s->upstream_keepalive, 128);
+    assert_int_equal(s->upstream_shared_per_peer, 256);
+    assert_int_equal(s->upstream_shared_total, 4096);
+    assert_int_equal(s->upstream_share_after_ms, 100);
     assert_int_equal(s->max_retries, 1);
     assert_true(s->x_forwarded_for && s->x_forwarded_proto && s->via);
     assert_int_equal(s->limits.max_request_line, 8192);
@@ -546,7 +569,7 @@ static void test_aliases_and_documents(void **state)
     check_err(errs, 0, 3, 3, "server.x",
               "unknown key 'x'; valid keys here: threads, work_stealing, pid_file, error_log, "
               "log_level, grace_period, access_log, access_log_format, upstream_keepalive, "
-              "max_retries, forwarded_headers, limits, timeouts");
+              "upstream_pool, max_retries, forwarded_headers, limits, timeouts");
     check_err(errs, 1, 3, 6, "", "no anchor named 's' is defined before this alias");
     weir_config_errors_free(errs);
     expect_one("server: {}\n---\nserver: {}\n", 2, 1, "",
