@@ -34,7 +34,11 @@ def config_weir(ports, listen, d):
            "  threads: %d" % WORKERS,
            "  access_log: off",
            "  log_level: warn",
-           "  pid_file: %s/weir.pid" % d,
+           "  pid_file: %s/weir.pid" % d]
+    # BENCH_WEIR_SERVER: extra lines for weir's server section, e.g.
+    # "upstream_pool: {share_after: 20ms}" to try the pool's settings.
+    out += ["  " + line for line in os.environ.get("BENCH_WEIR_SERVER", "").split("\n") if line]
+    out += [
            "listeners:",
            "  - 127.0.0.1:%d" % listen,
            "routes:"]

@@ -104,7 +104,7 @@ struct weir_cfg_server {
     uint32_t upstream_shared_per_peer;
     uint32_t upstream_shared_total;    /**< upstream_pool.shared_total: in all; default 4096 */
     uint32_t upstream_share_after_ms;  /**< upstream_pool.share_after: idle time in a worker's
-                                            own tier before sharing; default 100 */
+                                            own tier before sharing; default 10 */
     uint32_t max_retries;        /**< connect retries on another backend; default 1 */
     bool x_forwarded_for;        /**< add X-Forwarded-For (default true) */
     bool x_forwarded_proto;      /**< add X-Forwarded-Proto (default true) */

@@ -1378,7 +1378,7 @@ static void set_defaults(struct weir_config *cfg)
     s->upstream_keepalive = 128;
     s->upstream_shared_per_peer = 256;
     s->upstream_shared_total = 4096;
-    s->upstream_share_after_ms = 100;
+    s->upstream_share_after_ms = 10;
     s->max_retries = 1;
     s->x_forwarded_for = true;
     s->x_forwarded_proto = true;

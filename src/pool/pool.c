@@ -25,6 +25,10 @@ struct keylist {
     socklen_t addrlen;
     uint64_t hash;
     uint32_t count;
+    /* hot tier only: when this worker last looked for a connection to this peer, and the gap
+       before that; a small gap means the peer is in demand here, so its connections stay hot */
+    uint64_t last_take_ms;
+    uint64_t take_gap_ms;
     struct weir__upconn *head; /* most recently parked */
     struct weir__upconn *tail;
 };
@@ -46,6 +50,7 @@ struct weir__pool {
     struct weir__pool_shared *sh;
     uint32_t share_after_ms;
     struct weir_timer sweep;
+    uint64_t last_tidy_ms; /* when this worker's sweep last tidied the shared tier */
     struct weir__pool_stats stats;
 };
 
@@ -395,6 +400,19 @@ static void sweep(struct weir_loop *loop, struct weir_timer *t)
 {
     struct weir__pool *p = t->data;
     uint64_t now = weir_loop_now_ms(loop);
+    bool move = p->all.tail && now - p->all.tail->idle_since_ms >= p->share_after_ms;
+    bool tidy = atomic_load_explicit(&p->sh->nidle_hint, memory_order_relaxed) != 0 &&
+                now - p->last_tidy_ms >= 1000;
+    if (!move && !tidy) {
+        /* Under load nothing idles long enough to move: no lock. */
+        if (p->all.tail) {
+            arm_sweep(p, p->all.tail->idle_since_ms + p->share_after_ms - now);
+        } else if (atomic_load_explicit(&p->sh->nidle_hint, memory_order_relaxed) != 0) {
+            arm_sweep(p, 1000 - (now - p->last_tidy_ms));
+        }
+        return;
+    }
+    p->last_tidy_ms = now;
     pthread_mutex_lock(&p->sh->lock);
     shared_maintain(p->sh, now);
     while (p->all.tail && now - p->all.tail->idle_since_ms >= p->share_after_ms) {
@@ -413,7 +431,7 @@ static void sweep(struct weir_loop *loop, struct weir_timer *t)
     } else if (shared_left) {
         /* Nothing of ours left, but the shared tier still needs its closes and timeouts
            noticed while traffic is quiet. */
-        arm_sweep(p, p->idle_timeout_ms < 1000 ? p->idle_timeout_ms : 1000);
+        arm_sweep(p, 1000);
     }
 }
 
@@ -440,7 +458,12 @@ struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_pee
 {
     const struct sockaddr *sa = (const struct sockaddr *)&peer->addr;
     uint64_t hash = addr_hash(sa, peer->addrlen);
-    struct keylist *k = find_key(p->buckets, sa, peer->addrlen, hash);
+    uint64_t now = weir_loop_now_ms(p->loop);
+    struct keylist *k = get_key(p->buckets, sa, peer->addrlen, hash);
+    if (k != NULL) {
+        k->take_gap_ms = k->last_take_ms ? now - k->last_take_ms : UINT64_MAX;
+        k->last_take_ms = now;
+    }
     if (k != NULL && k->head != NULL) {
         struct weir__upconn *u = k->head;
         unlink_idle(p, k, u);
@@ -457,7 +480,7 @@ struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_pee
     }
     struct weir__upconn *u = NULL;
     pthread_mutex_lock(&sh->lock);
-    shared_maintain(sh, weir_loop_now_ms(p->loop));
+    shared_maintain(sh, now);
     k = find_key(sh->buckets, sa, peer->addrlen, hash);
     if (k != NULL && k->head != NULL) {
         u = k->head;
@@ -476,6 +499,22 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
                                 u->key_hash);
     if (k == NULL) {
         return false;
+    }
+    uint64_t now = weir_loop_now_ms(p->loop);
+    if (p->sh != NULL && k->take_gap_ms >= p->share_after_ms) {
+        /* This worker wants this peer rarely: let every worker have the connection now. */
+        weir__buf_release(p->bufs, &u->st.in);
+        u->owner = NULL;
+        u->idle_since_ms = now;
+        weir_timer_stop(p->loop, &u->idle_timer);
+        weir_loop_io_del(p->loop, &u->st.io);
+        p->stats.to_shared++;
+        pthread_mutex_lock(&p->sh->lock);
+        shared_maintain(p->sh, now);
+        shared_insert(p->sh, u);
+        pthread_mutex_unlock(&p->sh->lock);
+        arm_sweep(p, p->idle_timeout_ms < 1000 ? p->idle_timeout_ms : 1000);
+        return true;
     }
     if (k->count >= p->max_idle_per_key || p->nidle >= p->max_idle_total) {
         struct weir__upconn *old = k->count >= p->max_idle_per_key ? k->tail : p->all.tail;
@@ -501,7 +540,7 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
     key_push(k, u);
     all_push(&p->all, u);
     p->nidle++;
-    u->idle_since_ms = weir_loop_now_ms(p->loop);
+    u->idle_since_ms = now;
     weir_timer_init(&u->idle_timer, idle_timeout, u);
     if (weir_timer_start(p->loop, &u->idle_timer, p->idle_timeout_ms) != 0) {
         unlink_idle(p, k, u);

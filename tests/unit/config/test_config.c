@@ -203,7 +203,7 @@ static void check_defaults(const struct weir_config *cfg)
     assert_int_equal(s->upstream_keepalive, 128);
     assert_int_equal(s->upstream_shared_per_peer, 256);
     assert_int_equal(s->upstream_shared_total, 4096);
-    assert_int_equal(s->upstream_share_after_ms, 100);
+    assert_int_equal(s->upstream_share_after_ms, 10);
     assert_int_equal(s->max_retries, 1);
     assert_true(s->x_forwarded_for && s->x_forwarded_proto && s->via);
     assert_int_equal(s->limits.max_request_line, 8192);

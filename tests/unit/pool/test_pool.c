@@ -247,6 +247,28 @@ static void test_full_hot_list_spills_to_shared(void **state)
     teardown_fixture(f);
 }
 
+static void test_rarely_wanted_peer_shared_at_once(void **state)
+{
+    (void)state;
+    /* A worker that looks for a connection to a peer only now and then (no other look within
+       share_after) hands the connection to the shared tier as soon as it is released; one
+       that keeps asking keeps it hot. */
+    struct fixture *f = setup(8, 64, 8, 60000);
+    assert_null(weir__pool_take(f->w[0].pool, &f->peer)); /* first look: a miss */
+    struct weir__upconn *u = open_conn(f, 0);
+    assert_true(weir__pool_put(f->w[0].pool, u));
+    assert_int_equal(weir__pool_idle_count(f->w[0].pool), 0);
+    assert_int_equal(weir__pool_shared_idle_count(f->sh), 1);
+    assert_ptr_equal(weir__pool_take(f->w[1].pool, &f->peer), u);
+    /* Worker 1 now asks again right away: in demand there, so it stays hot. */
+    assert_true(weir__pool_put(f->w[1].pool, u));
+    assert_ptr_equal(weir__pool_take(f->w[1].pool, &f->peer), u);
+    assert_true(weir__pool_put(f->w[1].pool, u));
+    assert_int_equal(weir__pool_idle_count(f->w[1].pool), 1);
+    assert_int_equal(weir__pool_shared_idle_count(f->sh), 0);
+    teardown_fixture(f);
+}
+
 static void test_no_sharing_without_shared_tier(void **state)
 {
     (void)state;
@@ -272,6 +294,7 @@ int main(void)
         cmocka_unit_test(test_shared_idle_timeout),
         cmocka_unit_test(test_shared_bounds),
         cmocka_unit_test(test_full_hot_list_spills_to_shared),
+        cmocka_unit_test(test_rarely_wanted_peer_shared_at_once),
         cmocka_unit_test(test_no_sharing_without_shared_tier),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
