@@ -82,6 +82,11 @@ static int run(struct weir_config *cfg, bool demo)
     for (size_t i = 0; rc == 0 && i < c->nlisteners; i++) {
         rc = weir_service_add_listener_cfg(svc, &c->listeners[i]);
     }
+    if (rc == 0 && weir_app_router_health(router) != NULL &&
+        weir_server_add_background(srv, "health", &weir_health_service,
+                                   weir_app_router_health(router)) == NULL) {
+        rc = WEIR_ENOMEM;
+    }
     if (rc == 0 && demo &&
         weir_server_add_background(srv, "demo-origin", &weir_app_demo_origin_ops,
                                    (void *)DEMO_ORIGIN) == NULL) {

@@ -15,6 +15,7 @@ struct weir_app_router {
     const struct weir_config *cfg;
     struct weir_lb **lbs; /* one per cfg->upstreams[i] */
     size_t nlbs;
+    struct weir_health *health; /* NULL when no group has a health_check */
 };
 
 struct route_ctx {
@@ -27,11 +28,45 @@ void weir_app_router_free(struct weir_app_router *r)
     if (r == NULL) {
         return;
     }
+    weir_health_free(r->health);
     for (size_t i = 0; i < r->nlbs; i++) {
         weir_lb_free(r->lbs[i]);
     }
     weir_free(r->lbs);
     weir_free(r);
+}
+
+static int add_health_check(struct weir_app_router *r, const struct weir_cfg_upstream *up,
+                            struct weir_lb *lb)
+{
+    const struct weir_cfg_health *h = &up->health;
+    if (!h->enabled) {
+        return 0;
+    }
+    if (r->health == NULL) {
+        r->health = weir_health_new();
+        if (r->health == NULL) {
+            return WEIR_ENOMEM;
+        }
+    }
+    struct weir_status_range ranges[16];
+    for (size_t i = 0; i < h->nstatus; i++) {
+        ranges[i] = (struct weir_status_range){h->status_lo[i], h->status_hi[i]};
+    }
+    struct weir_health_check hc = {
+        .type = h->tcp ? WEIR_HEALTH_TCP : WEIR_HEALTH_HTTP,
+        .method = h->method,
+        .path = h->path,
+        .host = h->host,
+        .statuses = h->nstatus ? ranges : NULL,
+        .nstatuses = h->nstatus,
+        .expect_body = h->expect_body,
+        .interval_ms = h->interval_ms,
+        .timeout_ms = h->timeout_ms,
+        .rise = h->rise,
+        .fall = h->fall,
+    };
+    return weir_health_add(r->health, lb, &hc);
 }
 
 int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **out)
@@ -77,9 +112,20 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
             return rc;
         }
         r->nlbs = i + 1;
+        rc = add_health_check(r, up, r->lbs[i]);
+        if (rc != 0) {
+            weir_log(WEIR_LOG_ERROR, "upstream %s: health_check: %s", up->name, weir_strerror(rc));
+            weir_app_router_free(r);
+            return rc;
+        }
     }
     *out = r;
     return 0;
+}
+
+struct weir_health *weir_app_router_health(const struct weir_app_router *r)
+{
+    return r->health;
 }
 
 /* ---- hash keys ---- */

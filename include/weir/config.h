@@ -126,6 +126,23 @@ struct weir_cfg_backend {
     bool drain;          /**< out of rotation (nginx's `down`) */
 };
 
+/** upstreams.*.health_check: an active check of every backend. */
+struct weir_cfg_health {
+    bool enabled;              /**< the key is present */
+    bool tcp;                  /**< type: tcp (connect only) instead of http */
+    const char *method;        /**< GET or HEAD; default GET */
+    const char *path;          /**< default "/" */
+    const char *host;          /**< Host header; NULL: the backend's address */
+    uint16_t status_lo[16];    /**< expect_status ranges; default 200-399 */
+    uint16_t status_hi[16];
+    size_t nstatus;
+    const char *expect_body;   /**< NULL: none */
+    uint32_t interval_ms;      /**< default 5000 */
+    uint32_t timeout_ms;       /**< default 2000 */
+    uint32_t rise;             /**< default 2 */
+    uint32_t fall;             /**< default 3 */
+};
+
 struct weir_cfg_upstream {
     const char *name;
     enum weir_balance balance;
@@ -135,6 +152,7 @@ struct weir_cfg_upstream {
     uint32_t max_fails;           /**< passive health: failures in a row that eject; 0 = off */
     uint32_t eject_ms;            /**< first ejection; doubles while failing; default 10000 */
     uint32_t eject_max_ms;        /**< longest ejection; default 300000 */
+    struct weir_cfg_health health;
     const struct weir_cfg_backend *backends;
     size_t nbackends;
 };

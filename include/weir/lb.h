@@ -127,6 +127,59 @@ WEIR_EXTERN int weir_lb_set_healthy(struct weir_lb *lb, const char *address, boo
 /** Drains (true) or restores (false) a backend by address. 0 or WEIR_EINVAL. */
 WEIR_EXTERN int weir_lb_set_drain(struct weir_lb *lb, const char *address, bool drain);
 
+/* ---- active health checks ---- */
+
+/** What an active health check does. */
+enum weir_health_type {
+    WEIR_HEALTH_HTTP = 0, /**< an HTTP/1.1 request; judged by status (and body) */
+    WEIR_HEALTH_TCP,      /**< a TCP connect; up when it completes */
+};
+
+/** An inclusive range of acceptable status codes. */
+struct weir_status_range {
+    uint16_t lo, hi;
+};
+
+/** One check, run on every backend of a set; zero fields take the defaults given. */
+struct weir_health_check {
+    enum weir_health_type type;
+    const char *method;      /**< "GET" (default) or "HEAD" */
+    const char *path;        /**< default "/" */
+    const char *host;        /**< Host header; NULL: the backend's address */
+    /** Acceptable statuses; none given: 200-399. At most 16 ranges. */
+    const struct weir_status_range *statuses;
+    size_t nstatuses;
+    /** Text the first 4 KiB of the response body (as received) must contain; NULL: none. */
+    const char *expect_body;
+    uint32_t interval_ms; /**< between the starts of two checks of a backend; default 5000 */
+    uint32_t timeout_ms;  /**< a check not done by then failed; default 2000; <= interval */
+    uint32_t rise;        /**< passes in a row that bring a down backend up; default 2 */
+    uint32_t fall;        /**< failures in a row that take an up backend down; default 3 */
+};
+
+/**
+ * A health checker: any number of (set, check) pairs, checked from one background service
+ * thread. Backends start up; a backend marked down is skipped by weir_lb_select (backups and
+ * fail_open apply as for passive ejection). Transitions are logged.
+ */
+struct weir_health;
+
+WEIR_EXTERN struct weir_health *weir_health_new(void);
+/**
+ * Checks lb's backends (the current set at each round) with hc (copied). Before the server
+ * runs. 0, WEIR_EINVAL (bad values, or lb already checked) or WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_health_add(struct weir_health *h, struct weir_lb *lb,
+                                const struct weir_health_check *hc);
+/** After the server has stopped. Accepts NULL. */
+WEIR_EXTERN void weir_health_free(struct weir_health *h);
+
+struct weir_background_ops; /* weir/server.h */
+
+/** The checker as a background service: weir_server_add_background(srv, "health",
+    &weir_health_service, h). */
+extern WEIR_EXTERN const struct weir_background_ops weir_health_service;
+
 WEIR_END_DECLS
 
 #endif

@@ -871,9 +871,147 @@ static void hash_key_value(struct ctx *c, const struct ynode *n, struct weir_cfg
     path_pop(c, old);
 }
 
+/* A Host header value: name or address, optional port. */
+static bool host_header_ok(const char *h)
+{
+    size_t len = strlen(h);
+    if (len == 0 || len > 255) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char ch = h[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                  ch == '-' || ch == '.' || ch == '_' || ch == ':' || ch == '[' || ch == ']';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* expect_status: a status, "NNN-NNN", or a sequence of them. */
+static void status_item(struct ctx *c, const struct ynode *n, struct weir_cfg_health *h)
+{
+    static const char what[] = "a status (200) or a range (200-399) between 100 and 599";
+    const struct ynode *sv = scalar(c, n, what);
+    if (sv == NULL) {
+        return;
+    }
+    unsigned lo = 0, hi = 0;
+    char tail = 0;
+    char text[16];
+    bool ok = sv->len < sizeof(text);
+    if (ok) {
+        memcpy(text, sv->text, sv->len);
+        text[sv->len] = '\0';
+        int k = sscanf(text, "%3u-%3u%c", &lo, &hi, &tail);
+        if (k == 1 && strlen(text) == 3) {
+            hi = lo;
+        }
+        ok = ((k == 1 && strlen(text) == 3) || (k == 2 && strlen(text) == 7)) && lo >= 100 &&
+             hi <= 599 && lo <= hi;
+    }
+    if (!ok) {
+        char shown[WEIR__CFG_DESCRIBE_MAX];
+        err(c, n, "expected %s, got %s", what, weir__cfg_describe(sv, shown, sizeof(shown)));
+        return;
+    }
+    if (h->nstatus == 16) {
+        err(c, n, "at most 16 status ranges");
+        return;
+    }
+    h->status_lo[h->nstatus] = (uint16_t)lo;
+    h->status_hi[h->nstatus] = (uint16_t)hi;
+    h->nstatus++;
+}
+
+static void health_section(struct ctx *c, const struct ynode *m, struct weir_cfg_health *h)
+{
+    enum { K_TYPE, K_METHOD, K_PATH, K_HOST, K_STATUS, K_BODY, K_INTERVAL, K_TIMEOUT, K_RISE,
+           K_FALL, K_N };
+    static const struct keyspec keys[K_N] = {
+        [K_TYPE] = {"type", 0},         [K_METHOD] = {"method", 0},
+        [K_PATH] = {"path", 0},         [K_HOST] = {"host", 0},
+        [K_STATUS] = {"expect_status", 0}, [K_BODY] = {"expect_body", 0},
+        [K_INTERVAL] = {"interval", 0}, [K_TIMEOUT] = {"timeout", 0},
+        [K_RISE] = {"rise", 0},         [K_FALL] = {"fall", 0},
+    };
+    static const char *const types[] = {"http", "tcp"};
+    static const char *const methods[] = {"GET", "HEAD"};
+    const struct ynode *v[K_N];
+    h->enabled = true;
+    h->interval_ms = 5000;
+    h->timeout_ms = 2000;
+    h->rise = 2;
+    h->fall = 3;
+    if (!fields(c, m, keys, K_N, v, "a mapping of health check settings")) {
+        return;
+    }
+    int e = 0;
+    get_enum(c, v[K_TYPE], "type", types, 2, &e);
+    h->tcp = e == 1;
+    e = 0;
+    get_enum(c, v[K_METHOD], "method", methods, 2, &e);
+    h->method = methods[e];
+    if (v[K_PATH] != NULL) {
+        size_t old = path_key(c, "path");
+        const char *pth = string_value(c, v[K_PATH], "a path starting with /");
+        if (pth != NULL && (pth[0] != '/' || strpbrk(pth, " \t#") != NULL ||
+                            strlen(pth) > 512)) {
+            err(c, v[K_PATH], "expected a path starting with / (no spaces or #, at most 512 "
+                              "bytes), got '%s'", pth);
+        } else {
+            h->path = pth;
+        }
+        path_pop(c, old);
+    }
+    if (v[K_HOST] != NULL) {
+        size_t old = path_key(c, "host");
+        const char *host = string_value(c, v[K_HOST], "a host name");
+        if (host != NULL && !host_header_ok(host)) {
+            err(c, v[K_HOST], "expected a host name (and :port), got '%s'", host);
+        } else {
+            h->host = host;
+        }
+        path_pop(c, old);
+    }
+    if (v[K_STATUS] != NULL) {
+        size_t old = path_key(c, "expect_status");
+        const struct ynode *d = weir__ynode_deref(v[K_STATUS]);
+        if (d->type == YN_SEQ) {
+            size_t i = 0;
+            for (const struct ynode *it = d->first; it != NULL; it = it->next, i++) {
+                size_t o = path_index(c, i);
+                status_item(c, it, h);
+                path_pop(c, o);
+            }
+        } else {
+            status_item(c, v[K_STATUS], h);
+        }
+        path_pop(c, old);
+    }
+    get_string(c, v[K_BODY], "expect_body", "text to find in the body", &h->expect_body);
+    if (h->expect_body != NULL && (h->expect_body[0] == '\0' || strlen(h->expect_body) > 4096)) {
+        err(c, v[K_BODY], "expect_body must be 1 to 4096 bytes");
+    }
+    get_duration(c, v[K_INTERVAL], "interval", 10, &h->interval_ms);
+    get_duration(c, v[K_TIMEOUT], "timeout", 10, &h->timeout_ms);
+    if (h->timeout_ms > h->interval_ms) {
+        err(c, v[K_TIMEOUT] ? v[K_TIMEOUT] : m, "timeout must not be longer than interval (%ums)",
+            h->interval_ms);
+    }
+    get_u32(c, v[K_RISE], "rise", 1, 100, &h->rise);
+    get_u32(c, v[K_FALL], "fall", 1, 100, &h->fall);
+    if (h->tcp && (v[K_METHOD] || v[K_PATH] || v[K_HOST] || v[K_STATUS] || v[K_BODY])) {
+        err(c, v[K_TYPE], "type: tcp only connects: method, path, host, expect_status and "
+                          "expect_body need type: http");
+    }
+}
+
 static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg_upstream *u)
 {
-    enum { K_BALANCE, K_HASH_KEY, K_FAIL_OPEN, K_MAX_FAILS, K_EJECT, K_EJECT_MAX, K_BACKENDS, K_N };
+    enum { K_BALANCE, K_HASH_KEY, K_FAIL_OPEN, K_MAX_FAILS, K_EJECT, K_EJECT_MAX, K_HEALTH,
+           K_BACKENDS, K_N };
     static const struct keyspec keys[K_N] = {
         [K_BALANCE] = {"balance", 0},
         [K_HASH_KEY] = {"hash_key", 0},
@@ -881,6 +1019,7 @@ static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg
         [K_MAX_FAILS] = {"max_fails", 0},
         [K_EJECT] = {"eject", 0},
         [K_EJECT_MAX] = {"eject_max", 0},
+        [K_HEALTH] = {"health_check", 0},
         [K_BACKENDS] = {"backends", KEY_REQUIRED},
     };
     static const char *const balances[] = {"round_robin", "random", "least_conn",
@@ -912,6 +1051,11 @@ static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg
     get_duration(c, v[K_EJECT_MAX], "eject_max", 1, &u->eject_max_ms);
     if (v[K_EJECT_MAX] != NULL && u->eject_max_ms < u->eject_ms) {
         err(c, v[K_EJECT_MAX], "eject_max must not be shorter than eject");
+    }
+    if (v[K_HEALTH] != NULL) {
+        size_t old = path_key(c, "health_check");
+        health_section(c, v[K_HEALTH], &u->health);
+        path_pop(c, old);
     }
     if (v[K_BACKENDS] != NULL) {
         backends_value(c, v[K_BACKENDS], u);

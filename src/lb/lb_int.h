@@ -23,6 +23,8 @@ struct weir_backend {
     atomic_bool healthy;   /* active health checks (true until one says otherwise) */
     atomic_bool drain;
     _Atomic uint64_t selected;
+    /* active health checks: the checker's thread only */
+    uint32_t hc_passes, hc_fails;
     /* immutable */
     uint32_t max_fails, eject_ms, eject_max_ms;
     struct sockaddr_storage addr;
