@@ -7,15 +7,23 @@
  * The load balancers are built once per configuration, before the workers start, and shared
  * by every worker; selecting needs no lock.
  */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "app.h"
+
+/*
+ * A route's retry budget, in thousandths of a retry: each request adds retry_budget percent of
+ * one, each retry on another backend spends one. Starts full: a reserve of BUDGET_RESERVE.
+ */
+#define BUDGET_RESERVE 10000
 
 struct weir_app_router {
     const struct weir_config *cfg;
     struct weir_lb **lbs; /* one per cfg->upstreams[i] */
     size_t nlbs;
     struct weir_health *health; /* NULL when no group has a health_check */
+    _Atomic int64_t *budget;    /* one per cfg->routes[i] */
 };
 
 struct route_ctx {
@@ -29,6 +37,7 @@ void weir_app_router_free(struct weir_app_router *r)
         return;
     }
     weir_health_free(r->health);
+    weir_free(r->budget);
     for (size_t i = 0; i < r->nlbs; i++) {
         weir_lb_free(r->lbs[i]);
     }
@@ -76,11 +85,19 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
         return WEIR_ENOMEM;
     }
     r->cfg = cfg;
+    r->budget = weir_calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*r->budget));
+    if (r->budget == NULL) {
+        weir_free(r);
+        return WEIR_ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        atomic_init(&r->budget[i], BUDGET_RESERVE);
+    }
     /* An array of pointers: sizeof(*r->lbs) is a pointer's size on purpose. */
     // NOLINTNEXTLINE(bugprone-sizeof-expression)
     r->lbs = weir_calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(*r->lbs));
     if (r->lbs == NULL) {
-        weir_free(r);
+        weir_app_router_free(r);
         return WEIR_ENOMEM;
     }
     for (size_t i = 0; i < cfg->nupstreams; i++) {
@@ -288,6 +305,72 @@ static int apply_edits(struct weir_headers *h, const struct weir_cfg_header_edit
     return 0;
 }
 
+/* ---- retries ---- */
+
+static _Atomic int64_t *route_budget(const struct route_ctx *rc)
+{
+    return &rc->router->budget[rc->route - rc->router->cfg->routes];
+}
+
+static void earn_budget(const struct route_ctx *rc)
+{
+    int64_t pct = rc->route->retry_budget_percent;
+    if (pct == 0 || rc->router == NULL) {
+        return;
+    }
+    _Atomic int64_t *b = route_budget(rc);
+    /* A load first: a full budget (the usual case) costs no shared write. */
+    if (atomic_load_explicit(b, memory_order_relaxed) < BUDGET_RESERVE) {
+        atomic_fetch_add_explicit(b, pct * 10, memory_order_relaxed);
+    }
+}
+
+static bool spend_budget(const struct route_ctx *rc)
+{
+    _Atomic int64_t *b = route_budget(rc);
+    if (atomic_fetch_sub_explicit(b, 1000, memory_order_relaxed) >= 1000) {
+        return true;
+    }
+    atomic_fetch_add_explicit(b, 1000, memory_order_relaxed); /* not spent after all */
+    return false;
+}
+
+static bool idempotent(struct weir_iov m)
+{
+    static const char *const safe[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"};
+    for (size_t i = 0; i < sizeof(safe) / sizeof(safe[0]); i++) {
+        if (weir_iov_eq(m, weir_iov_cstr(safe[i]))) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void fail_to_connect(struct weir_session *s, void *ctx, const struct weir_peer *peer,
+                            struct weir_error *err)
+{
+    struct route_ctx *rc = ctx;
+    if (err->retry && rc != NULL && rc->route != NULL && !spend_budget(rc)) {
+        weir_log(WEIR_LOG_WARN, "route %s: retry budget spent; not retrying", rc->route->name);
+        err->retry = false;
+    }
+}
+
+static void error_while_proxy(struct weir_session *s, void *ctx, const struct weir_peer *peer,
+                              struct weir_error *err)
+{
+    struct route_ctx *rc = ctx;
+    if (err->retry || rc == NULL || rc->route == NULL || !rc->route->retry_idempotent ||
+        !idempotent(weir_req_method(weir_session_req(s)))) {
+        return; /* preset retries (a dead pooled connection) cost nothing: left as they are */
+    }
+    if (spend_budget(rc)) {
+        err->retry = true;
+    } else {
+        weir_log(WEIR_LOG_WARN, "route %s: retry budget spent; not retrying", rc->route->name);
+    }
+}
+
 static void *new_ctx(struct weir_session *s, void *data)
 {
     struct route_ctx *rc = weir_arena_calloc(weir_session_arena(s), sizeof(*rc));
@@ -311,6 +394,7 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
         }
         return WEIR_HOOK_DONE;
     }
+    earn_budget(rc);
     return apply_edits(weir_req_headers(req), &rc->route->request_headers) == 0
                ? WEIR_HOOK_CONTINUE
                : WEIR_HOOK_ERROR;
@@ -352,4 +436,6 @@ const struct weir_proxy_hooks weir_app_router_hooks = {
     .request_filter = request_filter,
     .upstream_peer = upstream_peer,
     .response_filter = response_filter,
+    .fail_to_connect = fail_to_connect,
+    .error_while_proxy = error_while_proxy,
 };

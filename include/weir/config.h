@@ -165,6 +165,12 @@ struct weir_cfg_route {
     const struct weir_cfg_upstream *upstream;
     struct weir_cfg_header_edits request_headers;
     struct weir_cfg_header_edits response_headers;
+    /** Retry idempotent requests (GET, HEAD, OPTIONS, TRACE, PUT, DELETE without a body) whose
+        upstream failed before any response byte, on another backend; default false */
+    bool retry_idempotent;
+    /** Retries on another backend, as a share of the route's requests: percent, 0..100;
+        default 20 (plus a reserve of 10); connect retries count too */
+    uint32_t retry_budget_percent;
 };
 
 /** A whole loaded configuration. Immutable; free with weir_config_free. */

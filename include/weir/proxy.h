@@ -83,9 +83,13 @@ struct weir_proxy_hooks {
     void (*fail_to_connect)(struct weir_session *s, void *ctx, const struct weir_peer *peer,
                             struct weir_error *err);
     /**
-     * The exchange with the upstream failed after connecting. err->retry is preset when the
-     * request can safely be sent again (a reused connection that died before any byte of
-     * response); the hook may clear it.
+     * The exchange with the upstream failed after connecting (including a read or write
+     * timeout). err->retry comes preset when a reused connection died before any byte of
+     * response: the request goes again on a fresh connection to the same peer, outside
+     * max_retries. The hook may clear it, or set it for any other failure: the request is then
+     * retried (upstream_peer runs again; weir_lb_select avoids this backend) if it can be
+     * replayed (no byte of its body consumed, no byte of response seen) and max_retries
+     * allows. Set it only for requests that are safe to send twice (idempotent ones).
      */
     void (*error_while_proxy)(struct weir_session *s, void *ctx, const struct weir_peer *peer,
                               struct weir_error *err);

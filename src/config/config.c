@@ -1405,17 +1405,20 @@ static void route_upstream(struct ctx *c, const struct ynode *n, struct weir_cfg
 
 static void route_item(struct ctx *c, const struct ynode *m, struct weir_cfg_route *r)
 {
-    enum { K_NAME, K_MATCH, K_UPSTREAM, K_REQ, K_RESP, K_N };
+    enum { K_NAME, K_MATCH, K_UPSTREAM, K_REQ, K_RESP, K_RETRY_IDEM, K_BUDGET, K_N };
     static const struct keyspec keys[K_N] = {
         [K_NAME] = {"name", 0},
         [K_MATCH] = {"match", 0},
         [K_UPSTREAM] = {"upstream", KEY_REQUIRED},
         [K_REQ] = {"request_headers", 0},
         [K_RESP] = {"response_headers", 0},
+        [K_RETRY_IDEM] = {"retry_idempotent", 0},
+        [K_BUDGET] = {"retry_budget", 0},
     };
     const struct ynode *v[K_N];
     r->name = "";
     r->path_prefix = "/";
+    r->retry_budget_percent = 20;
     if (weir__ynode_is_null(m)) {
         err(c, m, "expected a route (a mapping with upstream and optional match), got nothing");
         return;
@@ -1441,6 +1444,24 @@ static void route_item(struct ctx *c, const struct ynode *m, struct weir_cfg_rou
     if (v[K_RESP] != NULL) {
         old = path_key(c, "response_headers");
         header_edits(c, v[K_RESP], &r->response_headers);
+        path_pop(c, old);
+    }
+    get_bool(c, v[K_RETRY_IDEM], "retry_idempotent", &r->retry_idempotent);
+    if (v[K_BUDGET] != NULL) {
+        old = path_key(c, "retry_budget");
+        static const char what[] = "a percentage like 20%";
+        const struct ynode *sv = scalar(c, v[K_BUDGET], what);
+        uint64_t pct = 0;
+        if (sv != NULL) {
+            if (sv->len >= 2 && sv->text[sv->len - 1] == '%' &&
+                parse_u64(sv->text, sv->len - 1, &pct) && pct <= 100) {
+                r->retry_budget_percent = (uint32_t)pct;
+            } else {
+                char shown[WEIR__CFG_DESCRIBE_MAX];
+                err(c, v[K_BUDGET], "expected %s (0%% to 100%%), got %s", what,
+                    weir__cfg_describe(sv, shown, sizeof(shown)));
+            }
+        }
         path_pop(c, old);
     }
 }

@@ -581,16 +581,30 @@ static bool can_retry_stale(const struct weir_session *s)
            s->reqp.pending_consume == 0 && s->stale_retries < 3;
 }
 
-static void retry_stale(struct weir_session *s)
+/* Puts the request back to before its first byte went upstream; the head built before is
+   reused. Only for a request nothing of whose body was consumed and nothing of whose
+   response reached the client. */
+static void rewind_request(struct weir_session *s)
 {
-    s->stale_retries++;
     weir__exchange_release_upstream(s, false);
-    /* Start the request over on a fresh connection; the head built before is reused. */
     s->reqp.in_left = s->req_length;
     s->reqp.in_done = s->reqp.out_done = s->reqp.end_filtered = false;
     weir__h1_chunked_init(&s->reqp.dec, 4096, s->cfg->server.limits.max_header_bytes);
     s->req_sent = false; /* the head must go out again, or we wait for an answer forever */
     s->resp_head_done = false;
+}
+
+/* Nothing of the request body was consumed and no response byte arrived. */
+static bool replayable(const struct weir_session *s)
+{
+    return !s->resp_byte_seen && !s->resp_started && s->reqp.bytes == 0 &&
+           s->reqp.pending_consume == 0;
+}
+
+static void retry_stale(struct weir_session *s)
+{
+    s->stale_retries++;
+    rewind_request(s);
     struct weir__upconn *u = NULL;
     int rc = weir__upconn_connect(s->w->pool, &s->peer, &u);
     if (rc != 0) {
@@ -610,19 +624,37 @@ static void retry_stale(struct weir_session *s)
     weir__exchange_run(s);
 }
 
-/* The exchange with the upstream failed after connecting. */
+/*
+ * The exchange with the upstream failed after connecting. A reused connection that died
+ * before answering is retried on a fresh one to the same peer (preset; not a backend failure,
+ * not counted in max_retries). Otherwise error_while_proxy may ask for a retry, honoured when
+ * the request can be replayed (nothing of its body consumed, no response byte seen) and
+ * max_retries allows: upstream_peer then chooses again, away from this backend.
+ */
 static void upstream_error(struct weir_session *s, enum weir_error_type type, int sys_errno,
                            const char *context)
 {
-    struct weir_error e = {type, WEIR_SRC_UPSTREAM, can_retry_stale(s), sys_errno, context};
+    bool timeout = type == WEIR_ERR_READ_TIMEOUT || type == WEIR_ERR_WRITE_TIMEOUT;
+    bool stale = !timeout && can_retry_stale(s);
+    struct weir_error e = {type, WEIR_SRC_UPSTREAM, stale, sys_errno, context};
     if (s->w->hooks->error_while_proxy) {
         s->w->hooks->error_while_proxy(s, s->ctx, &s->peer, &e);
     }
-    if (e.retry && can_retry_stale(s)) {
+    if (e.retry && stale) {
         retry_stale(s); /* a pooled connection the peer had closed: not the backend's fault */
         return;
     }
     weir__backend_failed(s->peer.backend);
+    if (e.retry && replayable(s) && s->retries < s->cfg->server.max_retries) {
+        weir_log(WEIR_LOG_INFO, "upstream %s: %s (%s); retrying", s->peer.name,
+                 weir_error_type_str(type), context ? context : "");
+        rewind_request(s);
+        s->retries++;
+        s->have_peer = false;
+        s->phase = PH_PEER;
+        weir__session_run(s);
+        return;
+    }
     weir__session_fail(s, type, WEIR_SRC_UPSTREAM, sys_errno, context);
 }
 
@@ -971,8 +1003,7 @@ static void arm_timers(struct weir_session *s)
             if (type == WEIR_ERR_CONNECT_TIMEOUT) {
                 weir__exchange_connect_failed(s, WEIR_ETIMEDOUT);
             } else {
-                weir__backend_failed(s->peer.backend);
-                weir__session_fail(s, type, WEIR_SRC_UPSTREAM, 0, "upstream timeout");
+                upstream_error(s, type, 0, "upstream timeout");
             }
             return;
         }

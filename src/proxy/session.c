@@ -480,7 +480,9 @@ void weir__session_finish(struct weir_session *s)
     }
     weir__access_log_request(s);
     weir_peer_release(&s->peer);
-    bool close_conn = s->close_after || !s->client_keep_alive || s->failed;
+    /* A failure answered with a whole error response (request fully read) keeps the
+       connection, as its Connection field said; every other failure set close_after. */
+    bool close_conn = s->close_after || !s->client_keep_alive;
     struct weir_snapshot_holder *h = s->holder;
     struct weir_arena *a = s->arena;
     s->magic = 0;

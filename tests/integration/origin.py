@@ -84,6 +84,12 @@ class Origin:
     def stop(self):
         self.stopping = True
         try:
+            # shutdown first: a close alone leaves the socket listening while the accept
+            # thread is blocked on it, so connects would still succeed.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
             self.sock.close()
         except OSError:
             pass
