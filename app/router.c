@@ -38,7 +38,7 @@ void weir_app_router_free(struct weir_app_router *r)
     }
     weir_health_free(r->health);
     weir_free(r->budget);
-    for (size_t i = 0; i < r->nlbs; i++) {
+    for (size_t i = 0; r->lbs != NULL && i < r->nlbs; i++) {
         weir_lb_free(r->lbs[i]);
     }
     weir_free(r->lbs);
@@ -110,7 +110,8 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
         }
         for (size_t j = 0; j < up->nbackends; j++) {
             specs[j] = (struct weir_lb_backend){up->backends[j].address, up->backends[j].weight,
-                                                up->backends[j].backup, up->backends[j].drain};
+                                                up->backends[j].backup, up->backends[j].drain,
+                                                up->backends[j].max_conns};
         }
         struct weir_lb_options opt = {
             .algorithm = (enum weir_lb_algorithm)up->balance,
@@ -118,6 +119,8 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
             .max_fails = up->max_fails == 0 ? UINT32_MAX : up->max_fails,
             .eject_ms = up->eject_ms,
             .eject_max_ms = up->eject_max_ms,
+            .queue_size = up->queue_size == 0 ? UINT32_MAX : up->queue_size,
+            .queue_timeout_ms = up->queue_timeout_ms,
         };
         const char *why = NULL;
         int rc = weir_lb_new(&opt, specs, up->nbackends, &r->lbs[i], &why);
@@ -412,11 +415,7 @@ static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
     const struct weir_cfg_upstream *up = &cfg->upstreams[idx];
     struct weir_iov key = up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up)
                                                                       : (struct weir_iov){"", 0};
-    if (weir_lb_select(rc->router->lbs[idx], key, peer) != 0) {
-        weir_session_set_error(s, WEIR_ERR_NO_BACKEND);
-        return WEIR_HOOK_ERROR;
-    }
-    return WEIR_HOOK_CONTINUE;
+    return weir_session_select_backend(s, rc->router->lbs[idx], key, peer);
 }
 
 static enum weir_hook_result response_filter(struct weir_session *s, void *ctx,

@@ -124,6 +124,7 @@ struct weir_cfg_backend {
     uint32_t weight;     /**< 1..256, default 1 */
     bool backup;         /**< used only while no primary backend can be */
     bool drain;          /**< out of rotation (nginx's `down`) */
+    uint32_t max_conns;  /**< requests in flight to it at once; 0 = no cap */
 };
 
 /** upstreams.*.health_check: an active check of every backend. */
@@ -153,6 +154,8 @@ struct weir_cfg_upstream {
     uint32_t eject_ms;            /**< first ejection; doubles while failing; default 10000 */
     uint32_t eject_max_ms;        /**< longest ejection; default 300000 */
     struct weir_cfg_health health;
+    uint32_t queue_size;       /**< requests that may wait for a backend under max_conns; 128 */
+    uint32_t queue_timeout_ms; /**< how long one may wait; default 5000 */
     const struct weir_cfg_backend *backends;
     size_t nbackends;
 };

@@ -48,6 +48,9 @@ struct weir_lb_backend {
     uint32_t weight; /**< 1..WEIR_LB_MAX_WEIGHT; 0 means 1 */
     bool backup;     /**< used only while no primary backend can be */
     bool drain;      /**< administratively out of rotation (nginx's `down`) */
+    /** Requests in flight to it at once, all workers together (with HTTP/1, the upstream
+        connections in use); 0 = no cap. A backend at its cap is passed over. */
+    uint32_t max_conns;
 };
 
 /** Behaviour of a set; zero-initialised options are the defaults described. */
@@ -66,6 +69,11 @@ struct weir_lb_options {
     uint32_t eject_ms;
     /** Longest ejection in ms (0 = default 300000). */
     uint32_t eject_max_ms;
+    /** Requests that may wait (weir_session_select_backend) while every usable backend is at
+        its max_conns; 0 = default 128; UINT32_MAX: none wait (503 at once). */
+    uint32_t queue_size;
+    /** How long one may wait, in ms; 0 = default 5000. */
+    uint32_t queue_timeout_ms;
 };
 
 struct weir_lb;
@@ -92,9 +100,10 @@ WEIR_EXTERN void weir_lb_free(struct weir_lb *lb);
 /**
  * Picks a backend for key (used by WEIR_LB_KETAMA; ignored otherwise) and fills peer's
  * address and name, keeping its timeouts. Worker threads only (an RCU reader). A peer that
- * already holds a backend releases it first. 0, or WEIR_EUNAVAILABLE when no backend may be
- * used: the hook then calls weir_session_set_error(s, WEIR_ERR_NO_BACKEND) and returns
- * WEIR_HOOK_ERROR, which answers 503.
+ * already holds a backend releases it first. 0; WEIR_ELIMIT when the backends that may be used
+ * are all at their max_conns; or WEIR_EUNAVAILABLE when none may be used: the hook then calls
+ * weir_session_set_error(s, WEIR_ERR_NO_BACKEND) and returns WEIR_HOOK_ERROR, which answers
+ * 503. weir_session_select_backend (weir/proxy.h) does all of that, and waits on WEIR_ELIMIT.
  */
 WEIR_EXTERN int weir_lb_select(struct weir_lb *lb, struct weir_iov key, struct weir_peer *peer);
 

@@ -156,6 +156,18 @@ WEIR_EXTERN int weir_session_respond_text(struct weir_session *s, int status,
                                           struct weir_iov body);
 
 /**
+ * For upstream_peer: picks a backend of lb for key into peer (weir_lb_select). While every
+ * usable backend is at its max_conns the request waits, suspended, within lb's queue_size and
+ * queue_timeout, then tries again. Returns what upstream_peer should return: CONTINUE (peer
+ * filled), PENDING (it will resume by itself) or ERROR (503, no backend). key must stay valid
+ * until the request ends (request or arena memory).
+ */
+WEIR_EXTERN enum weir_hook_result weir_session_select_backend(struct weir_session *s,
+                                                              struct weir_lb *lb,
+                                                              struct weir_iov key,
+                                                              struct weir_peer *peer);
+
+/**
  * From a hook about to return WEIR_HOOK_ERROR: the error type the request fails with (default
  * WEIR_ERR_HOOK, answered 500). WEIR_ERR_NO_BACKEND, for weir_lb_select's WEIR_EUNAVAILABLE,
  * is answered 503.

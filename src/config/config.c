@@ -759,12 +759,13 @@ static void listeners_section(struct ctx *c, const struct ynode *n, struct weir_
 
 static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_backend *b)
 {
-    enum { K_ADDR, K_WEIGHT, K_BACKUP, K_DRAIN, K_N };
+    enum { K_ADDR, K_WEIGHT, K_BACKUP, K_DRAIN, K_MAXCONNS, K_N };
     static const struct keyspec keys[K_N] = {
         [K_ADDR] = {"address", KEY_REQUIRED},
         [K_WEIGHT] = {"weight", 0},
         [K_BACKUP] = {"backup", 0},
         [K_DRAIN] = {"drain", 0},
+        [K_MAXCONNS] = {"max_conns", 0},
     };
     const struct ynode *v[K_N];
     const struct ynode *d = weir__ynode_deref(n);
@@ -774,7 +775,7 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
         return;
     }
     if (!fields(c, n, keys, K_N, v,
-                "host:port or a mapping with address, weight, backup, drain")) {
+                "host:port or a mapping with address, weight, backup, drain, max_conns")) {
         return;
     }
     if (v[K_ADDR] != NULL) {
@@ -785,6 +786,7 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
     get_u32(c, v[K_WEIGHT], "weight", 1, WEIR_LB_MAX_WEIGHT, &b->weight);
     get_bool(c, v[K_BACKUP], "backup", &b->backup);
     get_bool(c, v[K_DRAIN], "drain", &b->drain);
+    get_u32(c, v[K_MAXCONNS], "max_conns", 0, 1000000, &b->max_conns);
 }
 
 static void backends_value(struct ctx *c, const struct ynode *n, struct weir_cfg_upstream *u)
@@ -1011,7 +1013,7 @@ static void health_section(struct ctx *c, const struct ynode *m, struct weir_cfg
 static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg_upstream *u)
 {
     enum { K_BALANCE, K_HASH_KEY, K_FAIL_OPEN, K_MAX_FAILS, K_EJECT, K_EJECT_MAX, K_HEALTH,
-           K_BACKENDS, K_N };
+           K_QUEUE, K_QUEUE_TIMEOUT, K_BACKENDS, K_N };
     static const struct keyspec keys[K_N] = {
         [K_BALANCE] = {"balance", 0},
         [K_HASH_KEY] = {"hash_key", 0},
@@ -1020,6 +1022,8 @@ static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg
         [K_EJECT] = {"eject", 0},
         [K_EJECT_MAX] = {"eject_max", 0},
         [K_HEALTH] = {"health_check", 0},
+        [K_QUEUE] = {"queue_size", 0},
+        [K_QUEUE_TIMEOUT] = {"queue_timeout", 0},
         [K_BACKENDS] = {"backends", KEY_REQUIRED},
     };
     static const char *const balances[] = {"round_robin", "random", "least_conn",
@@ -1028,6 +1032,8 @@ static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg
     u->max_fails = 3;
     u->eject_ms = 10000;
     u->eject_max_ms = 300000;
+    u->queue_size = 128;
+    u->queue_timeout_ms = 5000;
     if (!fields(c, m, keys, K_N, v, "a mapping with balance and backends")) {
         return;
     }
@@ -1052,6 +1058,8 @@ static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg
     if (v[K_EJECT_MAX] != NULL && u->eject_max_ms < u->eject_ms) {
         err(c, v[K_EJECT_MAX], "eject_max must not be shorter than eject");
     }
+    get_u32(c, v[K_QUEUE], "queue_size", 0, 1000000, &u->queue_size);
+    get_duration(c, v[K_QUEUE_TIMEOUT], "queue_timeout", 1, &u->queue_timeout_ms);
     if (v[K_HEALTH] != NULL) {
         size_t old = path_key(c, "health_check");
         health_section(c, v[K_HEALTH], &u->health);

@@ -55,6 +55,7 @@ struct weir_lb {
     struct lbset *set; /* RCU-published */
     pthread_mutex_t update_lock;
     struct weir_lb_options opt;
+    atomic_uint waiting; /* requests waiting for room (weir__lb_queue_enter) */
 };
 
 /* ---- clock, random ---- */
@@ -130,14 +131,38 @@ void weir__backend_unref(struct weir_backend *b)
     }
 }
 
-static bool usable(struct weir_backend *b, uint64_t *now, bool ignore_health)
+static bool healthy_now(struct weir_backend *b, uint64_t *now);
+
+/* What a pick is told and tells back. */
+struct pickst {
+    uint64_t now;       /* 0 until needed */
+    bool ignore_health; /* fail open */
+    bool capped;        /* a backend was passed over only for being at its max_conns */
+};
+
+static bool at_cap(struct weir_backend *b)
+{
+    unsigned cap = atomic_load_explicit(&b->max_conns, memory_order_relaxed);
+    return cap != 0 && atomic_load_explicit(&b->active, memory_order_relaxed) >= cap;
+}
+
+static bool usable(struct weir_backend *b, struct pickst *ps)
 {
     if (atomic_load_explicit(&b->drain, memory_order_relaxed)) {
         return false;
     }
-    if (ignore_health) {
-        return true;
+    if (!ps->ignore_health && !healthy_now(b, &ps->now)) {
+        return false;
     }
+    if (at_cap(b)) {
+        ps->capped = true;
+        return false;
+    }
+    return true;
+}
+
+static bool healthy_now(struct weir_backend *b, uint64_t *now)
+{
     if (!atomic_load_explicit(&b->healthy, memory_order_relaxed)) {
         return false;
     }
@@ -218,6 +243,7 @@ static struct weir_backend *backend_new(const struct weir_lb_options *opt,
     atomic_init(&b->ejected_until_ms, 0);
     atomic_init(&b->healthy, true);
     atomic_init(&b->drain, spec->drain);
+    atomic_init(&b->max_conns, spec->max_conns);
     atomic_init(&b->selected, 0);
     b->max_fails = opt->max_fails;
     b->eject_ms = opt->eject_ms;
@@ -426,6 +452,7 @@ static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
             }
         } else {
             atomic_store_explicit(&be->drain, b[i].drain, memory_order_relaxed);
+            atomic_store_explicit(&be->max_conns, b[i].max_conns, memory_order_relaxed);
         }
         weir__backend_ref(be);
         s->all[i] = be;
@@ -486,6 +513,15 @@ int weir_lb_new(const struct weir_lb_options *opt, const struct weir_lb_backend 
     if (lb->opt.eject_max_ms < lb->opt.eject_ms) {
         lb->opt.eject_max_ms = lb->opt.eject_ms;
     }
+    if (lb->opt.queue_size == 0) {
+        lb->opt.queue_size = 128;
+    } else if (lb->opt.queue_size == UINT32_MAX) {
+        lb->opt.queue_size = 0;
+    }
+    if (lb->opt.queue_timeout_ms == 0) {
+        lb->opt.queue_timeout_ms = 5000;
+    }
+    atomic_init(&lb->waiting, 0);
     if (pthread_mutex_init(&lb->update_lock, NULL) != 0) {
         weir__free(lb);
         return WEIR_ENOMEM;
@@ -546,11 +582,11 @@ size_t weir_lb_size(const struct weir_lb *lb)
 /* ---- selection ---- */
 
 static struct weir_backend *scan(const struct tier *t, uint32_t start, const void *avoid,
-                                 uint64_t *now, bool ignore_health)
+                                 struct pickst *ps)
 {
     for (uint32_t i = 0; i < t->seqlen; i++) {
         struct weir_backend *b = t->b[t->seq[(start + i) % t->seqlen]];
-        if (b != avoid && usable(b, now, ignore_health)) {
+        if (b != avoid && usable(b, ps)) {
             return b;
         }
     }
@@ -566,8 +602,7 @@ static bool less_loaded(const struct tier *t, uint32_t a, uint32_t b)
 }
 
 static struct weir_backend *pick(struct weir_lb *lb, struct tier *t, uint32_t key_hash,
-                                 size_t key_len, const void *avoid, uint64_t *now,
-                                 bool ignore_health)
+                                 size_t key_len, const void *avoid, struct pickst *ps)
 {
     if (t->seqlen == 0) {
         return NULL;
@@ -579,10 +614,10 @@ static struct weir_backend *pick(struct weir_lb *lb, struct tier *t, uint32_t ke
     switch (alg) {
     case WEIR_LB_ROUND_ROBIN: {
         uint64_t c = atomic_fetch_add_explicit(&t->cursor, 1, memory_order_relaxed);
-        return scan(t, (uint32_t)(c % t->seqlen), avoid, now, ignore_health);
+        return scan(t, (uint32_t)(c % t->seqlen), avoid, ps);
     }
     case WEIR_LB_RANDOM:
-        return scan(t, (uint32_t)(rand64() % t->seqlen), avoid, now, ignore_health);
+        return scan(t, (uint32_t)(rand64() % t->seqlen), avoid, ps);
     case WEIR_LB_LEAST_CONN: {
         uint32_t pos = (uint32_t)(rand64() % t->seqlen);
         uint32_t a = t->seq[pos];
@@ -591,8 +626,8 @@ static struct weir_backend *pick(struct weir_lb *lb, struct tier *t, uint32_t ke
         for (uint32_t k = 1; b == a && k < t->seqlen; k++) {
             b = t->seq[(pos + k) % t->seqlen];
         }
-        bool ua = t->b[a] != avoid && usable(t->b[a], now, ignore_health);
-        bool ub = t->b[b] != avoid && usable(t->b[b], now, ignore_health);
+        bool ua = t->b[a] != avoid && usable(t->b[a], ps);
+        bool ub = t->b[b] != avoid && usable(t->b[b], ps);
         if (ua && ub) {
             return t->b[less_loaded(t, b, a) ? b : a];
         }
@@ -603,8 +638,7 @@ static struct weir_backend *pick(struct weir_lb *lb, struct tier *t, uint32_t ke
         struct weir_backend *best = NULL;
         uint32_t bi = 0;
         for (uint32_t i = 0; i < t->n; i++) {
-            if (t->b[i] != avoid && usable(t->b[i], now, ignore_health) &&
-                (best == NULL || less_loaded(t, i, bi))) {
+            if (t->b[i] != avoid && usable(t->b[i], ps) && (best == NULL || less_loaded(t, i, bi))) {
                 best = t->b[i];
                 bi = i;
             }
@@ -624,11 +658,11 @@ static struct weir_backend *pick(struct weir_lb *lb, struct tier *t, uint32_t ke
         }
         for (uint32_t k = 0; k < KETAMA_TRIES && k < t->nring; k++) {
             struct weir_backend *b = t->b[t->ring[(lo + k) % t->nring].idx];
-            if (b != avoid && usable(b, now, ignore_health)) {
+            if (b != avoid && usable(b, ps)) {
                 return b;
             }
         }
-        return scan(t, key_hash % t->seqlen, avoid, now, ignore_health);
+        return scan(t, key_hash % t->seqlen, avoid, ps);
     }
     }
     return NULL;
@@ -644,29 +678,64 @@ void weir_peer_release(struct weir_peer *peer)
     }
 }
 
+/* Counts one more request on b; false when b has just reached its cap (a race lost). */
+static bool reserve(struct weir_backend *b)
+{
+    unsigned cap = atomic_load_explicit(&b->max_conns, memory_order_relaxed);
+    if (cap == 0) {
+        atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
+        return true;
+    }
+    unsigned a = atomic_load_explicit(&b->active, memory_order_relaxed);
+    do {
+        if (a >= cap) {
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&b->active, &a, a + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return true;
+}
+
+static struct weir_backend *choose(struct weir_lb *lb, struct lbset *s, uint32_t h,
+                                   size_t key_len, const void *avoid, struct pickst *ps)
+{
+    struct weir_backend *b = NULL;
+    /* Primaries then backups avoiding the backend just tried; then the same without. */
+    for (int pass = 0; pass < 4 && b == NULL; pass++) {
+        b = pick(lb, &s->tier[pass % 2], h, key_len, pass < 2 ? avoid : NULL, ps);
+    }
+    if (b == NULL && lb->opt.fail_open) {
+        ps->ignore_health = true;
+        b = pick(lb, &s->tier[0], h, key_len, NULL, ps);
+        if (b == NULL) {
+            b = pick(lb, &s->tier[1], h, key_len, NULL, ps);
+        }
+    }
+    return b;
+}
+
 int weir_lb_select(struct weir_lb *lb, struct weir_iov key, struct weir_peer *peer)
 {
     struct lbset *s = weir__rcu_read((void *const *)&lb->set);
     const void *avoid = peer->backend; /* a retry: another backend if there is one */
     uint32_t h = lb->opt.algorithm == WEIR_LB_KETAMA ? weir__crc32(key.base, key.len) : 0;
-    uint64_t now = 0;
+    struct pickst ps = {0, false, false};
     struct weir_backend *b = NULL;
-    /* Primaries then backups avoiding the backend just tried; then the same without. */
-    for (int pass = 0; pass < 4 && b == NULL; pass++) {
-        b = pick(lb, &s->tier[pass % 2], h, key.len, pass < 2 ? avoid : NULL, &now, false);
-    }
-    if (b == NULL && lb->opt.fail_open) {
-        b = pick(lb, &s->tier[0], h, key.len, NULL, &now, true);
-        if (b == NULL) {
-            b = pick(lb, &s->tier[1], h, key.len, NULL, &now, true);
+    /* A backend with a cap can fill up between the look and the count: look again. */
+    for (int tries = 0; tries < 4; tries++) {
+        ps.ignore_health = false;
+        b = choose(lb, s, h, key.len, avoid, &ps);
+        if (b == NULL || reserve(b)) {
+            break;
         }
+        ps.capped = true;
+        b = NULL;
     }
     if (b == NULL) {
-        return WEIR_EUNAVAILABLE;
+        return ps.capped ? WEIR_ELIMIT : WEIR_EUNAVAILABLE;
     }
     /* Safe: s, and so b, cannot be freed before this thread's next quiescent state. */
     weir__backend_ref(b);
-    atomic_fetch_add_explicit(&b->active, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->selected, 1, memory_order_relaxed);
     weir_peer_release(peer);
     memcpy(&peer->addr, &b->addr, b->addrlen);
@@ -674,6 +743,26 @@ int weir_lb_select(struct weir_lb *lb, struct weir_iov key, struct weir_peer *pe
     memcpy(peer->name, b->name, sizeof(peer->name));
     peer->backend = b;
     return 0;
+}
+
+bool weir__lb_queue_enter(struct weir_lb *lb)
+{
+    unsigned n = atomic_fetch_add_explicit(&lb->waiting, 1, memory_order_relaxed);
+    if (n >= lb->opt.queue_size) {
+        atomic_fetch_sub_explicit(&lb->waiting, 1, memory_order_relaxed);
+        return false;
+    }
+    return true;
+}
+
+void weir__lb_queue_leave(struct weir_lb *lb)
+{
+    atomic_fetch_sub_explicit(&lb->waiting, 1, memory_order_relaxed);
+}
+
+uint32_t weir__lb_queue_timeout_ms(const struct weir_lb *lb)
+{
+    return lb->opt.queue_timeout_ms;
 }
 
 /* ---- state and control ---- */

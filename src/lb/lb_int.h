@@ -22,6 +22,7 @@ struct weir_backend {
     _Atomic uint64_t ejected_until_ms; /* monotonic ms; 0 = not ejected */
     atomic_bool healthy;   /* active health checks (true until one says otherwise) */
     atomic_bool drain;
+    atomic_uint max_conns; /* 0: no cap (an update may change it) */
     _Atomic uint64_t selected;
     /* active health checks: the checker's thread only */
     uint32_t hc_passes, hc_fails;
@@ -49,6 +50,11 @@ void weir__backend_unref(struct weir_backend *b);
  * weir__backend_unref (any thread). *out is weir__calloc'ed; 0 or WEIR_ENOMEM.
  */
 int weir__lb_backends(struct weir_lb *lb, struct weir_backend ***out, size_t *n);
+
+/** A request starts waiting for room (max_conns): false when lb's queue is full. */
+bool weir__lb_queue_enter(struct weir_lb *lb);
+void weir__lb_queue_leave(struct weir_lb *lb);
+uint32_t weir__lb_queue_timeout_ms(const struct weir_lb *lb);
 
 /** CRC-32 as nginx computes it (IEEE 802.3, reflected), for the ketama ring. */
 uint32_t weir__crc32(const void *data, size_t len);

@@ -160,6 +160,13 @@ struct weir_session {
     struct weir_backend *peer_prev; /* the backend tried before a retry (upstream_peer) */
     bool have_peer;
     enum weir_error_type hook_error; /* weir_session_set_error, for a hook's WEIR_HOOK_ERROR */
+    /* weir_session_select_backend waiting for room (max_conns) */
+    struct weir_lb *wait_lb;    /* non-NULL while counted in its queue */
+    struct weir_iov wait_key;
+    struct weir_peer *wait_peer;
+    uint64_t wait_deadline_ms;
+    uint32_t wait_delay_ms;
+    struct weir_timer wait_timer;
     struct weir__upconn *up;
     bool up_reused;
     bool up_ready;           /* connected and the request head queued */

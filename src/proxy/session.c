@@ -11,6 +11,8 @@
 #include "core/alloc.h"
 #include "weir/log.h"
 
+static void wait_end(struct weir_session *s);
+
 #define ARENA_BLOCK 4096
 
 static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d);
@@ -475,6 +477,7 @@ void weir__session_finish(struct weir_session *s)
         s->phase = PH_LOCAL_RESPONSE;
         return;
     }
+    wait_end(s); /* only a worker's forced end of a suspended session gets here waiting */
     if (w->hooks->logging) {
         w->hooks->logging(s, s->ctx, s->has_err ? &s->err : NULL);
     }
@@ -489,6 +492,64 @@ void weir__session_finish(struct weir_session *s)
     give_arena(w, a); /* s lived in the arena: no access after this */
     weir__snapshot_holder_put(h);
     weir__conn_request_done(c, close_conn);
+}
+
+/* ---- choosing a backend, waiting for room ---- */
+
+static void wait_end(struct weir_session *s)
+{
+    if (s->wait_lb != NULL) {
+        weir_timer_stop(s->w->loop, &s->wait_timer);
+        weir__lb_queue_leave(s->wait_lb);
+        s->wait_lb = NULL;
+    }
+}
+
+/* Retries on a short timer, backing off from 1 ms to 16 ms: the worker needs no notice from
+   the thread that frees room, so nothing crosses threads and a session that ends while
+   waiting only stops its own timer. */
+static void wait_tick(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir_session *s = t->data;
+    int rc = weir_lb_select(s->wait_lb, s->wait_key, s->wait_peer);
+    uint64_t now = weir_loop_now_ms(loop);
+    if (rc == WEIR_ELIMIT && now < s->wait_deadline_ms) {
+        s->wait_delay_ms = s->wait_delay_ms < 16 ? s->wait_delay_ms * 2 : 16;
+        uint64_t left = s->wait_deadline_ms - now;
+        if (weir_timer_start(loop, &s->wait_timer, left < s->wait_delay_ms ? left : s->wait_delay_ms) == 0) {
+            return;
+        }
+    }
+    wait_end(s);
+    if (rc != 0) {
+        s->hook_error = WEIR_ERR_NO_BACKEND;
+        weir_session_resume(s, WEIR_HOOK_ERROR);
+        return;
+    }
+    weir_session_resume(s, WEIR_HOOK_CONTINUE);
+}
+
+enum weir_hook_result weir_session_select_backend(struct weir_session *s, struct weir_lb *lb,
+                                                  struct weir_iov key, struct weir_peer *peer)
+{
+    int rc = weir_lb_select(lb, key, peer);
+    if (rc == 0) {
+        return WEIR_HOOK_CONTINUE;
+    }
+    if (rc == WEIR_ELIMIT && s->wait_lb == NULL && weir__lb_queue_enter(lb)) {
+        s->wait_lb = lb;
+        s->wait_key = key;
+        s->wait_peer = peer;
+        s->wait_deadline_ms = weir_loop_now_ms(s->w->loop) + weir__lb_queue_timeout_ms(lb);
+        s->wait_delay_ms = 1;
+        weir_timer_init(&s->wait_timer, wait_tick, s);
+        if (weir_timer_start(s->w->loop, &s->wait_timer, 1) == 0) {
+            return WEIR_HOOK_PENDING;
+        }
+        wait_end(s);
+    }
+    s->hook_error = WEIR_ERR_NO_BACKEND;
+    return WEIR_HOOK_ERROR;
 }
 
 /* ---- public accessors ---- */

@@ -352,6 +352,62 @@ def test_all_backends_down(weir, fail_open):
     assert statuses[-3:] == ([502] * 3 if fail_open else [503] * 3), statuses
 
 
+class CountingOrigin(HttpOrigin):
+    """Records the most requests it ever had in flight at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    def _respond(self, c, req):
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return super()._respond(c, req)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def parallel_gets(port, paths):
+    statuses = [None] * len(paths)
+
+    def one(i):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        c.request("GET", paths[i])
+        r = c.getresponse()
+        r.read()
+        statuses[i] = r.status
+        c.close()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return statuses
+
+
+@pytest.mark.parametrize("queue_timeout,want_ok", [("10s", 4), ("100ms", 2)])
+def test_max_conns_caps_and_queues(weir, queue_timeout, want_ok):
+    """max_conns 2 with a queue of 2: of 6 concurrent slow requests, 2 run, 2 wait (and run
+    when room frees, or get 503 at queue_timeout), 2 get 503 at once; the origin never has
+    more than 2 in flight."""
+    o = CountingOrigin()
+    o.start()
+    try:
+        ups = (f"  backend:\n    queue_size: 2\n    queue_timeout: {queue_timeout}\n"
+               f"    backends:\n      - {{address: 127.0.0.1:{o.port}, max_conns: 2}}\n")
+        port = start_weir(weir, ups)
+        statuses = parallel_gets(port, [f"/slow/600?i={i}" for i in range(6)])
+        assert sorted(statuses) == [200] * want_ok + [503] * (6 - want_ok), statuses
+        assert o.max_in_flight == 2
+        assert len(o.requests) == want_ok
+    finally:
+        o.stop()
+
+
 def test_drained_backend_gets_nothing(weir, origins):
     a, b = origins(2)
     ups = (f"  backend:\n    backends:\n      - 127.0.0.1:{a.port}\n"

@@ -42,9 +42,9 @@ static int pick(struct weir_lb *lb, const char *key)
 }
 
 static const struct weir_lb_backend three[] = {
-    {"127.0.0.1:9000", 1, false, false},
-    {"127.0.0.1:9001", 1, false, false},
-    {"127.0.0.1:9002", 1, false, false},
+    {"127.0.0.1:9000", 1, false, false, 0},
+    {"127.0.0.1:9001", 1, false, false, 0},
+    {"127.0.0.1:9002", 1, false, false, 0},
 };
 
 static void test_round_robin(void **state)
@@ -62,9 +62,9 @@ static void test_smooth_weighted(void **state)
     (void)state;
     /* nginx's documented example: weights 5, 1, 1 give a a b a c a a. */
     const struct weir_lb_backend b[] = {
-        {"127.0.0.1:9000", 5, false, false},
-        {"127.0.0.1:9001", 1, false, false},
-        {"127.0.0.1:9002", 1, false, false},
+        {"127.0.0.1:9000", 5, false, false, 0},
+        {"127.0.0.1:9001", 1, false, false, 0},
+        {"127.0.0.1:9002", 1, false, false, 0},
     };
     struct weir_lb *lb = make(WEIR_LB_ROUND_ROBIN, b, 3);
     const int want[] = {0, 0, 1, 0, 2, 0, 0};
@@ -80,8 +80,8 @@ static void test_random_weights(void **state)
 {
     (void)state;
     const struct weir_lb_backend b[] = {
-        {"127.0.0.1:9000", 1, false, false},
-        {"127.0.0.1:9001", 3, false, false},
+        {"127.0.0.1:9000", 1, false, false, 0},
+        {"127.0.0.1:9001", 3, false, false, 0},
     };
     struct weir_lb *lb = make(WEIR_LB_RANDOM, b, 2);
     int count[2] = {0, 0};
@@ -135,10 +135,10 @@ static void test_ketama_stable(void **state)
 {
     (void)state;
     const struct weir_lb_backend four[] = {
-        {"127.0.0.1:9000", 1, false, false},
-        {"127.0.0.1:9001", 1, false, false},
-        {"127.0.0.1:9002", 1, false, false},
-        {"127.0.0.1:9003", 1, false, false},
+        {"127.0.0.1:9000", 1, false, false, 0},
+        {"127.0.0.1:9001", 1, false, false, 0},
+        {"127.0.0.1:9002", 1, false, false, 0},
+        {"127.0.0.1:9003", 1, false, false, 0},
     };
     struct weir_lb *lb = make(WEIR_LB_KETAMA, four, 4);
     struct weir_lb *lb3 = make(WEIR_LB_KETAMA, four, 3); /* without :9003 */
@@ -223,9 +223,9 @@ static void test_backup_and_fail_modes(void **state)
 {
     (void)state;
     const struct weir_lb_backend b[] = {
-        {"127.0.0.1:9000", 1, false, false},
-        {"127.0.0.1:9001", 1, false, false},
-        {"127.0.0.1:9002", 1, true, false},
+        {"127.0.0.1:9000", 1, false, false, 0},
+        {"127.0.0.1:9001", 1, false, false, 0},
+        {"127.0.0.1:9002", 1, true, false, 0},
     };
     struct weir_lb *lb = make(WEIR_LB_ROUND_ROBIN, b, 3);
     for (int i = 0; i < 10; i++) {
@@ -287,14 +287,14 @@ static void test_validation(void **state)
     struct weir_lb *lb = NULL;
     const char *why = NULL;
     const struct weir_lb_backend dup[] = {
-        {"127.0.0.1:9000", 1, false, false},
-        {"127.0.0.1:9000", 2, false, false},
+        {"127.0.0.1:9000", 1, false, false, 0},
+        {"127.0.0.1:9000", 2, false, false, 0},
     };
     assert_int_equal(weir_lb_new(&opt, dup, 2, &lb, &why), WEIR_EINVAL);
     assert_non_null(strstr(why, "twice"));
-    const struct weir_lb_backend heavy[] = {{"127.0.0.1:9000", 257, false, false}};
+    const struct weir_lb_backend heavy[] = {{"127.0.0.1:9000", 257, false, false, 0}};
     assert_int_equal(weir_lb_new(&opt, heavy, 1, &lb, &why), WEIR_EINVAL);
-    const struct weir_lb_backend bad[] = {{"example.invalid:80", 1, false, false}};
+    const struct weir_lb_backend bad[] = {{"example.invalid:80", 1, false, false, 0}};
     assert_int_equal(weir_lb_new(&opt, bad, 1, &lb, &why), WEIR_EINVAL);
     opt.algorithm = (enum weir_lb_algorithm)99;
     assert_int_equal(weir_lb_new(&opt, three, 3, &lb, &why), WEIR_EINVAL);
@@ -316,9 +316,9 @@ static void test_update_keeps_state(void **state)
     assert_string_equal(held.backend->ident, "127.0.0.1:9000");
     /* Drop :9000 (held by a request), keep :9001 (down), add :9003. */
     const struct weir_lb_backend next[] = {
-        {"127.0.0.1:9001", 1, false, false},
-        {"127.0.0.1:9002", 1, false, false},
-        {"127.0.0.1:9003", 1, false, false},
+        {"127.0.0.1:9001", 1, false, false, 0},
+        {"127.0.0.1:9002", 1, false, false, 0},
+        {"127.0.0.1:9003", 1, false, false, 0},
     };
     const char *why = NULL;
     assert_int_equal(weir_lb_update(lb, next, 3, &why), 0);
@@ -335,9 +335,56 @@ static void test_update_keeps_state(void **state)
     assert_string_equal(held.backend->ident, "127.0.0.1:9000");
     weir_peer_release(&held);
     /* A bad update leaves the set in force. */
-    const struct weir_lb_backend bad[] = {{"nonsense", 1, false, false}};
+    const struct weir_lb_backend bad[] = {{"nonsense", 1, false, false, 0}};
     assert_int_equal(weir_lb_update(lb, bad, 1, &why), WEIR_EINVAL);
     assert_int_equal(weir_lb_size(lb), 3);
+    weir_lb_free(lb);
+}
+
+static void test_max_conns(void **state)
+{
+    (void)state;
+    const struct weir_lb_backend b[] = {
+        {"127.0.0.1:9000", 1, false, false, 2},
+        {"127.0.0.1:9001", 1, false, false, 1},
+    };
+    struct weir_lb *lb = make(WEIR_LB_ROUND_ROBIN, b, 2);
+    struct weir_peer p[4];
+    memset(p, 0, sizeof(p));
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(weir_lb_select(lb, weir_iov_cstr(""), &p[i]), 0);
+    }
+    /* 2 + 1 in flight: both at their cap. */
+    assert_int_equal(weir_lb_select(lb, weir_iov_cstr(""), &p[3]), WEIR_ELIMIT);
+    assert_null(p[3].backend);
+    weir_peer_release(&p[0]);
+    assert_int_equal(weir_lb_select(lb, weir_iov_cstr(""), &p[3]), 0);
+    assert_int_equal(weir_lb_select(lb, weir_iov_cstr(""), &p[0]), WEIR_ELIMIT);
+    /* A backend that is down does not make the answer "at capacity": only usable ones do. */
+    assert_int_equal(weir_lb_set_healthy(lb, "127.0.0.1:9000", false), 0);
+    assert_int_equal(weir_lb_select(lb, weir_iov_cstr(""), &p[0]), WEIR_ELIMIT);
+    assert_int_equal(weir_lb_set_healthy(lb, "127.0.0.1:9001", false), 0);
+    assert_int_equal(weir_lb_select(lb, weir_iov_cstr(""), &p[0]), WEIR_EUNAVAILABLE);
+    for (int i = 1; i < 4; i++) {
+        weir_peer_release(&p[i]);
+    }
+    /* The queue bound. */
+    assert_true(weir__lb_queue_enter(lb));
+    weir__lb_queue_leave(lb);
+    weir_lb_free(lb);
+    struct weir_lb_options opt = {.queue_size = 2};
+    assert_int_equal(weir_lb_new(&opt, b, 2, &lb, NULL), 0);
+    assert_true(weir__lb_queue_enter(lb));
+    assert_true(weir__lb_queue_enter(lb));
+    assert_false(weir__lb_queue_enter(lb));
+    weir__lb_queue_leave(lb);
+    assert_true(weir__lb_queue_enter(lb));
+    weir__lb_queue_leave(lb);
+    weir__lb_queue_leave(lb);
+    weir_lb_free(lb);
+    opt.queue_size = UINT32_MAX; /* none wait */
+    assert_int_equal(weir_lb_new(&opt, b, 2, &lb, NULL), 0);
+    assert_false(weir__lb_queue_enter(lb));
     weir_lb_free(lb);
 }
 
@@ -406,6 +453,7 @@ int main(void)
         cmocka_unit_test(test_retry_avoids_last),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_update_keeps_state),
+        cmocka_unit_test(test_max_conns),
         cmocka_unit_test(test_concurrent_updates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
