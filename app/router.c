@@ -150,57 +150,6 @@ struct weir_health *weir_app_router_health(const struct weir_app_router *r)
 
 /* ---- hash keys ---- */
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-/* The value of cookie name in one Cookie field ("a=1; b=2"), as nginx's $cookie_NAME. */
-static bool cookie_in(struct weir_iov field, const char *name, struct weir_iov *out)
-{
-    size_t nlen = strlen(name);
-    size_t i = 0;
-    while (i < field.len) {
-        while (i < field.len && (is_ows(field.base[i]) || field.base[i] == ';')) {
-            i++;
-        }
-        size_t start = i;
-        while (i < field.len && field.base[i] != ';') {
-            i++;
-        }
-        struct weir_iov pair = {field.base + start, i - start};
-        if (pair.len > nlen && pair.base[nlen] == '=' && memcmp(pair.base, name, nlen) == 0) {
-            *out = (struct weir_iov){pair.base + nlen + 1, pair.len - nlen - 1};
-            while (out->len > 0 && is_ows(out->base[out->len - 1])) {
-                out->len--;
-            }
-            return true;
-        }
-    }
-    return false;
-}
-
-/* The value of query argument name, as nginx's $arg_NAME (raw, name case-insensitive). */
-static bool arg_in(struct weir_iov query, const char *name, struct weir_iov *out)
-{
-    size_t nlen = strlen(name);
-    size_t i = 0;
-    while (i <= query.len) {
-        size_t start = i;
-        while (i < query.len && query.base[i] != '&') {
-            i++;
-        }
-        struct weir_iov pair = {query.base + start, i - start};
-        if (pair.len > nlen && pair.base[nlen] == '=' &&
-            weir_iov_ieq((struct weir_iov){pair.base, nlen}, weir_iov_cstr(name))) {
-            *out = (struct weir_iov){pair.base + nlen + 1, pair.len - nlen - 1};
-            return true;
-        }
-        i++;
-    }
-    return false;
-}
-
 static struct weir_iov hash_key(struct weir_session *s, const struct weir_cfg_upstream *up)
 {
     struct weir_req *req = weir_session_req(s);
@@ -215,21 +164,12 @@ static struct weir_iov hash_key(struct weir_session *s, const struct weir_cfg_up
     case WEIR_HASH_HEADER:
         (void)weir_headers_get(weir_req_headers(req), up->hash_key_name, &v);
         return v;
-    case WEIR_HASH_COOKIE: {
-        const struct weir_headers *h = weir_req_headers(req);
-        for (size_t i = 0; i < weir_headers_count(h); i++) {
-            const struct weir_header *f = weir_headers_at(h, i);
-            if (weir_iov_ieq_cstr(f->name, "Cookie") && cookie_in(f->value, up->hash_key_name, &v)) {
-                return v;
-            }
-        }
+    case WEIR_HASH_COOKIE:
+        (void)weir_req_cookie(req, up->hash_key_name, &v);
         return v;
-    }
-    case WEIR_HASH_ARG: {
-        struct weir_iov q = weir_req_query(req);
-        (void)arg_in(q, up->hash_key_name, &v);
+    case WEIR_HASH_ARG:
+        (void)weir_req_arg(req, up->hash_key_name, &v);
         return v;
-    }
     }
     return v;
 }

@@ -2,11 +2,16 @@
  * libFuzzer target for the HTTP/1.1 response head parser: each input is parsed as the answer
  * to a GET and to a HEAD, in one shot and in input-derived pieces, under generous and tight
  * limits. Verdicts and fields must agree; every iov must lie inside the head.
+ *
+ * The same bytes go to the health checks' response judge (weir__health_judge), which must
+ * agree with the strict parser on the status of every head the parser accepts, never pass
+ * what does not start with a status line, and decide once the input is complete.
  */
 #include <stdint.h>
 #include <string.h>
 
 #include "http1/h1.h"
+#include "lb/lb_int.h"
 
 #define CAP 64
 
@@ -59,9 +64,37 @@ static ssize_t parse_pieces(const uint8_t *data, size_t size, const struct weir_
     return n;
 }
 
+static void check_judge(const char *buf, size_t size)
+{
+    static const struct weir_status_range all[] = {{100, 599}};
+    static const struct weir_status_range some[] = {{200, 204}, {301, 302}};
+    const char *why = NULL;
+    int any = weir__health_judge(buf, size, all, 1, NULL, true, &why);
+    int picky = weir__health_judge(buf, size, some, 2, "ok", true, &why);
+    int partial = weir__health_judge(buf, size, some, 2, "ok", false, &why);
+    if (any < 0 || picky < 0 || (picky == 1 && any != 1) || (partial >= 0 && partial != picky)) {
+        __builtin_trap(); /* at the end it always decides; more bytes never flip a verdict */
+    }
+    if (any == 1 && (size < 12 || memcmp(buf, "HTTP/1.", 7) != 0)) {
+        __builtin_trap();
+    }
+    struct weir_header h[CAP];
+    struct weir_h1_response r;
+    struct weir_h1_scan scan = {0};
+    ssize_t n = weir__h1_parse_response(buf, size, &scan, &limits[0], false, h, CAP, &r);
+    if (n > 0 && r.status >= 100 && r.status <= 599) {
+        /* A head the strict parser accepts: the judge reads the same status. */
+        struct weir_status_range only = {(uint16_t)r.status, (uint16_t)r.status};
+        if (weir__health_judge(buf, size, &only, 1, NULL, true, &why) != 1) {
+            __builtin_trap();
+        }
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *buf = (const char *)data;
+    check_judge(buf, size);
     for (size_t l = 0; l < sizeof(limits) / sizeof(limits[0]); l++) {
         for (int head = 0; head <= 1; head++) {
             struct weir_header h1[CAP], h2[CAP];

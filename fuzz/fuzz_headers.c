@@ -6,7 +6,8 @@
  * the model: same fields, same order, same bytes, count within its bound; a get must return
  * the first field of that name; an edit refused as invalid must leave the map untouched.
  * weir__http_next_token, weir__http_is_token and weir__http_is_field_value are checked against
- * reference versions on the operands too.
+ * reference versions on the operands too, and so are weir_cookie_find and weir_query_arg_find
+ * (the cookie and query-argument lookups consistent hashing uses).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -145,6 +146,51 @@ static void check_tokens(struct weir_iov list)
     trap_if(pos != list.len);
     trap_if(weir__http_next_token(list, &pos, &tok)); /* stays finished */
     (void)calls;
+}
+
+/* Reference lookups: split on the separator, then look at each piece on its own. */
+static bool ref_lookup(struct weir_iov text, struct weir_iov name, char sep, bool cookie,
+                       struct weir_iov *out)
+{
+    size_t start = 0;
+    while (start <= text.len) {
+        size_t end = start;
+        while (end < text.len && text.base[end] != sep) {
+            end++;
+        }
+        const char *p = text.base + start;
+        size_t n = end - start;
+        while (cookie && n > 0 && (*p == ' ' || *p == '\t')) {
+            p++;
+            n--;
+        }
+        bool same = n > name.len && name.len > 0 && p[name.len] == '=' &&
+                    (cookie ? memcmp(p, name.base, name.len) == 0
+                            : lower_eq(p, name.base, name.len));
+        if (same) {
+            size_t vlen = n - name.len - 1;
+            while (cookie && vlen > 0 &&
+                   (p[name.len + vlen] == ' ' || p[name.len + vlen] == '\t')) {
+                vlen--;
+            }
+            *out = (struct weir_iov){p + name.len + 1, vlen};
+            return true;
+        }
+        start = end + 1;
+    }
+    return false;
+}
+
+static void check_lookups(struct weir_iov text, struct weir_iov name)
+{
+    struct weir_iov got = {NULL, 0}, want = {NULL, 0};
+    bool g = weir_cookie_find(text, name, &got);
+    bool w = ref_lookup(text, name, ';', true, &want);
+    trap_if(g != w || (g && (got.base != want.base || got.len != want.len)));
+    trap_if(g && (got.base < text.base || got.base + got.len > text.base + text.len));
+    g = weir_query_arg_find(text, name, &got);
+    w = ref_lookup(text, name, '&', false, &want);
+    trap_if(g != w || (g && (got.base != want.base || got.len != want.len)));
 }
 
 static void check_same(const struct weir_headers *h, const struct model *m)
@@ -308,6 +354,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 6:
             check_tokens(x);
             check_tokens(y);
+            check_lookups(y, x);
             break;
         default: {
             /* adopt the current fields in reverse: a parsed head replacing the map */

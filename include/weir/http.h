@@ -71,6 +71,20 @@ WEIR_EXTERN struct weir_iov weir_req_path(const struct weir_req *req);
 WEIR_EXTERN struct weir_iov weir_req_query(const struct weir_req *req);
 /** The Host header's value (empty iov when absent). */
 WEIR_EXTERN struct weir_iov weir_req_host(const struct weir_req *req);
+/**
+ * The value of cookie name (case-sensitive) in the request's Cookie field(s), as nginx's
+ * $cookie_NAME: true and *value (pointing into the request) when present.
+ */
+WEIR_EXTERN bool weir_req_cookie(const struct weir_req *req, const char *name,
+                                 struct weir_iov *value);
+/** The raw value of query argument name (matched case-insensitively), as nginx's $arg_NAME. */
+WEIR_EXTERN bool weir_req_arg(const struct weir_req *req, const char *name,
+                              struct weir_iov *value);
+/** The same lookups in one Cookie field value ("a=1; b=2") and one query string ("a=1&b=2"). */
+WEIR_EXTERN bool weir_cookie_find(struct weir_iov field, struct weir_iov name,
+                                  struct weir_iov *value);
+WEIR_EXTERN bool weir_query_arg_find(struct weir_iov query, struct weir_iov name,
+                                     struct weir_iov *value);
 /** 0 for HTTP/1.0, 1 for HTTP/1.1. */
 WEIR_EXTERN int weir_req_version_minor(const struct weir_req *req);
 WEIR_EXTERN struct weir_headers *weir_req_headers(struct weir_req *req);

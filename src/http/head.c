@@ -39,6 +39,77 @@ struct weir_iov weir_req_query(const struct weir_req *req)
     return (struct weir_iov){t.base + skip, t.len - skip};
 }
 
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+bool weir_cookie_find(struct weir_iov field, struct weir_iov name, struct weir_iov *value)
+{
+    size_t i = 0;
+    while (i < field.len) {
+        while (i < field.len && (is_ows(field.base[i]) || field.base[i] == ';')) {
+            i++;
+        }
+        size_t start = i;
+        while (i < field.len && field.base[i] != ';') {
+            i++;
+        }
+        struct weir_iov pair = {field.base + start, i - start};
+        if (name.len > 0 && pair.len > name.len && pair.base[name.len] == '=' &&
+            memcmp(pair.base, name.base, name.len) == 0) {
+            struct weir_iov v = {pair.base + name.len + 1, pair.len - name.len - 1};
+            while (v.len > 0 && is_ows(v.base[v.len - 1])) {
+                v.len--;
+            }
+            if (value != NULL) {
+                *value = v;
+            }
+            return true;
+        }
+    }
+    return false;
+}
+
+bool weir_query_arg_find(struct weir_iov query, struct weir_iov name, struct weir_iov *value)
+{
+    size_t i = 0;
+    while (i < query.len) {
+        size_t start = i;
+        while (i < query.len && query.base[i] != '&') {
+            i++;
+        }
+        struct weir_iov pair = {query.base + start, i - start};
+        if (name.len > 0 && pair.len > name.len && pair.base[name.len] == '=' &&
+            weir_iov_ieq((struct weir_iov){pair.base, name.len}, name)) {
+            if (value != NULL) {
+                *value = (struct weir_iov){pair.base + name.len + 1, pair.len - name.len - 1};
+            }
+            return true;
+        }
+        i++; /* past the '&' */
+    }
+    return false;
+}
+
+bool weir_req_cookie(const struct weir_req *req, const char *name, struct weir_iov *value)
+{
+    const struct weir_headers *h = &req->headers;
+    struct weir_iov n = weir_iov_cstr(name);
+    for (size_t i = 0; i < weir_headers_count(h); i++) {
+        const struct weir_header *f = weir_headers_at(h, i);
+        if (weir_iov_ieq_cstr(f->name, "Cookie") && weir_cookie_find(f->value, n, value)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool weir_req_arg(const struct weir_req *req, const char *name, struct weir_iov *value)
+{
+    return weir_query_arg_find(weir_req_query(req), weir_iov_cstr(name), value);
+}
+
 struct weir_iov weir_req_host(const struct weir_req *req)
 {
     struct weir_iov v = {NULL, 0};

@@ -21,7 +21,6 @@
 
 #define MAX_RANGES 16
 #define READ_MAX 8192     /* head and the first part of the body */
-#define BODY_SCAN 4096    /* body bytes searched for expect_body */
 #define REQ_MAX 1024
 
 struct probe;
@@ -139,7 +138,7 @@ int weir_health_add(struct weir_health *h, struct weir_lb *lb, const struct weir
                  printable(e->path) && e->path[0] == '/' && printable(e->host) &&
                  (strcmp(e->method, "GET") == 0 || strcmp(e->method, "HEAD") == 0) &&
                  strlen(e->path) + (e->host ? strlen(e->host) : 0) < REQ_MAX - 128 &&
-                 (e->expect_body == NULL || strlen(e->expect_body) <= BODY_SCAN);
+                 (e->expect_body == NULL || strlen(e->expect_body) <= WEIR_HEALTH_BODY_SCAN);
     for (size_t i = 0; i < c->nstatuses; i++) {
         valid = valid && e->ranges[i].lo >= 100 && e->ranges[i].lo <= e->ranges[i].hi &&
                 e->ranges[i].hi <= 599;
@@ -190,24 +189,19 @@ static void verdict(struct entry *e, struct weir_backend *b, bool pass, const ch
     }
 }
 
-static bool status_ok(const struct entry *e, int status)
+static bool status_ok(const struct weir_status_range *r, size_t nr, int status)
 {
-    for (size_t i = 0; i < e->hc.nstatuses; i++) {
-        if (status >= e->ranges[i].lo && status <= e->ranges[i].hi) {
+    for (size_t i = 0; i < nr; i++) {
+        if (status >= r[i].lo && status <= r[i].hi) {
             return true;
         }
     }
     return false;
 }
 
-/*
- * Judges what arrived. Returns 1 pass, 0 fail (*why set), -1 undecided (wait for more).
- * at_end: no more bytes will come (close, full buffer, timeout).
- */
-static int judge(const struct probe *p, bool at_end, const char **why)
+int weir__health_judge(const char *buf, size_t n, const struct weir_status_range *ranges,
+                       size_t nranges, const char *expect_body, bool at_end, const char **why)
 {
-    const char *buf = p->buf;
-    size_t n = p->got;
     /* "HTTP/1.x SSS" */
     if (n < 12) {
         *why = "no status line";
@@ -225,24 +219,29 @@ static int judge(const struct probe *p, bool at_end, const char **why)
         *why = "incomplete response head";
         return at_end ? 0 : -1;
     }
-    if (!status_ok(p->e, status)) {
+    if (!status_ok(ranges, nranges, status)) {
         *why = "unexpected status";
         return 0;
     }
-    const char *want = p->e->expect_body;
-    if (want == NULL) {
+    if (expect_body == NULL) {
         return 1;
     }
     const char *body = end + 4;
     size_t blen = n - (size_t)(body - buf);
-    if (blen > BODY_SCAN) {
-        blen = BODY_SCAN;
+    if (blen > WEIR_HEALTH_BODY_SCAN) {
+        blen = WEIR_HEALTH_BODY_SCAN;
     }
-    if (memmem(body, blen, want, strlen(want)) != NULL) {
+    if (memmem(body, blen, expect_body, strlen(expect_body)) != NULL) {
         return 1;
     }
     *why = "expected body text not found";
-    return at_end || blen == BODY_SCAN ? 0 : -1;
+    return at_end || blen == WEIR_HEALTH_BODY_SCAN ? 0 : -1;
+}
+
+static int judge(const struct probe *p, bool at_end, const char **why)
+{
+    return weir__health_judge(p->buf, p->got, p->e->ranges, p->e->hc.nstatuses,
+                              p->e->expect_body, at_end, why);
 }
 
 /* ---- probes ---- */

@@ -56,6 +56,16 @@ bool weir__lb_queue_enter(struct weir_lb *lb);
 void weir__lb_queue_leave(struct weir_lb *lb);
 uint32_t weir__lb_queue_timeout_ms(const struct weir_lb *lb);
 
+/** Body bytes a health check searches for its expected text. */
+#define WEIR_HEALTH_BODY_SCAN 4096
+
+/**
+ * Judges the first n bytes of a health check's response: 1 passed, 0 failed (*why says why),
+ * -1 undecided (more bytes may decide). at_end: no more bytes will come.
+ */
+int weir__health_judge(const char *buf, size_t n, const struct weir_status_range *ranges,
+                       size_t nranges, const char *expect_body, bool at_end, const char **why);
+
 /** CRC-32 as nginx computes it (IEEE 802.3, reflected), for the ketama ring. */
 uint32_t weir__crc32(const void *data, size_t len);
 

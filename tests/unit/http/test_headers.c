@@ -467,9 +467,43 @@ static void test_reason(void **state)
 
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
+static void expect_lookup(bool cookie, const char *text, const char *name, const char *want)
+{
+    struct weir_iov v = {NULL, 0};
+    bool found = cookie ? weir_cookie_find(weir_iov_cstr(text), weir_iov_cstr(name), &v)
+                        : weir_query_arg_find(weir_iov_cstr(text), weir_iov_cstr(name), &v);
+    if (want == NULL) {
+        assert_false(found);
+        return;
+    }
+    assert_true(found);
+    assert_int_equal(v.len, strlen(want));
+    assert_memory_equal(v.base, want, v.len);
+}
+
+static void test_cookie_and_arg_lookup(void **state)
+{
+    (void)state;
+    expect_lookup(true, "a=1; sid=abc; b=2", "sid", "abc");
+    expect_lookup(true, "sid=first;sid=second", "sid", "first");
+    expect_lookup(true, "xsid=1; sid=2", "sid", "2");
+    expect_lookup(true, "  sid=v  ;", "sid", "v");
+    expect_lookup(true, "sid=", "sid", "");
+    expect_lookup(true, "SID=1", "sid", NULL); /* cookie names are case-sensitive */
+    expect_lookup(true, "sid", "sid", NULL);
+    expect_lookup(true, ";;;", "sid", NULL);
+    expect_lookup(true, "a=1", "", NULL);
+    expect_lookup(false, "x=1&k=v&y=2", "k", "v");
+    expect_lookup(false, "K=upper", "k", "upper"); /* as nginx's $arg_: any case */
+    expect_lookup(false, "&k=&k=2", "k", "");
+    expect_lookup(false, "kk=1&k", "k", NULL);
+    expect_lookup(false, "", "k", NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cookie_and_arg_lookup),
         cmocka_unit_test(test_iov),
         cmocka_unit_test(test_is_token),
         cmocka_unit_test(test_is_field_value),
