@@ -270,3 +270,64 @@ def test_async_check_sigterm_lets_a_suspended_request_finish(weir, origin):
     assert w.wait() == 0
     assert "at most 1 requests were suspended at once" in w.stderr()
     assert [r.target for r in origin.requests] == ["/draining"]
+
+
+# ---- sticky (weir/lb.h from the public API) ----
+
+class HealthToggle(HttpOrigin):
+    """An origin whose /healthz answers `health` (200 or 503)."""
+
+    def __init__(self):
+        super().__init__()
+        self.health = 200
+
+    def _respond(self, c, req):
+        if req.target == "/healthz":
+            with self.lock:
+                self.requests.remove(req)
+            c.send(f"HTTP/1.1 {self.health} X\r\nContent-Length: 0\r\n\r\n".encode())
+            return True
+        return super()._respond(c, req)
+
+
+def test_sticky_same_key_same_backend_and_health(weir):
+    backends = [HealthToggle() for _ in range(3)]
+    for o in backends:
+        o.start()
+    try:
+        port = free_port()
+        to = ",".join(f"127.0.0.1:{o.port}" for o in backends)
+        w = weir.cli(["--listen", f"127.0.0.1:{port}", "--to", to, "--health", "/healthz",
+                      "--threads", "2"], port=port, binary=example("sticky"))
+        users = [f"user-{i}" for i in range(60)]
+
+        def placement():
+            where = {}
+            for u in users:
+                for _ in range(2):  # twice each: the same backend both times
+                    status, _, _ = get(port, f"/u/{u}", {"X-User": u})
+                    assert status == 200
+            for i, o in enumerate(backends):
+                for r in o.requests:
+                    where.setdefault(r.target, set()).add(i)
+                o.requests.clear()
+            assert all(len(v) == 1 for v in where.values())
+            return {t: v.pop() for t, v in where.items()}
+
+        before = placement()
+        assert set(before.values()) == {0, 1, 2}
+        # Backend 1 fails its checks: only its keys move; the others stay where they were.
+        backends[1].health = 503
+        deadline = time.monotonic() + 15
+        while "is down" not in w.stderr() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "is down" in w.stderr()
+        after = placement()
+        for t, b in before.items():
+            if b != 1:
+                assert after[t] == b, t
+            else:
+                assert after[t] != 1, t
+    finally:
+        for o in backends:
+            o.stop()
