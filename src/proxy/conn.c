@@ -74,6 +74,17 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
         s->suspended = false;
         weir__session_finish(s);
     }
+    const struct weir__pool_stats *ps = weir__pool_stats(w->pool);
+    if (ps->connects != 0) {
+        weir_log(WEIR_LOG_INFO,
+                 "upstream pool (this worker): %llu connections opened, %llu reuses from this "
+                 "worker's tier, %llu from the shared tier, %llu handed to it; evicted: %llu "
+                 "closed by the peer, %llu idle too long, %llu over the bounds",
+                 (unsigned long long)ps->connects, (unsigned long long)ps->reuses,
+                 (unsigned long long)ps->reuses_shared, (unsigned long long)ps->to_shared,
+                 (unsigned long long)ps->evict_closed, (unsigned long long)ps->evict_timeout,
+                 (unsigned long long)ps->evict_full);
+    }
     weir__pool_free(w->pool);
     weir__access_buf_dispose(&w->access);
     weir_arena_free(w->spare_arena);

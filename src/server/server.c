@@ -234,6 +234,15 @@ static void free_service(struct weir_service *svc)
     weir__free(svc->workers);
     weir_inflight_free(svc->ip_conns);
     weir_rate_free(svc->ip_rate);
+    if (svc->shared_pool != NULL) {
+        struct weir__pool_stats st;
+        weir__pool_shared_stats(svc->shared_pool, &st);
+        weir_log(WEIR_LOG_INFO,
+                 "upstream pool (shared tier of %s): evicted %llu closed by the peer, %llu idle "
+                 "too long, %llu over the bounds", svc->name,
+                 (unsigned long long)st.evict_closed, (unsigned long long)st.evict_timeout,
+                 (unsigned long long)st.evict_full);
+    }
     weir__pool_shared_free(svc->shared_pool);
     weir__free(svc->name);
     weir__free(svc);
