@@ -585,6 +585,8 @@ static int start_service(struct weir_service *svc)
         }
         int rc = create_limits(svc);
         if (rc != 0) {
+            weir_log(WEIR_LOG_ERROR, "service %s: cannot set up its shared tables: %s",
+                     svc->name, weir_strerror(rc));
             return rc;
         }
         rc = bind_listeners(svc);
