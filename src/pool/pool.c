@@ -501,8 +501,9 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
         return false;
     }
     uint64_t now = weir_loop_now_ms(p->loop);
-    if (p->sh != NULL && k->take_gap_ms >= p->share_after_ms) {
-        /* This worker wants this peer rarely: let every worker have the connection now. */
+    if (p->sh != NULL && (k->take_gap_ms >= p->share_after_ms || u->share_now)) {
+        /* This worker wants this peer rarely, or the peer caps its connections: let every
+           worker have the connection now rather than open another. */
         weir__buf_release(p->bufs, &u->st.in);
         u->owner = NULL;
         u->idle_since_ms = now;

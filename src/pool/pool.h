@@ -40,6 +40,7 @@ struct weir__upconn {
     struct weir__upconn *prev, *next;   /* its key's idle list (hot or shared) */
     struct weir__upconn *gprev, *gnext; /* the tier's list of every idle one, oldest last */
     bool shared;                        /* idle in the shared tier */
+    bool share_now;  /* share at once when released (its backend has a connection cap) */
     struct weir_timer idle_timer;
     uint64_t idle_since_ms;
     void *owner;               /* the session using it, NULL when idle */

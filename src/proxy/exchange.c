@@ -515,6 +515,8 @@ void weir__exchange_release_upstream(struct weir_session *s, bool reusable)
     if (reusable && s->up_keep_alive && s->req_sent && s->respp.in_done &&
         s->respp.in_kind != WEIR_H1_BODY_CLOSE && weir__outq_empty(&s->out_up)) {
         u->requests++;
+        struct weir_backend *b = s->peer.backend;
+        u->share_now = b != NULL && atomic_load_explicit(&b->max_conns, memory_order_relaxed) != 0;
         if (weir__pool_put(s->w->pool, u)) {
             return;
         }

@@ -404,6 +404,8 @@ def test_max_conns_caps_and_queues(weir, queue_timeout, want_ok):
         assert sorted(statuses) == [200] * want_ok + [503] * (6 - want_ok), statuses
         assert o.max_in_flight == 2
         assert len(o.requests) == want_ok
+        # The waiting requests reuse the two connections (shared at once across workers).
+        assert o.connections <= 2, o.connections
     finally:
         o.stop()
 
