@@ -17,6 +17,9 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
 void weir_app_router_free(struct weir_app_router *r);
 /** The health checker to run as a background service, or NULL when no group has one. */
 struct weir_health *weir_app_router_health(const struct weir_app_router *r);
+/** The DNS discovery to run as a background service before the proxy, or NULL when no backend
+    is given by DNS name. */
+struct weir_discovery *weir_app_router_discovery(const struct weir_app_router *r);
 
 /** The built-in demo origin as a background service's callbacks; data is the address text. */
 extern const struct weir_background_ops weir_app_demo_origin_ops;

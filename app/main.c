@@ -75,6 +75,13 @@ static int run(struct weir_config *cfg, bool demo)
     struct weir_app_router *router = NULL;
     int rc = weir_app_router_new(c, &router);
     struct weir_service *svc = NULL;
+    /* Before the proxy: its start waits briefly for the first answers, so the proxy starts
+       with the names resolved. */
+    if (rc == 0 && weir_app_router_discovery(router) != NULL &&
+        weir_server_add_background(srv, "discovery", &weir_discovery_service,
+                                   weir_app_router_discovery(router)) == NULL) {
+        rc = WEIR_ENOMEM;
+    }
     if (rc == 0) {
         svc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, router);
         rc = svc ? 0 : WEIR_ENOMEM;

@@ -8,6 +8,7 @@
  * by every worker; selecting needs no lock.
  */
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "app.h"
@@ -23,6 +24,7 @@ struct weir_app_router {
     struct weir_lb **lbs; /* one per cfg->upstreams[i] */
     size_t nlbs;
     struct weir_health *health; /* NULL when no group has a health_check */
+    struct weir_discovery *discovery; /* NULL when no backend is given by DNS name */
     _Atomic int64_t *budget;    /* one per cfg->routes[i] */
 };
 
@@ -36,6 +38,7 @@ void weir_app_router_free(struct weir_app_router *r)
     if (r == NULL) {
         return;
     }
+    weir_discovery_free(r->discovery);
     weir_health_free(r->health);
     weir_free(r->budget);
     for (size_t i = 0; r->lbs != NULL && i < r->nlbs; i++) {
@@ -78,6 +81,81 @@ static int add_health_check(struct weir_app_router *r, const struct weir_cfg_ups
     return weir_health_add(r->health, lb, &hc);
 }
 
+/* The discovery service for the whole configuration, made at the first DNS backend. */
+static int discovery(struct weir_app_router *r, const struct weir_cfg_resolver *rc,
+                     struct weir_discovery **out)
+{
+    if (r->discovery == NULL) {
+        struct weir_resolver_options opt = {
+            .servers = rc->servers,
+            .nservers = rc->nservers,
+            .timeout_ms = rc->timeout_ms,
+            .min_ttl_ms = rc->min_ttl_ms,
+            .max_ttl_ms = rc->max_ttl_ms,
+            .retry_ms = rc->retry_ms,
+        };
+        const char *why = NULL;
+        r->discovery = weir_discovery_new(&opt, &why);
+        if (r->discovery == NULL) {
+            weir_log(WEIR_LOG_ERROR, "resolver: %s", why && *why ? why : "out of memory");
+            return WEIR_EINVAL;
+        }
+    }
+    *out = r->discovery;
+    return 0;
+}
+
+/* Hands a group with DNS backends to discovery: every backend, static ones included. */
+static int add_discovery(struct weir_app_router *r, const struct weir_config *cfg,
+                         const struct weir_cfg_upstream *up, struct weir_lb *lb)
+{
+    struct weir_discovery *d = NULL;
+    int rc = discovery(r, &cfg->server.resolver, &d);
+    if (rc != 0) {
+        return rc;
+    }
+    struct weir_discovery_target *t = weir_calloc(up->nbackends, sizeof(*t));
+    char(*names)[256] = weir_calloc(up->nbackends, sizeof(*names));
+    if (t == NULL || names == NULL) {
+        weir_free(t);
+        weir_free(names);
+        return WEIR_ENOMEM;
+    }
+    for (size_t j = 0; j < up->nbackends; j++) {
+        const struct weir_cfg_backend *b = &up->backends[j];
+        t[j] = (struct weir_discovery_target){WEIR_DISCOVERY_STATIC, b->address, 0, b->weight,
+                                              b->backup, b->drain, b->max_conns};
+        if (b->srv != NULL) {
+            t[j].kind = WEIR_DISCOVERY_SRV;
+            t[j].name = b->srv;
+        } else if (b->dns) {
+            /* "name:port": the config checked both; split at the one colon. */
+            const char *colon = strrchr(b->address, ':');
+            size_t len = colon ? (size_t)(colon - b->address) : 0;
+            if (colon == NULL || len >= sizeof(names[j])) {
+                rc = WEIR_EINVAL;
+                break;
+            }
+            memcpy(names[j], b->address, len);
+            names[j][len] = '\0';
+            t[j].kind = WEIR_DISCOVERY_NAME;
+            t[j].name = names[j];
+            t[j].port = (uint16_t)strtoul(colon + 1, NULL, 10);
+        }
+    }
+    const char *why = NULL;
+    if (rc == 0) {
+        rc = weir_discovery_add(d, lb, t, up->nbackends, &why);
+    }
+    if (rc != 0) {
+        weir_log(WEIR_LOG_ERROR, "upstream %s: %s", up->name,
+                 why && *why ? why : weir_strerror(rc));
+    }
+    weir_free(t);
+    weir_free(names);
+    return rc;
+}
+
 int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **out)
 {
     struct weir_app_router *r = weir_calloc(1, sizeof(*r));
@@ -108,10 +186,14 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
             weir_app_router_free(r);
             return WEIR_ENOMEM;
         }
+        size_t nstatic = 0;
         for (size_t j = 0; j < up->nbackends; j++) {
-            specs[j] = (struct weir_lb_backend){up->backends[j].address, up->backends[j].weight,
-                                                up->backends[j].backup, up->backends[j].drain,
-                                                up->backends[j].max_conns};
+            const struct weir_cfg_backend *b = &up->backends[j];
+            if (b->srv == NULL && !b->dns) {
+                /* DNS backends join when they resolve (add_discovery). */
+                specs[nstatic++] = (struct weir_lb_backend){b->address, b->weight, b->backup,
+                                                            b->drain, b->max_conns};
+            }
         }
         struct weir_lb_options opt = {
             .algorithm = (enum weir_lb_algorithm)up->balance,
@@ -123,7 +205,7 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
             .queue_timeout_ms = up->queue_timeout_ms,
         };
         const char *why = NULL;
-        int rc = weir_lb_new(&opt, specs, up->nbackends, &r->lbs[i], &why);
+        int rc = weir_lb_new(&opt, specs, nstatic, &r->lbs[i], &why);
         weir_free(specs);
         if (rc != 0) {
             weir_log(WEIR_LOG_ERROR, "upstream %s: %s", up->name,
@@ -132,6 +214,13 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
             return rc;
         }
         r->nlbs = i + 1;
+        if (nstatic < up->nbackends) {
+            rc = add_discovery(r, cfg, up, r->lbs[i]);
+            if (rc != 0) {
+                weir_app_router_free(r);
+                return rc;
+            }
+        }
         rc = add_health_check(r, up, r->lbs[i]);
         if (rc != 0) {
             weir_log(WEIR_LOG_ERROR, "upstream %s: health_check: %s", up->name, weir_strerror(rc));
@@ -146,6 +235,11 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
 struct weir_health *weir_app_router_health(const struct weir_app_router *r)
 {
     return r->health;
+}
+
+struct weir_discovery *weir_app_router_discovery(const struct weir_app_router *r)
+{
+    return r->discovery;
 }
 
 /* ---- hash keys ---- */

@@ -88,6 +88,18 @@ struct weir_cfg_timeouts {
     uint32_t upstream_idle_ms;    /**< an idle pooled upstream connection; default 60000 */
 };
 
+/** server.resolver: how upstream backends given by DNS name are resolved. */
+struct weir_cfg_resolver {
+    /** DNS servers, numeric "ip:port" / "[ipv6]:port", tried in order; none (default): the
+        nameservers of /etc/resolv.conf */
+    const char *const *servers;
+    size_t nservers;
+    uint32_t timeout_ms; /**< one try of a query; default 2000 */
+    uint32_t min_ttl_ms; /**< shortest time an answer is kept; default 1000 */
+    uint32_t max_ttl_ms; /**< longest time an answer is kept; default 3600000 */
+    uint32_t retry_ms;   /**< a failed lookup is tried again after this; default 5000 */
+};
+
 /** server: section. */
 struct weir_cfg_server {
     uint32_t threads;            /**< workers per proxy service; default = online cores */
@@ -111,6 +123,7 @@ struct weir_cfg_server {
     bool via;                    /**< add Via (default true) */
     struct weir_cfg_limits limits;
     struct weir_cfg_timeouts timeouts;
+    struct weir_cfg_resolver resolver;
 };
 
 struct weir_cfg_listener {
@@ -120,8 +133,14 @@ struct weir_cfg_listener {
 };
 
 struct weir_cfg_backend {
-    const char *address; /**< "host:port" */
-    uint32_t weight;     /**< 1..256, default 1 */
+    /** "host:port"; NULL for an SRV backend. The host is a numeric IP address or localhost,
+        or a DNS name when `dns` is set. */
+    const char *address;
+    /** An SRV name ("_http._tcp.app.internal") whose records give the backends, their ports
+        and weights; NULL otherwise */
+    const char *srv;
+    bool dns;            /**< address's host is a DNS name, resolved with A and AAAA */
+    uint32_t weight;     /**< 1..256, default 1 (not used with srv) */
     bool backup;         /**< used only while no primary backend can be */
     bool drain;          /**< out of rotation (nginx's `down`) */
     uint32_t max_conns;  /**< requests in flight to it at once; 0 = no cap */

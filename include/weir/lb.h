@@ -189,6 +189,103 @@ struct weir_background_ops; /* weir/server.h */
     &weir_health_service, h). */
 extern WEIR_EXTERN const struct weir_background_ops weir_health_service;
 
+/* ---- DNS service discovery ---- */
+
+/** How discovery resolves names; zero fields take the defaults given. */
+struct weir_resolver_options {
+    /**
+     * DNS servers, each "ip:port" or "[ipv6]:port" (numeric), tried in order; none (NULL or
+     * nservers 0): the nameservers of /etc/resolv.conf. At most 16.
+     */
+    const char *const *servers;
+    size_t nservers;
+    /** How long one try of a query waits for a server; default 2000. Each server is tried
+        twice, the second time waiting twice as long. Also the longest the service's start
+        waits for the first answers. */
+    uint32_t timeout_ms;
+    uint32_t min_ttl_ms; /**< answers are kept at least this long; default 1000 */
+    uint32_t max_ttl_ms; /**< and at most this long; default 3600000 (1 h) */
+    uint32_t retry_ms;   /**< a failed lookup is tried again after this; default 5000 */
+};
+
+/** What a discovery target is. */
+enum weir_discovery_kind {
+    /** A fixed backend: name is its "ip:port" or "[ipv6]:port", as weir_lb_backend's address. */
+    WEIR_DISCOVERY_STATIC = 0,
+    /** A DNS name resolved with A and AAAA queries; every address is a backend on port. */
+    WEIR_DISCOVERY_NAME,
+    /**
+     * An SRV name ("_http._tcp.app.internal"): each record's target is resolved with A and
+     * AAAA and gives backends on the record's port, weighted by the record's weight (scaled
+     * so the largest weight is WEIR_LB_MAX_WEIGHT; 0 counts as the smallest, 1). The records
+     * of the lowest priority are primaries, the others backups.
+     */
+    WEIR_DISCOVERY_SRV,
+};
+
+/** One entry of a set's backend list for discovery. */
+struct weir_discovery_target {
+    enum weir_discovery_kind kind;
+    /** STATIC: "ip:port"; NAME: a host name ("app.internal"); SRV: an SRV name. A name may
+        end with a dot; it is queried as written (no search domains). */
+    const char *name;
+    uint16_t port;   /**< NAME only: the port of its backends, 1..65535 */
+    uint32_t weight; /**< STATIC, NAME: each backend's weight, 1..256 (0 means 1); SRV: unused */
+    bool backup;     /**< every backend it gives is a backup */
+    bool drain;      /**< every backend it gives is drained */
+    uint32_t max_conns; /**< every backend it gives has this max_conns (0: no cap) */
+};
+
+/**
+ * Service discovery: keeps load-balancer sets in line with DNS, from one background service
+ * thread running c-ares on its own event loop. Each name is resolved again when the TTL of
+ * its answer (clamped to min_ttl..max_ttl) runs out. A lookup that fails (a timeout,
+ * SERVFAIL, NXDOMAIN, an answer with no address) keeps the last good answer, logs a warning
+ * once per run of failures and is retried after retry_ms. A set is updated (weir_lb_update)
+ * only when its backend list changes: the static targets and every address resolved, in
+ * target order (each name's addresses sorted), an address given twice kept once (the first),
+ * at most WEIR_LB_MAX_BACKENDS (the rest dropped with a warning), and weights scaled down
+ * when a tier's sum would pass WEIR_LB_MAX_TOTAL_WEIGHT. Resolved backends are named
+ * "ip:port" / "[ipv6]:port", so a backend whose address stays keeps its state (health,
+ * ejection, requests in flight) across updates, and requests in flight on a backend that
+ * goes keep it until they end.
+ */
+struct weir_discovery;
+
+/**
+ * A discovery service with resolver options opt (copied; NULL: every default). Reads
+ * /etc/resolv.conf when no server is given. NULL on bad options (a server that is not a
+ * numeric ip:port, more than 16, min_ttl over max_ttl) or out of memory; *why (when not NULL)
+ * says which, as a static string.
+ */
+WEIR_EXTERN struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *opt,
+                                                      const char **why);
+
+/**
+ * Makes t[0..n) the backend list of lb (t is copied). lb should have been made with the
+ * STATIC targets alone, in the same order: this sets lb to them at once (weir_lb_update), so
+ * the server starts with them, and the service adds what the names resolve to. Call before
+ * the server runs, once per set. 0; WEIR_EINVAL (a bad target, no DNS target at all, more
+ * than WEIR_LB_MAX_BACKENDS targets, lb already added; *why says which when not NULL) or
+ * WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_discovery_add(struct weir_discovery *d, struct weir_lb *lb,
+                                   const struct weir_discovery_target *t, size_t n,
+                                   const char **why);
+
+/** After the server has stopped, before the sets it updates are freed. Accepts NULL. */
+WEIR_EXTERN void weir_discovery_free(struct weir_discovery *d);
+
+/**
+ * The discovery as a background service: weir_server_add_background(srv, "discovery",
+ * &weir_discovery_service, d). Its start sends the first queries and waits up to
+ * timeout_ms for their answers, so when it is added before the proxy service the proxy
+ * starts with the names resolved; a set whose names are not resolved by then has only its
+ * static backends (none: requests get 503) until they are. Sets are updated from its
+ * thread, which blocks while weir_lb_update waits for the workers.
+ */
+extern WEIR_EXTERN const struct weir_background_ops weir_discovery_service;
+
 WEIR_END_DECLS
 
 #endif

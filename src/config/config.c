@@ -16,6 +16,7 @@
 
 #include "config/config_int.h"
 #include "core/alloc.h"
+#include "lb/dns_msg.h"
 #include "weir/error.h"
 #include "weir/lb.h"
 
@@ -40,6 +41,7 @@ struct ctx {
 };
 
 #define KEY_REQUIRED 1u
+#define KEY_VALUE    2u /* not required, but a value when present: "key:" alone is an error */
 #define MAX_KEYS     16 /* keys of the widest mapping (server:) */
 
 struct keyspec {
@@ -232,8 +234,8 @@ static bool fields(struct ctx *c, const struct ynode *m, const struct keyspec *k
             duplicate_key(c, k, seen[i]);
         } else {
             seen[i] = k;
-            bool required = keys[i].flags & KEY_REQUIRED;
-            vals[i] = required || !weir__ynode_is_null(v) ? v : NULL;
+            bool keep_null = keys[i].flags & (KEY_REQUIRED | KEY_VALUE);
+            vals[i] = keep_null || !weir__ynode_is_null(v) ? v : NULL;
         }
     }
     for (size_t i = 0; i < nkeys; i++) {
@@ -593,6 +595,77 @@ static void timeouts_section(struct ctx *c, const struct ynode *m, struct weir_c
     }
 }
 
+static void resolver_servers(struct ctx *c, const struct ynode *n, struct weir_cfg_resolver *r)
+{
+    static const char what[] = "ip:port";
+    size_t old = path_key(c, "servers");
+    const struct ynode *d = weir__ynode_deref(n);
+    const struct ynode *first = d->type == YN_SEQ ? d->first : n;
+    size_t count = d->type == YN_SEQ ? d->n : 1;
+    if (d->type == YN_SEQ && count == 0) {
+        err(c, n, "expected at least one server (leave servers out for /etc/resolv.conf's)");
+    } else if (count > 16) {
+        err(c, n, "at most 16 servers, got %zu", count);
+    } else if (d->type == YN_MAP) {
+        err(c, n, "expected %s or a sequence of them, got a mapping", what);
+    } else {
+        const char **v = keep_array(c, count, sizeof(*v));
+        size_t i = 0;
+        for (const struct ynode *it = first; v != NULL && i < count; it = it->next, i++) {
+            size_t o = d->type == YN_SEQ ? path_index(c, i) : c->plen;
+            const struct ynode *sv = scalar(c, it, what);
+            const char *why = sv ? weir__cfg_check_address(sv->text, sv->len, false) : NULL;
+            if (sv != NULL && why == NULL && sv->len > 9 && memcmp(sv->text, "localhost", 9) == 0) {
+                why = "the host must be a numeric IP address";
+            }
+            if (sv != NULL && why != NULL) {
+                char shown[WEIR__CFG_DESCRIBE_MAX];
+                err(c, it, "expected %s, got %s (%s)", what,
+                    weir__cfg_describe(sv, shown, sizeof(shown)), why);
+            } else if (sv != NULL) {
+                v[i] = keep(c, sv->text, sv->len);
+            }
+            path_pop(c, o);
+        }
+        r->servers = v;
+        r->nservers = v != NULL ? count : 0;
+    }
+    path_pop(c, old);
+}
+
+static void resolver_section(struct ctx *c, const struct ynode *m, struct weir_cfg_resolver *r)
+{
+    enum { K_SERVERS, K_TIMEOUT, K_MIN_TTL, K_MAX_TTL, K_RETRY, K_N };
+    static const struct keyspec keys[K_N] = {
+        [K_SERVERS] = {"servers", 0}, [K_TIMEOUT] = {"timeout", 0},
+        [K_MIN_TTL] = {"min_ttl", 0}, [K_MAX_TTL] = {"max_ttl", 0},
+        [K_RETRY] = {"retry", 0},
+    };
+    const struct ynode *v[K_N];
+    if (!fields(c, m, keys, K_N, v, "a mapping of servers, timeout, min_ttl, max_ttl, retry")) {
+        return;
+    }
+    if (v[K_SERVERS] != NULL) {
+        resolver_servers(c, v[K_SERVERS], r);
+    }
+    get_duration(c, v[K_TIMEOUT], "timeout", 10, &r->timeout_ms);
+    if (r->timeout_ms > 60000) {
+        size_t old = path_key(c, "timeout");
+        err(c, v[K_TIMEOUT], "expected a duration of at most 60s");
+        path_pop(c, old);
+    }
+    get_duration(c, v[K_MIN_TTL], "min_ttl", 100, &r->min_ttl_ms);
+    get_duration(c, v[K_MAX_TTL], "max_ttl", 100, &r->max_ttl_ms);
+    get_duration(c, v[K_RETRY], "retry", 100, &r->retry_ms);
+    if (r->min_ttl_ms > r->max_ttl_ms) {
+        int k = v[K_MAX_TTL] != NULL ? K_MAX_TTL : K_MIN_TTL;
+        size_t old = path_key(c, keys[k].name);
+        err(c, v[k], "min_ttl (%ums) must not be longer than max_ttl (%ums)", r->min_ttl_ms,
+            r->max_ttl_ms);
+        path_pop(c, old);
+    }
+}
+
 static void access_log_value(struct ctx *c, const struct ynode *n, struct weir_cfg_server *s)
 {
     const char *path = NULL;
@@ -619,6 +692,7 @@ static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg
         K_FWD,
         K_LIMITS,
         K_TIMEOUTS,
+        K_RESOLVER,
         K_N
     };
     static const struct keyspec keys[K_N] = {
@@ -636,6 +710,7 @@ static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg
         [K_FWD] = {"forwarded_headers", 0},
         [K_LIMITS] = {"limits", 0},
         [K_TIMEOUTS] = {"timeouts", 0},
+        [K_RESOLVER] = {"resolver", 0},
     };
     static const char *const levels[] = {"error", "warn", "info", "debug"};
     static const char *const formats[] = {"combined", "json"};
@@ -677,6 +752,11 @@ static void server_section(struct ctx *c, const struct ynode *m, struct weir_cfg
     if (v[K_POOL] != NULL) {
         old = path_key(c, "upstream_pool");
         upstream_pool_section(c, v[K_POOL], s);
+        path_pop(c, old);
+    }
+    if (v[K_RESOLVER] != NULL) {
+        old = path_key(c, "resolver");
+        resolver_section(c, v[K_RESOLVER], &s->resolver);
         path_pop(c, old);
     }
 }
@@ -757,11 +837,46 @@ static void listeners_section(struct ctx *c, const struct ynode *n, struct weir_
 
 /* --- upstreams: ---------------------------------------------------------------------- */
 
+/* A backend's "host:port" (the host numeric, localhost or a DNS name), or NULL after an error. */
+static const char *backend_address(struct ctx *c, const struct ynode *n, bool *dns)
+{
+    const struct ynode *s = scalar(c, n, "host:port");
+    if (s == NULL) {
+        return NULL;
+    }
+    const char *why = weir__cfg_check_backend_address(s->text, s->len, dns);
+    if (why != NULL) {
+        char shown[WEIR__CFG_DESCRIBE_MAX];
+        err(c, n, "expected host:port, got %s (%s)", weir__cfg_describe(s, shown, sizeof(shown)),
+            why);
+        return NULL;
+    }
+    return keep(c, s->text, s->len);
+}
+
+static const char *srv_value(struct ctx *c, const struct ynode *n)
+{
+    static const char what[] = "an SRV name like _http._tcp.example.com";
+    const struct ynode *s = scalar(c, n, what);
+    if (s == NULL) {
+        return NULL;
+    }
+    const char *why = weir__dns_name_check(s->text, s->len);
+    if (why != NULL) {
+        char shown[WEIR__CFG_DESCRIBE_MAX];
+        err(c, n, "expected %s, got %s (%s)", what, weir__cfg_describe(s, shown, sizeof(shown)),
+            why);
+        return NULL;
+    }
+    return keep(c, s->text, s->len);
+}
+
 static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_backend *b)
 {
-    enum { K_ADDR, K_WEIGHT, K_BACKUP, K_DRAIN, K_MAXCONNS, K_N };
+    enum { K_ADDR, K_SRV, K_WEIGHT, K_BACKUP, K_DRAIN, K_MAXCONNS, K_N };
     static const struct keyspec keys[K_N] = {
-        [K_ADDR] = {"address", KEY_REQUIRED},
+        [K_ADDR] = {"address", KEY_VALUE},
+        [K_SRV] = {"srv", KEY_VALUE},
         [K_WEIGHT] = {"weight", 0},
         [K_BACKUP] = {"backup", 0},
         [K_DRAIN] = {"drain", 0},
@@ -771,22 +886,44 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
     const struct ynode *d = weir__ynode_deref(n);
     b->weight = 1;
     if (d->type == YN_SCALAR && !weir__ynode_is_null(d)) {
-        b->address = address_value(c, n, false);
+        b->address = backend_address(c, n, &b->dns);
         return;
     }
     if (!fields(c, n, keys, K_N, v,
-                "host:port or a mapping with address, weight, backup, drain, max_conns")) {
+                "host:port or a mapping with address (or srv), weight, backup, drain, "
+                "max_conns")) {
         return;
     }
-    if (v[K_ADDR] != NULL) {
+    if (v[K_ADDR] == NULL && v[K_SRV] == NULL) {
+        err(c, n, "missing required key 'address' (or 'srv')");
+    } else if (v[K_ADDR] != NULL && v[K_SRV] != NULL) {
+        size_t old = path_key(c, "srv");
+        err(c, v[K_SRV], "address and srv are exclusive: give one");
+        path_pop(c, old);
+    } else if (v[K_ADDR] != NULL) {
         size_t old = path_key(c, "address");
-        b->address = address_value(c, v[K_ADDR], false);
+        b->address = backend_address(c, v[K_ADDR], &b->dns);
+        path_pop(c, old);
+    } else {
+        size_t old = path_key(c, "srv");
+        b->srv = srv_value(c, v[K_SRV]);
+        path_pop(c, old);
+    }
+    if (v[K_SRV] != NULL && v[K_WEIGHT] != NULL) {
+        size_t old = path_key(c, "weight");
+        err(c, v[K_WEIGHT], "the SRV records give the weights: remove weight");
         path_pop(c, old);
     }
     get_u32(c, v[K_WEIGHT], "weight", 1, WEIR_LB_MAX_WEIGHT, &b->weight);
     get_bool(c, v[K_BACKUP], "backup", &b->backup);
     get_bool(c, v[K_DRAIN], "drain", &b->drain);
     get_u32(c, v[K_MAXCONNS], "max_conns", 0, 1000000, &b->max_conns);
+}
+
+/* The text naming a backend in its group (address or SRV name); NULL when it has neither. */
+static const char *backend_key(const struct weir_cfg_backend *b)
+{
+    return b->address != NULL ? b->address : b->srv;
 }
 
 static void backends_value(struct ctx *c, const struct ynode *n, struct weir_cfg_upstream *u)
@@ -800,23 +937,26 @@ static void backends_value(struct ctx *c, const struct ynode *n, struct weir_cfg
             seq->n);
     } else if (seq != NULL) {
         struct weir_cfg_backend *bs = keep_array(c, seq->n, sizeof(*bs));
-        size_t i = 0;
+        size_t i = 0, primaries = 0;
         uint64_t total[2] = {0, 0};
         for (const struct ynode *it = seq->first; bs != NULL && it != NULL; it = it->next) {
             size_t o = path_index(c, i);
             backend_item(c, it, &bs[i]);
-            total[bs[i].backup ? 1 : 0] += bs[i].weight;
-            for (size_t j = 0; bs[i].address != NULL && j < i; j++) {
-                if (bs[j].address != NULL && strcmp(bs[i].address, bs[j].address) == 0) {
-                    err(c, it, "backend '%s' is already listed as backends[%zu]", bs[i].address,
-                        j);
+            primaries += !bs[i].backup;
+            /* An SRV backend's weights are the records'; weir scales them to fit. */
+            total[bs[i].backup ? 1 : 0] += bs[i].srv != NULL ? 0 : bs[i].weight;
+            const char *key = backend_key(&bs[i]);
+            for (size_t j = 0; key != NULL && j < i; j++) {
+                const char *other = backend_key(&bs[j]);
+                if (other != NULL && strcmp(key, other) == 0) {
+                    err(c, it, "backend '%s' is already listed as backends[%zu]", key, j);
                     break;
                 }
             }
             path_pop(c, o);
             i++;
         }
-        if (bs != NULL && total[0] == 0) {
+        if (bs != NULL && primaries == 0) {
             err(c, n, "every backend is a backup: at least one must not be");
         }
         if (total[0] > WEIR_LB_MAX_TOTAL_WEIGHT || total[1] > WEIR_LB_MAX_TOTAL_WEIGHT) {
@@ -1576,6 +1716,12 @@ static void set_defaults(struct weir_config *cfg)
         .upstream_read_ms = 60000,
         .upstream_write_ms = 60000,
         .upstream_idle_ms = 60000,
+    };
+    s->resolver = (struct weir_cfg_resolver){
+        .timeout_ms = 2000,
+        .min_ttl_ms = 1000,
+        .max_ttl_ms = 3600000,
+        .retry_ms = 5000,
     };
 }
 

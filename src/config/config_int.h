@@ -92,6 +92,12 @@ const char *weir__cfg_describe(const struct ynode *n, char *buf, size_t size);
  */
 const char *weir__cfg_check_address(const char *s, size_t len, bool allow_port0);
 
+/*
+ * Checks a backend's "host:port": as weir__cfg_check_address (port 1..65535), or a DNS name
+ * for host, which sets *dns. NULL when valid, else a short reason.
+ */
+const char *weir__cfg_check_backend_address(const char *s, size_t len, bool *dns);
+
 /* Whether s is an HTTP field name (RFC 9110 token). */
 bool weir__cfg_is_token(const char *s, size_t len);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config/config_int.h"
+#include "lb/dns_msg.h"
 #include "weir/error.h"
 
 /*
@@ -203,6 +204,29 @@ const char *weir__cfg_check_address(const char *s, size_t len, bool allow_port0)
         return why;
     }
     return check_port(colon + 1, len - hlen - 1, allow_port0);
+}
+
+const char *weir__cfg_check_backend_address(const char *s, size_t len, bool *dns)
+{
+    *dns = false;
+    const char *why = weir__cfg_check_address(s, len, false);
+    if (why == NULL || (len > 0 && s[0] == '[') || memchr(s, '\0', len) != NULL) {
+        return why;
+    }
+    const char *colon = memchr(s, ':', len);
+    if (colon == NULL || colon == s || memchr(colon + 1, ':', len - (size_t)(colon - s) - 1)) {
+        return why; /* no port, no host, or an IPv6 address without brackets */
+    }
+    size_t hlen = (size_t)(colon - s);
+    if (check_host(s, hlen, AF_INET) == NULL) {
+        return why; /* the host is fine: the port is not */
+    }
+    if (weir__dns_name_check(s, hlen) != NULL) {
+        return "the host must be a numeric IP address, localhost or a DNS name";
+    }
+    why = check_port(colon + 1, len - hlen - 1, false);
+    *dns = why == NULL;
+    return why;
 }
 
 bool weir__cfg_is_token(const char *s, size_t len)

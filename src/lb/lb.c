@@ -549,14 +549,21 @@ int weir_lb_update(struct weir_lb *lb, const struct weir_lb_backend *b, size_t n
         return rc;
     }
     pthread_mutex_lock(&lb->update_lock);
-    struct lbset *ns = NULL;
+    struct lbset *ns = NULL, *old = NULL;
     rc = set_build(&lb->opt, lb->set, b, n, &ns);
     if (rc == 0) {
-        struct lbset *old = weir__rcu_xchg((void **)&lb->set, ns);
+        old = weir__rcu_xchg((void **)&lb->set, ns);
+    }
+    pthread_mutex_unlock(&lb->update_lock);
+    /*
+     * The grace period is waited for outside the lock: an RCU reader blocked on the lock (the
+     * health checker starting a round) would never pass a quiescent state. Only RCU readers
+     * can still see old; whoever takes the lock from now on sees the new set.
+     */
+    if (old != NULL) {
         weir__rcu_synchronize();
         set_free(old);
     }
-    pthread_mutex_unlock(&lb->update_lock);
     return rc;
 }
 

@@ -31,13 +31,21 @@ def pattern_bytes(n):
 
 
 class Origin:
-    """A TCP server on 127.0.0.1:<free port>; handler(conn) runs in a thread per connection."""
+    """A TCP server on host:port (default 127.0.0.1 and a free port; an IPv6 host such as "::1"
+    works too); handler(conn) runs in a thread per connection. Binding fails with OSError when
+    the port is taken on that host."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, host="127.0.0.1", port=0):
         self.handler = handler
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.host = host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        try:
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.connections = 0
@@ -162,8 +170,8 @@ class Request:
 
 
 class HttpOrigin(Origin):
-    def __init__(self):
-        super().__init__(self._serve)
+    def __init__(self, host="127.0.0.1", port=0):
+        super().__init__(self._serve, host=host, port=port)
         self.requests = []  # every Request, in arrival order
 
     def _read_body(self, c, req, keep):

@@ -223,6 +223,12 @@ static void check_defaults(const struct weir_config *cfg)
     assert_int_equal(s->timeouts.upstream_read_ms, 60000);
     assert_int_equal(s->timeouts.upstream_write_ms, 60000);
     assert_int_equal(s->timeouts.upstream_idle_ms, 60000);
+    assert_int_equal(s->resolver.nservers, 0);
+    assert_null(s->resolver.servers);
+    assert_int_equal(s->resolver.timeout_ms, 2000);
+    assert_int_equal(s->resolver.min_ttl_ms, 1000);
+    assert_int_equal(s->resolver.max_ttl_ms, 3600000);
+    assert_int_equal(s->resolver.retry_ms, 5000);
     assert_int_equal(cfg->nlisteners, 0);
     assert_int_equal(cfg->nroutes, 0);
     assert_int_equal(cfg->nupstreams, 0);
@@ -522,6 +528,125 @@ static void test_duplicates(void **state)
                "duplicate key 'server' (first at line 1, column 1)");
 }
 
+static void test_dns_backends(void **state)
+{
+    (void)state;
+    struct weir_config *cfg = load_ok("upstreams:\n"
+                                      "  u:\n"
+                                      "    backends:\n"
+                                      "      - app.internal:8080\n"
+                                      "      - {srv: _http._tcp.app.internal, backup: true}\n"
+                                      "      - 127.0.0.1:1\n"
+                                      "      - {address: \"App-2.internal.:80\", weight: 3}\n"
+                                      "      - localhost:2\n"
+                                      "      - backend:3\n");
+    const struct weir_cfg_upstream *u = &cfg->upstreams[0];
+    assert_int_equal(u->nbackends, 6);
+    assert_string_equal(u->backends[0].address, "app.internal:8080");
+    assert_true(u->backends[0].dns);
+    assert_null(u->backends[0].srv);
+    assert_null(u->backends[1].address);
+    assert_string_equal(u->backends[1].srv, "_http._tcp.app.internal");
+    assert_false(u->backends[1].dns);
+    assert_true(u->backends[1].backup);
+    assert_false(u->backends[2].dns);
+    assert_string_equal(u->backends[3].address, "App-2.internal.:80");
+    assert_true(u->backends[3].dns);
+    assert_int_equal(u->backends[3].weight, 3);
+    assert_false(u->backends[4].dns); /* localhost stays the loopback address, unresolved */
+    assert_true(u->backends[5].dns);  /* a single-label name */
+    weir_config_free(cfg);
+
+    static const char host_msg[] = "the host must be a numeric IP address, localhost or a DNS name";
+    char msg[256];
+    (void)snprintf(msg, sizeof(msg), "expected host:port, got 'bad host:80' (%s)", host_msg);
+    expect_one("upstreams:\n  u:\n    backends: [\"bad host:80\"]\n", 3, 16,
+               "upstreams.u.backends[0]", msg);
+    (void)snprintf(msg, sizeof(msg), "expected host:port, got '300.1.1.1:80' (%s)", host_msg);
+    expect_one("upstreams:\n  u:\n    backends: [300.1.1.1:80]\n", 3, 16,
+               "upstreams.u.backends[0]", msg);
+    expect_one("upstreams:\n  u:\n    backends: [app.internal:0]\n", 3, 16,
+               "upstreams.u.backends[0]",
+               "expected host:port, got 'app.internal:0' (the port must be a number from 1 to "
+               "65535)");
+    expect_one("upstreams:\n  u:\n    backends: [app.internal]\n", 3, 16,
+               "upstreams.u.backends[0]", "expected host:port, got 'app.internal' (the port is "
+                                          "missing)");
+    expect_one("upstreams:\n  u:\n    backends: [{address: a.b:1, srv: _x._tcp.b}]\n", 3, 38,
+               "upstreams.u.backends[0].srv", "address and srv are exclusive: give one");
+    expect_one("upstreams:\n  u:\n    backends: [{srv: _x._tcp.b, weight: 2}]\n", 3, 41,
+               "upstreams.u.backends[0].weight",
+               "the SRV records give the weights: remove weight");
+    expect_one("upstreams:\n  u:\n    backends: [{weight: 2}]\n", 3, 16,
+               "upstreams.u.backends[0]", "missing required key 'address' (or 'srv')");
+    expect_one("upstreams:\n  u:\n    backends:\n      - address:\n", 4, 9,
+               "upstreams.u.backends[0].address", "expected host:port, got nothing");
+    expect_one("upstreams:\n  u:\n    backends: [{srv: a..b}]\n", 3, 22,
+               "upstreams.u.backends[0].srv",
+               "expected an SRV name like _http._tcp.example.com, got 'a..b' (a DNS name has "
+               "no empty label)");
+    expect_one("upstreams:\n  u:\n    backends: [a.b:1, a.b:1]\n", 3, 23,
+               "upstreams.u.backends[1]", "backend 'a.b:1' is already listed as backends[0]");
+    expect_one("upstreams:\n  u:\n    backends: [{srv: _x._tcp.b, backup: true}]\n", 3, 15,
+               "upstreams.u.backends", "every backend is a backup: at least one must not be");
+}
+
+static void test_resolver(void **state)
+{
+    (void)state;
+    struct weir_config *cfg = load_ok("server:\n"
+                                      "  resolver:\n"
+                                      "    servers: [10.0.0.53:53, \"[::1]:5353\"]\n"
+                                      "    timeout: 500ms\n"
+                                      "    min_ttl: 5s\n"
+                                      "    max_ttl: 10m\n"
+                                      "    retry: 1s\n");
+    const struct weir_cfg_resolver *r = &cfg->server.resolver;
+    assert_int_equal(r->nservers, 2);
+    assert_string_equal(r->servers[0], "10.0.0.53:53");
+    assert_string_equal(r->servers[1], "[::1]:5353");
+    assert_int_equal(r->timeout_ms, 500);
+    assert_int_equal(r->min_ttl_ms, 5000);
+    assert_int_equal(r->max_ttl_ms, 600000);
+    assert_int_equal(r->retry_ms, 1000);
+    weir_config_free(cfg);
+    cfg = load_ok("server:\n  resolver:\n    servers: 127.0.0.1:5353\n");
+    assert_int_equal(cfg->server.resolver.nservers, 1);
+    assert_string_equal(cfg->server.resolver.servers[0], "127.0.0.1:5353");
+    weir_config_free(cfg);
+
+    expect_one("server:\n  resolver:\n    servers: [localhost:53]\n", 3, 15,
+               "server.resolver.servers[0]",
+               "expected ip:port, got 'localhost:53' (the host must be a numeric IP address)");
+    expect_one("server:\n  resolver:\n    servers: [127.0.0.1]\n", 3, 15,
+               "server.resolver.servers[0]",
+               "expected ip:port, got '127.0.0.1' (the port is missing)");
+    expect_one("server:\n  resolver:\n    servers: []\n", 3, 14, "server.resolver.servers",
+               "expected at least one server (leave servers out for /etc/resolv.conf's)");
+    expect_one("server:\n  resolver:\n    servers: {a: 1}\n", 3, 14, "server.resolver.servers",
+               "expected ip:port or a sequence of them, got a mapping");
+    expect_one("server:\n  resolver:\n    timeout: 5ms\n", 3, 14, "server.resolver.timeout",
+               "expected a duration of at least 10ms, got '5ms'");
+    expect_one("server:\n  resolver:\n    timeout: 2m\n", 3, 14, "server.resolver.timeout",
+               "expected a duration of at most 60s");
+    expect_one("server:\n  resolver:\n    min_ttl: 10s\n    max_ttl: 5s\n", 4, 14,
+               "server.resolver.max_ttl", "min_ttl (10000ms) must not be longer than max_ttl "
+                                          "(5000ms)");
+    expect_one("server:\n  resolver:\n    min_ttl: 2h\n", 3, 14, "server.resolver.min_ttl",
+               "min_ttl (7200000ms) must not be longer than max_ttl (3600000ms)");
+    expect_one("server:\n  resolver:\n    retry: 0\n", 3, 12, "server.resolver.retry",
+               "expected a duration of at least 100ms, got '0'");
+    expect_one("server:\n  resolver:\n    server: [127.0.0.1:53]\n", 3, 5,
+               "server.resolver.server", "unknown key 'server'; did you mean 'servers'?");
+    expect_one("server:\n  resolver: 127.0.0.1:53\n", 2, 13, "server.resolver",
+               "expected a mapping of servers, timeout, min_ttl, max_ttl, retry, got "
+               "'127.0.0.1:53'");
+    /* Listeners stay numeric. */
+    expect_one("listeners:\n  - app.internal:80\n", 2, 5, "listeners[0]",
+               "expected host:port, got 'app.internal:80' (the host must be a numeric IP "
+               "address or localhost)");
+}
+
 static void test_several_errors_in_order(void **state)
 {
     (void)state;
@@ -569,7 +694,8 @@ static void test_aliases_and_documents(void **state)
     check_err(errs, 0, 3, 3, "server.x",
               "unknown key 'x'; valid keys here: threads, work_stealing, pid_file, error_log, "
               "log_level, grace_period, access_log, access_log_format, upstream_keepalive, "
-              "upstream_pool, max_retries, forwarded_headers, limits, timeouts");
+              "upstream_pool, max_retries, forwarded_headers, limits, timeouts, "
+              "resolver");
     check_err(errs, 1, 3, 6, "", "no anchor named 's' is defined before this alias");
     weir_config_errors_free(errs);
     expect_one("server: {}\n---\nserver: {}\n", 2, 1, "",
@@ -800,6 +926,8 @@ int main(void)
         cmocka_unit_test(test_upstreams_and_routes),
         cmocka_unit_test(test_headers),
         cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_dns_backends),
+        cmocka_unit_test(test_resolver),
         cmocka_unit_test(test_several_errors_in_order),
         cmocka_unit_test(test_too_many_errors),
         cmocka_unit_test(test_aliases_and_documents),

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -439,6 +440,58 @@ static void test_concurrent_updates(void **state)
     }
 }
 
+/* The health checker's way in: the set's lock, taken by an RCU reader that is online. */
+static void *lock_taker(void *arg)
+{
+    struct race *r = arg;
+    weir__rcu_register();
+    unsigned long n = 0;
+    while (!atomic_load(&r->stop) || n < 100) {
+        struct weir_backend **bs = NULL;
+        size_t nb = 0;
+        if (weir__lb_backends(r->lb, &bs, &nb) == 0) {
+            for (size_t i = 0; i < nb; i++) {
+                weir__backend_unref(bs[i]);
+            }
+            weir__free(bs);
+            n++;
+        }
+        weir__rcu_quiescent();
+    }
+    atomic_fetch_add(&r->picks, n);
+    weir__rcu_unregister();
+    return NULL;
+}
+
+/*
+ * Regression: weir_lb_update used to wait for the grace period holding the set's lock, so a
+ * reader blocked on that lock (the health checker starting a round) never passed a quiescent
+ * state and both waited forever. The alarm turns a deadlock into a failure.
+ */
+static void test_update_while_a_reader_takes_the_lock(void **state)
+{
+    (void)state;
+    struct race r = {.lb = make(WEIR_LB_ROUND_ROBIN, three, 3)};
+    atomic_init(&r.stop, false);
+    atomic_init(&r.picks, 0);
+    alarm(60);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_create(&th[i], NULL, lock_taker, &r), 0);
+    }
+    for (int i = 0; i < 2000; i++) {
+        const struct weir_lb_backend *set = (i % 2) ? three : three + 1;
+        assert_int_equal(weir_lb_update(r.lb, set, 2, NULL), 0);
+    }
+    atomic_store(&r.stop, true);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+    }
+    alarm(0);
+    assert_true(atomic_load(&r.picks) >= 200);
+    weir_lb_free(r.lb);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -455,6 +508,7 @@ int main(void)
         cmocka_unit_test(test_update_keeps_state),
         cmocka_unit_test(test_max_conns),
         cmocka_unit_test(test_concurrent_updates),
+        cmocka_unit_test(test_update_while_a_reader_takes_the_lock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
