@@ -41,10 +41,10 @@ test: test-release test-asan
 PYTEST = /usr/bin/python3 -m pytest -q -p no:cacheprovider
 TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp"
 # The tests that run several workers, the access-log writer, cross-thread posts and snapshots.
-# Plus the load balancer (sets shared by workers, updated under RCU), the shared pool tier and
-# the health-check thread.
+# Plus the load balancer (sets shared by workers, updated under RCU), the shared pool tier,
+# the health-check and discovery threads.
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
-	test_http_proxy.py test_lb.py test_health.py
+	test_http_proxy.py test_lb.py test_health.py test_discovery.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
 MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py
