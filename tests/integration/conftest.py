@@ -203,6 +203,23 @@ def origin():
 
 
 @pytest.fixture
+def origins():
+    """origins(n, cls=HttpOrigin): n more started origins of that class, stopped at teardown."""
+    made = []
+
+    def make(n, cls=HttpOrigin):
+        new = [cls() for _ in range(n)]
+        for o in new:
+            o.start()
+        made.extend(new)
+        return new
+
+    yield make
+    for o in made:
+        o.stop()
+
+
+@pytest.fixture
 def raw_origin():
     """Origin(handler): a TCP server whose handler(conn, data_so_far) scripts every byte."""
     made = []

@@ -24,23 +24,6 @@ def example(name):
     return path
 
 
-@pytest.fixture
-def origins():
-    """origins(n): n started HttpOrigins, stopped at teardown."""
-    made = []
-
-    def make(n):
-        for _ in range(n):
-            o = HttpOrigin()
-            o.start()
-            made.append(o)
-        return made[-n:]
-
-    yield make
-    for o in made:
-        o.stop()
-
-
 def get(port, path, headers=None, conn=None):
     """One GET; returns (status, headers as a lower-cased dict, body bytes)."""
     c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)

@@ -37,22 +37,6 @@ class HealthOrigin(HttpOrigin):
         return super()._respond(c, req)
 
 
-@pytest.fixture
-def health_origins():
-    made = []
-
-    def make(n):
-        new = [HealthOrigin() for _ in range(n)]
-        for o in new:
-            o.start()
-        made.extend(new)
-        return new
-
-    yield make
-    for o in made:
-        o.stop()
-
-
 def start(weir, backends, check, extra=""):
     port = free_port()
     lines = "".join(f"      - 127.0.0.1:{o.port}\n" for o in backends)
@@ -89,8 +73,8 @@ HTTP_CHECK = ("      path: /health\n      interval: 100ms\n      timeout: 100ms\
               "      rise: 2\n      fall: 2\n")
 
 
-def test_failing_backend_out_and_back(weir, health_origins):
-    a, b = health_origins(2)
+def test_failing_backend_out_and_back(weir, origins):
+    a, b = origins(2, HealthOrigin)
     w, port = start(weir, [a, b], HTTP_CHECK)
     assert wait_for(lambda: a.checks >= 2 and b.checks >= 2, 5 * SLOW)
     assert get_ok(port, 40, "both") == 40
@@ -116,8 +100,8 @@ def test_failing_backend_out_and_back(weir, health_origins):
     assert "backend 127.0.0.1:%d is up" % a.port in w.stderr()
 
 
-def test_expect_status_and_body(weir, health_origins):
-    a, b = health_origins(2)
+def test_expect_status_and_body(weir, origins):
+    a, b = origins(2, HealthOrigin)
     a.health_body = b"degraded\n"  # status fine, body wrong
     b.health_status = 204
     b.health_body = b""
@@ -135,8 +119,8 @@ def test_expect_status_and_body(weir, health_origins):
     assert not a.requests and len(b.requests) == 20
 
 
-def test_all_down_fail_closed_then_open(weir, health_origins):
-    (a,) = health_origins(1)
+def test_all_down_fail_closed_then_open(weir, origins):
+    (a,) = origins(1, HealthOrigin)
     a.health_status = 500
     w, port = start(weir, [a], HTTP_CHECK)
     assert wait_for(lambda: "is down" in w.stderr(), 5 * SLOW)
@@ -148,16 +132,16 @@ def test_all_down_fail_closed_then_open(weir, health_origins):
     c.close()
 
 
-def test_all_down_fail_open(weir, health_origins):
-    (a,) = health_origins(1)
+def test_all_down_fail_open(weir, origins):
+    (a,) = origins(1, HealthOrigin)
     a.health_status = 500
     w, port = start(weir, [a], HTTP_CHECK, extra="    fail_open: true\n")
     assert wait_for(lambda: "is down" in w.stderr(), 5 * SLOW)
     assert get_ok(port, 5, "open") == 5
 
 
-def test_tcp_check_notices_stopped_backend(weir, health_origins):
-    a, b = health_origins(2)
+def test_tcp_check_notices_stopped_backend(weir, origins):
+    a, b = origins(2, HealthOrigin)
     check = "      type: tcp\n      interval: 100ms\n      timeout: 100ms\n      fall: 1\n"
     w, port = start(weir, [a, b], check, extra="    max_fails: 0\n")
     assert get_ok(port, 10, "warm") == 10
@@ -168,9 +152,9 @@ def test_tcp_check_notices_stopped_backend(weir, health_origins):
     assert get_ok(port, 30, "after") == 30
 
 
-def test_health_checks_are_bounded_in_time(weir, health_origins):
+def test_health_checks_are_bounded_in_time(weir, origins):
     """A backend that accepts and never answers fails its checks by timeout."""
-    a, b = health_origins(2)
+    a, b = origins(2, HealthOrigin)
     slow_check = ("      path: /slow/5000\n      interval: 200ms\n      timeout: 100ms\n"
                   "      fall: 1\n")
     w, port = start(weir, [a, b], slow_check)

@@ -193,23 +193,6 @@ def head_lines(raw_head):
     return lines[0].decode("latin-1"), out
 
 
-@pytest.fixture
-def origins():
-    """origins(n): n more HttpOrigins, stopped at teardown."""
-    made = []
-
-    def make(n):
-        new = [HttpOrigin() for _ in range(n)]
-        for o in new:
-            o.start()
-        made.extend(new)
-        return new
-
-    yield make
-    for o in made:
-        o.stop()
-
-
 class RssSampler:
     """Samples weir's RSS in a thread while a transfer runs."""
 

@@ -20,22 +20,6 @@ from conftest import SANITIZED, free_port, wait_port
 from origin import HttpOrigin
 
 
-@pytest.fixture
-def origins():
-    made = []
-
-    def make(n):
-        new = [HttpOrigin() for _ in range(n)]
-        for o in new:
-            o.start()
-        made.extend(new)
-        return new
-
-    yield make
-    for o in made:
-        o.stop()
-
-
 def served_by(backends):
     """{target: index of the backend that received it} from the origins' records."""
     out = {}
