@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import SANITIZED, free_port, proxy_config
-from origin import PATTERN, HttpOrigin, pattern_bytes
+from origin import PATTERN, pattern_bytes
 
 
 # ---------------------------------------------------------------------------------------------
