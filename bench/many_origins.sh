@@ -61,11 +61,9 @@ WEIR_BIN=${WEIR_BIN:-$ROOT/build/weir}
 [[ $WEIR_BIN == /* ]] || WEIR_BIN=$PWD/$WEIR_BIN
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-10}
 
-# Progress goes to the script's own stderr, kept on a spare fd: a trap can fire inside a
-# function call whose stderr is redirected to a log file.
-exec {LOG_FD}>&2
-log() { printf '[many-origins] %s\n' "$*" >&"$LOG_FD"; }
-die() { log "error: $*"; exit 2; }
+BENCH_TAG=many-origins
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 
 # VARIABLE:SETTING pairs, to name the setting in messages.
 for v in DURATION:BENCH_SECONDS CONNS:BENCH_CONNECTIONS BODY:BENCH_BODY SEED:BENCH_SEED \
@@ -88,12 +86,6 @@ for p in $PROXIES; do
 done
 
 # ------------------------------------------------------------------ prerequisites
-find_bin() { # NAME: on PATH or in the sbin directories (not on a normal user's PATH)
-  command -v "$1" 2>/dev/null && return 0
-  local d
-  for d in /usr/sbin /sbin /usr/local/sbin; do [[ -x $d/$1 ]] && { echo "$d/$1"; return 0; }; done
-  return 1
-}
 NGINX=${NGINX_BIN:-$(find_bin nginx)} || die "nginx not found (apt-get install nginx-light)"
 HAPROXY=${HAPROXY_BIN:-$(find_bin haproxy)} || die "haproxy not found (apt-get install haproxy)"
 # The system's python3 when there is one: the origins and the load generator are plain
@@ -106,67 +98,8 @@ command -v timeout >/dev/null || die "timeout (coreutils) not found"
   die "open-file limit $(ulimit -n) is too low for $ORIGINS origins (ulimit -n $((4 * ORIGINS + 256)))"
 
 # ------------------------------------------------------------------ temp dir, cleanup
-# (The process handling is run.sh's.)
 mkdir -p "$OUT_DIR" || die "cannot create $OUT_DIR"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-many-origins.XXXXXX") || die "mktemp failed"
-chmod 755 "$TMP"
-
-PIDS=()          # every long-running process this script started
-declare -A DESC  # PID -> its descendants when it came up
-stop_pid() {     # PID: TERM it and its descendants, wait up to 5 s, then KILL what is left
-  local pid=$1 all p i
-  [[ -n $pid ]] || return 0
-  # Its live process tree, plus the children seen when it came up (nginx workers), in
-  # case the parent is already gone.
-  all=$("$PY" "$LIB" tree "$pid" 2>/dev/null)
-  all="$pid $all ${DESC[$pid]:-}"
-  all=$(tr ' ' '\n' <<<"$all" | sort -un | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  kill -TERM $all 2>/dev/null
-  for ((i = 0; i < 50; i++)); do
-    local alive=""
-    for p in $all; do kill -0 "$p" 2>/dev/null && alive+=" $p"; done
-    [[ -z $alive ]] && break
-    sleep 0.1
-  done
-  for p in $all; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-  wait "$pid" 2>/dev/null
-  unset 'DESC[$pid]'
-  forget_pid "$pid"
-}
-forget_pid() {
-  local i
-  for i in "${!PIDS[@]}"; do [[ ${PIDS[$i]} == "$1" ]] && unset 'PIDS[i]'; done
-  return 0
-}
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM HUP
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted: stopping everything"; exit 130' INT TERM HUP
-
-interruptible() { # CMD...: run CMD in the background and wait for it, so that a signal to
-  # this script runs the trap at once instead of after CMD ends; returns CMD's status.
-  "$@" &
-  local p=$! rc
-  PIDS+=("$p")
-  wait "$p"
-  rc=$?
-  forget_pid "$p"
-  return "$rc"
-}
-
-start_bg() { # LOGFILE CMD...: start CMD in the background, PID in $LAST_PID
-  local logf=$1
-  shift
-  "$@" </dev/null >"$logf" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
+bench_tmpdir weir-many-origins
 
 BUSY_BEFORE=$("$PY" "$LIB" busy 1)
 

@@ -34,11 +34,9 @@ PROXIES=${BENCH_PROXIES:-"weir nginx haproxy"}
 WEIR_BIN=${WEIR_BIN:-$ROOT/build/weir}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-10}
 
-# Progress goes to the script's own stderr, kept on a spare fd: a trap can fire inside a
-# function call whose stderr is redirected to a log file.
-exec {LOG_FD}>&2
-log() { printf '[bench] %s\n' "$*" >&"$LOG_FD"; }
-die() { log "error: $*"; exit 2; }
+BENCH_TAG=bench
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 
 for v in DURATION WARMUP CONNS WRK_THREADS READY_TIMEOUT; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -ge 1 ]] || die "$v must be a positive integer (got '${!v}')"
@@ -47,12 +45,6 @@ for s in $SIZES; do [[ $s == 1k || $s == 64k ]] || die "BENCH_SIZES: unknown siz
 for p in $PROXIES; do [[ $p =~ ^(weir|nginx|haproxy)$ ]] || die "BENCH_PROXIES: unknown proxy '$p'"; done
 
 # ------------------------------------------------------------------ prerequisites
-find_bin() { # NAME: on PATH or in the sbin directories (not on a normal user's PATH)
-  command -v "$1" 2>/dev/null && return 0
-  local d
-  for d in /usr/sbin /sbin /usr/local/sbin; do [[ -x $d/$1 ]] && { echo "$d/$1"; return 0; }; done
-  return 1
-}
 NGINX=${NGINX_BIN:-$(find_bin nginx)} || die "nginx not found (apt-get install nginx-light)"
 HAPROXY=${HAPROXY_BIN:-$(find_bin haproxy)} || die "haproxy not found (apt-get install haproxy)"
 WRK=${WRK_BIN:-$(find_bin wrk)} || die "wrk not found (apt-get install wrk)"
@@ -76,69 +68,17 @@ fi
 
 # ------------------------------------------------------------------ temp dir, cleanup
 mkdir -p "$OUT_DIR" || die "cannot create $OUT_DIR"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX") || die "mktemp failed"
-# nginx workers drop to an unprivileged user when started as root: let them read the files.
-chmod 755 "$TMP"
+bench_tmpdir weir-bench
 
-PIDS=()          # every long-running process this script started
-declare -A DESC  # PID -> its descendants when it came up
-stop_pid() {     # PID: TERM it and its descendants, wait up to 5 s, then KILL what is left
-  local pid=$1 all p i
-  [[ -n $pid ]] || return 0
-  # Its live process tree, plus the children seen when it came up (nginx workers), in
-  # case the parent is already gone.
-  all=$("$PY" "$LIB" tree "$pid" 2>/dev/null)
-  all="$pid $all ${DESC[$pid]:-}"
-  all=$(tr ' ' '\n' <<<"$all" | sort -un | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  kill -TERM $all 2>/dev/null
-  for ((i = 0; i < 50; i++)); do
-    local alive=""
-    for p in $all; do kill -0 "$p" 2>/dev/null && alive+=" $p"; done
-    [[ -z $alive ]] && break
-    sleep 0.1
-  done
-  for p in $all; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
-  wait "$pid" 2>/dev/null
-  unset 'DESC[$pid]'
-  forget_pid "$pid"
-}
-forget_pid() {
-  local i
-  for i in "${!PIDS[@]}"; do [[ ${PIDS[$i]} == "$1" ]] && unset 'PIDS[i]'; done
-  return 0
-}
-cleanup() {
-  local rc=$? pid
-  trap - EXIT INT TERM HUP
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted: stopping everything"; exit 130' INT TERM HUP
-
-interruptible() { # CMD...: run CMD in the background and wait for it, so that a signal to
-  # this script runs the trap at once instead of after CMD ends; returns CMD's status.
-  "$@" &
-  local p=$! rc
-  PIDS+=("$p")
-  wait "$p"
-  rc=$?
-  forget_pid "$p"
-  return "$rc"
-}
-
-start_bg() { # LOGFILE PIN(0|1) CMD...: start CMD in the background, PID in $LAST_PID
+# start_bg with the CPU placement: PIN 1 for the proxy under test, 0 for the load side.
+pinned_bg() { # LOGFILE PIN(0|1) CMD...
   local logf=$1 pin=$2
   shift 2
   if [[ $pin == 1 ]]; then
-    "${PROXY_PIN[@]}" "$@" </dev/null >"$logf" 2>&1 &
+    start_bg "$logf" "${PROXY_PIN[@]}" "$@"
   else
-    "${LOAD_PIN[@]}" "$@" </dev/null >"$logf" 2>&1 &
+    start_bg "$logf" "${LOAD_PIN[@]}" "$@"
   fi
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
 }
 
 render() { # TEMPLATE OUT KEY=VALUE...
@@ -169,7 +109,7 @@ declare -A PORT=([weir]=${PORTS[1]} [nginx]=${PORTS[2]} [haproxy]=${PORTS[3]})
 
 render "$HERE/conf/origin-nginx.conf.in" "$TMP/origin/nginx.conf" \
   DIR="$TMP/origin" PORT="$ORIGIN_PORT" WWW="$TMP/www"
-start_bg "$TMP/logs/origin.log" 0 "$NGINX" -p "$TMP/origin" -c "$TMP/origin/nginx.conf" -e "$TMP/origin/error.log"
+pinned_bg "$TMP/logs/origin.log" 0 "$NGINX" -p "$TMP/origin" -c "$TMP/origin/nginx.conf" -e "$TMP/origin/error.log"
 ORIGIN_PID=$LAST_PID
 for s in 1k 64k; do
   interruptible "$PY" "$LIB" wait-http "http://127.0.0.1:$ORIGIN_PORT/${FILE[$s]}" "$TMP/www/${FILE[$s]}" "$READY_TIMEOUT" "$ORIGIN_PID" ||
@@ -190,16 +130,16 @@ start_proxy() { # NAME: start it pinned; PID in $PROXY_PID; non-zero with $FAIL_
         return 3
       fi
       # shellcheck disable=SC2086
-      start_bg "$logf" 1 "$WEIR_BIN" proxy --listen "127.0.0.1:$port" --to "127.0.0.1:$ORIGIN_PORT" \
+      pinned_bg "$logf" 1 "$WEIR_BIN" proxy --listen "127.0.0.1:$port" --to "127.0.0.1:$ORIGIN_PORT" \
         --threads 1 --access-log off ${WEIR_EXTRA_ARGS:-}
       ;;
     nginx)
       render "$HERE/conf/proxy-nginx.conf.in" "$dir/nginx.conf" DIR="$dir" PORT="$port" ORIGIN="$ORIGIN_PORT"
-      start_bg "$logf" 1 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+      pinned_bg "$logf" 1 "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
       ;;
     haproxy)
       render "$HERE/conf/haproxy.cfg.in" "$dir/haproxy.cfg" DIR="$dir" PORT="$port" ORIGIN="$ORIGIN_PORT"
-      start_bg "$logf" 1 "$HAPROXY" -db -f "$dir/haproxy.cfg"
+      pinned_bg "$logf" 1 "$HAPROXY" -db -f "$dir/haproxy.cfg"
       ;;
   esac
   PROXY_PID=$LAST_PID
