@@ -47,12 +47,14 @@ TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py tes
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
-MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py
+MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py \
+	test_rejections.py
 MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
 	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
 	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
 	get_through_config or graceful_signal or sigterm_with_idle or sigint_exits or \
-	killing_a_backend or backup_used or consistent_hash_missing or failing_backend_out_and_back
+	killing_a_backend or backup_used or consistent_hash_missing or failing_backend_out_and_back or \
+	test_rejections
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

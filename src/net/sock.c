@@ -145,7 +145,8 @@ bool weir__addr_equal(const struct sockaddr *a, const struct sockaddr *b)
     return false;
 }
 
-int weir__listen(const struct sockaddr_storage *ss, socklen_t len, bool reuseport, int backlog)
+/* A non-blocking socket bound to ss (SO_REUSEADDR, and SO_REUSEPORT when asked); fd or -errno. */
+static int bound_socket(const struct sockaddr_storage *ss, socklen_t len, bool reuseport)
 {
     int one = 1;
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -154,12 +155,33 @@ int weir__listen(const struct sockaddr_storage *ss, socklen_t len, bool reusepor
     }
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
-        bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, backlog) != 0) {
+        bind(fd, (const struct sockaddr *)ss, len) != 0) {
         int err = -errno;
         close(fd);
         return err;
     }
     return fd;
+}
+
+int weir__listen(const struct sockaddr_storage *ss, socklen_t len, bool reuseport, int backlog)
+{
+    int fd = bound_socket(ss, len, reuseport);
+    if (fd >= 0 && listen(fd, backlog) != 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+int weir__bind_check(const struct sockaddr_storage *ss, socklen_t len)
+{
+    int fd = bound_socket(ss, len, false);
+    if (fd < 0) {
+        return fd;
+    }
+    close(fd);
+    return 0;
 }
 
 int weir__connect(const struct sockaddr *sa, socklen_t len)

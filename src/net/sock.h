@@ -25,6 +25,13 @@ bool weir__addr_equal(const struct sockaddr *a, const struct sockaddr *b);
 int weir__listen(const struct sockaddr_storage *ss, socklen_t len, bool reuseport, int backlog);
 
 /**
+ * 0 when a plain bind (no SO_REUSEPORT) to ss succeeds, that is when no other socket listens
+ * there, or -errno. The socket never listens, so no connection can queue on it and be reset
+ * when it closes.
+ */
+int weir__bind_check(const struct sockaddr_storage *ss, socklen_t len);
+
+/**
  * Starts a non-blocking connect. Returns the fd (connection in progress or done) or -errno
  * for an immediate failure.
  */

@@ -471,14 +471,15 @@ static int bind_listeners(struct weir_service *svc)
         if (!stealing) {
             /*
              * SO_REUSEPORT would let us join another process's group on the same port and
-             * share its traffic silently: a plain bind first proves the port is free.
+             * share its traffic silently: a plain bind first proves the port is free. It
+             * does not listen: a client connecting in that window (a readiness probe) would
+             * queue on it and be reset when it closes.
              */
-            int probe = weir__listen(&l->ss, l->len, false, 1);
-            if (probe < 0) {
-                weir_log(WEIR_LOG_ERROR, "cannot listen on %s: %s", l->address, strerror(-probe));
-                return probe;
+            int rc = weir__bind_check(&l->ss, l->len);
+            if (rc < 0) {
+                weir_log(WEIR_LOG_ERROR, "cannot listen on %s: %s", l->address, strerror(-rc));
+                return rc;
             }
-            close(probe);
         }
         for (unsigned w = 0; w < svc->nworkers; w++) {
             struct worker_listener *wl = &svc->workers[w].ls[i];

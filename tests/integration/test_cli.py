@@ -2,7 +2,9 @@
 import errno
 import http.client
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -289,3 +291,45 @@ def test_second_instance_on_the_same_port_fails(weir, tmp_path):
     assert rc == 1, f"a second weir started on 127.0.0.1:{port} beside a running one: {err}"
     assert f"127.0.0.1:{port}" in err and "in use" in err, err
     assert first.alive()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_only_serving_sockets_listen(tmp_path):
+    """The check that a port is free must not listen: a client connecting in that moment (a
+    readiness probe, a load balancer's health check during a restart) would be queued on a
+    socket that closes right after, and get a reset. Every listen() weir makes must be one of
+    the per-worker sockets that go on serving: 2 threads, 2 listeners, 4 calls."""
+    ports = [free_port(), free_port()]
+    text = GOOD.replace("  - 127.0.0.1:0\n", "".join(f"  - 127.0.0.1:{p}\n" for p in ports))
+    (tmp_path / "w.yaml").write_text(text)
+    trace = tmp_path / "listen.trace"
+    # LeakSanitizer cannot run under ptrace: in the ASan build it would fail the exit.
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=listen", "-o", str(trace),
+                             WEIR_BIN, "-c", "w.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        try:
+            for p in ports:
+                wait_port(p, timeout=20)
+        except TimeoutError:
+            proc.kill()
+            err = proc.communicate()[1].decode(errors="replace")
+            if "ptrace" in err.lower() or "not permitted" in err.lower():
+                pytest.skip(f"strace cannot trace here: {err.strip()[:200]}")
+            raise AssertionError(f"weir did not start under strace: {err}")
+        # weir is strace's child: stop it with SIGTERM, as an operator would.
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = [int(x) for x in f.read().split()]
+        assert len(children) == 1, children
+        os.kill(children[0], signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        assert rc == 0, proc.stderr.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    calls = re.findall(r"listen\((\d+), (\d+)\)\s+= (-?\d+)", trace.read_text())
+    assert len(calls) == 4, f"expected 4 listen() calls (2 workers x 2 listeners): {calls}"
+    assert all(rc == "0" for _, _, rc in calls), calls
+    assert len({fd for fd, _, _ in calls}) == 4, f"a listening fd was closed and reused: {calls}"
