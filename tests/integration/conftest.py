@@ -43,6 +43,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def check_refuses(tmp_path, config_text):
+    """Writes config_text to tmp_path/bad.yaml and runs `weir -t -c` on it: asserts that the
+    check refuses it (exit 1) and returns (path, stderr)."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(config_text)
+    r = subprocess.run([WEIR_BIN, "-t", "-c", str(path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1, r.stderr
+    return path, r.stderr
+
+
 def wait_port(port, timeout=10.0, host="127.0.0.1"):
     """Waits until something accepts connections on port."""
     deadline = time.monotonic() + timeout

@@ -304,3 +304,25 @@ class HttpOrigin(Origin):
         if not head_only:
             c.send(body)
         return True
+
+
+class HealthOrigin(HttpOrigin):
+    """An HttpOrigin whose /health answers `health_status` with body `health_body`. Health
+    checks are counted in `checks` and kept out of `requests`."""
+
+    def __init__(self, host="127.0.0.1", port=0):
+        super().__init__(host=host, port=port)
+        self.health_status = 200
+        self.health_body = b"ok\n"
+        self.checks = 0
+
+    def _respond(self, c, req):
+        if req.target == "/health":
+            with self.lock:
+                self.checks += 1
+                self.requests.remove(req)
+            body = self.health_body
+            c.send(f"HTTP/1.1 {self.health_status} X\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                   + body)
+            return True
+        return super()._respond(c, req)

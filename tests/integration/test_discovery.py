@@ -26,8 +26,8 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, free_port
-from origin import HttpOrigin
+from conftest import SANITIZED, check_refuses, free_port
+from origin import HealthOrigin, HttpOrigin
 
 SLOW = 3 if SANITIZED else 1
 DNSMASQ = "/usr/sbin/dnsmasq"
@@ -168,22 +168,6 @@ def dns(tmp_path):
     yield make
     for d in made:
         d.stop()
-
-
-class HealthOrigin(HttpOrigin):
-    """An HttpOrigin whose /health answers health_status; health checks are not recorded."""
-
-    def __init__(self, host="127.0.0.1", port=0):
-        super().__init__(host=host, port=port)
-        self.health_status = 200
-
-    def _respond(self, c, req):
-        if req.target == "/health":
-            with self.lock:
-                self.requests.remove(req)
-            c.send(f"HTTP/1.1 {self.health_status} X\r\nContent-Length: 0\r\n\r\n".encode())
-            return True
-        return super()._respond(c, req)
 
 
 @pytest.fixture
@@ -460,14 +444,10 @@ def test_aaaa(weir, dns, origins):
     ("    sevrers: [127.0.0.1:53]\n", "did you mean 'servers'?"),
 ])
 def test_bad_resolver_config_refused(tmp_path, resolver, msg):
-    path = tmp_path / "bad.yaml"
-    path.write_text(f"server:\n  resolver:\n{resolver}"
-                    "listeners: [127.0.0.1:1]\nroutes: [{upstream: u}]\n"
-                    "upstreams:\n  u:\n    backends: [app.weir.test:80]\n")
-    r = subprocess.run([os.environ["WEIR_BIN"], "-t", "-c", str(path)], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode == 1
-    assert msg in r.stderr, r.stderr
+    _, err = check_refuses(tmp_path, f"server:\n  resolver:\n{resolver}"
+                           "listeners: [127.0.0.1:1]\nroutes: [{upstream: u}]\n"
+                           "upstreams:\n  u:\n    backends: [app.weir.test:80]\n")
+    assert msg in err, err
 
 
 @pytest.mark.parametrize("backend,msg", [
@@ -476,10 +456,6 @@ def test_bad_resolver_config_refused(tmp_path, resolver, msg):
     ("{srv: _http._tcp.x, weight: 2}", "the SRV records give the weights"),
 ])
 def test_bad_dns_backend_refused(tmp_path, backend, msg):
-    path = tmp_path / "bad.yaml"
-    path.write_text("listeners: [127.0.0.1:1]\nroutes: [{upstream: u}]\n"
-                    f"upstreams:\n  u:\n    backends: [{backend}]\n")
-    r = subprocess.run([os.environ["WEIR_BIN"], "-t", "-c", str(path)], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode == 1
-    assert msg in r.stderr, r.stderr
+    _, err = check_refuses(tmp_path, "listeners: [127.0.0.1:1]\nroutes: [{upstream: u}]\n"
+                           f"upstreams:\n  u:\n    backends: [{backend}]\n")
+    assert msg in err, err

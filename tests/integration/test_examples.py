@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import EXAMPLES_DIR, HttpOrigin, free_port
+from conftest import EXAMPLES_DIR, free_port
+from origin import HealthOrigin
 
 
 def example(name):
@@ -257,30 +258,14 @@ def test_async_check_sigterm_lets_a_suspended_request_finish(weir, origin):
 
 # ---- sticky (weir/lb.h from the public API) ----
 
-class HealthToggle(HttpOrigin):
-    """An origin whose /healthz answers `health` (200 or 503)."""
-
-    def __init__(self):
-        super().__init__()
-        self.health = 200
-
-    def _respond(self, c, req):
-        if req.target == "/healthz":
-            with self.lock:
-                self.requests.remove(req)
-            c.send(f"HTTP/1.1 {self.health} X\r\nContent-Length: 0\r\n\r\n".encode())
-            return True
-        return super()._respond(c, req)
-
-
 def test_sticky_same_key_same_backend_and_health(weir):
-    backends = [HealthToggle() for _ in range(3)]
+    backends = [HealthOrigin() for _ in range(3)]
     for o in backends:
         o.start()
     try:
         port = free_port()
         to = ",".join(f"127.0.0.1:{o.port}" for o in backends)
-        w = weir.cli(["--listen", f"127.0.0.1:{port}", "--to", to, "--health", "/healthz",
+        w = weir.cli(["--listen", f"127.0.0.1:{port}", "--to", to, "--health", "/health",
                       "--threads", "2"], port=port, binary=example("sticky"))
         users = [f"user-{i}" for i in range(60)]
 
@@ -300,7 +285,7 @@ def test_sticky_same_key_same_backend_and_health(weir):
         before = placement()
         assert set(before.values()) == {0, 1, 2}
         # Backend 1 fails its checks: only its keys move; the others stay where they were.
-        backends[1].health = 503
+        backends[1].health_status = 503
         deadline = time.monotonic() + 15
         while "is down" not in w.stderr() and time.monotonic() < deadline:
             time.sleep(0.1)

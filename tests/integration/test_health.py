@@ -3,38 +3,14 @@
 TCP checks notice a backend that stopped listening; body matching; config errors.
 """
 import http.client
-import os
-import subprocess
 import time
 
 import pytest
 
-from conftest import SANITIZED, free_port
-from origin import HttpOrigin
+from conftest import SANITIZED, check_refuses, free_port
+from origin import HealthOrigin
 
 SLOW = 3 if SANITIZED else 1
-
-
-class HealthOrigin(HttpOrigin):
-    """An HttpOrigin whose /health answers `health_status` with body `health_body`, and which
-    counts the health checks it gets apart from other requests."""
-
-    def __init__(self):
-        super().__init__()
-        self.health_status = 200
-        self.health_body = b"ok\n"
-        self.checks = 0
-
-    def _respond(self, c, req):
-        if req.target == "/health":
-            with self.lock:
-                self.checks += 1
-                self.requests.remove(req)
-            body = self.health_body
-            c.send(f"HTTP/1.1 {self.health_status} X\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                   + body)
-            return True
-        return super()._respond(c, req)
 
 
 def start(weir, backends, check, extra=""):
@@ -172,10 +148,6 @@ def test_health_checks_are_bounded_in_time(weir, origins):
     ("      rise: 0\n", "between 1 and 100"),
 ])
 def test_bad_health_config_refused(tmp_path, bad, msg):
-    path = tmp_path / "bad.yaml"
-    path.write_text("listeners: [127.0.0.1:1]\nroutes: [{upstream: u}]\n"
-                    f"upstreams:\n  u:\n    health_check:\n{bad}    backends: [127.0.0.1:2]\n")
-    r = subprocess.run([os.environ["WEIR_BIN"], "-t", "-c", str(path)], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode == 1
-    assert msg in r.stderr, r.stderr
+    _, err = check_refuses(tmp_path, "listeners: [127.0.0.1:1]\nroutes: [{upstream: u}]\n"
+                           f"upstreams:\n  u:\n    health_check:\n{bad}    backends: [127.0.0.1:2]\n")
+    assert msg in err, err

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import free_port, proxy_config
-from test_smuggling import read_responses, split_responses
+from test_smuggling import read_responses
 
 LIMITS = ("  limits:\n"
           "    max_header_bytes: 4k\n"
