@@ -39,16 +39,11 @@ struct weir_iov weir_req_query(const struct weir_req *req)
     return (struct weir_iov){t.base + skip, t.len - skip};
 }
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
 bool weir_cookie_find(struct weir_iov field, struct weir_iov name, struct weir_iov *value)
 {
     size_t i = 0;
     while (i < field.len) {
-        while (i < field.len && (is_ows(field.base[i]) || field.base[i] == ';')) {
+        while (i < field.len && (weir__http_is_ows(field.base[i]) || field.base[i] == ';')) {
             i++;
         }
         size_t start = i;
@@ -59,7 +54,7 @@ bool weir_cookie_find(struct weir_iov field, struct weir_iov name, struct weir_i
         if (name.len > 0 && pair.len > name.len && pair.base[name.len] == '=' &&
             memcmp(pair.base, name.base, name.len) == 0) {
             struct weir_iov v = {pair.base + name.len + 1, pair.len - name.len - 1};
-            while (v.len > 0 && is_ows(v.base[v.len - 1])) {
+            while (v.len > 0 && weir__http_is_ows(v.base[v.len - 1])) {
                 v.len--;
             }
             if (value != NULL) {

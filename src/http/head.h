@@ -45,6 +45,12 @@ int weir__headers_adopt(struct weir_headers *h, const struct weir_header *fields
 /** Removes the field at index i, keeping order. */
 void weir__headers_remove_at(struct weir_headers *h, size_t i);
 
+/** Optional whitespace (RFC 9110 OWS): space or horizontal tab. */
+static inline bool weir__http_is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
 /** True when v is a valid token (RFC 9110 tchar+), as header names and methods must be. */
 bool weir__http_is_token(struct weir_iov v);
 

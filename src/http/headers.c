@@ -30,11 +30,6 @@ static inline bool is_value_byte(unsigned char c)
     return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
-static inline bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
 bool weir__http_is_token(struct weir_iov v)
 {
     if (v.len == 0) {
@@ -64,7 +59,7 @@ bool weir__http_next_token(struct weir_iov list, size_t *pos, struct weir_iov *t
 {
     size_t i = *pos;
     while (i < list.len) {
-        while (i < list.len && (is_ows(list.base[i]) || list.base[i] == ',')) {
+        while (i < list.len && (weir__http_is_ows(list.base[i]) || list.base[i] == ',')) {
             i++;
         }
         if (i == list.len) {
@@ -74,7 +69,7 @@ bool weir__http_next_token(struct weir_iov list, size_t *pos, struct weir_iov *t
         const char *comma = memchr(list.base + i, ',', list.len - i);
         size_t end = comma ? (size_t)(comma - list.base) : list.len;
         i = end;
-        while (end > start && is_ows(list.base[end - 1])) {
+        while (end > start && weir__http_is_ows(list.base[end - 1])) {
             end--;
         }
         *pos = i;
