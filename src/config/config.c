@@ -475,16 +475,16 @@ static void get_size32(struct ctx *c, const struct ynode *n, const char *key, ui
 }
 
 /* A "host:port" string kept in the snapshot, or NULL after reporting why not. With dns NULL
- * (listeners) the host is numeric or localhost; with dns set (backends) it may also be a DNS
- * name, and *dns says whether it is one. */
-static const char *address_value(struct ctx *c, const struct ynode *n, bool allow_port0, bool *dns)
+ * (listeners) the host is numeric or localhost and the port may be 0; with dns set (backends)
+ * the host may also be a DNS name, and *dns says whether it is one. */
+static const char *address_value(struct ctx *c, const struct ynode *n, bool *dns)
 {
     const struct ynode *s = scalar(c, n, "host:port");
     if (s == NULL) {
         return NULL;
     }
     const char *why = dns != NULL ? weir__cfg_check_backend_address(s->text, s->len, dns)
-                                  : weir__cfg_check_address(s->text, s->len, allow_port0);
+                                  : weir__cfg_check_address(s->text, s->len, true);
     if (why != NULL) {
         char shown[WEIR__CFG_DESCRIBE_MAX];
         err(c, n, "expected host:port, got %s (%s)", weir__cfg_describe(s, shown, sizeof(shown)),
@@ -788,7 +788,7 @@ static void listener_item(struct ctx *c, const struct ynode *n, struct weir_cfg_
     const struct ynode *v[K_N];
     const struct ynode *d = weir__ynode_deref(n);
     if (d->type == YN_SCALAR && !weir__ynode_is_null(d)) {
-        l->address = address_value(c, n, true, NULL);
+        l->address = address_value(c, n, NULL);
         return;
     }
     if (!fields(c, n, keys, K_N, v,
@@ -797,7 +797,7 @@ static void listener_item(struct ctx *c, const struct ynode *n, struct weir_cfg_
     }
     if (v[K_ADDR] != NULL) {
         size_t old = path_key(c, "address");
-        l->address = address_value(c, v[K_ADDR], true, NULL);
+        l->address = address_value(c, v[K_ADDR], NULL);
         path_pop(c, old);
     }
     get_string(c, v[K_NAME], "name", "a name", &l->name);
@@ -871,7 +871,7 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
     const struct ynode *d = weir__ynode_deref(n);
     b->weight = 1;
     if (d->type == YN_SCALAR && !weir__ynode_is_null(d)) {
-        b->address = address_value(c, n, false, &b->dns);
+        b->address = address_value(c, n, &b->dns);
         return;
     }
     if (!fields(c, n, keys, K_N, v,
@@ -887,7 +887,7 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
         path_pop(c, old);
     } else if (v[K_ADDR] != NULL) {
         size_t old = path_key(c, "address");
-        b->address = address_value(c, v[K_ADDR], false, &b->dns);
+        b->address = address_value(c, v[K_ADDR], &b->dns);
         path_pop(c, old);
     } else {
         size_t old = path_key(c, "srv");
