@@ -43,6 +43,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for(cond, timeout):
+    """Polls cond every 50 ms until it is true or timeout seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
 def check_refuses(tmp_path, config_text):
     """Writes config_text to tmp_path/bad.yaml and runs `weir -t -c` on it: asserts that the
     check refuses it (exit 1) and returns (path, stderr)."""

@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, check_refuses, free_port
+from conftest import SANITIZED, check_refuses, free_port, wait_for
 from origin import HealthOrigin, HttpOrigin
 
 SLOW = 3 if SANITIZED else 1
@@ -222,15 +222,6 @@ def get(port, n, path="/x"):
         out.append(r.status)
     c.close()
     return out
-
-
-def wait_for(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 class Traffic:

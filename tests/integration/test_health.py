@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, check_refuses, free_port
+from conftest import SANITIZED, check_refuses, free_port, wait_for
 from origin import HealthOrigin
 
 SLOW = 3 if SANITIZED else 1
@@ -34,15 +34,6 @@ def get_ok(port, n, tag):
         ok += r.status == 200
     c.close()
     return ok
-
-
-def wait_for(cond, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 HTTP_CHECK = ("      path: /health\n      interval: 100ms\n      timeout: 100ms\n"
