@@ -106,7 +106,7 @@ fuzz-smoke: fuzz-build
 lint: deps
 	@bash scripts/lint.sh
 
-format:
+format: # the style lint checks (scripts/lint.sh step 0)
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:

@@ -16,7 +16,7 @@
 
 #include "app.h"
 
-#define DEMO_BUF 16384
+#define DEMO_BUF       16384
 #define DEMO_MAX_CONNS 1024
 
 struct demo_conn {

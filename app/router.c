@@ -23,9 +23,9 @@ struct weir_app_router {
     const struct weir_config *cfg;
     struct weir_lb **lbs; /* one per cfg->upstreams[i] */
     size_t nlbs;
-    struct weir_health *health; /* NULL when no group has a health_check */
+    struct weir_health *health;       /* NULL when no group has a health_check */
     struct weir_discovery *discovery; /* NULL when no backend is given by DNS name */
-    _Atomic int64_t *budget;    /* one per cfg->routes[i] */
+    _Atomic int64_t *budget;          /* one per cfg->routes[i] */
 };
 
 struct route_ctx {
@@ -123,8 +123,8 @@ static int add_discovery(struct weir_app_router *r, const struct weir_config *cf
     }
     for (size_t j = 0; j < up->nbackends; j++) {
         const struct weir_cfg_backend *b = &up->backends[j];
-        t[j] = (struct weir_discovery_target){WEIR_DISCOVERY_STATIC, b->address, 0, b->weight,
-                                              b->backup, b->drain, b->max_conns};
+        t[j] = (struct weir_discovery_target){
+            WEIR_DISCOVERY_STATIC, b->address, 0, b->weight, b->backup, b->drain, b->max_conns};
         if (b->srv != NULL) {
             t[j].kind = WEIR_DISCOVERY_SRV;
             t[j].name = b->srv;
@@ -180,8 +180,8 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
     }
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct weir_cfg_upstream *up = &cfg->upstreams[i];
-        struct weir_lb_backend *specs = weir_calloc(up->nbackends ? up->nbackends : 1,
-                                                    sizeof(*specs));
+        struct weir_lb_backend *specs =
+            weir_calloc(up->nbackends ? up->nbackends : 1, sizeof(*specs));
         if (specs == NULL) {
             weir_app_router_free(r);
             return WEIR_ENOMEM;
@@ -426,15 +426,15 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
     struct weir_req *req = weir_session_req(s);
     rc->route = find_route(weir_session_config(s), req);
     if (rc->route == NULL) {
-        if (weir_session_respond_text(s, 404, WEIR_IOV_LIT("No route matches this request\n")) != 0) {
+        if (weir_session_respond_text(s, 404, WEIR_IOV_LIT("No route matches this request\n")) !=
+            0) {
             return WEIR_HOOK_ERROR;
         }
         return WEIR_HOOK_DONE;
     }
     earn_budget(rc);
-    return apply_edits(weir_req_headers(req), &rc->route->request_headers) == 0
-               ? WEIR_HOOK_CONTINUE
-               : WEIR_HOOK_ERROR;
+    return apply_edits(weir_req_headers(req), &rc->route->request_headers) == 0 ? WEIR_HOOK_CONTINUE
+                                                                                : WEIR_HOOK_ERROR;
 }
 
 static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
@@ -447,8 +447,8 @@ static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
     }
     size_t idx = (size_t)(rc->route->upstream - cfg->upstreams);
     const struct weir_cfg_upstream *up = &cfg->upstreams[idx];
-    struct weir_iov key = up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up)
-                                                                      : (struct weir_iov){"", 0};
+    struct weir_iov key =
+        up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up) : (struct weir_iov){"", 0};
     return weir_session_select_backend(s, rc->router->lbs[idx], key, peer);
 }
 

@@ -164,9 +164,9 @@ static bool ref_lookup(struct weir_iov text, struct weir_iov name, char sep, boo
             p++;
             n--;
         }
-        bool same = n > name.len && name.len > 0 && p[name.len] == '=' &&
-                    (cookie ? memcmp(p, name.base, name.len) == 0
-                            : lower_eq(p, name.base, name.len));
+        bool same =
+            n > name.len && name.len > 0 && p[name.len] == '=' &&
+            (cookie ? memcmp(p, name.base, name.len) == 0 : lower_eq(p, name.base, name.len));
         if (same) {
             size_t vlen = n - name.len - 1;
             while (cookie && vlen > 0 &&

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # `make lint`: the static gates over src/ app/ examples/ (docs/SECURITY.md).
+#   0. clang-format         every tracked .c/.h is formatted as .clang-format says
+#                           (`make format` fixes it)
 #   1. scripts/checksrc.sh  banned calls, raw allocation, whitespace
 #   2. clang-tidy           the checks in .clang-tidy (warnings are errors), using the
 #                           compile_commands.json of a Debug configure in $LINT_BUILD_DIR
@@ -18,6 +20,17 @@ command -v cppcheck >/dev/null || { echo "lint: cppcheck not found" >&2; exit 2;
 mapfile -t sources < <(find src app examples -type f -name '*.c' | sort)
 
 failed=()
+
+FMT=$(command -v clang-format-14 || command -v clang-format || true)
+[ -n "$FMT" ] || { echo "lint: clang-format not found (scripts/deps.sh installs it)" >&2; exit 2; }
+echo "== lint: clang-format ($(basename "$FMT")) =="
+mapfile -t tracked < <(git ls-files '*.c' '*.h' 2>/dev/null || find src app examples include tests fuzz bench -name '*.[ch]')
+if "$FMT" --dry-run --Werror "${tracked[@]}" 2>&1 | grep -m 20 'error:'; then
+    echo "clang-format: the files above differ from .clang-format (run: make format)"
+    failed+=(clang-format)
+else
+    echo "clang-format: ${#tracked[@]} files formatted"
+fi
 
 echo "== lint: checksrc =="
 scripts/checksrc.sh || failed+=(checksrc)

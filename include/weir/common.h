@@ -8,7 +8,7 @@
 
 #ifdef __cplusplus
 #define WEIR_BEGIN_DECLS extern "C" {
-#define WEIR_END_DECLS }
+#define WEIR_END_DECLS   }
 #else
 #define WEIR_BEGIN_DECLS
 #define WEIR_END_DECLS

@@ -62,12 +62,12 @@ struct weir_cfg_header_edits {
 
 /** Size and count bounds on requests (server.limits). */
 struct weir_cfg_limits {
-    uint32_t max_request_line;  /**< bytes; default 8192; over it: 414 */
-    uint32_t max_header_bytes;  /**< bytes of the whole head; default 32768; over it: 431 */
-    uint32_t max_headers;       /**< fields; default 100; over it: 431 */
-    uint64_t max_body_bytes;    /**< request body bytes; 0 = unlimited (default); over it: 413 */
-    uint32_t max_connections;   /**< open client connections per worker; default 10000 */
-    uint32_t buffer_size;       /**< I/O buffer bytes; default 32768 */
+    uint32_t max_request_line; /**< bytes; default 8192; over it: 414 */
+    uint32_t max_header_bytes; /**< bytes of the whole head; default 32768; over it: 431 */
+    uint32_t max_headers;      /**< fields; default 100; over it: 431 */
+    uint64_t max_body_bytes;   /**< request body bytes; 0 = unlimited (default); over it: 413 */
+    uint32_t max_connections;  /**< open client connections per worker; default 10000 */
+    uint32_t buffer_size;      /**< I/O buffer bytes; default 32768 */
     /** open connections from one client address (IPv6: its /64), all workers; 0 = off (default) */
     uint32_t max_connections_per_ip;
     /** requests per second from one client address; 0 = off (default); over it: 429 */
@@ -102,33 +102,33 @@ struct weir_cfg_resolver {
 
 /** server: section. */
 struct weir_cfg_server {
-    uint32_t threads;            /**< workers per proxy service; default = online cores */
-    bool work_stealing;          /**< false: SO_REUSEPORT per worker; true: EPOLLEXCLUSIVE */
-    const char *pid_file;        /**< NULL: none */
-    const char *error_log;       /**< path, or NULL for stderr */
+    uint32_t threads;      /**< workers per proxy service; default = online cores */
+    bool work_stealing;    /**< false: SO_REUSEPORT per worker; true: EPOLLEXCLUSIVE */
+    const char *pid_file;  /**< NULL: none */
+    const char *error_log; /**< path, or NULL for stderr */
     enum weir_log_level log_level;
-    uint32_t grace_period_ms;    /**< SIGTERM/SIGQUIT: time to finish in-flight requests; 30000 */
-    const char *access_log;      /**< path, "stdout", or NULL (off) */
+    uint32_t grace_period_ms; /**< SIGTERM/SIGQUIT: time to finish in-flight requests; 30000 */
+    const char *access_log;   /**< path, "stdout", or NULL (off) */
     enum weir_access_format access_log_format;
     uint32_t upstream_keepalive; /**< idle upstream connections kept per peer and worker; 128 */
     /** upstream_pool.shared_per_peer: idle connections per peer in the tier all workers share;
         0 turns sharing off; default 256 */
     uint32_t upstream_shared_per_peer;
-    uint32_t upstream_shared_total;    /**< upstream_pool.shared_total: in all; default 4096 */
-    uint32_t upstream_share_after_ms;  /**< upstream_pool.share_after: idle time in a worker's
-                                            own tier before sharing; default 10 */
-    uint32_t max_retries;        /**< connect retries on another backend; default 1 */
-    bool x_forwarded_for;        /**< add X-Forwarded-For (default true) */
-    bool x_forwarded_proto;      /**< add X-Forwarded-Proto (default true) */
-    bool via;                    /**< add Via (default true) */
+    uint32_t upstream_shared_total;   /**< upstream_pool.shared_total: in all; default 4096 */
+    uint32_t upstream_share_after_ms; /**< upstream_pool.share_after: idle time in a worker's
+                                           own tier before sharing; default 10 */
+    uint32_t max_retries;             /**< connect retries on another backend; default 1 */
+    bool x_forwarded_for;             /**< add X-Forwarded-For (default true) */
+    bool x_forwarded_proto;           /**< add X-Forwarded-Proto (default true) */
+    bool via;                         /**< add Via (default true) */
     struct weir_cfg_limits limits;
     struct weir_cfg_timeouts timeouts;
     struct weir_cfg_resolver resolver;
 };
 
 struct weir_cfg_listener {
-    const char *address; /**< "host:port" as written, IPv6 as "[::1]:8080" */
-    const char *name;    /**< optional label, "" when absent */
+    const char *address;      /**< "host:port" as written, IPv6 as "[::1]:8080" */
+    const char *name;         /**< optional label, "" when absent */
     uint32_t max_connections; /**< open connections on this listener, all workers; 0 = no cap */
 };
 
@@ -139,39 +139,39 @@ struct weir_cfg_backend {
     /** An SRV name ("_http._tcp.app.internal") whose records give the backends, their ports
         and weights; NULL otherwise */
     const char *srv;
-    bool dns;            /**< address's host is a DNS name, resolved with A and AAAA */
-    uint32_t weight;     /**< 1..256, default 1 (not used with srv) */
-    bool backup;         /**< used only while no primary backend can be */
-    bool drain;          /**< out of rotation (nginx's `down`) */
-    uint32_t max_conns;  /**< requests in flight to it at once; 0 = no cap */
+    bool dns;           /**< address's host is a DNS name, resolved with A and AAAA */
+    uint32_t weight;    /**< 1..256, default 1 (not used with srv) */
+    bool backup;        /**< used only while no primary backend can be */
+    bool drain;         /**< out of rotation (nginx's `down`) */
+    uint32_t max_conns; /**< requests in flight to it at once; 0 = no cap */
 };
 
 /** upstreams.*.health_check: an active check of every backend. */
 struct weir_cfg_health {
-    bool enabled;              /**< the key is present */
-    bool tcp;                  /**< type: tcp (connect only) instead of http */
-    const char *method;        /**< GET or HEAD; default GET */
-    const char *path;          /**< default "/" */
-    const char *host;          /**< Host header; NULL: the backend's address */
-    uint16_t status_lo[16];    /**< expect_status ranges; default 200-399 */
+    bool enabled;           /**< the key is present */
+    bool tcp;               /**< type: tcp (connect only) instead of http */
+    const char *method;     /**< GET or HEAD; default GET */
+    const char *path;       /**< default "/" */
+    const char *host;       /**< Host header; NULL: the backend's address */
+    uint16_t status_lo[16]; /**< expect_status ranges; default 200-399 */
     uint16_t status_hi[16];
     size_t nstatus;
-    const char *expect_body;   /**< NULL: none */
-    uint32_t interval_ms;      /**< default 5000 */
-    uint32_t timeout_ms;       /**< default 2000 */
-    uint32_t rise;             /**< default 2 */
-    uint32_t fall;             /**< default 3 */
+    const char *expect_body; /**< NULL: none */
+    uint32_t interval_ms;    /**< default 5000 */
+    uint32_t timeout_ms;     /**< default 2000 */
+    uint32_t rise;           /**< default 2 */
+    uint32_t fall;           /**< default 3 */
 };
 
 struct weir_cfg_upstream {
     const char *name;
     enum weir_balance balance;
-    enum weir_hash_key hash_key;  /**< consistent_hash only */
-    const char *hash_key_name;    /**< header, cookie or argument name; NULL otherwise */
-    bool fail_open;               /**< all backends down: use them anyway (true) or 503 */
-    uint32_t max_fails;           /**< passive health: failures in a row that eject; 0 = off */
-    uint32_t eject_ms;            /**< first ejection; doubles while failing; default 10000 */
-    uint32_t eject_max_ms;        /**< longest ejection; default 300000 */
+    enum weir_hash_key hash_key; /**< consistent_hash only */
+    const char *hash_key_name;   /**< header, cookie or argument name; NULL otherwise */
+    bool fail_open;              /**< all backends down: use them anyway (true) or 503 */
+    uint32_t max_fails;          /**< passive health: failures in a row that eject; 0 = off */
+    uint32_t eject_ms;           /**< first ejection; doubles while failing; default 10000 */
+    uint32_t eject_max_ms;       /**< longest ejection; default 300000 */
     struct weir_cfg_health health;
     uint32_t queue_size;       /**< requests that may wait for a backend under max_conns; 128 */
     uint32_t queue_timeout_ms; /**< how long one may wait; default 5000 */
@@ -180,10 +180,10 @@ struct weir_cfg_upstream {
 };
 
 struct weir_cfg_route {
-    const char *name;              /**< "" when absent */
-    const char *const *hosts;      /**< exact names or "*.suffix"; none = any host */
+    const char *name;         /**< "" when absent */
+    const char *const *hosts; /**< exact names or "*.suffix"; none = any host */
     size_t nhosts;
-    const char *path_prefix;       /**< "/" when absent */
+    const char *path_prefix; /**< "/" when absent */
     const struct weir_cfg_upstream *upstream;
     struct weir_cfg_header_edits request_headers;
     struct weir_cfg_header_edits response_headers;
@@ -210,8 +210,8 @@ struct weir_config {
 /** One validation error, pointing into the file. */
 struct weir_config_error {
     const char *file;
-    int line; /**< 1-based; 0 when the error has no place (a missing file) */
-    int col;  /**< 1-based */
+    int line;            /**< 1-based; 0 when the error has no place (a missing file) */
+    int col;             /**< 1-based */
     const char *key;     /**< dotted path of the offending key ("routes[1].upstream"), or "" */
     const char *message; /**< what was expected, and a did-you-mean when one fits */
 };
@@ -230,8 +230,7 @@ WEIR_EXTERN int weir_config_load_file(const char *path, struct weir_config **out
 
 /** Same as weir_config_load_file, from text in memory; name labels it in errors. */
 WEIR_EXTERN int weir_config_load_string(const char *name, const char *text, size_t len,
-                                        struct weir_config **out,
-                                        struct weir_config_errors **errs);
+                                        struct weir_config **out, struct weir_config_errors **errs);
 
 /** A snapshot with every default and no listeners, routes or upstreams. NULL on ENOMEM. */
 WEIR_EXTERN struct weir_config *weir_config_new_default(void);

@@ -78,8 +78,7 @@ WEIR_EXTERN struct weir_iov weir_req_host(const struct weir_req *req);
 WEIR_EXTERN bool weir_req_cookie(const struct weir_req *req, const char *name,
                                  struct weir_iov *value);
 /** The raw value of query argument name (matched case-insensitively), as nginx's $arg_NAME. */
-WEIR_EXTERN bool weir_req_arg(const struct weir_req *req, const char *name,
-                              struct weir_iov *value);
+WEIR_EXTERN bool weir_req_arg(const struct weir_req *req, const char *name, struct weir_iov *value);
 /** The same lookups in one Cookie field value ("a=1; b=2") and one query string ("a=1&b=2"). */
 WEIR_EXTERN bool weir_cookie_find(struct weir_iov field, struct weir_iov name,
                                   struct weir_iov *value);

@@ -37,8 +37,8 @@ enum weir_lb_algorithm {
 };
 
 /** Bounds of a backend set (weir_lb_new and weir_lb_update refuse more). */
-#define WEIR_LB_MAX_BACKENDS 1024
-#define WEIR_LB_MAX_WEIGHT 256
+#define WEIR_LB_MAX_BACKENDS     1024
+#define WEIR_LB_MAX_WEIGHT       256
 #define WEIR_LB_MAX_TOTAL_WEIGHT 16384 /* per tier (primary, backup) */
 
 /** One backend as given to weir_lb_new / weir_lb_update. */
@@ -119,11 +119,11 @@ struct weir_lb_backend_info {
     uint32_t weight;
     bool backup;
     bool drain;
-    bool healthy;        /**< active health checks say up (true without checks) */
-    bool ejected;        /**< passive health ejected it, for now */
-    uint32_t active;     /**< requests holding it */
-    uint32_t fails;      /**< consecutive failures */
-    uint64_t selected;   /**< times chosen */
+    bool healthy;      /**< active health checks say up (true without checks) */
+    bool ejected;      /**< passive health ejected it, for now */
+    uint32_t active;   /**< requests holding it */
+    uint32_t fails;    /**< consecutive failures */
+    uint64_t selected; /**< times chosen */
 };
 
 /** State of the i-th backend of the current set. 0 or WEIR_EINVAL (i out of range). */
@@ -152,9 +152,9 @@ struct weir_status_range {
 /** One check, run on every backend of a set; zero fields take the defaults given. */
 struct weir_health_check {
     enum weir_health_type type;
-    const char *method;      /**< "GET" (default) or "HEAD" */
-    const char *path;        /**< default "/" */
-    const char *host;        /**< Host header; NULL: the backend's address */
+    const char *method; /**< "GET" (default) or "HEAD" */
+    const char *path;   /**< default "/" */
+    const char *host;   /**< Host header; NULL: the backend's address */
     /** Acceptable statuses; none given: 200-399. At most 16 ranges. */
     const struct weir_status_range *statuses;
     size_t nstatuses;
@@ -229,10 +229,10 @@ struct weir_discovery_target {
     /** STATIC: "ip:port"; NAME: a host name ("app.internal"); SRV: an SRV name. A name may
         end with a dot; it is queried as written (no search domains). */
     const char *name;
-    uint16_t port;   /**< NAME only: the port of its backends, 1..65535 */
-    uint32_t weight; /**< STATIC, NAME: each backend's weight, 1..256 (0 means 1); SRV: unused */
-    bool backup;     /**< every backend it gives is a backup */
-    bool drain;      /**< every backend it gives is drained */
+    uint16_t port;      /**< NAME only: the port of its backends, 1..65535 */
+    uint32_t weight;    /**< STATIC, NAME: each backend's weight, 1..256 (0 means 1); SRV: unused */
+    bool backup;        /**< every backend it gives is a backup */
+    bool drain;         /**< every backend it gives is drained */
     uint32_t max_conns; /**< every backend it gives has this max_conns (0: no cap) */
 };
 

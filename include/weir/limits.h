@@ -17,7 +17,7 @@
 WEIR_BEGIN_DECLS
 
 /** Default sketch shape: 4 rows of 4096 counters (64 KiB per window). */
-#define WEIR_LIMITS_DEFAULT_ROWS 4u
+#define WEIR_LIMITS_DEFAULT_ROWS  4u
 #define WEIR_LIMITS_DEFAULT_SLOTS 4096u
 
 /**
@@ -50,8 +50,8 @@ WEIR_EXTERN void weir_rate_free(struct weir_rate *r);
  * weir_loop_now_ms) and returns the sliding estimate of the key's events in the last window,
  * these included. Any thread, concurrently; lock-free.
  */
-WEIR_EXTERN uint64_t weir_rate_observe(struct weir_rate *r, const void *key, size_t len,
-                                       uint32_t n, uint64_t now_ms);
+WEIR_EXTERN uint64_t weir_rate_observe(struct weir_rate *r, const void *key, size_t len, uint32_t n,
+                                       uint64_t now_ms);
 
 /** The sliding estimate of the key's events in the last window at now_ms, without adding. */
 WEIR_EXTERN uint64_t weir_rate_estimate(const struct weir_rate *r, const void *key, size_t len,

@@ -24,7 +24,7 @@ struct weir_timer {
     size_t heap_index;    /**< private; SIZE_MAX when not armed */
     uint64_t start_seq;   /**< private: when it was armed, in the loop's sequence */
     weir_timer_cb cb;
-    void *data;           /**< the caller's */
+    void *data; /**< the caller's */
 };
 
 /** Readiness interest on a file descriptor, in caller storage (edge-triggered). */
@@ -36,10 +36,10 @@ struct weir_io {
 };
 
 /** Readiness bits passed to weir_io_cb and weir_loop_io_add (epoll's values). */
-#define WEIR_IO_READ 0x001u
+#define WEIR_IO_READ  0x001u
 #define WEIR_IO_WRITE 0x004u
 #define WEIR_IO_ERROR 0x008u
-#define WEIR_IO_HUP 0x010u
+#define WEIR_IO_HUP   0x010u
 #define WEIR_IO_RDHUP 0x2000u
 
 WEIR_EXTERN void weir_timer_init(struct weir_timer *t, weir_timer_cb cb, void *data);

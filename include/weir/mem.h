@@ -36,7 +36,8 @@ WEIR_EXTERN void *weir_arena_calloc(struct weir_arena *a, size_t n);
 /** A NUL-terminated copy of the bytes of v, or NULL. */
 WEIR_EXTERN char *weir_arena_strndup(struct weir_arena *a, const char *s, size_t n);
 
-/** A copy of v's bytes in the arena (NUL-terminated too, not counted in len); base NULL on failure. */
+/** A copy of v's bytes in the arena (NUL-terminated too, not counted in len); base NULL on failure.
+ */
 WEIR_EXTERN struct weir_iov weir_arena_iovdup(struct weir_arena *a, struct weir_iov v);
 
 /** Registers fn(data) to run when the arena is freed or reset. 0 or WEIR_ENOMEM. */

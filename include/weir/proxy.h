@@ -152,8 +152,7 @@ WEIR_EXTERN int weir_session_respond(struct weir_session *s, struct weir_resp *r
                                      struct weir_iov body);
 
 /** weir_session_respond with a text/plain body. */
-WEIR_EXTERN int weir_session_respond_text(struct weir_session *s, int status,
-                                          struct weir_iov body);
+WEIR_EXTERN int weir_session_respond_text(struct weir_session *s, int status, struct weir_iov body);
 
 /**
  * For upstream_peer: picks a backend of lb for key into peer (weir_lb_select). While every

@@ -6,9 +6,9 @@
 
 WEIR_BEGIN_DECLS
 
-#define WEIR_VERSION_MAJOR 0
-#define WEIR_VERSION_MINOR 1
-#define WEIR_VERSION_PATCH 0
+#define WEIR_VERSION_MAJOR  0
+#define WEIR_VERSION_MINOR  1
+#define WEIR_VERSION_PATCH  0
 #define WEIR_VERSION_STRING "0.1.0"
 
 /** The version string of the linked library ("0.1.0"). */

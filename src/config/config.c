@@ -639,9 +639,8 @@ static void resolver_section(struct ctx *c, const struct ynode *m, struct weir_c
 {
     enum { K_SERVERS, K_TIMEOUT, K_MIN_TTL, K_MAX_TTL, K_RETRY, K_N };
     static const struct keyspec keys[K_N] = {
-        [K_SERVERS] = {"servers", 0}, [K_TIMEOUT] = {"timeout", 0},
-        [K_MIN_TTL] = {"min_ttl", 0}, [K_MAX_TTL] = {"max_ttl", 0},
-        [K_RETRY] = {"retry", 0},
+        [K_SERVERS] = {"servers", 0}, [K_TIMEOUT] = {"timeout", 0}, [K_MIN_TTL] = {"min_ttl", 0},
+        [K_MAX_TTL] = {"max_ttl", 0}, [K_RETRY] = {"retry", 0},
     };
     const struct ynode *v[K_N];
     if (!fields(c, m, keys, K_N, v, "a mapping of servers, timeout, min_ttl, max_ttl, retry")) {
@@ -791,8 +790,7 @@ static void listener_item(struct ctx *c, const struct ynode *n, struct weir_cfg_
         l->address = address_value(c, n, NULL);
         return;
     }
-    if (!fields(c, n, keys, K_N, v,
-                "host:port or a mapping with address, name, max_connections")) {
+    if (!fields(c, n, keys, K_N, v, "host:port or a mapping with address, name, max_connections")) {
         return;
     }
     if (v[K_ADDR] != NULL) {
@@ -860,12 +858,9 @@ static void backend_item(struct ctx *c, const struct ynode *n, struct weir_cfg_b
 {
     enum { K_ADDR, K_SRV, K_WEIGHT, K_BACKUP, K_DRAIN, K_MAXCONNS, K_N };
     static const struct keyspec keys[K_N] = {
-        [K_ADDR] = {"address", KEY_VALUE},
-        [K_SRV] = {"srv", KEY_VALUE},
-        [K_WEIGHT] = {"weight", 0},
-        [K_BACKUP] = {"backup", 0},
-        [K_DRAIN] = {"drain", 0},
-        [K_MAXCONNS] = {"max_conns", 0},
+        [K_ADDR] = {"address", KEY_VALUE}, [K_SRV] = {"srv", KEY_VALUE},
+        [K_WEIGHT] = {"weight", 0},        [K_BACKUP] = {"backup", 0},
+        [K_DRAIN] = {"drain", 0},          [K_MAXCONNS] = {"max_conns", 0},
     };
     const struct ynode *v[K_N];
     const struct ynode *d = weir__ynode_deref(n);
@@ -969,9 +964,12 @@ static void hash_key_value(struct ctx *c, const struct ynode *n, struct weir_cfg
         enum weir_hash_key kind;
         bool named;
     } kinds[] = {
-        {"uri", WEIR_HASH_URI, false},         {"path", WEIR_HASH_PATH, false},
-        {"client_ip", WEIR_HASH_CLIENT_IP, false}, {"header:", WEIR_HASH_HEADER, true},
-        {"cookie:", WEIR_HASH_COOKIE, true},   {"arg:", WEIR_HASH_ARG, true},
+        {"uri", WEIR_HASH_URI, false},
+        {"path", WEIR_HASH_PATH, false},
+        {"client_ip", WEIR_HASH_CLIENT_IP, false},
+        {"header:", WEIR_HASH_HEADER, true},
+        {"cookie:", WEIR_HASH_COOKIE, true},
+        {"arg:", WEIR_HASH_ARG, true},
     };
     bool ok = false;
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]) && !ok; i++) {
@@ -1007,8 +1005,9 @@ static bool host_header_ok(const char *h)
     }
     for (size_t i = 0; i < len; i++) {
         char ch = h[i];
-        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                  ch == '-' || ch == '.' || ch == '_' || ch == ':' || ch == '[' || ch == ']';
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                  (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' || ch == ':' ||
+                  ch == '[' || ch == ']';
         if (!ok) {
             return false;
         }
@@ -1054,14 +1053,30 @@ static void status_item(struct ctx *c, const struct ynode *n, struct weir_cfg_he
 
 static void health_section(struct ctx *c, const struct ynode *m, struct weir_cfg_health *h)
 {
-    enum { K_TYPE, K_METHOD, K_PATH, K_HOST, K_STATUS, K_BODY, K_INTERVAL, K_TIMEOUT, K_RISE,
-           K_FALL, K_N };
+    enum {
+        K_TYPE,
+        K_METHOD,
+        K_PATH,
+        K_HOST,
+        K_STATUS,
+        K_BODY,
+        K_INTERVAL,
+        K_TIMEOUT,
+        K_RISE,
+        K_FALL,
+        K_N
+    };
     static const struct keyspec keys[K_N] = {
-        [K_TYPE] = {"type", 0},         [K_METHOD] = {"method", 0},
-        [K_PATH] = {"path", 0},         [K_HOST] = {"host", 0},
-        [K_STATUS] = {"expect_status", 0}, [K_BODY] = {"expect_body", 0},
-        [K_INTERVAL] = {"interval", 0}, [K_TIMEOUT] = {"timeout", 0},
-        [K_RISE] = {"rise", 0},         [K_FALL] = {"fall", 0},
+        [K_TYPE] = {"type", 0},
+        [K_METHOD] = {"method", 0},
+        [K_PATH] = {"path", 0},
+        [K_HOST] = {"host", 0},
+        [K_STATUS] = {"expect_status", 0},
+        [K_BODY] = {"expect_body", 0},
+        [K_INTERVAL] = {"interval", 0},
+        [K_TIMEOUT] = {"timeout", 0},
+        [K_RISE] = {"rise", 0},
+        [K_FALL] = {"fall", 0},
     };
     static const char *const types[] = {"http", "tcp"};
     static const char *const methods[] = {"GET", "HEAD"};
@@ -1083,10 +1098,11 @@ static void health_section(struct ctx *c, const struct ynode *m, struct weir_cfg
     if (v[K_PATH] != NULL) {
         size_t old = path_key(c, "path");
         const char *pth = string_value(c, v[K_PATH], "a path starting with /");
-        if (pth != NULL && (pth[0] != '/' || strpbrk(pth, " \t#") != NULL ||
-                            strlen(pth) > 512)) {
-            err(c, v[K_PATH], "expected a path starting with / (no spaces or #, at most 512 "
-                              "bytes), got '%s'", pth);
+        if (pth != NULL && (pth[0] != '/' || strpbrk(pth, " \t#") != NULL || strlen(pth) > 512)) {
+            err(c, v[K_PATH],
+                "expected a path starting with / (no spaces or #, at most 512 "
+                "bytes), got '%s'",
+                pth);
         } else {
             h->path = pth;
         }
@@ -1130,15 +1146,27 @@ static void health_section(struct ctx *c, const struct ynode *m, struct weir_cfg
     get_u32(c, v[K_RISE], "rise", 1, 100, &h->rise);
     get_u32(c, v[K_FALL], "fall", 1, 100, &h->fall);
     if (h->tcp && (v[K_METHOD] || v[K_PATH] || v[K_HOST] || v[K_STATUS] || v[K_BODY])) {
-        err(c, v[K_TYPE], "type: tcp only connects: method, path, host, expect_status and "
-                          "expect_body need type: http");
+        err(c, v[K_TYPE],
+            "type: tcp only connects: method, path, host, expect_status and "
+            "expect_body need type: http");
     }
 }
 
 static void upstream_group(struct ctx *c, const struct ynode *m, struct weir_cfg_upstream *u)
 {
-    enum { K_BALANCE, K_HASH_KEY, K_FAIL_OPEN, K_MAX_FAILS, K_EJECT, K_EJECT_MAX, K_HEALTH,
-           K_QUEUE, K_QUEUE_TIMEOUT, K_BACKENDS, K_N };
+    enum {
+        K_BALANCE,
+        K_HASH_KEY,
+        K_FAIL_OPEN,
+        K_MAX_FAILS,
+        K_EJECT,
+        K_EJECT_MAX,
+        K_HEALTH,
+        K_QUEUE,
+        K_QUEUE_TIMEOUT,
+        K_BACKENDS,
+        K_N
+    };
     static const struct keyspec keys[K_N] = {
         [K_BALANCE] = {"balance", 0},
         [K_HASH_KEY] = {"hash_key", 0},

@@ -62,8 +62,8 @@ void weir_log(enum weir_log_level level, const char *fmt, ...)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ [%s] ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, level_names[level]);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000, level_names[level]);
     if (n < 0) {
         return;
     }
@@ -85,7 +85,7 @@ void weir_log(enum weir_log_level level, const char *fmt, ...)
 
 /* ---- access log ---- */
 
-#define ACCESS_BUF_SIZE (64 * 1024)
+#define ACCESS_BUF_SIZE  (64 * 1024)
 #define ACCESS_QUEUE_CAP 64
 
 struct chunk {

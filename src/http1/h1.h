@@ -13,9 +13,9 @@
 
 /** Bounds a head parser enforces. */
 struct weir_h1_limits {
-    uint32_t max_line;     /* request line (or status line) bytes without CRLF: else 414 */
-    uint32_t max_head;     /* whole head bytes including the final CRLF: else 431 */
-    uint32_t max_headers;  /* header fields: else 431 */
+    uint32_t max_line;    /* request line (or status line) bytes without CRLF: else 414 */
+    uint32_t max_head;    /* whole head bytes including the final CRLF: else 431 */
+    uint32_t max_headers; /* header fields: else 431 */
 };
 
 /** How a message's body is delimited. */
@@ -34,11 +34,11 @@ struct weir_h1_request {
     struct weir_header *headers; /* caller's array */
     size_t nheaders;
     enum weir_h1_body body;
-    uint64_t content_length;     /* valid when body == LENGTH */
-    bool keep_alive;             /* version default adjusted by Connection close/keep-alive */
-    bool expect_continue;        /* Expect: 100-continue */
-    bool upgrade;                /* Connection: upgrade with an Upgrade header */
-    struct weir_iov host;        /* the Host value; empty when absent (HTTP/1.0 only) */
+    uint64_t content_length; /* valid when body == LENGTH */
+    bool keep_alive;         /* version default adjusted by Connection close/keep-alive */
+    bool expect_continue;    /* Expect: 100-continue */
+    bool upgrade;            /* Connection: upgrade with an Upgrade header */
+    struct weir_iov host;    /* the Host value; empty when absent (HTTP/1.0 only) */
 };
 
 /** A parsed response head. Every iov points into the buffer given to the parser. */

@@ -48,7 +48,7 @@ static const unsigned char cls[256] = {
  * the flag, telling whether the first line is complete would need a rescan on every call.
  */
 #define SCAN_LINE1_DONE ((size_t)1 << (sizeof(size_t) * 8 - 1))
-#define SCAN_FLAGS SCAN_LINE1_DONE
+#define SCAN_FLAGS      SCAN_LINE1_DONE
 
 #define ONES  UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
@@ -511,8 +511,8 @@ ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir_h1_scan 
                                size_t hdr_cap, struct weir_h1_request *out)
 {
     size_t start;
-    ssize_t end = find_head_end(buf, len, scan, lim, true, WEIR_EH1_URI_TOO_LONG,
-                                request_line_check, &start);
+    ssize_t end =
+        find_head_end(buf, len, scan, lim, true, WEIR_EH1_URI_TOO_LONG, request_line_check, &start);
     if (end < 0) {
         return end;
     }

@@ -7,7 +7,8 @@
 /** Bytes weir__h1_write_request would write. */
 size_t weir__h1_request_size(const struct weir_req *req);
 
-/** Writes "METHOD target HTTP/1.1", the fields and the blank line. Bytes written, 0 if cap is short. */
+/** Writes "METHOD target HTTP/1.1", the fields and the blank line. Bytes written, 0 if cap is
+ * short. */
 size_t weir__h1_write_request(const struct weir_req *req, char *out, size_t cap);
 
 /** Bytes weir__h1_write_response would write. */

@@ -32,20 +32,20 @@
 #include "weir/log.h"
 #include "weir/server.h"
 
-#define MAX_SERVERS 16
-#define MAX_ADDRS 128      /* per name and address family */
-#define MAX_SRV_RECORDS 64 /* per SRV name */
-#define TRIES 2            /* per server */
-#define EDNS_SIZE 1232     /* UDP payload we ask for (DNS flag day 2020) */
-#define DRAIN_CALLS 64     /* ares_process_fd calls per readable edge, at most */
-#define WAIT_FDS 64
-#define SHOWN 4            /* addresses named in a log line */
-#define ADDR_TEXT 64       /* "[v6]:port" fits with room */
+#define MAX_SERVERS     16
+#define MAX_ADDRS       128  /* per name and address family */
+#define MAX_SRV_RECORDS 64   /* per SRV name */
+#define TRIES           2    /* per server */
+#define EDNS_SIZE       1232 /* UDP payload we ask for (DNS flag day 2020) */
+#define DRAIN_CALLS     64   /* ares_process_fd calls per readable edge, at most */
+#define WAIT_FDS        64
+#define SHOWN           4  /* addresses named in a log line */
+#define ADDR_TEXT       64 /* "[v6]:port" fits with room */
 
-#define DNS_CLASS_IN 1
-#define DNS_TYPE_A 1
+#define DNS_CLASS_IN  1
+#define DNS_TYPE_A    1
 #define DNS_TYPE_AAAA 28
-#define DNS_TYPE_SRV 33
+#define DNS_TYPE_SRV  33
 
 #define FNV_BASIS 0xcbf29ce484222325ull
 #define FNV_PRIME 0x100000001b3ull
@@ -158,8 +158,7 @@ struct weir_discovery {
     bool stopping;
 };
 
-typedef void (*emit_fn)(void *ctx, const char *address, uint32_t weight, bool backup,
-                        bool drain);
+typedef void (*emit_fn)(void *ctx, const char *address, uint32_t weight, bool backup, bool drain);
 
 static void arm_ares_timer(struct weir_discovery *d);
 
@@ -394,8 +393,8 @@ static int parse_addrs(int fam, const unsigned char *abuf, int alen, struct addr
 
 /* ---- the backends a target gives ---- */
 
-static void emit_host(const struct host *h, uint16_t port, uint32_t weight, bool backup,
-                      bool drain, emit_fn fn, void *ctx)
+static void emit_host(const struct host *h, uint16_t port, uint32_t weight, bool backup, bool drain,
+                      emit_fn fn, void *ctx)
 {
     char text[ADDR_TEXT];
     for (int f = 0; f < 2; f++) {
@@ -420,8 +419,8 @@ static void expand(const struct target *t, emit_fn fn, void *ctx)
     case WEIR_DISCOVERY_SRV:
         for (size_t i = 0; i < t->nrecs; i++) {
             const struct srvrec *r = &t->recs[i];
-            emit_host(&t->hosts[r->host], r->port, r->weight, t->backup || r->backup, t->drain,
-                      fn, ctx);
+            emit_host(&t->hosts[r->host], r->port, r->weight, t->backup || r->backup, t->drain, fn,
+                      ctx);
         }
         break;
     }
@@ -563,8 +562,8 @@ static void apply_groups(struct weir_discovery *d)
         const char *why = NULL;
         int rc = group_apply(g, &why);
         if (rc != 0) {
-            weir_log(WEIR_LOG_ERROR, "discovery: cannot update the set with %s: %s",
-                     group_label(g), why && *why ? why : weir_strerror(rc));
+            weir_log(WEIR_LOG_ERROR, "discovery: cannot update the set with %s: %s", group_label(g),
+                     why && *why ? why : weir_strerror(rc));
         }
     }
 }
@@ -610,8 +609,8 @@ static void log_if_changed(struct target *t)
         return;
     }
     t->sig = s.sig;
-    weir_log(WEIR_LOG_INFO, "discovery: %s: %zu backend%s%s%s%s", t->name, s.n,
-             s.n == 1 ? "" : "s", s.n ? ": " : "", s.text, s.n > SHOWN ? ", ..." : "");
+    weir_log(WEIR_LOG_INFO, "discovery: %s: %zu backend%s%s%s%s", t->name, s.n, s.n == 1 ? "" : "s",
+             s.n ? ": " : "", s.text, s.n > SHOWN ? ", ..." : "");
 }
 
 static size_t target_count(const struct target *t)
@@ -628,8 +627,9 @@ static void round_end(struct target *t)
     struct weir_discovery *d = t->d;
     const struct weir_resolver_options *o = &d->opt;
     uint64_t ttl_ms = t->ttl_s == UINT64_MAX ? o->max_ttl_ms : t->ttl_s * 1000u;
-    ttl_ms = ttl_ms < o->min_ttl_ms ? o->min_ttl_ms : ttl_ms > o->max_ttl_ms ? o->max_ttl_ms
-                                                                               : ttl_ms;
+    ttl_ms = ttl_ms < o->min_ttl_ms   ? o->min_ttl_ms
+             : ttl_ms > o->max_ttl_ms ? o->max_ttl_ms
+                                      : ttl_ms;
     uint64_t next = ttl_ms;
     if (t->failed) {
         /* What did answer is kept for its TTL; what failed is asked again sooner. */
@@ -647,8 +647,7 @@ static void round_end(struct target *t)
     t->failing = t->failed;
     log_if_changed(t);
     if (weir_timer_start(d->loop, &t->timer, next) != 0) {
-        weir_log(WEIR_LOG_ERROR, "discovery: %s: out of memory; it is not resolved again",
-                 t->name);
+        weir_log(WEIR_LOG_ERROR, "discovery: %s: out of memory; it is not resolved again", t->name);
     }
     if (!t->started) {
         t->started = true;
@@ -1020,8 +1019,7 @@ static int channel_new(struct weir_discovery *d, const char *csv, const char **w
     return 0;
 }
 
-struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *opt,
-                                          const char **why)
+struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *opt, const char **why)
 {
     const char *dummy = NULL;
     why = why ? why : &dummy;
@@ -1266,8 +1264,9 @@ static void wait_first_answers(struct weir_discovery *d)
         }
     }
     if (d->awaiting > 0) {
-        weir_log(WEIR_LOG_WARN, "discovery: %zu name%s not resolved within %ums; starting without "
-                                "them",
+        weir_log(WEIR_LOG_WARN,
+                 "discovery: %zu name%s not resolved within %ums; starting without "
+                 "them",
                  d->awaiting, d->awaiting == 1 ? "" : "s", d->opt.timeout_ms);
     }
     apply_groups(d);

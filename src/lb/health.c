@@ -20,8 +20,8 @@
 #include "weir/server.h"
 
 #define MAX_RANGES 16
-#define READ_MAX 8192     /* head and the first part of the body */
-#define REQ_MAX 1024
+#define READ_MAX   8192 /* head and the first part of the body */
+#define REQ_MAX    1024
 
 struct probe;
 
@@ -134,8 +134,8 @@ int weir_health_add(struct weir_health *h, struct weir_lb *lb, const struct weir
         entry_free(e);
         return WEIR_ENOMEM;
     }
-    bool valid = c->timeout_ms <= c->interval_ms && printable(e->method) &&
-                 printable(e->path) && e->path[0] == '/' && printable(e->host) &&
+    bool valid = c->timeout_ms <= c->interval_ms && printable(e->method) && printable(e->path) &&
+                 e->path[0] == '/' && printable(e->host) &&
                  (strcmp(e->method, "GET") == 0 || strcmp(e->method, "HEAD") == 0) &&
                  strlen(e->path) + (e->host ? strlen(e->host) : 0) < REQ_MAX - 128 &&
                  (e->expect_body == NULL || strlen(e->expect_body) <= WEIR_HEALTH_BODY_SCAN);
@@ -184,8 +184,8 @@ static void verdict(struct entry *e, struct weir_backend *b, bool pass, const ch
     if (up && ++b->hc_fails >= e->hc.fall) {
         b->hc_fails = 0;
         atomic_store_explicit(&b->healthy, false, memory_order_relaxed);
-        weir_log(WEIR_LOG_WARN, "health: backend %s is down (%u checks failed, last: %s)",
-                 b->ident, e->hc.fall, why);
+        weir_log(WEIR_LOG_WARN, "health: backend %s is down (%u checks failed, last: %s)", b->ident,
+                 e->hc.fall, why);
     }
 }
 
@@ -240,8 +240,8 @@ int weir__health_judge(const char *buf, size_t n, const struct weir_status_range
 
 static int judge(const struct probe *p, bool at_end, const char **why)
 {
-    return weir__health_judge(p->buf, p->got, p->e->ranges, p->e->hc.nstatuses,
-                              p->e->expect_body, at_end, why);
+    return weir__health_judge(p->buf, p->got, p->e->ranges, p->e->hc.nstatuses, p->e->expect_body,
+                              at_end, why);
 }
 
 /* ---- probes ---- */

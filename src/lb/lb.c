@@ -21,11 +21,11 @@
 #include "core/rcu.h"
 #include "weir/error.h"
 
-#define DEFAULT_MAX_FAILS 3
-#define DEFAULT_EJECT_MS 10000
-#define DEFAULT_EJECT_MAX_MS 300000
+#define DEFAULT_MAX_FAILS        3
+#define DEFAULT_EJECT_MS         10000
+#define DEFAULT_EJECT_MAX_MS     300000
 #define KETAMA_POINTS_PER_WEIGHT 160
-#define KETAMA_TRIES 20 /* points walked past unusable backends, as nginx */
+#define KETAMA_TRIES             20 /* points walked past unusable backends, as nginx */
 
 struct kpoint {
     uint32_t hash;
@@ -44,7 +44,7 @@ struct tier {
 };
 
 struct lbset {
-    struct tier tier[2]; /* primary, backup */
+    struct tier tier[2];       /* primary, backup */
     struct weir_backend **all; /* in the order given */
     uint32_t *all_weight;
     bool *all_backup;
@@ -436,9 +436,8 @@ static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
         s->tier[k].b = weir__calloc(cap, sizeof(*s->tier[k].b));
         s->tier[k].weight = weir__calloc(cap, sizeof(*s->tier[k].weight));
     }
-    if (s->all == NULL || s->all_weight == NULL || s->all_backup == NULL ||
-        s->tier[0].b == NULL || s->tier[0].weight == NULL || s->tier[1].b == NULL ||
-        s->tier[1].weight == NULL) {
+    if (s->all == NULL || s->all_weight == NULL || s->all_backup == NULL || s->tier[0].b == NULL ||
+        s->tier[0].weight == NULL || s->tier[1].b == NULL || s->tier[1].weight == NULL) {
         set_free(s);
         return WEIR_ENOMEM;
     }
@@ -538,8 +537,7 @@ int weir_lb_new(const struct weir_lb_options *opt, const struct weir_lb_backend 
     return 0;
 }
 
-int weir_lb_update(struct weir_lb *lb, const struct weir_lb_backend *b, size_t n,
-                   const char **why)
+int weir_lb_update(struct weir_lb *lb, const struct weir_lb_backend *b, size_t n, const char **why)
 {
     const char *dummy = NULL;
     why = why ? why : &dummy;
@@ -645,7 +643,8 @@ static struct weir_backend *pick(struct weir_lb *lb, struct tier *t, uint32_t ke
         struct weir_backend *best = NULL;
         uint32_t bi = 0;
         for (uint32_t i = 0; i < t->n; i++) {
-            if (t->b[i] != avoid && usable(t->b[i], ps) && (best == NULL || less_loaded(t, i, bi))) {
+            if (t->b[i] != avoid && usable(t->b[i], ps) &&
+                (best == NULL || less_loaded(t, i, bi))) {
                 best = t->b[i];
                 bi = i;
             }
@@ -703,8 +702,8 @@ static bool reserve(struct weir_backend *b)
     return true;
 }
 
-static struct weir_backend *choose(struct weir_lb *lb, struct lbset *s, uint32_t h,
-                                   size_t key_len, const void *avoid, struct pickst *ps)
+static struct weir_backend *choose(struct weir_lb *lb, struct lbset *s, uint32_t h, size_t key_len,
+                                   const void *avoid, struct pickst *ps)
 {
     struct weir_backend *b = NULL;
     /* Primaries then backups avoiding the backend just tried; then the same without. */

@@ -15,12 +15,12 @@
  * set updates that keep the address. Freed when the last set and the last peer let go.
  */
 struct weir_backend {
-    atomic_uint refs;      /* sets containing it + peers holding it */
-    atomic_uint active;    /* peers holding it: requests in flight */
-    atomic_uint fails;     /* consecutive failures */
-    atomic_uint ejections; /* ejections in a row without a success in between */
+    atomic_uint refs;                  /* sets containing it + peers holding it */
+    atomic_uint active;                /* peers holding it: requests in flight */
+    atomic_uint fails;                 /* consecutive failures */
+    atomic_uint ejections;             /* ejections in a row without a success in between */
     _Atomic uint64_t ejected_until_ms; /* monotonic ms; 0 = not ejected */
-    atomic_bool healthy;   /* active health checks (true until one says otherwise) */
+    atomic_bool healthy;               /* active health checks (true until one says otherwise) */
     atomic_bool drain;
     atomic_uint max_conns; /* 0: no cap (an update may change it) */
     _Atomic uint64_t selected;

@@ -140,8 +140,7 @@ uint64_t weir_rate_observe(struct weir_rate *r, const void *key, size_t len, uin
     return curr + weighted_previous(r, e, now_ms, &ix);
 }
 
-uint64_t weir_rate_estimate(const struct weir_rate *r, const void *key, size_t len,
-                            uint64_t now_ms)
+uint64_t weir_rate_estimate(const struct weir_rate *r, const void *key, size_t len, uint64_t now_ms)
 {
     struct weir__sketch_idx ix;
     uint64_t e = now_ms / r->window_ms;
@@ -151,8 +150,7 @@ uint64_t weir_rate_estimate(const struct weir_rate *r, const void *key, size_t l
     return window_count(r, e, &ix) + weighted_previous(r, e, now_ms, &ix);
 }
 
-double weir_rate_per_second(const struct weir_rate *r, const void *key, size_t len,
-                            uint64_t now_ms)
+double weir_rate_per_second(const struct weir_rate *r, const void *key, size_t len, uint64_t now_ms)
 {
     struct weir__sketch_idx ix;
     uint64_t e = now_ms / r->window_ms;

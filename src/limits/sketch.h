@@ -15,8 +15,8 @@
 
 struct weir__sketch {
     unsigned rows;
-    uint32_t mask;          /* slots per row - 1 (a power of two minus one) */
-    _Atomic uint32_t *c;    /* rows * (mask + 1) counters, row after row */
+    uint32_t mask;       /* slots per row - 1 (a power of two minus one) */
+    _Atomic uint32_t *c; /* rows * (mask + 1) counters, row after row */
 };
 
 /** Row indices of one key: computed once per operation from a single 64-bit hash. */

@@ -16,7 +16,7 @@ struct weir__stream {
     struct weir_buf in;
     bool readable; /* the last read did not hit EAGAIN (or an event said so since) */
     bool writable;
-    bool eof;      /* the peer half-closed: no more bytes will arrive */
+    bool eof; /* the peer half-closed: no more bytes will arrive */
 };
 
 /** The most ranges one queue holds: head + chunk size line + data + CRLF. */
@@ -25,8 +25,8 @@ struct weir__stream {
 /** Pending output: up to WEIR_OUTQ_MAX iovecs written in order. */
 struct weir__outq {
     struct iovec v[WEIR_OUTQ_MAX];
-    int n;   /* iovecs in use */
-    int i;   /* first not fully written */
+    int n; /* iovecs in use */
+    int i; /* first not fully written */
 };
 
 static inline bool weir__outq_empty(const struct weir__outq *q)

@@ -56,8 +56,8 @@ struct weir__pool {
 
 struct weir__pool_shared {
     pthread_mutex_t lock;
-    int wfd;                  /* epoll set watching every connection in this tier */
-    atomic_uint nidle_hint;   /* nidle, readable without the lock */
+    int wfd;                /* epoll set watching every connection in this tier */
+    atomic_uint nidle_hint; /* nidle, readable without the lock */
     uint32_t max_per_key;
     uint32_t max_total;
     uint32_t idle_timeout_ms;
@@ -79,8 +79,8 @@ static uint64_t addr_hash(const struct sockaddr *sa, socklen_t len)
     return h;
 }
 
-static struct keylist *find_key(struct keylist **buckets, const struct sockaddr *sa,
-                                socklen_t len, uint64_t hash)
+static struct keylist *find_key(struct keylist **buckets, const struct sockaddr *sa, socklen_t len,
+                                uint64_t hash)
 {
     for (struct keylist *k = buckets[hash % NBUCKETS]; k; k = k->next) {
         if (k->hash == hash && k->addrlen == len &&
@@ -91,8 +91,8 @@ static struct keylist *find_key(struct keylist **buckets, const struct sockaddr 
     return NULL;
 }
 
-static struct keylist *get_key(struct keylist **buckets, const struct sockaddr *sa,
-                               socklen_t len, uint64_t hash)
+static struct keylist *get_key(struct keylist **buckets, const struct sockaddr *sa, socklen_t len,
+                               uint64_t hash)
 {
     struct keylist *k = find_key(buckets, sa, len, hash);
     if (k != NULL) {
@@ -185,8 +185,7 @@ static void all_unlink(struct idlelist *l, struct weir__upconn *u)
 
 static void shared_unlink(struct weir__pool_shared *sh, struct weir__upconn *u)
 {
-    struct keylist *k = find_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen,
-                                 u->key_hash);
+    struct keylist *k = find_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
     if (k != NULL) {
         key_unlink(k, u);
     }
@@ -228,8 +227,7 @@ static void shared_maintain(struct weir__pool_shared *sh, uint64_t now)
 /* Takes ownership of u (idle, in no loop); closes it when it cannot be kept. */
 static void shared_insert(struct weir__pool_shared *sh, struct weir__upconn *u)
 {
-    struct keylist *k = get_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen,
-                                u->key_hash);
+    struct keylist *k = get_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
     if (k != NULL && k->count >= sh->max_per_key && k->tail != NULL) {
         shared_evict(sh, k->tail, &sh->stats.evict_full); /* keep the most recent */
     }
@@ -340,8 +338,7 @@ static void unlink_idle(struct weir__pool *p, struct keylist *k, struct weir__up
 
 static void evict(struct weir__pool *p, struct weir__upconn *u, uint64_t *counter)
 {
-    struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
-                                 u->key_hash);
+    struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
     if (k != NULL) {
         unlink_idle(p, k, u);
     }
@@ -371,7 +368,8 @@ static void noop_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
 
 static void reap_upconn(struct weir_loop *loop, struct weir_defer *d)
 {
-    struct weir__upconn *u = (struct weir__upconn *)((char *)d - offsetof(struct weir__upconn, reap));
+    struct weir__upconn *u =
+        (struct weir__upconn *)((char *)d - offsetof(struct weir__upconn, reap));
     u->magic = 0;
     weir__free(u);
 }
@@ -417,8 +415,8 @@ static void sweep(struct weir_loop *loop, struct weir_timer *t)
     shared_maintain(p->sh, now);
     while (p->all.tail && now - p->all.tail->idle_since_ms >= p->share_after_ms) {
         struct weir__upconn *u = p->all.tail;
-        struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
-                                     u->key_hash);
+        struct keylist *k =
+            find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
         if (k == NULL) {
             break; /* cannot happen: every idle connection is on its key's list */
         }
@@ -495,8 +493,7 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
     if (p->max_idle_per_key == 0 || u->st.eof || weir__buf_len(&u->st.in) != 0) {
         return false;
     }
-    struct keylist *k = get_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
-                                u->key_hash);
+    struct keylist *k = get_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
     if (k == NULL) {
         return false;
     }
@@ -524,9 +521,10 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
         }
         /* Keep the warm one just released; the oldest goes to the shared tier or away. */
         if (p->sh != NULL) {
-            struct keylist *ok = old == k->tail ? k
-                                                : find_key(p->buckets, (struct sockaddr *)&old->addr,
-                                                           old->addrlen, old->key_hash);
+            struct keylist *ok = old == k->tail
+                                     ? k
+                                     : find_key(p->buckets, (struct sockaddr *)&old->addr,
+                                                old->addrlen, old->key_hash);
             pthread_mutex_lock(&p->sh->lock);
             move_to_shared(p, ok, old);
             pthread_mutex_unlock(&p->sh->lock);
@@ -570,8 +568,8 @@ void weir__pool_close_idle(struct weir__pool *p)
     weir_timer_stop(p->loop, &p->sweep);
     while (p->all.head) {
         struct weir__upconn *u = p->all.head;
-        struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen,
-                                     u->key_hash);
+        struct keylist *k =
+            find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
         if (k == NULL) {
             break; /* cannot happen */
         }
@@ -621,8 +619,7 @@ int weir__upconn_connect(struct weir__pool *p, const struct weir_peer *peer,
     u->key_hash = addr_hash((const struct sockaddr *)&peer->addr, peer->addrlen);
     u->pool = p;
     weir_timer_init(&u->idle_timer, idle_timeout, u);
-    int rc = weir_loop_io_add(p->loop, &u->st.io,
-                              WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
+    int rc = weir_loop_io_add(p->loop, &u->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
     if (rc != 0) {
         close(fd);
         weir__free(u);

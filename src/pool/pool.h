@@ -29,22 +29,22 @@ struct weir__pool;
 /** One connection to an upstream peer. */
 struct weir__upconn {
     uint32_t magic;
-    struct weir__stream st;    /* socket, bytes read from the peer, readiness */
+    struct weir__stream st; /* socket, bytes read from the peer, readiness */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint64_t key_hash;
-    uint32_t requests;         /* requests completed on this connection */
+    uint32_t requests; /* requests completed on this connection */
     bool connected;
     /* while idle in the pool */
     struct weir__pool *pool;            /* the worker tier that owns it (not while shared) */
     struct weir__upconn *prev, *next;   /* its key's idle list (hot or shared) */
     struct weir__upconn *gprev, *gnext; /* the tier's list of every idle one, oldest last */
     bool shared;                        /* idle in the shared tier */
-    bool share_now;  /* share at once when released (its backend has a connection cap) */
+    bool share_now; /* share at once when released (its backend has a connection cap) */
     struct weir_timer idle_timer;
     uint64_t idle_since_ms;
-    void *owner;               /* the session using it, NULL when idle */
-    struct weir_defer reap;    /* frees it at the end of the loop turn, after all events */
+    void *owner;            /* the session using it, NULL when idle */
+    struct weir_defer reap; /* frees it at the end of the loop turn, after all events */
 };
 
 #define WEIR_UPCONN_MAGIC 0x75706331u

@@ -9,7 +9,7 @@
 #include <time.h>
 
 #define LINE_MAX_BYTES 4096
-#define FIELD_MAX 1024
+#define FIELD_MAX      1024
 
 struct line {
     char buf[LINE_MAX_BYTES];
@@ -139,8 +139,8 @@ static void format_json(const struct weir_session *s, struct line *l)
     json_str(l, "upstream", s->have_peer ? weir_iov_cstr(s->peer.name) : WEIR_IOV_LIT(""), true);
     json_num(l, "retries", s->retries);
     json_num(l, "duration_ms", weir_loop_now_ms(s->w->loop) - s->start_ms);
-    json_str(l, "error", s->has_err ? weir_iov_cstr(weir_error_type_str(s->err.type))
-                                    : WEIR_IOV_LIT(""), true);
+    json_str(l, "error",
+             s->has_err ? weir_iov_cstr(weir_error_type_str(s->err.type)) : WEIR_IOV_LIT(""), true);
     put_str(l, "}");
 }
 

@@ -24,8 +24,8 @@ static void conn_idle_step(struct weir_conn *c);
 static void linger_step(struct weir_conn *c);
 
 struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
-                                                  const struct weir_proxy_hooks *hooks,
-                                                  void *data, struct weir_snapshot_slot *slot,
+                                                  const struct weir_proxy_hooks *hooks, void *data,
+                                                  struct weir_snapshot_slot *slot,
                                                   struct weir_access_log *access,
                                                   struct weir__pool_shared *shared_pool)
 {
@@ -48,9 +48,9 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
     if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, 256) != 0) {
         goto fail;
     }
-    w->pool = weir__pool_new(loop, &w->bufs, sc->upstream_keepalive,
-                             sc->upstream_keepalive * 64 + 64, sc->timeouts.upstream_idle_ms,
-                             shared_pool, sc->upstream_share_after_ms);
+    w->pool =
+        weir__pool_new(loop, &w->bufs, sc->upstream_keepalive, sc->upstream_keepalive * 64 + 64,
+                       sc->timeouts.upstream_idle_ms, shared_pool, sc->upstream_share_after_ms);
     if (w->pool == NULL) {
         goto fail;
     }
@@ -126,8 +126,7 @@ static size_t ip_key(const struct sockaddr *sa, socklen_t len, uint8_t key[8])
 }
 
 /* Logs refusals as a warning at most every 10 s per worker (a flood must not flood the log). */
-static void note_refused(struct weir__proxy_worker *w, const char *why,
-                         const struct sockaddr *sa)
+static void note_refused(struct weir__proxy_worker *w, const char *why, const struct sockaddr *sa)
 {
     w->refused++;
     uint64_t now = weir_loop_now_ms(w->loop);
@@ -139,8 +138,8 @@ static void note_refused(struct weir__proxy_worker *w, const char *why,
     if (warn || weir__log_enabled(WEIR_LOG_DEBUG)) {
         (void)weir__addr_format_ip(sa, ip, sizeof(ip));
         weir_log(warn ? WEIR_LOG_WARN : WEIR_LOG_DEBUG,
-                 "refused a connection from %s: %s (%llu refused by this worker so far)", ip,
-                 why, (unsigned long long)w->refused);
+                 "refused a connection from %s: %s (%llu refused by this worker so far)", ip, why,
+                 (unsigned long long)w->refused);
     }
 }
 
@@ -393,7 +392,7 @@ static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
     }
 }
 
-#define LINGER_MS 2000
+#define LINGER_MS        2000
 #define LINGER_MAX_BYTES (1u << 20)
 
 static void linger_step(struct weir_conn *c)
@@ -463,15 +462,16 @@ static void conn_idle_step(struct weir_conn *c)
 {
     struct weir__proxy_worker *w = c->w;
     const struct weir_cfg_limits *lim = &w->cfg->server.limits;
-    struct weir_header hdrs[lim->max_headers > 0 && lim->max_headers <= 10000 ? lim->max_headers : 100];
+    struct weir_header
+        hdrs[lim->max_headers > 0 && lim->max_headers <= 10000 ? lim->max_headers : 100];
     struct weir_h1_limits hl = {lim->max_request_line, lim->max_header_bytes,
                                 (uint32_t)(sizeof(hdrs) / sizeof(hdrs[0]))};
     for (;;) {
         if (weir__buf_len(&c->st.in) > 0) {
             struct weir_h1_request hr;
-            ssize_t n = weir__h1_parse_request(c->st.in.data + c->st.in.rpos,
-                                               weir__buf_len(&c->st.in), &c->scan, &hl, hdrs,
-                                               sizeof(hdrs) / sizeof(hdrs[0]), &hr);
+            ssize_t n =
+                weir__h1_parse_request(c->st.in.data + c->st.in.rpos, weir__buf_len(&c->st.in),
+                                       &c->scan, &hl, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), &hr);
             if (n > 0) {
                 memset(&c->scan, 0, sizeof(c->scan));
                 c->head_started = false;
@@ -568,8 +568,7 @@ void weir__proxy_drain(struct weir__proxy_worker *w)
     struct weir_conn *c = w->conns;
     while (c) {
         struct weir_conn *next = c->next;
-        if ((c->state == CONN_IDLE && weir__buf_len(&c->st.in) == 0) ||
-            c->state == CONN_LINGER) {
+        if ((c->state == CONN_IDLE && weir__buf_len(&c->st.in) == 0) || c->state == CONN_LINGER) {
             weir__conn_close(c);
         }
         c = next;

@@ -112,8 +112,7 @@ static ssize_t pipe_decode(struct weir_session *s, struct weir__pipe *p, struct 
     return WEIR_EINVAL;
 }
 
-static enum pipe_status pipe_step(struct weir_session *s, struct weir__pipe *p,
-                                  struct pipe_io *io)
+static enum pipe_status pipe_step(struct weir_session *s, struct weir__pipe *p, struct pipe_io *io)
 {
     /*
      * A head queued alone waits for the first piece of body, so head and body leave in one
@@ -139,7 +138,8 @@ static enum pipe_status pipe_step(struct weir_session *s, struct weir__pipe *p,
         if (p->out_done) {
             return P_DONE;
         }
-        if (p->in_done && (io->filter == NULL || p->end_filtered || p->in_kind == WEIR_H1_BODY_NONE)) {
+        if (p->in_done &&
+            (io->filter == NULL || p->end_filtered || p->in_kind == WEIR_H1_BODY_NONE)) {
             queue_end(p, io->q);
             continue;
         }
@@ -153,8 +153,8 @@ static enum pipe_status pipe_step(struct weir_session *s, struct weir__pipe *p,
         if (consumed < 0) {
             return consumed == WEIR_ENOMEM ? P_ERR_HOOK : P_ERR_PROTO;
         }
-        if (data.len > 0 || (p->in_done && io->filter && !p->end_filtered &&
-                             p->in_kind != WEIR_H1_BODY_NONE)) {
+        if (data.len > 0 ||
+            (p->in_done && io->filter && !p->end_filtered && p->in_kind != WEIR_H1_BODY_NONE)) {
             if (io->limit && p->bytes + data.len > io->limit) {
                 return P_ERR_LIMIT;
             }
@@ -281,8 +281,9 @@ static void strip_fields(struct weir_headers *h, bool request, struct field_scan
             }
             continue;
         }
-        if (request && ((name.len == 6 && weir_iov_ieq(name, WEIR_IOV_LIT("Expect"))) ||
-                        (name.len == 17 && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-Proto"))))) {
+        if (request &&
+            ((name.len == 6 && weir_iov_ieq(name, WEIR_IOV_LIT("Expect"))) ||
+             (name.len == 17 && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-Proto"))))) {
             continue;
         }
         if (name.len == 14 && weir_iov_ieq(name, WEIR_IOV_LIT("Content-Length"))) {
@@ -480,14 +481,14 @@ void weir__exchange_start(struct weir_session *s)
 
 void weir__exchange_connect_failed(struct weir_session *s, int err)
 {
-    enum weir_error_type type = err == -ECONNREFUSED  ? WEIR_ERR_CONNECT_REFUSED
+    enum weir_error_type type = err == -ECONNREFUSED    ? WEIR_ERR_CONNECT_REFUSED
                                 : err == WEIR_ETIMEDOUT ? WEIR_ERR_CONNECT_TIMEOUT
                                                         : WEIR_ERR_CONNECT_ERROR;
     weir__exchange_release_upstream(s, false);
     weir__backend_failed(s->peer.backend);
     unsigned max = s->cfg->server.max_retries;
-    struct weir_error e = {type, WEIR_SRC_UPSTREAM, s->retries < max, err < 0 && err > -4096 ? -err : 0,
-                           "connect"};
+    struct weir_error e = {type, WEIR_SRC_UPSTREAM, s->retries < max,
+                           err < 0 && err > -4096 ? -err : 0, "connect"};
     if (s->w->hooks->fail_to_connect) {
         s->w->hooks->fail_to_connect(s, s->ctx, &s->peer, &e);
     }
@@ -707,9 +708,9 @@ static int read_response_head(struct weir_session *s)
         if (weir__buf_len(&u->st.in) > 0) {
             struct weir_h1_response hr;
             s->resp_byte_seen = true;
-            ssize_t n = weir__h1_parse_response(u->st.in.data + u->st.in.rpos,
-                                                weir__buf_len(&u->st.in), &s->up_scan, &hl,
-                                                head_method, hdrs, maxh, &hr);
+            ssize_t n =
+                weir__h1_parse_response(u->st.in.data + u->st.in.rpos, weir__buf_len(&u->st.in),
+                                        &s->up_scan, &hl, head_method, hdrs, maxh, &hr);
             if (n > 0 && hr.status >= 100 && hr.status < 200 && hr.status != 101) {
                 /* Interim responses are ours to give (100-continue) or to drop, boundedly. */
                 if (++s->interim_responses > WEIR_MAX_INTERIM_RESPONSES) {
@@ -855,8 +856,13 @@ static bool run_request_pipe(struct weir_session *s)
 {
     uint64_t now = weir_loop_now_ms(s->w->loop);
     maybe_send_continue(s);
-    struct pipe_io io = {&s->c->st, &s->up->st, &s->out_up, s->w->hooks->request_body_filter,
-                         s->cfg->server.limits.max_body_bytes, false, false};
+    struct pipe_io io = {&s->c->st,
+                         &s->up->st,
+                         &s->out_up,
+                         s->w->hooks->request_body_filter,
+                         s->cfg->server.limits.max_body_bytes,
+                         false,
+                         false};
     enum pipe_status st = pipe_step(s, &s->reqp, &io);
     if (io.write_progress) {
         s->up_progress_ms = now;
@@ -948,8 +954,8 @@ static bool run_response_pipe(struct weir_session *s)
         }
         s->client_progress_ms = now;
     }
-    struct pipe_io io = {&s->up->st, &s->c->st, &s->out_client,
-                         s->w->hooks->response_body_filter, 0, false, false};
+    struct pipe_io io = {&s->up->st, &s->c->st, &s->out_client, s->w->hooks->response_body_filter,
+                         0,          false,     false};
     enum pipe_status st = pipe_step(s, &s->respp, &io);
     if (io.read_progress) {
         s->up_progress_ms = now;
@@ -1094,8 +1100,8 @@ void weir__local_response_run(struct weir_session *s)
         if (n < 0) {
             s->close_after = true;
             s->has_err = true;
-            s->err = (struct weir_error){WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, false,
-                                         (int)-n, "client"};
+            s->err = (struct weir_error){WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, false, (int)-n,
+                                         "client"};
             weir__session_finish(s);
             return;
         }

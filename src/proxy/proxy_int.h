@@ -22,7 +22,7 @@
 #include "weir/limits.h"
 #include "weir/proxy.h"
 
-#define WEIR_CONN_MAGIC 0x636f6e6eu
+#define WEIR_CONN_MAGIC    0x636f6e6eu
 #define WEIR_SESSION_MAGIC 0x73657373u
 
 /* 1xx responses skipped before the final one; an origin sending more is broken or hostile. */
@@ -57,7 +57,7 @@ struct weir__proxy_worker {
     struct weir__pool *pool;
     struct weir_access_buf access;
     enum weir_access_format access_format;
-    struct weir_conn *conns; /* every open client connection */
+    struct weir_conn *conns;   /* every open client connection */
     struct weir_conn *zombies; /* closed, waiting for a suspended hook to resume */
     uint32_t nconns;
     bool draining;
@@ -86,16 +86,16 @@ struct weir_conn {
     struct weir__proxy_worker *w;
     struct weir__stream st;
     struct weir_timer timer;
-    uint64_t deadline_ms;  /* when the current client-side wait times out (0: none) */
-    bool head_started;     /* bytes of a new head have arrived (header vs keep-alive timeout) */
+    uint64_t deadline_ms; /* when the current client-side wait times out (0: none) */
+    bool head_started;    /* bytes of a new head have arrived (header vs keep-alive timeout) */
     struct weir_h1_scan scan;
     struct sockaddr_storage addr;
     char ip[INET6_ADDRSTRLEN];
     uint8_t iplen;
     unsigned nrequests;
-    uint8_t ipkey[8];       /* the client's address as a limits key: IPv4, or an IPv6 /64 */
+    uint8_t ipkey[8]; /* the client's address as a limits key: IPv4, or an IPv6 /64 */
     uint8_t ipkeylen;
-    bool ip_counted;        /* counted in w->ip_conns: give it back at close */
+    bool ip_counted;                 /* counted in w->ip_conns: give it back at close */
     struct weir__listener_count *lc; /* counted on this listener: give it back at close */
     struct weir_session *s;
     struct weir_conn *prev, *next;
@@ -118,16 +118,16 @@ enum weir_phase {
 /** One direction of body transfer: decode from a source buffer, re-frame, write. */
 struct weir__pipe {
     enum weir_h1_body in_kind;
-    uint64_t in_left;      /* LENGTH: bytes still to come */
+    uint64_t in_left; /* LENGTH: bytes still to come */
     struct weir_h1_chunked dec;
     enum weir_h1_body out_kind;
-    bool in_done;          /* the source message is complete */
-    bool out_done;         /* the destination message is complete (terminator queued) */
-    bool end_filtered;     /* the body filter saw end=true */
+    bool in_done;             /* the source message is complete */
+    bool out_done;            /* the destination message is complete (terminator queued) */
+    bool end_filtered;        /* the body filter saw end=true */
     uint32_t pending_consume; /* source bytes to consume once the queue drains */
     char sizeline[24];
     struct weir_iov trailers;
-    uint64_t bytes;        /* body bytes passed */
+    uint64_t bytes; /* body bytes passed */
 };
 
 struct weir_session {
@@ -161,7 +161,7 @@ struct weir_session {
     bool have_peer;
     enum weir_error_type hook_error; /* weir_session_set_error, for a hook's WEIR_HOOK_ERROR */
     /* weir_session_select_backend waiting for room (max_conns) */
-    struct weir_lb *wait_lb;    /* non-NULL while counted in its queue */
+    struct weir_lb *wait_lb; /* non-NULL while counted in its queue */
     struct weir_iov wait_key;
     struct weir_peer *wait_peer;
     uint64_t wait_deadline_ms;
@@ -169,13 +169,13 @@ struct weir_session {
     struct weir_timer wait_timer;
     struct weir__upconn *up;
     bool up_reused;
-    bool up_ready;           /* connected and the request head queued */
+    bool up_ready; /* connected and the request head queued */
     unsigned retries;
     unsigned stale_retries;
     struct weir_timer up_timer;
     uint64_t up_progress_ms;
-    bool resp_head_done;   /* the upstream response head was parsed */
-    bool resp_byte_seen;   /* any response byte arrived on this connection */
+    bool resp_head_done;        /* the upstream response head was parsed */
+    bool resp_byte_seen;        /* any response byte arrived on this connection */
     uint32_t interim_responses; /* 1xx heads skipped (bounded) */
     struct weir_h1_scan up_scan;
 
@@ -184,17 +184,17 @@ struct weir_session {
     struct weir__pipe respp; /* upstream -> client */
     struct weir__outq out_up;
     struct weir__outq out_client;
-    bool req_sent;           /* head and whole body written upstream */
-    char *up_head;           /* the serialized upstream request head (built once) */
+    bool req_sent; /* head and whole body written upstream */
+    char *up_head; /* the serialized upstream request head (built once) */
     size_t up_head_len;
-    bool up_keep_alive;      /* the upstream response allows reuse */
+    bool up_keep_alive; /* the upstream response allows reuse */
     bool sent_continue;
     uint64_t client_progress_ms;
 
     /* response */
     struct weir_resp *resp;
-    bool resp_started;       /* bytes of the response head were queued to the client */
-    bool close_after;        /* close the client connection after this response */
+    bool resp_started; /* bytes of the response head were queued to the client */
+    bool close_after;  /* close the client connection after this response */
     bool failed;
     struct weir_iov local_body;
     int status;
@@ -207,8 +207,8 @@ struct weir_session {
 
 /* conn.c */
 struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
-                                                  const struct weir_proxy_hooks *hooks,
-                                                  void *data, struct weir_snapshot_slot *slot,
+                                                  const struct weir_proxy_hooks *hooks, void *data,
+                                                  struct weir_snapshot_slot *slot,
                                                   struct weir_access_log *access,
                                                   struct weir__pool_shared *shared_pool);
 void weir__proxy_worker_free(struct weir__proxy_worker *w);

@@ -215,8 +215,8 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
 }
 
 /* Runs hook h (may be NULL = continue), honouring a result delivered by resume. */
-#define CALL_HOOK(s, hook, ...)                                                                \
-    ((s)->have_result ? ((s)->have_result = false, (s)->result)                                \
+#define CALL_HOOK(s, hook, ...)                                                                    \
+    ((s)->have_result ? ((s)->have_result = false, (s)->result)                                    \
                       : ((hook) ? (hook)(__VA_ARGS__) : WEIR_HOOK_CONTINUE))
 
 static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum weir_phase next,
@@ -389,8 +389,8 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
     s->failed = true;
     s->has_err = true;
     s->err = (struct weir_error){type, src, false, sys_errno, context};
-    weir_log(WEIR_LOG_DEBUG, "request from %s failed: %s (%s)", s->c->ip,
-             weir_error_type_str(type), context ? context : "");
+    weir_log(WEIR_LOG_DEBUG, "request from %s failed: %s (%s)", s->c->ip, weir_error_type_str(type),
+             context ? context : "");
     weir__exchange_release_upstream(s, false);
     weir_timer_stop(s->w->loop, &s->up_timer);
     if (s->resp_started || s->c->state == CONN_CLOSED || src == WEIR_SRC_DOWNSTREAM) {
@@ -516,7 +516,8 @@ static void wait_tick(struct weir_loop *loop, struct weir_timer *t)
     if (rc == WEIR_ELIMIT && now < s->wait_deadline_ms) {
         s->wait_delay_ms = s->wait_delay_ms < 16 ? s->wait_delay_ms * 2 : 16;
         uint64_t left = s->wait_deadline_ms - now;
-        if (weir_timer_start(loop, &s->wait_timer, left < s->wait_delay_ms ? left : s->wait_delay_ms) == 0) {
+        if (weir_timer_start(loop, &s->wait_timer,
+                             left < s->wait_delay_ms ? left : s->wait_delay_ms) == 0) {
             return;
         }
     }

@@ -27,7 +27,7 @@
 #include "proxy/proxy_int.h"
 #include "weir/log.h"
 
-#define MAX_LISTENERS 64
+#define MAX_LISTENERS  64
 #define LISTEN_BACKLOG 4096
 
 enum service_kind {
@@ -39,7 +39,7 @@ struct listener {
     char *address;
     struct sockaddr_storage ss;
     socklen_t len;
-    int shared_fd; /* work_stealing: one socket for every worker */
+    int shared_fd;                     /* work_stealing: one socket for every worker */
     struct weir__listener_count count; /* listeners[].max_connections, across workers */
 };
 
@@ -58,9 +58,9 @@ struct weir_service {
     unsigned threads;
     struct worker *workers;
     unsigned nworkers;
-    struct weir_inflight *ip_conns; /* server.limits.max_connections_per_ip (NULL: off) */
+    struct weir_inflight *ip_conns;        /* server.limits.max_connections_per_ip (NULL: off) */
     struct weir__pool_shared *shared_pool; /* the upstream pool's shared tier (NULL: off) */
-    struct weir_rate *ip_rate;      /* server.limits.requests_per_second_per_ip (NULL: off) */
+    struct weir_rate *ip_rate; /* server.limits.requests_per_second_per_ip (NULL: off) */
 };
 
 struct worker_listener {
@@ -166,8 +166,7 @@ struct weir_service *weir_server_add_proxy(struct weir_server *srv, const char *
 }
 
 struct weir_service *weir_server_add_background(struct weir_server *srv, const char *name,
-                                                const struct weir_background_ops *ops,
-                                                void *data)
+                                                const struct weir_background_ops *ops, void *data)
 {
     if (ops == NULL || ops->start == NULL) {
         return NULL;
@@ -239,9 +238,9 @@ static void free_service(struct weir_service *svc)
         weir__pool_shared_stats(svc->shared_pool, &st);
         weir_log(WEIR_LOG_INFO,
                  "upstream pool (shared tier of %s): evicted %llu closed by the peer, %llu idle "
-                 "too long, %llu over the bounds", svc->name,
-                 (unsigned long long)st.evict_closed, (unsigned long long)st.evict_timeout,
-                 (unsigned long long)st.evict_full);
+                 "too long, %llu over the bounds",
+                 svc->name, (unsigned long long)st.evict_closed,
+                 (unsigned long long)st.evict_timeout, (unsigned long long)st.evict_full);
     }
     weir__pool_shared_free(svc->shared_pool);
     weir__free(svc->name);
@@ -291,7 +290,8 @@ static void set_listening(struct worker *wk, bool on)
 static void conn_closed(struct weir__proxy_worker *pw, void *arg)
 {
     struct worker *wk = arg;
-    if (wk->paused && !wk->draining && pw->nconns < wk->svc->srv->cfg->server.limits.max_connections) {
+    if (wk->paused && !wk->draining &&
+        pw->nconns < wk->svc->srv->cfg->server.limits.max_connections) {
         wk->paused = false;
         set_listening(wk, true);
     }
@@ -426,8 +426,8 @@ static void *worker_main(void *arg)
     if (rc == 0) {
         rc = weir__loop_run(wk->loop);
         if (rc != 0) {
-            weir_log(WEIR_LOG_ERROR, "%s worker %u: event loop failed: %s", svc->name,
-                     wk->index, weir_strerror(rc));
+            weir_log(WEIR_LOG_ERROR, "%s worker %u: event loop failed: %s", svc->name, wk->index,
+                     weir_strerror(rc));
         }
         if (svc->kind == SVC_BACKGROUND && svc->bg.stop) {
             svc->bg.stop(wk->loop, svc->data);
@@ -493,8 +493,7 @@ static int bind_listeners(struct weir_service *svc)
             } else {
                 int fd = weir__listen(&l->ss, l->len, true, LISTEN_BACKLOG);
                 if (fd < 0) {
-                    weir_log(WEIR_LOG_ERROR, "cannot listen on %s: %s", l->address,
-                             strerror(-fd));
+                    weir_log(WEIR_LOG_ERROR, "cannot listen on %s: %s", l->address, strerror(-fd));
                     return fd;
                 }
                 if (w == 0) {
@@ -555,9 +554,8 @@ static int create_limits(struct weir_service *svc)
     }
     const struct weir_cfg_server *sc = &svc->srv->cfg->server;
     if (sc->upstream_shared_per_peer != 0 && sc->upstream_keepalive != 0) {
-        svc->shared_pool = weir__pool_shared_new(sc->upstream_shared_per_peer,
-                                                 sc->upstream_shared_total,
-                                                 sc->timeouts.upstream_idle_ms);
+        svc->shared_pool = weir__pool_shared_new(
+            sc->upstream_shared_per_peer, sc->upstream_shared_total, sc->timeouts.upstream_idle_ms);
         if (svc->shared_pool == NULL) {
             return WEIR_ENOMEM;
         }
@@ -586,8 +584,8 @@ static int start_service(struct weir_service *svc)
         }
         int rc = create_limits(svc);
         if (rc != 0) {
-            weir_log(WEIR_LOG_ERROR, "service %s: cannot set up its shared tables: %s",
-                     svc->name, weir_strerror(rc));
+            weir_log(WEIR_LOG_ERROR, "service %s: cannot set up its shared tables: %s", svc->name,
+                     weir_strerror(rc));
             return rc;
         }
         rc = bind_listeners(svc);

@@ -563,30 +563,29 @@ static void test_dns_backends(void **state)
     expect_one("upstreams:\n  u:\n    backends: [\"bad host:80\"]\n", 3, 16,
                "upstreams.u.backends[0]", msg);
     (void)snprintf(msg, sizeof(msg), "expected host:port, got '300.1.1.1:80' (%s)", host_msg);
-    expect_one("upstreams:\n  u:\n    backends: [300.1.1.1:80]\n", 3, 16,
-               "upstreams.u.backends[0]", msg);
+    expect_one("upstreams:\n  u:\n    backends: [300.1.1.1:80]\n", 3, 16, "upstreams.u.backends[0]",
+               msg);
     expect_one("upstreams:\n  u:\n    backends: [app.internal:0]\n", 3, 16,
                "upstreams.u.backends[0]",
                "expected host:port, got 'app.internal:0' (the port must be a number from 1 to "
                "65535)");
-    expect_one("upstreams:\n  u:\n    backends: [app.internal]\n", 3, 16,
-               "upstreams.u.backends[0]", "expected host:port, got 'app.internal' (the port is "
-                                          "missing)");
+    expect_one("upstreams:\n  u:\n    backends: [app.internal]\n", 3, 16, "upstreams.u.backends[0]",
+               "expected host:port, got 'app.internal' (the port is "
+               "missing)");
     expect_one("upstreams:\n  u:\n    backends: [{address: a.b:1, srv: _x._tcp.b}]\n", 3, 38,
                "upstreams.u.backends[0].srv", "address and srv are exclusive: give one");
     expect_one("upstreams:\n  u:\n    backends: [{srv: _x._tcp.b, weight: 2}]\n", 3, 41,
-               "upstreams.u.backends[0].weight",
-               "the SRV records give the weights: remove weight");
-    expect_one("upstreams:\n  u:\n    backends: [{weight: 2}]\n", 3, 16,
-               "upstreams.u.backends[0]", "missing required key 'address' (or 'srv')");
+               "upstreams.u.backends[0].weight", "the SRV records give the weights: remove weight");
+    expect_one("upstreams:\n  u:\n    backends: [{weight: 2}]\n", 3, 16, "upstreams.u.backends[0]",
+               "missing required key 'address' (or 'srv')");
     expect_one("upstreams:\n  u:\n    backends:\n      - address:\n", 4, 9,
                "upstreams.u.backends[0].address", "expected host:port, got nothing");
     expect_one("upstreams:\n  u:\n    backends: [{srv: a..b}]\n", 3, 22,
                "upstreams.u.backends[0].srv",
                "expected an SRV name like _http._tcp.example.com, got 'a..b' (a DNS name has "
                "no empty label)");
-    expect_one("upstreams:\n  u:\n    backends: [a.b:1, a.b:1]\n", 3, 23,
-               "upstreams.u.backends[1]", "backend 'a.b:1' is already listed as backends[0]");
+    expect_one("upstreams:\n  u:\n    backends: [a.b:1, a.b:1]\n", 3, 23, "upstreams.u.backends[1]",
+               "backend 'a.b:1' is already listed as backends[0]");
     expect_one("upstreams:\n  u:\n    backends: [{srv: _x._tcp.b, backup: true}]\n", 3, 15,
                "upstreams.u.backends", "every backend is a backup: at least one must not be");
 }
@@ -630,14 +629,15 @@ static void test_resolver(void **state)
     expect_one("server:\n  resolver:\n    timeout: 2m\n", 3, 14, "server.resolver.timeout",
                "expected a duration of at most 60s");
     expect_one("server:\n  resolver:\n    min_ttl: 10s\n    max_ttl: 5s\n", 4, 14,
-               "server.resolver.max_ttl", "min_ttl (10000ms) must not be longer than max_ttl "
-                                          "(5000ms)");
+               "server.resolver.max_ttl",
+               "min_ttl (10000ms) must not be longer than max_ttl "
+               "(5000ms)");
     expect_one("server:\n  resolver:\n    min_ttl: 2h\n", 3, 14, "server.resolver.min_ttl",
                "min_ttl (7200000ms) must not be longer than max_ttl (3600000ms)");
     expect_one("server:\n  resolver:\n    retry: 0\n", 3, 12, "server.resolver.retry",
                "expected a duration of at least 100ms, got '0'");
-    expect_one("server:\n  resolver:\n    server: [127.0.0.1:53]\n", 3, 5,
-               "server.resolver.server", "unknown key 'server'; did you mean 'servers'?");
+    expect_one("server:\n  resolver:\n    server: [127.0.0.1:53]\n", 3, 5, "server.resolver.server",
+               "unknown key 'server'; did you mean 'servers'?");
     expect_one("server:\n  resolver: 127.0.0.1:53\n", 2, 13, "server.resolver",
                "expected a mapping of servers, timeout, min_ttl, max_ttl, retry, got "
                "'127.0.0.1:53'");

@@ -197,8 +197,10 @@ static size_t answer(const unsigned char *q, size_t n, unsigned char *out)
         pthread_mutex_unlock(&dns.lock);
         return 0;
     }
-    unsigned rcode = !known ? 3 : e != NULL && e->mode == NXDOMAIN ? 3
-                               : e != NULL && e->mode == SERVFAIL ? 2 : 0;
+    unsigned rcode = !known                             ? 3
+                     : e != NULL && e->mode == NXDOMAIN ? 3
+                     : e != NULL && e->mode == SERVFAIL ? 2
+                                                        : 0;
     size_t nans = rcode == 0 && e != NULL ? e->n : 0;
     memcpy(out, q, 2);
     out[2] = 0x81;
@@ -433,17 +435,22 @@ static void test_add_checks(void **state)
     struct weir_lb_options lo = {0};
     struct weir_lb *lb = NULL;
     assert_int_equal(weir_lb_new(&lo, NULL, 0, &lb, &why), 0);
-    struct weir_discovery_target only_static[] = {{WEIR_DISCOVERY_STATIC, "127.0.0.1:1", 0, 1, false, false, 0}};
+    struct weir_discovery_target only_static[] = {
+        {WEIR_DISCOVERY_STATIC, "127.0.0.1:1", 0, 1, false, false, 0}};
     assert_int_equal(weir_discovery_add(d, lb, only_static, 1, &why), WEIR_EINVAL);
     assert_string_equal(why, "no DNS name among the backends");
-    struct weir_discovery_target no_port[] = {{WEIR_DISCOVERY_NAME, "app.test", 0, 1, false, false, 0}};
+    struct weir_discovery_target no_port[] = {
+        {WEIR_DISCOVERY_NAME, "app.test", 0, 1, false, false, 0}};
     assert_int_equal(weir_discovery_add(d, lb, no_port, 1, &why), WEIR_EINVAL);
-    struct weir_discovery_target bad_name[] = {{WEIR_DISCOVERY_NAME, "app..test", 80, 1, false, false, 0}};
+    struct weir_discovery_target bad_name[] = {
+        {WEIR_DISCOVERY_NAME, "app..test", 80, 1, false, false, 0}};
     assert_int_equal(weir_discovery_add(d, lb, bad_name, 1, &why), WEIR_EINVAL);
     assert_string_equal(why, "a DNS name has no empty label");
-    struct weir_discovery_target digits[] = {{WEIR_DISCOVERY_SRV, "10.0.0.300", 0, 0, false, false, 0}};
+    struct weir_discovery_target digits[] = {
+        {WEIR_DISCOVERY_SRV, "10.0.0.300", 0, 0, false, false, 0}};
     assert_int_equal(weir_discovery_add(d, lb, digits, 1, &why), WEIR_EINVAL);
-    struct weir_discovery_target heavy[] = {{WEIR_DISCOVERY_NAME, "app.test", 80, 257, false, false, 0}};
+    struct weir_discovery_target heavy[] = {
+        {WEIR_DISCOVERY_NAME, "app.test", 80, 257, false, false, 0}};
     assert_int_equal(weir_discovery_add(d, lb, heavy, 1, &why), WEIR_EINVAL);
     /* Static ones go in at once, duplicates merged. */
     struct weir_discovery_target ok[] = {
@@ -533,7 +540,8 @@ static void test_srv(void **state)
     add_srv("_http._tcp.srv.test", 0, 10, 30, 8002, "b.srv.test");
     add_srv("_http._tcp.srv.test", 0, 20, 0, 8003, "a.srv.test");
     add_srv("_http._tcp.srv.test", 0, 10, 5, 9, "."); /* "no service here": ignored */
-    struct weir_discovery_target t[] = {{WEIR_DISCOVERY_SRV, "_http._tcp.srv.test", 0, 0, false, false, 0}};
+    struct weir_discovery_target t[] = {
+        {WEIR_DISCOVERY_SRV, "_http._tcp.srv.test", 0, 0, false, false, 0}};
     struct world w;
     world_new(&w, t, 1, 500);
     world_start(&w);
@@ -561,9 +569,11 @@ static void test_bounds(void **state)
     static char names[1023][32];
     for (int i = 0; i < 1023; i++) {
         (void)snprintf(names[i], sizeof(names[i]), "127.1.%d.%d:80", i / 250, i % 250 + 1);
-        t[i] = (struct weir_discovery_target){WEIR_DISCOVERY_STATIC, names[i], 0, 16, false, false, 0};
+        t[i] =
+            (struct weir_discovery_target){WEIR_DISCOVERY_STATIC, names[i], 0, 16, false, false, 0};
     }
-    t[1023] = (struct weir_discovery_target){WEIR_DISCOVERY_NAME, "many.test", 80, 256, false, false, 0};
+    t[1023] =
+        (struct weir_discovery_target){WEIR_DISCOVERY_NAME, "many.test", 80, 256, false, false, 0};
     const char *v[] = {"127.0.0.2", "127.0.0.3"};
     set_addrs("many.test", 0, v, 2);
     struct world w;
@@ -606,9 +616,9 @@ static void test_answer_ttl(void **state)
     (void)state;
     /* id, flags, 1 question, 2 answers; "a." A; two A records with TTLs 300 and 7. */
     static const unsigned char msg[] = {
-        0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0, 1, 'a', 0, 0, 1, 0, 1,
-        0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 44, 0, 4, 127, 0, 0, 1,
-        0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 7, 0, 4, 127, 0, 0, 2,
+        0x12, 0x34, 0x81, 0x80, 0, 1, 0, 2, 0, 0, 0, 0,  1, 'a', 0,   0, 1,
+        0,    1,    0xc0, 12,   0, 1, 0, 1, 0, 0, 1, 44, 0, 4,   127, 0, 0,
+        1,    0xc0, 12,   0,    1, 0, 1, 0, 0, 0, 7, 0,  4, 127, 0,   0, 2,
     };
     uint32_t ttl = 0;
     assert_int_equal(weir__dns_answer_ttl(msg, sizeof(msg), &ttl), 2);

@@ -169,8 +169,10 @@ static void test_ketama_stable(void **state)
 static void test_passive_ejection(void **state)
 {
     (void)state;
-    struct weir_lb_options opt = {.algorithm = WEIR_LB_ROUND_ROBIN, .max_fails = 2,
-                                  .eject_ms = 60000, .eject_max_ms = 200000};
+    struct weir_lb_options opt = {.algorithm = WEIR_LB_ROUND_ROBIN,
+                                  .max_fails = 2,
+                                  .eject_ms = 60000,
+                                  .eject_max_ms = 200000};
     struct weir_lb *lb = NULL;
     assert_int_equal(weir_lb_new(&opt, three, 3, &lb, NULL), 0);
     struct weir_backend **bs = NULL;

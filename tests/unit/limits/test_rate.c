@@ -189,12 +189,9 @@ static void test_concurrent_rotation(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_single_key_exact),
-        cmocka_unit_test(test_accuracy_against_exact),
-        cmocka_unit_test(test_window_rotation),
-        cmocka_unit_test(test_concurrent_increments),
-        cmocka_unit_test(test_concurrent_rotation),
+        cmocka_unit_test(test_bad_arguments),          cmocka_unit_test(test_single_key_exact),
+        cmocka_unit_test(test_accuracy_against_exact), cmocka_unit_test(test_window_rotation),
+        cmocka_unit_test(test_concurrent_increments),  cmocka_unit_test(test_concurrent_rotation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
