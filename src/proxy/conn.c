@@ -70,9 +70,7 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
     weir__proxy_close_all(w);
     /* The loop will not run again: sessions still waiting for a hook end here. */
     while (w->zombies) {
-        struct weir_session *s = w->zombies->s;
-        s->suspended = false;
-        weir__session_finish(s);
+        weir__session_abandon(w->zombies->s);
     }
     const struct weir__pool_stats *ps = weir__pool_stats(w->pool);
     if (ps->connects != 0) {
@@ -277,6 +275,7 @@ void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms)
 static void conn_timer(struct weir_loop *loop, struct weir_timer *t)
 {
     struct weir_conn *c = t->data;
+    WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     uint64_t now = weir_loop_now_ms(loop);
     if (c->deadline_ms == 0 || c->state == CONN_CLOSED) {
         return;
@@ -319,10 +318,8 @@ void weir__conn_close(struct weir_conn *c)
     struct weir__proxy_worker *w = c->w;
     if (c->state == CONN_ACTIVE && c->s != NULL) {
         /* The session ends with the connection; it logs and releases its upstream. */
-        struct weir_session *s = c->s;
         c->state = CONN_CLOSED;
-        s->close_after = true;
-        weir__session_finish(s);
+        weir__session_abort(c->s);
     }
     c->state = CONN_CLOSED;
     weir_timer_stop(w->loop, &c->timer);
@@ -353,19 +350,24 @@ void weir__conn_close(struct weir_conn *c)
 
 static void conn_doom(struct weir_loop *loop, struct weir_defer *d)
 {
-    weir__conn_close((struct weir_conn *)((char *)d - offsetof(struct weir_conn, doom)));
+    struct weir_conn *c = WEIR_CONTAINER_OF(d, struct weir_conn, doom);
+    WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
+    weir__conn_close(c);
 }
 
 static void conn_reap(struct weir_loop *loop, struct weir_defer *d)
 {
-    struct weir_conn *c = (struct weir_conn *)((char *)d - offsetof(struct weir_conn, reap));
+    struct weir_conn *c = WEIR_CONTAINER_OF(d, struct weir_conn, reap);
+    WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
+    WEIR_DEBUG_ASSERT(c->state == CONN_CLOSED && c->s == NULL);
     c->magic = 0;
     weir__free(c);
 }
 
 static void conn_kick(struct weir_loop *loop, struct weir_defer *d)
 {
-    struct weir_conn *c = (struct weir_conn *)((char *)d - offsetof(struct weir_conn, kick));
+    struct weir_conn *c = WEIR_CONTAINER_OF(d, struct weir_conn, kick);
+    WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     if (c->state == CONN_IDLE) {
         conn_idle_step(c);
     }
@@ -374,6 +376,7 @@ static void conn_kick(struct weir_loop *loop, struct weir_defer *d)
 static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
 {
     struct weir_conn *c = io->data;
+    WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     if (c->state == CONN_CLOSED) {
         return;
     }

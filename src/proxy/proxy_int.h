@@ -28,7 +28,7 @@
 /* 1xx responses skipped before the final one; an origin sending more is broken or hostile. */
 #define WEIR_MAX_INTERIM_RESPONSES 16
 
-#define WEIR_SESSION_CHECK(s) WEIR_ASSERT((s) != NULL && (s)->magic == WEIR_SESSION_MAGIC)
+#define WEIR_SESSION_CHECK(s) WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC)
 
 struct weir__proxy_worker;
 
@@ -105,15 +105,70 @@ struct weir_conn {
     bool zombie;            /* closed while a suspended session still points at it */
 };
 
+/*
+ * The session's phases, in request order. session.c alone moves a session from one to the
+ * next (weir__session_run); every event (client or upstream readiness, a timer, a hook's
+ * resume) enters through it. See docs/ARCHITECTURE.md for the diagram.
+ */
 enum weir_phase {
-    PH_EARLY = 0,
-    PH_REQUEST_FILTER,
-    PH_PEER,
-    PH_CONNECT,
-    PH_PROXY,
-    PH_LOCAL_RESPONSE,
-    PH_DONE,
+    PH_EARLY = 0,      /* absolute-form rewrite, early_request_filter */
+    PH_REQUEST_FILTER, /* request_filter (may answer itself) */
+    PH_PEER,           /* upstream_peer chooses the peer; a retry comes back here */
+    PH_UPSTREAM,       /* the upstream exchange (its own sub-states, enum weir__up_state) */
+    PH_LOCAL_RESPONSE, /* a response weir or a hook made goes out */
+    PH_CLOSING,        /* the client is gone while a hook is suspended: end when it resumes */
+    PH_DONE,           /* ended: logged, upstream released (the session is freed at once) */
 };
+
+/*
+ * The upstream exchange's sub-states (upstream.c, one function each). The request body goes
+ * up in every state from UP_HEAD on, alongside reading the response, until req_sent.
+ */
+enum weir__up_state {
+    UP_IDLE = 0,   /* no connection: take one from the pool or start a connect */
+    UP_CONNECTING, /* a non-blocking connect is in progress */
+    UP_CONNECTED,  /* connected: connected_to_upstream, queue the request head */
+    UP_HEAD,       /* waiting for the final response head (1xx are dropped) */
+    UP_BODY,       /* the response head went to the client; streaming the body */
+    UP_COMPLETE,   /* the response is complete */
+};
+
+/** How far an exchange step got (upstream.c to session.c). */
+enum weir__step {
+    WEIR_STEP_DONE = 0, /* the response is complete */
+    WEIR_STEP_BLOCKED,  /* waiting for readiness or a timer */
+    WEIR_STEP_FAILED,   /* see the outcome */
+};
+
+/** What a failed exchange step asks of the session, which alone decides retries. */
+enum weir__fail_kind {
+    WEIR_FAIL_CONNECT,     /* connecting failed: fail_to_connect, maybe another peer */
+    WEIR_FAIL_UPSTREAM,    /* the exchange failed after connecting: error_while_proxy */
+    WEIR_FAIL_CLIENT_BODY, /* the client's body was malformed or too large: answer status */
+    WEIR_FAIL_END,         /* end the request (client gone, a hook or weir failed) */
+};
+
+struct weir__outcome {
+    enum weir__fail_kind kind;
+    struct weir_error err; /* err.retry: unused here; see the two flags */
+    int status;            /* WEIR_FAIL_CLIENT_BODY: 400 or 413 */
+    int code;              /* WEIR_FAIL_CONNECT: -errno or WEIR_ETIMEDOUT */
+    bool stale;            /* a reused connection died before answering: safe on a fresh one */
+    bool replayable;       /* nothing of the request body consumed, no response byte seen */
+};
+
+/*
+ * Limits that are not configuration. Each is a bound against a broken or hostile peer, or a
+ * hook asking for retries forever; docs/SECURITY.md lists them.
+ */
+/** 1xx responses skipped before the final one; an origin sending more is broken or hostile. */
+#define WEIR_MAX_INTERIM_RESPONSES 16
+/** Retries a fail_to_connect hook may force past server.max_retries. */
+#define WEIR_MAX_CONNECT_RETRIES 16
+/** Fresh connections tried for a request whose pooled connections turned out dead. */
+#define WEIR_MAX_STALE_RETRIES 3
+/** Chunk-size line bytes the chunked decoder keeps (a longer line is malformed). */
+#define WEIR_CHUNK_LINE_MAX 4096
 
 /** One direction of body transfer: decode from a source buffer, re-frame, write. */
 struct weir__pipe {
@@ -130,6 +185,87 @@ struct weir__pipe {
     uint64_t bytes; /* body bytes passed */
 };
 
+enum weir__pipe_status {
+    WEIR_PIPE_DONE = 0,
+    WEIR_PIPE_BLOCKED,
+    WEIR_PIPE_ERR_SRC,   /* read error or premature close of the source */
+    WEIR_PIPE_ERR_PROTO, /* malformed framing from the source */
+    WEIR_PIPE_ERR_DST,   /* write error on the destination */
+    WEIR_PIPE_ERR_HOOK,  /* a body filter failed */
+    WEIR_PIPE_ERR_LIMIT, /* request body over max_body_bytes */
+};
+
+typedef enum weir_hook_result (*weir__body_filter_fn)(struct weir_session *, void *,
+                                                      struct weir_iov *, bool);
+
+/** A pipe step's ends: where bytes come from and go to, and what it did. */
+struct weir__pipe_io {
+    struct weir__stream *src;
+    struct weir__stream *dst;
+    struct weir__outq *q;
+    weir__body_filter_fn filter;
+    uint64_t limit; /* max body bytes, 0 = none */
+    bool read_progress;
+    bool write_progress;
+};
+
+/*
+ * The client side's wire format. The phases and the upstream exchange write to the client
+ * only through it: HTTP/1.1 today (h1_framing.c, weir__h1_down); an HTTP/2 stream adds one.
+ */
+struct weir__down_framing {
+    const char *name;
+    /** Sets r's connection fields (Connection) and decides close_after. 0 or an error. */
+    int (*connection_fields)(struct weir_session *s, struct weir_resp *r);
+    /**
+     * Chooses the body framing towards the client for r (s->respp.out_kind and the fields
+     * that say so), given whether r has a usable Content-Length.
+     */
+    int (*body_framing)(struct weir_session *s, struct weir_resp *r, bool has_length);
+    /** Serializes r and queues it in s->out_client; sets s->status, s->resp_started. */
+    int (*queue_head)(struct weir_session *s, struct weir_resp *r);
+    /** Queues and tries to send an interim 100 (Continue). */
+    void (*send_continue)(struct weir_session *s);
+};
+
+/*
+ * The upstream side's wire format: HTTP/1.1 today (h1_framing.c, weir__h1_up); HTTP/2 to
+ * origins adds one.
+ */
+struct weir__up_framing {
+    const char *name;
+    /**
+     * Chooses the request body framing going up (s->reqp) given whether the final head has
+     * a Content-Length equal to the body's, and serializes the head into s->ux.head.
+     */
+    int (*request_head)(struct weir_session *s, bool length_ok);
+    /**
+     * Parses the final response head from the connection into s->resp (interim responses
+     * dropped). WEIR_STEP_DONE when it is in, BLOCKED when more is needed, FAILED with *o.
+     */
+    enum weir__step (*response_head)(struct weir_session *s, struct weir__outcome *o);
+};
+
+extern const struct weir__down_framing weir__h1_down;
+extern const struct weir__up_framing weir__h1_up;
+
+/** The upstream exchange of one session (upstream.c owns every field). */
+struct weir__exchange {
+    enum weir__up_state state;
+    struct weir__upconn *conn;
+    bool reused;      /* conn came from the pool */
+    bool fresh;       /* the next connection must be new (a pooled one died) */
+    bool byte_seen;   /* any response byte arrived on this connection */
+    bool keep_alive;  /* the upstream response allows reuse */
+    uint32_t interim; /* 1xx heads skipped (bounded) */
+    struct weir_h1_scan scan;
+    struct weir_timer timer;
+    uint64_t progress_ms;  /* last upstream progress (timeouts count from it) */
+    struct weir__outq out; /* bytes going up */
+    char *head;            /* the serialized upstream request head (built once per request) */
+    size_t head_len;
+};
+
 struct weir_session {
     uint32_t magic;
     struct weir_conn *c;
@@ -137,6 +273,8 @@ struct weir_session {
     struct weir_arena *arena;
     struct weir_snapshot_holder *holder;
     const struct weir_config *cfg;
+    const struct weir__down_framing *down;
+    const struct weir__up_framing *upf;
     void *ctx;
     enum weir_phase phase;
 
@@ -167,27 +305,15 @@ struct weir_session {
     uint64_t wait_deadline_ms;
     uint32_t wait_delay_ms;
     struct weir_timer wait_timer;
-    struct weir__upconn *up;
-    bool up_reused;
-    bool up_ready; /* connected and the request head queued */
+    struct weir__exchange ux;
     unsigned retries;
     unsigned stale_retries;
-    struct weir_timer up_timer;
-    uint64_t up_progress_ms;
-    bool resp_head_done;        /* the upstream response head was parsed */
-    bool resp_byte_seen;        /* any response byte arrived on this connection */
-    uint32_t interim_responses; /* 1xx heads skipped (bounded) */
-    struct weir_h1_scan up_scan;
 
     /* pipes and output */
     struct weir__pipe reqp;  /* client -> upstream */
     struct weir__pipe respp; /* upstream -> client */
-    struct weir__outq out_up;
     struct weir__outq out_client;
     bool req_sent; /* head and whole body written upstream */
-    char *up_head; /* the serialized upstream request head (built once) */
-    size_t up_head_len;
-    bool up_keep_alive; /* the upstream response allows reuse */
     bool sent_continue;
     uint64_t client_progress_ms;
 
@@ -237,27 +363,87 @@ void weir__conn_request_done(struct weir_conn *c, bool close_conn);
 /** Sets the client-side deadline ms from now (0 disarms). */
 void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms);
 
-/* session.c */
+/* session.c: the phase machine, the retry loop, errors, the end */
 int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, size_t head_len);
-/** Runs phases until the session blocks or ends. */
+/**
+ * Runs the session's phases until it blocks (I/O, a timer, a suspended hook) or ends. Every
+ * event enters here; nothing below session.c calls it.
+ */
 void weir__session_run(struct weir_session *s);
-/** Ends the request with an error: error response if possible, else close. */
+/**
+ * Ends the request with an error: an error response when nothing was sent yet, else a close.
+ * Moves the phase only; the caller runs or returns to weir__session_run.
+ */
 void weir__session_fail(struct weir_session *s, enum weir_error_type type,
                         enum weir_error_source src, int sys_errno, const char *context);
 /** The client-side timer fired for an active session. */
 void weir__session_client_timeout(struct weir_session *s);
 /** The client socket changed readiness. */
 void weir__session_client_event(struct weir_session *s);
-void weir__session_finish(struct weir_session *s);
+/**
+ * Ends the session from outside the phase machine (the client connection closed, the worker
+ * stops). A session whose hook is suspended waits in PH_CLOSING for the resume.
+ */
+void weir__session_abort(struct weir_session *s);
+/** Ends a session that waits for a hook that will never resume (the worker stops). */
+void weir__session_abandon(struct weir_session *s);
 
-/* exchange.c */
-void weir__exchange_start(struct weir_session *s);
-void weir__exchange_run(struct weir_session *s);
-void weir__exchange_connect_failed(struct weir_session *s, int err);
-void weir__exchange_release_upstream(struct weir_session *s, bool reusable);
-void weir__local_response_run(struct weir_session *s);
-/** Queues a response head (resp) plus body framing setup for the client. 0 or error. */
-int weir__queue_response_head(struct weir_session *s, struct weir_resp *resp);
+/* session_api.c: the backend wait queue behind weir_session_select_backend */
+void weir__session_wait_end(struct weir_session *s);
+
+/* upstream.c: the upstream exchange */
+/** Arms the exchange for the peer just chosen (UP_IDLE); the session keeps its fields. */
+void weir__upstream_init(struct weir_session *s);
+/** Runs the exchange's sub-states as far as they go; arms its timers when blocked. */
+enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome *o);
+/** Gives the connection back to the pool (reusable and complete) or closes it. */
+void weir__upstream_release(struct weir_session *s, bool reusable);
+/**
+ * Puts the request back to before its first byte went upstream (the head built before is
+ * kept) and the exchange to UP_IDLE; fresh: the next connection must be a new one.
+ */
+void weir__upstream_rewind(struct weir_session *s, bool fresh);
+
+/** Fills o for a failure after connecting (stale and replayable from the exchange's state). */
+enum weir__step weir__upstream_error(struct weir_session *s, struct weir__outcome *o,
+                                     enum weir_error_type type, int sys_errno, const char *context);
+/** Fills o for a failure that ends the request. */
+enum weir__step weir__outcome_end(struct weir__outcome *o, enum weir_error_type type,
+                                  enum weir_error_source src, int sys_errno, const char *context);
+
+/* pipe.c: body pipes */
+enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe *p,
+                                       struct weir__pipe_io *io);
+/** Sets p up for a source body of kind (and length) with a fresh chunked decoder. */
+void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir_h1_body kind,
+                       uint64_t length);
+
+/* forward.c: what crosses the proxy (hop-by-hop fields, X-Forwarded-*, Via, framing) */
+/** Builds the upstream request head once (hooks run once even if the request is retried). */
+int weir__forward_request_head(struct weir_session *s);
+/** Runs the response hooks, decides the framing towards the client, queues the head. */
+int weir__forward_response_head(struct weir_session *s);
+/** Appends a field whose bytes outlive the request without copying them when there is room. */
+int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_iov value);
+
+/* h1_framing.c */
+/** Extra header slots a parsed head gets beyond max_headers, for the fields hooks add. */
+#define WEIR_HEADERS_SLACK 64
+/** The most fields one head parse takes (the stack array it fills). */
+#define WEIR_MAX_HEADERS_PARSED 10000
+/**
+ * Copies a parsed head (len bytes at head) into arena a and points h's n fields into the copy
+ * (h sized for n + 8, growing to max). Returns the copy (rebase other parts with
+ * weir__iov_rebase) or NULL.
+ */
+const char *weir__head_adopt(struct weir_arena *a, const char *head, size_t len,
+                             const struct weir_header *fields, size_t n, uint32_t max,
+                             struct weir_headers *h);
+
+static inline struct weir_iov weir__iov_rebase(struct weir_iov v, const char *from, const char *to)
+{
+    return (struct weir_iov){to + (v.base - from), v.len};
+}
 
 /* accesslog.c */
 void weir__access_log_request(struct weir_session *s);

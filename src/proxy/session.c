@@ -1,8 +1,10 @@
 /*
- * The proxy state machine: one session per request, running the phases of the hook table
- * in order (early_request_filter, request_filter, upstream_peer, then the upstream exchange),
- * suspending when a hook returns WEIR_HOOK_PENDING, answering locally or with an error, and
- * ending with exactly one logging call.
+ * The proxy state machine: one session per request. weir__session_run alone moves a session
+ * through its phases (enum weir_phase: early_request_filter, request_filter, upstream_peer,
+ * the upstream exchange, a local response) and owns the one retry loop: the exchange
+ * (upstream.c) returns an outcome and never calls back here. A hook returning
+ * WEIR_HOOK_PENDING suspends the session until weir_session_resume; every session ends with
+ * exactly one logging call.
  */
 #include "proxy/proxy_int.h"
 
@@ -11,12 +13,13 @@
 #include "core/alloc.h"
 #include "weir/log.h"
 
-static void wait_end(struct weir_session *s);
-
-#define ARENA_BLOCK 4096
+/* An arena block; the cap bounds what one request may hold: its head copy, edits and hook
+   data (4 x max_header_bytes + WEIR_ARENA_EXTRA). */
+#define ARENA_BLOCK      4096
+#define WEIR_ARENA_EXTRA (256 * 1024)
 
 static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d);
-static void up_timer_cb(struct weir_loop *loop, struct weir_timer *t);
+static void session_end(struct weir_session *s);
 
 static struct weir_arena *take_arena(struct weir__proxy_worker *w, const struct weir_config *cfg)
 {
@@ -25,8 +28,7 @@ static struct weir_arena *take_arena(struct weir__proxy_worker *w, const struct 
         w->spare_arena = NULL;
         return a;
     }
-    /* The cap bounds what one request may hold: its head copy, edits and hook data. */
-    size_t cap = (size_t)cfg->server.limits.max_header_bytes * 4 + 256 * 1024;
+    size_t cap = (size_t)cfg->server.limits.max_header_bytes * 4 + WEIR_ARENA_EXTRA;
     return weir_arena_new(ARENA_BLOCK, cap);
 }
 
@@ -44,26 +46,15 @@ static void give_arena(struct weir__proxy_worker *w, struct weir_arena *a)
 static int adopt_head(struct weir_session *s, const struct weir_h1_request *hr, const char *head,
                       size_t head_len)
 {
-    char *copy = weir_arena_alloc(s->arena, head_len);
+    const char *copy =
+        weir__head_adopt(s->arena, head, head_len, hr->headers, hr->nheaders,
+                         s->cfg->server.limits.max_headers + WEIR_HEADERS_SLACK, &s->req.headers);
     if (copy == NULL) {
         return WEIR_ENOMEM;
     }
-    memcpy(copy, head, head_len);
-#define REBASE(iov) ((struct weir_iov){copy + ((iov).base - head), (iov).len})
-    s->req.method = REBASE(hr->method);
-    s->req.target = REBASE(hr->target);
+    s->req.method = weir__iov_rebase(hr->method, head, copy);
+    s->req.target = weir__iov_rebase(hr->target, head, copy);
     s->req.minor = (uint8_t)hr->minor;
-    uint32_t max = s->cfg->server.limits.max_headers + 64;
-    int rc = weir__headers_init(&s->req.headers, s->arena, (uint32_t)hr->nheaders + 8, max);
-    if (rc != 0) {
-        return rc;
-    }
-    for (size_t i = 0; i < hr->nheaders; i++) {
-        s->req.headers.v[i].name = REBASE(hr->headers[i].name);
-        s->req.headers.v[i].value = REBASE(hr->headers[i].value);
-    }
-#undef REBASE
-    s->req.headers.n = (uint32_t)hr->nheaders;
     return 0;
 }
 
@@ -164,10 +155,12 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
     s->holder = h;
     h->local_refs++;
     s->cfg = cfg;
+    s->down = &weir__h1_down;
+    s->upf = &weir__h1_up;
     s->start_ms = weir_loop_now_ms(w->loop);
     s->start_wall = weir_loop_wall_s(w->loop);
     s->resume.fn = session_resume_cb;
-    weir_timer_init(&s->up_timer, up_timer_cb, s);
+    weir__upstream_init(s);
     c->s = s;
     c->state = CONN_ACTIVE;
     c->nrequests++;
@@ -177,6 +170,7 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
     if (adopt_head(s, hr, c->st.in.data + c->st.in.rpos, head_len) != 0) {
         weir__buf_consume(&c->st.in, (uint32_t)head_len);
         weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        weir__session_run(s);
         return 0;
     }
     weir__buf_consume(&c->st.in, (uint32_t)head_len);
@@ -207,18 +201,23 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
     }
     if (early != 0) {
         s->close_after = true;
-        weir__session_finish(s);
-        return 0;
+        s->phase = PH_DONE;
     }
     weir__session_run(s);
     return 0;
 }
+
+/* ---- the phases ---- */
 
 /* Runs hook h (may be NULL = continue), honouring a result delivered by resume. */
 #define CALL_HOOK(s, hook, ...)                                                                    \
     ((s)->have_result ? ((s)->have_result = false, (s)->result)                                    \
                       : ((hook) ? (hook)(__VA_ARGS__) : WEIR_HOOK_CONTINUE))
 
+/*
+ * Moves on after a request hook: to next, to a local response (DONE, when may_done and the
+ * hook made one), or to an error response. Returns false when the session suspended.
+ */
 static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum weir_phase next,
                           bool may_done)
 {
@@ -239,19 +238,41 @@ static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum 
     case WEIR_HOOK_ERROR:
         if (s->hook_error != WEIR_ERR_NONE) {
             weir__session_fail(s, s->hook_error, WEIR_SRC_INTERNAL, 0, "hook");
-            return false;
+            return true;
         }
         break;
     }
     weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "hook");
-    return false;
+    return true;
 }
 
-static bool run_peer(struct weir_session *s)
+static bool phase_early(struct weir_session *s)
+{
+    if (!s->have_result && normalize_absolute_form(s) != 0) {
+        s->close_after = true;
+        if (weir_session_respond_text(s, 400, WEIR_IOV_LIT("Bad Request\n")) != 0) {
+            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        }
+        return true; /* on to the local response */
+    }
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    enum weir_hook_result r = CALL_HOOK(s, hk->early_request_filter, s, s->ctx);
+    return handle_result(s, r, PH_REQUEST_FILTER, true);
+}
+
+static bool phase_request_filter(struct weir_session *s)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    enum weir_hook_result r = CALL_HOOK(s, hk->request_filter, s, s->ctx);
+    return handle_result(s, r, PH_PEER, true);
+}
+
+static bool phase_peer(struct weir_session *s)
 {
     const struct weir_proxy_hooks *hk = s->w->hooks;
     const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
     if (!s->have_result) {
+        WEIR_DEBUG_ASSERT(s->ux.conn == NULL && s->ux.state == UP_IDLE);
         /* On a retry the peer keeps the backend just tried, so weir_lb_select avoids it. */
         s->peer_prev = s->peer.backend;
         memset(&s->peer, 0, sizeof(s->peer));
@@ -269,7 +290,7 @@ static bool run_peer(struct weir_session *s)
     }
     if (r == WEIR_HOOK_CONTINUE && s->peer.addrlen == 0) {
         weir__session_fail(s, WEIR_ERR_NO_PEER, WEIR_SRC_INTERNAL, 0, "upstream_peer");
-        return false;
+        return true;
     }
     if (r == WEIR_HOOK_CONTINUE) {
         if (s->peer.connect_timeout_ms == 0) {
@@ -283,51 +304,208 @@ static bool run_peer(struct weir_session *s)
         }
         s->have_peer = true;
     }
-    return handle_result(s, r, PH_CONNECT, false);
+    return handle_result(s, r, PH_UPSTREAM, false);
 }
+
+/* ---- the retry loop ---- */
+
+/* Back to upstream_peer for another choice (weir_lb_select avoids the backend just tried). */
+static void retry_peer(struct weir_session *s)
+{
+    s->retries++;
+    s->have_peer = false;
+    s->phase = PH_PEER;
+}
+
+/* Connecting failed: fail_to_connect may ask for another peer, preset while max_retries allows. */
+static void connect_failed(struct weir_session *s, const struct weir__outcome *o)
+{
+    weir__upstream_release(s, false);
+    weir__backend_failed(s->peer.backend);
+    struct weir_error e = o->err;
+    e.retry = s->retries < s->cfg->server.max_retries;
+    if (s->w->hooks->fail_to_connect) {
+        s->w->hooks->fail_to_connect(s, s->ctx, &s->peer, &e);
+    }
+    bool again = e.retry && s->retries < WEIR_MAX_CONNECT_RETRIES;
+    weir_log(WEIR_LOG_INFO, "connect to %s failed: %s%s", s->peer.name, weir_strerror(o->code),
+             again ? " (retrying)" : "");
+    if (again) {
+        retry_peer(s);
+        return;
+    }
+    weir__session_fail(s, o->err.type, WEIR_SRC_UPSTREAM, e.sys_errno, "connect");
+}
+
+/*
+ * The exchange failed after connecting. A reused connection that died before answering is
+ * retried on a fresh one to the same peer (preset; not a backend failure, not counted in
+ * max_retries). Otherwise error_while_proxy may ask for a retry, honoured when the request
+ * can be replayed (nothing of its body consumed, no response byte seen) and max_retries
+ * allows: upstream_peer then chooses again, away from this backend.
+ */
+static void upstream_failed(struct weir_session *s, const struct weir__outcome *o)
+{
+    struct weir_error e = o->err;
+    e.retry = o->stale;
+    if (s->w->hooks->error_while_proxy) {
+        s->w->hooks->error_while_proxy(s, s->ctx, &s->peer, &e);
+    }
+    if (e.retry && o->stale) {
+        s->stale_retries++;
+        weir__upstream_rewind(s, true);
+        return; /* still PH_UPSTREAM: a fresh connection to the same peer */
+    }
+    weir__backend_failed(s->peer.backend);
+    if (e.retry && o->replayable && s->retries < s->cfg->server.max_retries) {
+        weir_log(WEIR_LOG_INFO, "upstream %s: %s (%s); retrying", s->peer.name,
+                 weir_error_type_str(o->err.type), o->err.context ? o->err.context : "");
+        weir__upstream_rewind(s, false);
+        retry_peer(s);
+        return;
+    }
+    weir__session_fail(s, o->err.type, WEIR_SRC_UPSTREAM, o->err.sys_errno, o->err.context);
+}
+
+/* The client's body was malformed or too large: answer it ourselves, then close. */
+static void client_body_failed(struct weir_session *s, const struct weir__outcome *o)
+{
+    s->close_after = true;
+    weir__upstream_release(s, false);
+    s->resp = NULL;
+    struct weir_iov body =
+        o->status == 413 ? WEIR_IOV_LIT("Payload Too Large\n") : WEIR_IOV_LIT("Bad Request\n");
+    if (s->resp_started || weir_session_respond_text(s, o->status, body) != 0) {
+        weir__session_fail(s, o->err.type, o->err.source, 0, o->err.context);
+    }
+}
+
+static bool phase_upstream(struct weir_session *s)
+{
+    struct weir__outcome o;
+    switch (weir__upstream_run(s, &o)) {
+    case WEIR_STEP_BLOCKED:
+        return false;
+    case WEIR_STEP_DONE:
+        if (!s->req_sent) {
+            s->close_after = true; /* the client's body was not read to its end */
+        }
+        if (s->respp.out_kind == WEIR_H1_BODY_CLOSE) {
+            s->close_after = true;
+        }
+        s->phase = PH_DONE;
+        return true;
+    case WEIR_STEP_FAILED:
+        break;
+    }
+    switch (o.kind) {
+    case WEIR_FAIL_CONNECT:
+        connect_failed(s, &o);
+        break;
+    case WEIR_FAIL_UPSTREAM:
+        upstream_failed(s, &o);
+        break;
+    case WEIR_FAIL_CLIENT_BODY:
+        client_body_failed(s, &o);
+        break;
+    case WEIR_FAIL_END:
+        weir__session_fail(s, o.err.type, o.err.source, o.err.sys_errno, o.err.context);
+        break;
+    }
+    return true;
+}
+
+/* ---- responses weir makes itself ---- */
+
+static int start_local_response(struct weir_session *s)
+{
+    struct weir_resp *r = s->resp;
+    weir__upstream_release(s, false);
+    if (s->req_body != WEIR_H1_BODY_NONE && !s->reqp.in_done) {
+        s->close_after = true; /* we will not read the rest of the body */
+    }
+    int rc = s->down->connection_fields(s, r);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = s->down->queue_head(s, r);
+    if (rc != 0) {
+        return rc;
+    }
+    bool head_method = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
+    if (!head_method && r->status != 204 && r->status != 304) {
+        weir__outq_push(&s->out_client, s->local_body.base, s->local_body.len);
+        s->respp.bytes = s->local_body.len;
+    }
+    s->client_progress_ms = weir_loop_now_ms(s->w->loop);
+    return 0;
+}
+
+static bool phase_local_response(struct weir_session *s)
+{
+    WEIR_DEBUG_ASSERT(s->resp != NULL && s->ux.state == UP_IDLE);
+    if (!s->resp_started && start_local_response(s) != 0) {
+        s->close_after = true;
+        s->phase = PH_DONE;
+        return true;
+    }
+    if (s->c->st.writable) {
+        ssize_t n = weir__stream_flush(&s->c->st, &s->out_client);
+        if (n < 0) {
+            s->close_after = true;
+            s->has_err = true;
+            s->err = (struct weir_error){WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, false, (int)-n,
+                                         "client"};
+            s->phase = PH_DONE;
+            return true;
+        }
+        if (n > 0) {
+            s->client_progress_ms = weir_loop_now_ms(s->w->loop);
+        }
+    }
+    if (weir__outq_empty(&s->out_client)) {
+        s->phase = PH_DONE;
+        return true;
+    }
+    uint64_t now = weir_loop_now_ms(s->w->loop);
+    uint64_t deadline = s->client_progress_ms + s->cfg->server.timeouts.client_write_ms;
+    weir__conn_set_deadline(s->c, deadline > now ? deadline - now : 1);
+    return false;
+}
+
+/* ---- the machine ---- */
 
 void weir__session_run(struct weir_session *s)
 {
-    const struct weir_proxy_hooks *hk = s->w->hooks;
-    while (!s->suspended) {
-        enum weir_hook_result r;
+    WEIR_SESSION_CHECK(s);
+    for (;;) {
+        if (s->suspended) {
+            return;
+        }
+        bool more = false;
         switch (s->phase) {
         case PH_EARLY:
-            if (!s->have_result && normalize_absolute_form(s) != 0) {
-                s->close_after = true;
-                if (weir_session_respond_text(s, 400, WEIR_IOV_LIT("Bad Request\n")) != 0) {
-                    weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
-                    return;
-                }
-                break; /* on to the local response */
-            }
-            r = CALL_HOOK(s, hk->early_request_filter, s, s->ctx);
-            if (!handle_result(s, r, PH_REQUEST_FILTER, true)) {
-                return;
-            }
+            more = phase_early(s);
             break;
         case PH_REQUEST_FILTER:
-            r = CALL_HOOK(s, hk->request_filter, s, s->ctx);
-            if (!handle_result(s, r, PH_PEER, true)) {
-                return;
-            }
+            more = phase_request_filter(s);
             break;
         case PH_PEER:
-            if (!run_peer(s)) {
-                return;
-            }
+            more = phase_peer(s);
             break;
-        case PH_CONNECT:
-            s->phase = PH_PROXY;
-            weir__exchange_start(s);
-            return;
-        case PH_PROXY:
-            weir__exchange_run(s);
-            return;
+        case PH_UPSTREAM:
+            more = phase_upstream(s);
+            break;
         case PH_LOCAL_RESPONSE:
-            weir__local_response_run(s);
-            return;
+            more = phase_local_response(s);
+            break;
+        case PH_CLOSING:
+            return; /* waits for the suspended hook, which is gone: see session_resume_cb */
         case PH_DONE:
+            session_end(s); /* frees s */
+            return;
+        }
+        if (!more) {
             return;
         }
     }
@@ -335,13 +513,12 @@ void weir__session_run(struct weir_session *s)
 
 static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d)
 {
-    struct weir_session *s =
-        (struct weir_session *)((char *)d - offsetof(struct weir_session, resume));
-    if (s->c->state == CONN_CLOSED) {
+    struct weir_session *s = WEIR_CONTAINER_OF(d, struct weir_session, resume);
+    WEIR_SESSION_CHECK(s);
+    if (s->phase == PH_CLOSING || s->c->state == CONN_CLOSED) {
         /* The connection died while the hook waited; the session can end now. */
-        s->suspended = false;
-        weir__session_finish(s);
-        return;
+        s->have_result = false;
+        s->phase = PH_DONE;
     }
     weir__session_run(s);
 }
@@ -391,12 +568,11 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
     s->err = (struct weir_error){type, src, false, sys_errno, context};
     weir_log(WEIR_LOG_DEBUG, "request from %s failed: %s (%s)", s->c->ip, weir_error_type_str(type),
              context ? context : "");
-    weir__exchange_release_upstream(s, false);
-    weir_timer_stop(s->w->loop, &s->up_timer);
+    weir__upstream_release(s, false);
     if (s->resp_started || s->c->state == CONN_CLOSED || src == WEIR_SRC_DOWNSTREAM) {
         /* Mid-response or the client is gone: the only honest signal left is a close. */
         s->close_after = true;
-        weir__session_finish(s);
+        s->phase = PH_DONE;
         return;
     }
     int status = 0;
@@ -404,8 +580,7 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
         status = s->w->hooks->fail_to_proxy(s, s->ctx, &s->err);
     }
     if (s->resp != NULL && s->phase == PH_LOCAL_RESPONSE) {
-        weir__session_run(s); /* the hook answered itself */
-        return;
+        return; /* the hook answered itself */
     }
     if (status < 100 || status > 599) {
         status = default_status(type);
@@ -417,19 +592,18 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
     s->resp = NULL;
     if (weir_session_respond_text(s, status, weir_iov_cstr(weir_http_reason(status))) != 0) {
         s->close_after = true;
-        weir__session_finish(s);
-        return;
+        s->phase = PH_DONE;
     }
-    weir__session_run(s);
 }
 
 void weir__session_client_timeout(struct weir_session *s)
 {
-    if (s->phase == PH_PROXY && !s->resp_started && !s->reqp.in_done) {
+    WEIR_SESSION_CHECK(s);
+    if (s->phase == PH_UPSTREAM && !s->resp_started && !s->reqp.in_done) {
         /* The client stopped sending its body. */
         s->close_after = true;
         s->resp = NULL;
-        weir__exchange_release_upstream(s, false);
+        weir__upstream_release(s, false);
         if (weir_session_respond_text(s, 408, WEIR_IOV_LIT("Request Timeout\n")) == 0) {
             s->has_err = true;
             s->err = (struct weir_error){WEIR_ERR_READ_TIMEOUT, WEIR_SRC_DOWNSTREAM, false, 0,
@@ -439,45 +613,55 @@ void weir__session_client_timeout(struct weir_session *s)
         }
     }
     weir__session_fail(s, WEIR_ERR_WRITE_TIMEOUT, WEIR_SRC_DOWNSTREAM, 0, "client timeout");
+    weir__session_run(s);
 }
 
 void weir__session_client_event(struct weir_session *s)
 {
-    if (s->suspended) {
-        return;
+    WEIR_SESSION_CHECK(s);
+    if (!s->suspended && (s->phase == PH_UPSTREAM || s->phase == PH_LOCAL_RESPONSE)) {
+        weir__session_run(s);
     }
-    if (s->phase == PH_PROXY) {
-        weir__exchange_run(s);
-    } else if (s->phase == PH_LOCAL_RESPONSE) {
-        weir__local_response_run(s);
-    }
-}
-
-static void up_timer_cb(struct weir_loop *loop, struct weir_timer *t)
-{
-    struct weir_session *s = t->data;
-    weir__exchange_run(s); /* the exchange checks its own deadlines */
 }
 
 /* ---- the end ---- */
 
-void weir__session_finish(struct weir_session *s)
+void weir__session_abort(struct weir_session *s)
 {
-    if (s->phase == PH_DONE) {
+    WEIR_SESSION_CHECK(s);
+    s->close_after = true;
+    if (s->phase == PH_DONE || s->phase == PH_CLOSING) {
+        return;
+    }
+    if (s->suspended) {
+        /* A hook still owns a timer or I/O pointing at us: end when it resumes. */
+        weir__loop_defer_cancel(s->w->loop, &s->resume);
+        weir__upstream_release(s, false);
+        s->phase = PH_CLOSING;
         return;
     }
     s->phase = PH_DONE;
+    weir__session_run(s);
+}
+
+void weir__session_abandon(struct weir_session *s)
+{
+    WEIR_SESSION_CHECK(s);
+    s->suspended = false;
+    s->have_result = false;
+    s->phase = PH_DONE;
+    weir__session_run(s);
+}
+
+/* Logs, releases the upstream and the peer, frees the session, hands the connection on. */
+static void session_end(struct weir_session *s)
+{
+    WEIR_DEBUG_ASSERT(s->phase == PH_DONE && !s->suspended);
     struct weir_conn *c = s->c;
     struct weir__proxy_worker *w = s->w;
     weir__loop_defer_cancel(w->loop, &s->resume);
-    weir_timer_stop(w->loop, &s->up_timer);
-    weir__exchange_release_upstream(s, !s->failed);
-    if (s->suspended) {
-        /* A hook still owns a timer or I/O pointing at us: finish when it resumes. */
-        s->phase = PH_LOCAL_RESPONSE;
-        return;
-    }
-    wait_end(s); /* only a worker's forced end of a suspended session gets here waiting */
+    weir__upstream_release(s, !s->failed);
+    weir__session_wait_end(s); /* only a worker's forced end of a suspended session waits */
     if (w->hooks->logging) {
         w->hooks->logging(s, s->ctx, s->has_err ? &s->err : NULL);
     }
@@ -492,200 +676,4 @@ void weir__session_finish(struct weir_session *s)
     give_arena(w, a); /* s lived in the arena: no access after this */
     weir__snapshot_holder_put(h);
     weir__conn_request_done(c, close_conn);
-}
-
-/* ---- choosing a backend, waiting for room ---- */
-
-static void wait_end(struct weir_session *s)
-{
-    if (s->wait_lb != NULL) {
-        weir_timer_stop(s->w->loop, &s->wait_timer);
-        weir__lb_queue_leave(s->wait_lb);
-        s->wait_lb = NULL;
-    }
-}
-
-/* Retries on a short timer, backing off from 1 ms to 16 ms: the worker needs no notice from
-   the thread that frees room, so nothing crosses threads and a session that ends while
-   waiting only stops its own timer. */
-static void wait_tick(struct weir_loop *loop, struct weir_timer *t)
-{
-    struct weir_session *s = t->data;
-    int rc = weir_lb_select(s->wait_lb, s->wait_key, s->wait_peer);
-    uint64_t now = weir_loop_now_ms(loop);
-    if (rc == WEIR_ELIMIT && now < s->wait_deadline_ms) {
-        s->wait_delay_ms = s->wait_delay_ms < 16 ? s->wait_delay_ms * 2 : 16;
-        uint64_t left = s->wait_deadline_ms - now;
-        if (weir_timer_start(loop, &s->wait_timer,
-                             left < s->wait_delay_ms ? left : s->wait_delay_ms) == 0) {
-            return;
-        }
-    }
-    wait_end(s);
-    if (rc != 0) {
-        s->hook_error = WEIR_ERR_NO_BACKEND;
-        weir_session_resume(s, WEIR_HOOK_ERROR);
-        return;
-    }
-    weir_session_resume(s, WEIR_HOOK_CONTINUE);
-}
-
-enum weir_hook_result weir_session_select_backend(struct weir_session *s, struct weir_lb *lb,
-                                                  struct weir_iov key, struct weir_peer *peer)
-{
-    int rc = weir_lb_select(lb, key, peer);
-    if (rc == 0) {
-        return WEIR_HOOK_CONTINUE;
-    }
-    if (rc == WEIR_ELIMIT && s->wait_lb == NULL && weir__lb_queue_enter(lb)) {
-        s->wait_lb = lb;
-        s->wait_key = key;
-        s->wait_peer = peer;
-        s->wait_deadline_ms = weir_loop_now_ms(s->w->loop) + weir__lb_queue_timeout_ms(lb);
-        s->wait_delay_ms = 1;
-        weir_timer_init(&s->wait_timer, wait_tick, s);
-        if (weir_timer_start(s->w->loop, &s->wait_timer, 1) == 0) {
-            return WEIR_HOOK_PENDING;
-        }
-        wait_end(s);
-    }
-    s->hook_error = WEIR_ERR_NO_BACKEND;
-    return WEIR_HOOK_ERROR;
-}
-
-/* ---- public accessors ---- */
-
-void weir_session_set_error(struct weir_session *s, enum weir_error_type type)
-{
-    s->hook_error = type;
-}
-
-struct weir_req *weir_session_req(struct weir_session *s)
-{
-    return &s->req;
-}
-
-struct weir_resp *weir_session_resp(struct weir_session *s)
-{
-    return s->resp;
-}
-
-struct weir_arena *weir_session_arena(struct weir_session *s)
-{
-    return s->arena;
-}
-
-struct weir_loop *weir_session_loop(struct weir_session *s)
-{
-    return s->w->loop;
-}
-
-const struct weir_config *weir_session_config(const struct weir_session *s)
-{
-    return s->cfg;
-}
-
-const struct sockaddr *weir_session_client_addr(const struct weir_session *s)
-{
-    return (const struct sockaddr *)&s->c->addr;
-}
-
-struct weir_iov weir_session_client_ip(const struct weir_session *s)
-{
-    return (struct weir_iov){s->c->ip, s->c->iplen};
-}
-
-void *weir_session_ctx(const struct weir_session *s)
-{
-    return s->ctx;
-}
-
-const struct weir_peer *weir_session_peer(const struct weir_session *s)
-{
-    return s->have_peer ? &s->peer : NULL;
-}
-
-unsigned weir_session_retries(const struct weir_session *s)
-{
-    return s->retries;
-}
-
-unsigned weir_session_request_index(const struct weir_session *s)
-{
-    return s->c->nrequests;
-}
-
-int weir_session_status(const struct weir_session *s)
-{
-    return s->status;
-}
-
-uint64_t weir_session_body_bytes_sent(const struct weir_session *s)
-{
-    return s->respp.bytes;
-}
-
-uint64_t weir_session_body_bytes_received(const struct weir_session *s)
-{
-    return s->reqp.bytes;
-}
-
-int64_t weir_session_start_time(const struct weir_session *s)
-{
-    return s->start_wall;
-}
-
-uint64_t weir_session_elapsed_ms(const struct weir_session *s)
-{
-    return weir_loop_now_ms(s->w->loop) - s->start_ms;
-}
-
-struct weir_resp *weir_session_response_new(struct weir_session *s, int status)
-{
-    struct weir_resp *r = weir_arena_calloc(s->arena, sizeof(*r));
-    if (r == NULL || weir__headers_init(&r->headers, s->arena, 8, 128) != 0) {
-        return NULL;
-    }
-    r->minor = 1;
-    if (weir_resp_set_status(r, status) != 0) {
-        return NULL;
-    }
-    return r;
-}
-
-int weir_session_respond(struct weir_session *s, struct weir_resp *resp, struct weir_iov body)
-{
-    if (s->resp_started || s->phase >= PH_LOCAL_RESPONSE) {
-        return WEIR_EINVAL;
-    }
-    char len[24];
-    int n = snprintf(len, sizeof(len), "%zu", body.len);
-    int rc = weir_headers_set_iov(&resp->headers, WEIR_IOV_LIT("Content-Length"),
-                                  (struct weir_iov){len, (size_t)n});
-    if (rc != 0) {
-        return rc;
-    }
-    if (!weir_headers_get(&resp->headers, "Server", NULL)) {
-        rc = weir_headers_add(&resp->headers, "Server", "weir");
-        if (rc != 0) {
-            return rc;
-        }
-    }
-    s->resp = resp;
-    s->local_body = body;
-    s->phase = PH_LOCAL_RESPONSE;
-    return 0;
-}
-
-int weir_session_respond_text(struct weir_session *s, int status, struct weir_iov body)
-{
-    struct weir_resp *r = weir_session_response_new(s, status);
-    if (r == NULL) {
-        return WEIR_ENOMEM;
-    }
-    int rc = weir_headers_add(&r->headers, "Content-Type", "text/plain; charset=utf-8");
-    if (rc != 0) {
-        return rc;
-    }
-    return weir_session_respond(s, r, body);
 }

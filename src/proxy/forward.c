@@ -1,0 +1,261 @@
+/*
+ * What crosses the proxy, whatever the framing: hop-by-hop fields and the fields Connection
+ * names are removed, X-Forwarded-For/-Proto and Via added, the request and response hooks
+ * that edit heads run, and the body framing each side gets follows the final head. The wire
+ * format itself (serializing, Connection, chunked) is the framing's (h1_framing.c).
+ */
+#include "proxy/proxy_int.h"
+
+#include <string.h>
+
+/*
+ * Header rewriting on the hot path: one compaction pass over the fields removes hop-by-hop
+ * ones and notes the fields we care about, instead of one scan per name.
+ */
+
+#define MAX_CONN_TOKENS 8
+
+/* Fields that describe one connection and never cross the proxy (RFC 9110 7.6.1). */
+static bool is_hop_by_hop(struct weir_iov n)
+{
+    switch (n.len) {
+    case 2:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("TE"));
+    case 7:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("Upgrade"));
+    case 10:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("Connection")) ||
+               weir_iov_ieq(n, WEIR_IOV_LIT("Keep-Alive"));
+    case 17:
+        return weir_iov_ieq(n, WEIR_IOV_LIT("Transfer-Encoding"));
+    default:
+        break;
+    }
+    return n.len > 6 && weir_iov_ieq((struct weir_iov){n.base, 6}, WEIR_IOV_LIT("Proxy-"));
+}
+
+struct field_scan {
+    int content_length; /* index after compaction, -1 when absent */
+    int x_forwarded_for;
+    bool host;
+    struct weir_iov conn_tokens[MAX_CONN_TOKENS]; /* extra names Connection listed */
+    unsigned nconn_tokens;
+    bool conn_overflow;
+};
+
+/* Notes the names a Connection field lists beyond the usual close/keep-alive. */
+static void note_connection_tokens(struct field_scan *fs, struct weir_iov value)
+{
+    size_t pos = 0;
+    struct weir_iov tok;
+    while (weir__http_next_token(value, &pos, &tok)) {
+        if (weir_iov_ieq(tok, WEIR_IOV_LIT("close")) ||
+            weir_iov_ieq(tok, WEIR_IOV_LIT("keep-alive")) || is_hop_by_hop(tok)) {
+            continue;
+        }
+        if (fs->nconn_tokens < MAX_CONN_TOKENS) {
+            fs->conn_tokens[fs->nconn_tokens++] = tok;
+        } else {
+            fs->conn_overflow = true;
+        }
+    }
+}
+
+static bool named_by_connection(const struct field_scan *fs, struct weir_iov name)
+{
+    for (unsigned i = 0; i < fs->nconn_tokens; i++) {
+        if (weir_iov_ieq(name, fs->conn_tokens[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Removes hop-by-hop fields, the fields Connection names, and for requests Expect and
+ * X-Forwarded-Proto (we answer 100-continue ourselves and set the protocol). Fills *fs.
+ */
+static void strip_fields(struct weir_headers *h, bool request, struct field_scan *fs)
+{
+    memset(fs, 0, sizeof(*fs));
+    fs->content_length = fs->x_forwarded_for = -1;
+    uint32_t w = 0;
+    for (uint32_t r = 0; r < h->n; r++) {
+        struct weir_iov name = h->v[r].name;
+        if (is_hop_by_hop(name)) {
+            if (name.len == 10 && (name.base[0] | 0x20) == 'c') {
+                note_connection_tokens(fs, h->v[r].value);
+            }
+            continue;
+        }
+        if (request &&
+            ((name.len == 6 && weir_iov_ieq(name, WEIR_IOV_LIT("Expect"))) ||
+             (name.len == 17 && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-Proto"))))) {
+            continue;
+        }
+        if (name.len == 14 && weir_iov_ieq(name, WEIR_IOV_LIT("Content-Length"))) {
+            fs->content_length = (int)w;
+        } else if (request && name.len == 15 &&
+                   weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-For"))) {
+            fs->x_forwarded_for = (int)w;
+        } else if (request && name.len == 4 && weir_iov_ieq(name, WEIR_IOV_LIT("Host"))) {
+            fs->host = true;
+        }
+        h->v[w++] = h->v[r];
+    }
+    h->n = w;
+    if (fs->nconn_tokens > 0) {
+        /* Rare: Connection named other fields, which may have come before it. */
+        fs->content_length = fs->x_forwarded_for = -1;
+        w = 0;
+        for (uint32_t r = 0; r < h->n; r++) {
+            struct weir_iov name = h->v[r].name;
+            if (named_by_connection(fs, name)) {
+                continue;
+            }
+            if (weir_iov_ieq(name, WEIR_IOV_LIT("Content-Length"))) {
+                fs->content_length = (int)w;
+            } else if (request && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-For"))) {
+                fs->x_forwarded_for = (int)w;
+            }
+            h->v[w++] = h->v[r];
+        }
+        h->n = w;
+    }
+}
+
+/*
+ * Appends a field whose bytes outlive the request (static text, or the connection's own
+ * buffers) without copying them; falls back to a copying add when the array must grow.
+ */
+int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_iov value)
+{
+    if (h->n < h->cap) {
+        h->v[h->n++] = (struct weir_header){name, value};
+        return 0;
+    }
+    return weir_headers_add_iov(h, name, value);
+}
+
+static int add_forwarded(struct weir_session *s, struct weir_headers *h,
+                         const struct field_scan *fs)
+{
+    const struct weir_cfg_server *sc = &s->cfg->server;
+    int rc = 0;
+    if (sc->x_forwarded_for) {
+        struct weir_iov ip = weir_session_client_ip(s);
+        if (fs->x_forwarded_for >= 0 && h->v[fs->x_forwarded_for].value.len > 0) {
+            struct weir_iov prev = h->v[fs->x_forwarded_for].value;
+            size_t len = prev.len + 2 + ip.len;
+            char *v = weir_arena_alloc(s->arena, len);
+            if (v == NULL) {
+                return WEIR_ENOMEM;
+            }
+            memcpy(v, prev.base, prev.len);
+            /* A length-delimited header value, not a C string: no NUL wanted. */
+            // NOLINTNEXTLINE(bugprone-not-null-terminated-result)
+            memcpy(v + prev.len, ", ", 2);
+            memcpy(v + prev.len + 2, ip.base, ip.len);
+            h->v[fs->x_forwarded_for].value = (struct weir_iov){v, len};
+        } else if (fs->x_forwarded_for >= 0) {
+            h->v[fs->x_forwarded_for].value = ip;
+        } else {
+            rc = weir__push_field(h, WEIR_IOV_LIT("X-Forwarded-For"), ip);
+        }
+    }
+    if (rc == 0 && sc->x_forwarded_proto) {
+        rc = weir__push_field(h, WEIR_IOV_LIT("X-Forwarded-Proto"), WEIR_IOV_LIT("http"));
+    }
+    if (rc == 0 && sc->via) {
+        rc =
+            weir__push_field(h, WEIR_IOV_LIT("Via"),
+                             s->client_minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
+    }
+    return rc;
+}
+
+static bool parse_length(struct weir_iov v, uint64_t *out)
+{
+    uint64_t n = 0;
+    if (v.len == 0 || v.len > 19) {
+        return false;
+    }
+    for (size_t i = 0; i < v.len; i++) {
+        if (v.base[i] < '0' || v.base[i] > '9') {
+            return false;
+        }
+        n = n * 10 + (uint64_t)(v.base[i] - '0');
+    }
+    *out = n;
+    return true;
+}
+
+/* Builds the upstream request head once (hooks run once even if the request is retried). */
+
+int weir__forward_request_head(struct weir_session *s)
+{
+    struct weir_headers *h = &s->req.headers;
+    struct field_scan fs;
+    if (s->ux.head != NULL) {
+        return 0;
+    }
+    strip_fields(h, true, &fs);
+    int rc = add_forwarded(s, h, &fs);
+    if (rc == 0 && !fs.host) {
+        /* An HTTP/1.0 client may omit Host; what we send up is HTTP/1.1, which needs one. */
+        rc = weir__push_field(h, WEIR_IOV_LIT("Host"), weir_iov_cstr(s->peer.name));
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    if (s->w->hooks->upstream_request_filter) {
+        if (s->w->hooks->upstream_request_filter(s, s->ctx, &s->req) != WEIR_HOOK_CONTINUE) {
+            return WEIR_EINVAL;
+        }
+        fs.content_length = -2; /* the hook may have moved fields: look again */
+    }
+    /* Framing going up follows the final head: Content-Length if it is the body's. */
+    weir__pipe_source(s, &s->reqp, s->req_body, s->req_length);
+    struct weir_iov cl = {NULL, 0};
+    bool has_cl = fs.content_length == -2 ? weir_headers_get(h, "Content-Length", &cl)
+                                          : fs.content_length >= 0;
+    if (fs.content_length >= 0) {
+        cl = h->v[fs.content_length].value;
+    }
+    uint64_t len;
+    bool length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl && parse_length(cl, &len) &&
+                     len == s->req_length;
+    return s->upf->request_head(s, length_ok);
+}
+
+int weir__forward_response_head(struct weir_session *s)
+{
+    struct weir_resp *r = s->resp;
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    struct field_scan fs;
+    strip_fields(&r->headers, false, &fs);
+    if (hk->upstream_response_filter || hk->response_filter) {
+        if ((hk->upstream_response_filter &&
+             hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) ||
+            (hk->response_filter && hk->response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE)) {
+            return WEIR_EINVAL;
+        }
+        fs.content_length = -2; /* the hooks may have moved fields: look again */
+    }
+    struct weir_iov cl = {NULL, 0};
+    bool has_cl = fs.content_length == -2 ? weir_headers_get(&r->headers, "Content-Length", &cl)
+                                          : fs.content_length >= 0;
+    if (fs.content_length >= 0) {
+        cl = r->headers.v[fs.content_length].value;
+    }
+    uint64_t len;
+    int rc = s->down->body_framing(s, r, has_cl && parse_length(cl, &len));
+    if (rc == 0 && s->cfg->server.via) {
+        rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"),
+                              r->minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
+    }
+    if (rc == 0) {
+        rc = s->down->connection_fields(s, r);
+    }
+    return rc == 0 ? s->down->queue_head(s, r) : rc;
+}

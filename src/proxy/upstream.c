@@ -1,0 +1,415 @@
+/*
+ * The upstream exchange of one session, as an explicit sub-state machine (enum
+ * weir__up_state, one function per state): take a pooled connection or connect, run
+ * connected_to_upstream and queue the request head, stream the request body up while reading
+ * the response head, then stream the response body down. A step never calls back into the
+ * session: it returns how far it got (enum weir__step) and, on failure, an outcome saying what
+ * failed and whether a retry is safe; session.c decides what happens next (retries included).
+ */
+#include "proxy/proxy_int.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "net/sock.h"
+#include "weir/log.h"
+
+static void up_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
+{
+    struct weir__upconn *u = io->data;
+    WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
+    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        u->st.readable = true;
+    }
+    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        u->st.writable = true;
+    }
+    struct weir_session *s = u->owner;
+    if (s != NULL) {
+        WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
+        if (!s->suspended && s->phase == PH_UPSTREAM) {
+            weir__session_run(s);
+        }
+    }
+}
+
+static void up_timer(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir_session *s = t->data;
+    WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
+    if (!s->suspended && s->phase == PH_UPSTREAM) {
+        weir__session_run(s); /* the exchange checks its own deadlines */
+    }
+}
+
+void weir__upstream_init(struct weir_session *s)
+{
+    s->ux.state = UP_IDLE;
+    weir_timer_init(&s->ux.timer, up_timer, s);
+}
+
+/* ---- outcomes ---- */
+
+enum weir__step weir__outcome_end(struct weir__outcome *o, enum weir_error_type type,
+                                  enum weir_error_source src, int sys_errno, const char *context)
+{
+    *o = (struct weir__outcome){.kind = WEIR_FAIL_END,
+                                .err = {type, src, false, sys_errno, context}};
+    return WEIR_STEP_FAILED;
+}
+
+static enum weir__step connect_failed(struct weir_session *s, struct weir__outcome *o, int code)
+{
+    enum weir_error_type type = code == -ECONNREFUSED    ? WEIR_ERR_CONNECT_REFUSED
+                                : code == WEIR_ETIMEDOUT ? WEIR_ERR_CONNECT_TIMEOUT
+                                                         : WEIR_ERR_CONNECT_ERROR;
+    int sys = code < 0 && code > -4096 ? -code : 0;
+    *o = (struct weir__outcome){.kind = WEIR_FAIL_CONNECT,
+                                .err = {type, WEIR_SRC_UPSTREAM, false, sys, "connect"},
+                                .code = code};
+    return WEIR_STEP_FAILED;
+}
+
+enum weir__step weir__upstream_error(struct weir_session *s, struct weir__outcome *o,
+                                     enum weir_error_type type, int sys_errno, const char *context)
+{
+    bool timeout = type == WEIR_ERR_READ_TIMEOUT || type == WEIR_ERR_WRITE_TIMEOUT;
+    bool untouched = !s->ux.byte_seen && s->reqp.bytes == 0 && s->reqp.pending_consume == 0;
+    *o = (struct weir__outcome){
+        .kind = WEIR_FAIL_UPSTREAM,
+        .err = {type, WEIR_SRC_UPSTREAM, false, sys_errno, context},
+        /* A pooled connection the peer had closed before answering: not the backend's fault. */
+        .stale = !timeout && s->ux.reused && untouched && s->stale_retries < WEIR_MAX_STALE_RETRIES,
+        .replayable = untouched && !s->resp_started,
+    };
+    return WEIR_STEP_FAILED;
+}
+
+/* ---- UP_IDLE: a connection ---- */
+
+static void attach(struct weir_session *s, struct weir__upconn *u, bool reused)
+{
+    WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
+    WEIR_ASSERT(u->owner == NULL);
+    s->ux.conn = u;
+    s->ux.reused = reused;
+    u->owner = s;
+    u->st.io.cb = up_event;
+    u->st.io.data = u;
+    s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
+    memset(&s->ux.scan, 0, sizeof(s->ux.scan));
+    s->ux.byte_seen = false;
+    weir__outq_reset(&s->ux.out);
+    s->ux.state = u->connected ? UP_CONNECTED : UP_CONNECTING;
+}
+
+static enum weir__step up_idle(struct weir_session *s, struct weir__outcome *o)
+{
+    struct weir__pool *pool = s->w->pool;
+    struct weir__upconn *u = NULL;
+    if (!s->ux.fresh) {
+        u = weir__pool_take(pool, &s->peer);
+        /*
+         * A request with a body cannot be retried once the body is under way, so make sure a
+         * pooled connection is alive first; bodiless requests are retried if it was not.
+         */
+        while (u != NULL && s->req_body != WEIR_H1_BODY_NONE && !weir__upconn_alive(u)) {
+            weir__upconn_close(pool, u);
+            u = weir__pool_take(pool, &s->peer);
+        }
+    }
+    if (u != NULL) {
+        attach(s, u, true);
+        return WEIR_STEP_DONE;
+    }
+    s->ux.fresh = false;
+    int rc = weir__upconn_connect(pool, &s->peer, &u);
+    if (rc != 0) {
+        return connect_failed(s, o, rc);
+    }
+    attach(s, u, false);
+    return WEIR_STEP_DONE;
+}
+
+/* ---- UP_CONNECTING ---- */
+
+static enum weir__step up_connecting(struct weir_session *s, struct weir__outcome *o)
+{
+    struct weir__upconn *u = s->ux.conn;
+    if (!u->st.writable) {
+        return WEIR_STEP_BLOCKED;
+    }
+    int rc = weir__connect_result(u->st.io.fd);
+    if (rc != 0) {
+        return connect_failed(s, o, rc);
+    }
+    u->connected = true;
+    s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
+    s->ux.state = UP_CONNECTED;
+    return WEIR_STEP_DONE;
+}
+
+/* ---- UP_CONNECTED ---- */
+
+static enum weir__step up_connected(struct weir_session *s, struct weir__outcome *o)
+{
+    if (s->w->hooks->connected_to_upstream &&
+        s->w->hooks->connected_to_upstream(s, s->ctx, &s->peer, s->ux.reused) !=
+            WEIR_HOOK_CONTINUE) {
+        return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "connected_to_upstream");
+    }
+    if (weir__forward_request_head(s) != 0) {
+        return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "upstream request head");
+    }
+    weir__outq_push(&s->ux.out, s->ux.head, s->ux.head_len);
+    s->ux.state = UP_HEAD;
+    return WEIR_STEP_DONE;
+}
+
+/* ---- the request going up (from UP_HEAD on, until req_sent) ---- */
+
+static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
+{
+    uint64_t now = weir_loop_now_ms(s->w->loop);
+    s->down->send_continue(s);
+    struct weir__pipe_io io = {&s->c->st,
+                               &s->ux.conn->st,
+                               &s->ux.out,
+                               s->w->hooks->request_body_filter,
+                               s->cfg->server.limits.max_body_bytes,
+                               false,
+                               false};
+    enum weir__pipe_status st = weir__pipe_step(s, &s->reqp, &io);
+    if (io.write_progress) {
+        s->ux.progress_ms = now;
+    }
+    if (io.read_progress) {
+        s->client_progress_ms = now;
+    }
+    switch (st) {
+    case WEIR_PIPE_DONE:
+        s->req_sent = true;
+        return WEIR_STEP_DONE;
+    case WEIR_PIPE_BLOCKED:
+        return WEIR_STEP_DONE;
+    case WEIR_PIPE_ERR_SRC:
+        return weir__outcome_end(o, WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_DOWNSTREAM, 0,
+                                 "client body");
+    case WEIR_PIPE_ERR_PROTO:
+    case WEIR_PIPE_ERR_LIMIT: {
+        bool proto = st == WEIR_PIPE_ERR_PROTO;
+        weir__outcome_end(o, WEIR_ERR_INVALID_HTTP, WEIR_SRC_DOWNSTREAM, 0,
+                          proto ? "client body" : "body limit");
+        o->kind = WEIR_FAIL_CLIENT_BODY;
+        o->status = proto ? 400 : 413;
+        return WEIR_STEP_FAILED;
+    }
+    case WEIR_PIPE_ERR_DST:
+        /* The origin may have answered early and closed: read what it said first. */
+        if (s->ux.byte_seen || weir__buf_len(&s->ux.conn->st.in) > 0) {
+            return WEIR_STEP_DONE;
+        }
+        return weir__upstream_error(s, o, WEIR_ERR_WRITE_ERROR, 0, "write");
+    case WEIR_PIPE_ERR_HOOK:
+        return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "request_body_filter");
+    }
+    return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "request pipe");
+}
+
+/* ---- UP_HEAD ---- */
+
+static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
+{
+    if (!weir__outq_empty(&s->out_client)) {
+        /* A 100 Continue still going out. */
+        if (s->c->st.writable && weir__stream_flush(&s->c->st, &s->out_client) < 0) {
+            return weir__outcome_end(o, WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, 0, "client");
+        }
+        if (!weir__outq_empty(&s->out_client)) {
+            return WEIR_STEP_BLOCKED;
+        }
+    }
+    enum weir__step st = s->upf->response_head(s, o);
+    if (st != WEIR_STEP_DONE) {
+        return st;
+    }
+    weir__backend_succeeded(s->peer.backend);
+    if (weir__forward_response_head(s) != 0) {
+        return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response head");
+    }
+    s->client_progress_ms = weir_loop_now_ms(s->w->loop);
+    s->ux.state = UP_BODY;
+    return WEIR_STEP_DONE;
+}
+
+/* ---- UP_BODY ---- */
+
+static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
+{
+    uint64_t now = weir_loop_now_ms(s->w->loop);
+    struct weir__pipe_io io = {
+        &s->ux.conn->st, &s->c->st, &s->out_client, s->w->hooks->response_body_filter, 0,
+        false,           false};
+    enum weir__pipe_status st = weir__pipe_step(s, &s->respp, &io);
+    if (io.read_progress) {
+        s->ux.progress_ms = now;
+    }
+    if (io.write_progress) {
+        s->client_progress_ms = now;
+    }
+    switch (st) {
+    case WEIR_PIPE_DONE:
+        s->ux.state = UP_COMPLETE;
+        return WEIR_STEP_DONE;
+    case WEIR_PIPE_BLOCKED:
+        return WEIR_STEP_BLOCKED;
+    case WEIR_PIPE_ERR_SRC:
+        return weir__upstream_error(s, o, WEIR_ERR_CONNECTION_CLOSED, 0, "response body");
+    case WEIR_PIPE_ERR_PROTO:
+        return weir__upstream_error(s, o, WEIR_ERR_INVALID_HTTP, 0, "response body");
+    case WEIR_PIPE_ERR_DST:
+        return weir__outcome_end(o, WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, 0, "client");
+    case WEIR_PIPE_ERR_HOOK:
+    case WEIR_PIPE_ERR_LIMIT:
+        break;
+    }
+    return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response_body_filter");
+}
+
+/* ---- timeouts ---- */
+
+/* Checks deadlines on both sides and arms the timers for the next one. */
+static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *o)
+{
+    struct weir_loop *loop = s->w->loop;
+    uint64_t now = weir_loop_now_ms(loop);
+    struct weir__upconn *u = s->ux.conn;
+    uint64_t tmo = 0;
+    enum weir_error_type type = WEIR_ERR_READ_TIMEOUT;
+    if (u != NULL && !u->connected) {
+        tmo = s->peer.connect_timeout_ms;
+        type = WEIR_ERR_CONNECT_TIMEOUT;
+    } else if (u != NULL && !weir__outq_empty(&s->ux.out)) {
+        tmo = s->peer.write_timeout_ms;
+        type = WEIR_ERR_WRITE_TIMEOUT;
+    } else if (u != NULL && !s->respp.in_done &&
+               (s->ux.state < UP_BODY || weir__outq_empty(&s->out_client))) {
+        tmo = s->peer.read_timeout_ms;
+    }
+    if (tmo) {
+        uint64_t deadline = s->ux.progress_ms + tmo;
+        if (now >= deadline) {
+            weir_log(WEIR_LOG_INFO, "upstream %s: %s", s->peer.name, weir_error_type_str(type));
+            if (type == WEIR_ERR_CONNECT_TIMEOUT) {
+                return connect_failed(s, o, WEIR_ETIMEDOUT);
+            }
+            return weir__upstream_error(s, o, type, 0, "upstream timeout");
+        }
+        if (!weir_timer_active(&s->ux.timer) || s->ux.timer.deadline_ms > deadline) {
+            if (weir_timer_start(loop, &s->ux.timer, deadline - now) != 0) {
+                return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "timer");
+            }
+        }
+    } else {
+        weir_timer_stop(loop, &s->ux.timer);
+    }
+    const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
+    uint64_t ctmo = 0;
+    if (!weir__outq_empty(&s->out_client)) {
+        ctmo = t->client_write_ms;
+    } else if (!s->req_sent && u != NULL && u->connected && weir__outq_empty(&s->ux.out)) {
+        ctmo = t->client_body_ms;
+    }
+    if (ctmo) {
+        uint64_t deadline = s->client_progress_ms + ctmo;
+        weir__conn_set_deadline(s->c, deadline > now ? deadline - now : 1);
+    } else {
+        weir__conn_set_deadline(s->c, 0);
+    }
+    return WEIR_STEP_BLOCKED;
+}
+
+/* ---- the driver ---- */
+
+enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome *o)
+{
+    WEIR_DEBUG_ASSERT(s->phase == PH_UPSTREAM && !s->suspended);
+    if (s->client_progress_ms == 0) {
+        s->client_progress_ms = weir_loop_now_ms(s->w->loop);
+    }
+    bool sent = false; /* the request pipe ran in this call */
+    for (;;) {
+        enum weir__up_state was = s->ux.state;
+        enum weir__step st;
+        switch (was) {
+        case UP_IDLE:
+            st = up_idle(s, o);
+            break;
+        case UP_CONNECTING:
+            st = up_connecting(s, o);
+            break;
+        case UP_CONNECTED:
+            st = up_connected(s, o);
+            break;
+        case UP_HEAD:
+        case UP_BODY:
+            st = WEIR_STEP_DONE;
+            if (!s->req_sent && !sent) {
+                sent = true;
+                st = send_request(s, o);
+            }
+            if (st == WEIR_STEP_DONE) {
+                st = was == UP_HEAD ? up_head(s, o) : up_body(s, o);
+            }
+            break;
+        case UP_COMPLETE:
+            return WEIR_STEP_DONE;
+        default:
+            WEIR_ASSERT(!"an upstream state");
+            return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "state");
+        }
+        if (st == WEIR_STEP_FAILED) {
+            return st;
+        }
+        if (st == WEIR_STEP_BLOCKED) {
+            WEIR_DEBUG_ASSERT(s->ux.state == was);
+            return arm_timers(s, o);
+        }
+        WEIR_DEBUG_ASSERT(s->ux.state > was); /* a finished step moves forward */
+    }
+}
+
+/* ---- the end of an exchange ---- */
+
+void weir__upstream_release(struct weir_session *s, bool reusable)
+{
+    struct weir__upconn *u = s->ux.conn;
+    s->ux.state = UP_IDLE;
+    weir_timer_stop(s->w->loop, &s->ux.timer);
+    if (u == NULL) {
+        return;
+    }
+    WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
+    WEIR_ASSERT(u->owner == s);
+    s->ux.conn = NULL;
+    u->owner = NULL;
+    if (reusable && s->ux.keep_alive && s->req_sent && s->respp.in_done &&
+        s->respp.in_kind != WEIR_H1_BODY_CLOSE && weir__outq_empty(&s->ux.out)) {
+        u->requests++;
+        struct weir_backend *b = s->peer.backend;
+        u->share_now = b != NULL && atomic_load_explicit(&b->max_conns, memory_order_relaxed) != 0;
+        if (weir__pool_put(s->w->pool, u)) {
+            return;
+        }
+    }
+    weir__upconn_close(s->w->pool, u);
+}
+
+void weir__upstream_rewind(struct weir_session *s, bool fresh)
+{
+    weir__upstream_release(s, false);
+    weir__pipe_source(s, &s->reqp, s->req_body, s->req_length);
+    s->reqp.in_done = s->reqp.out_done = s->reqp.end_filtered = false;
+    s->req_sent = false; /* the head must go out again, or we wait for an answer forever */
+    s->ux.fresh = fresh;
+}
