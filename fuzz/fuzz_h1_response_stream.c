@@ -1,9 +1,9 @@
 /*
  * libFuzzer target: the response-side twin of fuzz_h1_session. The input's first byte says
  * which responses answer a HEAD request (bit i for response i); the rest is a stream of
- * responses on one upstream connection, walked as src/proxy/exchange.c walks it: interim 1xx
- * heads are consumed and dropped, 101 is an error, then the final head and its body by its
- * framing (Content-Length, chunked, or everything until the stream ends), then the next
+ * responses on one upstream connection, walked as src/proxy/h1_framing.c and pipe.c walk
+ * it: interim 1xx heads are consumed and dropped, 101 is an error, then the final head and its
+ * body by its framing (Content-Length, chunked, or everything until the stream ends), then the next
  * response if the connection stays reusable. The walk is done with the whole stream in the
  * buffer and again with the stream arriving in pieces of input-derived sizes; both must give the
  * same events (status, framing, keep-alive, body bytes, trailers, interim heads dropped, and

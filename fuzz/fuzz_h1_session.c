@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: a differential check of a whole client byte stream, as the proxy reads it.
  * The input is a stream of pipelined requests. It is walked the way src/proxy/conn.c and
- * exchange.c walk a connection's input: a head (weir__h1_parse_request with a scan state kept
+ * pipe.c walk a connection's input: a head (weir__h1_parse_request with a scan state kept
  * across reads), then the body by its framing (Content-Length bytes, or
  * weir__h1_chunked_decode consuming from the front of the buffer), then the next head on the
  * bytes left over. The walk is done once with the whole stream in the buffer and again with the
