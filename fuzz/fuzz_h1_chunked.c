@@ -29,7 +29,7 @@ static uint64_t next(uint64_t *s)
     return *s;
 }
 
-static void take(struct result *res, const struct weir_h1_chunk_out *out, const char *lo,
+static void take(struct result *res, const struct weir__h1_chunk_out *out, const char *lo,
                  const char *hi)
 {
     if (out->data.len) {
@@ -52,7 +52,7 @@ static void take(struct result *res, const struct weir_h1_chunk_out *out, const 
 static void run(const uint8_t *in, size_t len, bool pieces, uint64_t seed, unsigned max,
                 const uint32_t bounds[2], char *buf, struct result *res)
 {
-    struct weir_h1_chunked st;
+    struct weir__h1_chunked st;
     weir__h1_chunked_init(&st, bounds[0], bounds[1]);
     size_t have = 0, fed = 0;
     res->rc = R_MORE;
@@ -66,7 +66,7 @@ static void run(const uint8_t *in, size_t len, bool pieces, uint64_t seed, unsig
         have += step;
         fed += step;
         for (;;) {
-            struct weir_h1_chunk_out out;
+            struct weir__h1_chunk_out out;
             ssize_t n = weir__h1_chunked_decode(&st, buf, have, &out);
             if (n < 0) {
                 res->rc = (int)n;

@@ -10,7 +10,7 @@
 
 #define CAP 64
 
-static const struct weir_h1_limits limits[] = {
+static const struct weir__h1_limits limits[] = {
     {.max_line = 8192, .max_head = 65536, .max_headers = CAP},
     {.max_line = 24, .max_head = 96, .max_headers = 3},
 };
@@ -29,8 +29,8 @@ static void same_iov(struct weir_iov a, struct weir_iov b)
     }
 }
 
-static void check_result(const char *buf, ssize_t n, const struct weir_h1_request *r,
-                         const struct weir_h1_limits *lim)
+static void check_result(const char *buf, ssize_t n, const struct weir__h1_request *r,
+                         const struct weir__h1_limits *lim)
 {
     if (n <= 0) {
         return;
@@ -56,10 +56,10 @@ static void check_result(const char *buf, ssize_t n, const struct weir_h1_reques
 }
 
 /* Parses in pieces: sizes are taken from the input bytes, cycling. */
-static ssize_t parse_pieces(const uint8_t *data, size_t size, const struct weir_h1_limits *lim,
-                            struct weir_header *hdrs, struct weir_h1_request *out)
+static ssize_t parse_pieces(const uint8_t *data, size_t size, const struct weir__h1_limits *lim,
+                            struct weir_header *hdrs, struct weir__h1_request *out)
 {
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_scan scan = {0};
     size_t have = 0, k = 0;
     ssize_t n = WEIR_EAGAIN;
     while (n == WEIR_EAGAIN && have < size) {
@@ -74,10 +74,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *buf = (const char *)data;
     for (size_t l = 0; l < sizeof(limits) / sizeof(limits[0]); l++) {
-        const struct weir_h1_limits *lim = &limits[l];
+        const struct weir__h1_limits *lim = &limits[l];
         struct weir_header h1[CAP], h2[CAP];
-        struct weir_h1_request one, inc;
-        struct weir_h1_scan scan = {0};
+        struct weir__h1_request one, inc;
+        struct weir__h1_scan scan = {0};
         ssize_t n = weir__h1_parse_request(buf, size, &scan, lim, h1, CAP, &one);
         check_result(buf, n, &one, lim);
         ssize_t m = parse_pieces(data, size, lim, h2, &inc);

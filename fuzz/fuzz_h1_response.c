@@ -15,7 +15,7 @@
 
 #define CAP 64
 
-static const struct weir_h1_limits limits[] = {
+static const struct weir__h1_limits limits[] = {
     {.max_line = 8192, .max_head = 65536, .max_headers = CAP},
     {.max_line = 24, .max_head = 96, .max_headers = 3},
 };
@@ -27,8 +27,8 @@ static void check_iov(struct weir_iov v, const char *buf, ssize_t n)
     }
 }
 
-static void check_result(const char *buf, ssize_t n, const struct weir_h1_response *r, bool head,
-                         const struct weir_h1_limits *lim)
+static void check_result(const char *buf, ssize_t n, const struct weir__h1_response *r, bool head,
+                         const struct weir__h1_limits *lim)
 {
     if (n <= 0) {
         return;
@@ -50,10 +50,10 @@ static void check_result(const char *buf, ssize_t n, const struct weir_h1_respon
     }
 }
 
-static ssize_t parse_pieces(const uint8_t *data, size_t size, const struct weir_h1_limits *lim,
-                            bool head, struct weir_header *hdrs, struct weir_h1_response *out)
+static ssize_t parse_pieces(const uint8_t *data, size_t size, const struct weir__h1_limits *lim,
+                            bool head, struct weir_header *hdrs, struct weir__h1_response *out)
 {
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_scan scan = {0};
     size_t have = 0, k = 0;
     ssize_t n = WEIR_EAGAIN;
     while (n == WEIR_EAGAIN && have < size) {
@@ -79,8 +79,8 @@ static void check_judge(const char *buf, size_t size)
         __builtin_trap();
     }
     struct weir_header h[CAP];
-    struct weir_h1_response r;
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_response r;
+    struct weir__h1_scan scan = {0};
     ssize_t n = weir__h1_parse_response(buf, size, &scan, &limits[0], false, h, CAP, &r);
     if (n > 0 && r.status >= 100 && r.status <= 599) {
         /* A head the strict parser accepts: the judge reads the same status. */
@@ -98,8 +98,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t l = 0; l < sizeof(limits) / sizeof(limits[0]); l++) {
         for (int head = 0; head <= 1; head++) {
             struct weir_header h1[CAP], h2[CAP];
-            struct weir_h1_response one, inc;
-            struct weir_h1_scan scan = {0};
+            struct weir__h1_response one, inc;
+            struct weir__h1_scan scan = {0};
             ssize_t n = weir__h1_parse_response(buf, size, &scan, &limits[l], head, h1, CAP, &one);
             check_result(buf, n, &one, head, &limits[l]);
             if (size == 0) {

@@ -44,10 +44,10 @@ struct walk {
     unsigned index; /* which response of the stream */
     unsigned head_mask;
     unsigned interim;
-    struct weir_h1_scan scan;
+    struct weir__h1_scan scan;
     struct event cur;
     uint64_t left;
-    struct weir_h1_chunked dec;
+    struct weir__h1_chunked dec;
     uint32_t max_line, max_trailer;
 };
 
@@ -99,11 +99,11 @@ static void error(struct walk *w, int code)
     push(w, &e);
 }
 
-static size_t step_head(struct walk *w, const struct weir_h1_limits *lim, const char *buf,
+static size_t step_head(struct walk *w, const struct weir__h1_limits *lim, const char *buf,
                         size_t len)
 {
     struct weir_header hdrs[CAP];
-    struct weir_h1_response r;
+    struct weir__h1_response r;
     if (len == 0) {
         return 0;
     }
@@ -178,7 +178,7 @@ static size_t step_body(struct walk *w, const char *buf, size_t len, bool *progr
     if (len == 0) {
         return 0;
     }
-    struct weir_h1_chunk_out out;
+    struct weir__h1_chunk_out out;
     ssize_t n = weir__h1_chunked_decode(&w->dec, buf, len, &out);
     if (n < 0) {
         error(w, (int)n);
@@ -201,7 +201,7 @@ static size_t step_body(struct walk *w, const char *buf, size_t len, bool *progr
     return (size_t)n;
 }
 
-static void drain(struct walk *w, const struct weir_h1_limits *lim, char *buf, size_t *have)
+static void drain(struct walk *w, const struct weir__h1_limits *lim, char *buf, size_t *have)
 {
     size_t pos = 0;
     while (w->phase != 2) {
@@ -246,7 +246,7 @@ static void finish(struct walk *w, size_t have)
 }
 
 static void run(const uint8_t *in, size_t len, unsigned mask, uint64_t seed, unsigned max,
-                const struct weir_h1_limits *lim, char *buf, struct walk *w)
+                const struct weir__h1_limits *lim, char *buf, struct walk *w)
 {
     memset(w, 0, sizeof(*w));
     w->head_mask = mask;
@@ -286,7 +286,7 @@ static void compare(const struct walk *a, const struct walk *b)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const struct weir_h1_limits limits[] = {
+    static const struct weir__h1_limits limits[] = {
         {.max_line = 8192, .max_head = 65536, .max_headers = CAP},
         {.max_line = 24, .max_head = 96, .max_headers = 3},
     };

@@ -44,10 +44,10 @@ struct walk {
     size_t nev;
     /* current message state */
     int phase; /* 0 head, 1 body, 2 stopped */
-    struct weir_h1_scan scan;
+    struct weir__h1_scan scan;
     struct event cur;
     uint64_t left;
-    struct weir_h1_chunked dec;
+    struct weir__h1_chunked dec;
     uint32_t max_line, max_trailer;
 };
 
@@ -89,11 +89,11 @@ static void check_iov(struct weir_iov v, const char *lo, const char *hi)
 }
 
 /* One head parse attempt at the front of buf. Returns bytes consumed (0: need more). */
-static size_t step_head(struct walk *w, const struct weir_h1_limits *lim, const char *buf,
+static size_t step_head(struct walk *w, const struct weir__h1_limits *lim, const char *buf,
                         size_t len)
 {
     struct weir_header hdrs[CAP];
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     if (len == 0) {
         return 0;
     }
@@ -156,7 +156,7 @@ static size_t step_body(struct walk *w, const char *buf, size_t len, bool *progr
     if (len == 0) {
         return 0;
     }
-    struct weir_h1_chunk_out out;
+    struct weir__h1_chunk_out out;
     ssize_t n = weir__h1_chunked_decode(&w->dec, buf, len, &out);
     if (n < 0) {
         struct event e = {.kind = EV_ERROR,
@@ -185,7 +185,7 @@ static size_t step_body(struct walk *w, const char *buf, size_t len, bool *progr
 }
 
 /* Runs every step possible on buf[0..*have); moves leftovers to the front. */
-static void drain(struct walk *w, const struct weir_h1_limits *lim, char *buf, size_t *have)
+static void drain(struct walk *w, const struct weir__h1_limits *lim, char *buf, size_t *have)
 {
     size_t pos = 0;
     while (w->phase != 2) {
@@ -226,7 +226,7 @@ static void finish(struct walk *w, size_t have)
 
 /* max == 0: the whole stream at once; else pieces of 1..max bytes. */
 static void run(const uint8_t *in, size_t len, uint64_t seed, unsigned max,
-                const struct weir_h1_limits *lim, char *buf, struct walk *w)
+                const struct weir__h1_limits *lim, char *buf, struct walk *w)
 {
     memset(w, 0, sizeof(*w));
     w->max_line = lim->max_line < 4096 ? 16 : 4096;
@@ -265,7 +265,7 @@ static void compare(const struct walk *a, const struct walk *b)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const struct weir_h1_limits limits[] = {
+    static const struct weir__h1_limits limits[] = {
         {.max_line = 8192, .max_head = 65536, .max_headers = CAP},
         {.max_line = 24, .max_head = 96, .max_headers = 3},
     };

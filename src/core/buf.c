@@ -6,7 +6,7 @@
 #include "core/alloc.h"
 #include "weir/error.h"
 
-int weir__bufpool_init(struct weir_bufpool *p, uint32_t size, uint32_t max_free)
+int weir__bufpool_init(struct weir__bufpool *p, uint32_t size, uint32_t max_free)
 {
     p->size = size;
     p->max_free = max_free;
@@ -22,7 +22,7 @@ int weir__bufpool_init(struct weir_bufpool *p, uint32_t size, uint32_t max_free)
     return 0;
 }
 
-void weir__bufpool_dispose(struct weir_bufpool *p)
+void weir__bufpool_dispose(struct weir__bufpool *p)
 {
     for (uint32_t i = 0; i < p->nfree; i++) {
         weir__free(p->free[i]);
@@ -32,7 +32,7 @@ void weir__bufpool_dispose(struct weir_bufpool *p)
     p->nfree = 0;
 }
 
-int weir__buf_acquire(struct weir_bufpool *p, struct weir_buf *b)
+int weir__buf_acquire(struct weir__bufpool *p, struct weir__buf *b)
 {
     void *block = NULL;
 #ifndef WEIR_NO_POOLS
@@ -53,7 +53,7 @@ int weir__buf_acquire(struct weir_bufpool *p, struct weir_buf *b)
     return 0;
 }
 
-void weir__buf_release(struct weir_bufpool *p, struct weir_buf *b)
+void weir__buf_release(struct weir__bufpool *p, struct weir__buf *b)
 {
     if (b->data == NULL) {
         return;
@@ -72,7 +72,7 @@ void weir__buf_release(struct weir_bufpool *p, struct weir_buf *b)
     b->cap = b->rpos = b->wpos = 0;
 }
 
-void weir__buf_consume(struct weir_buf *b, uint32_t n)
+void weir__buf_consume(struct weir__buf *b, uint32_t n)
 {
     b->rpos += n;
     if (b->rpos >= b->wpos) {
@@ -80,7 +80,7 @@ void weir__buf_consume(struct weir_buf *b, uint32_t n)
     }
 }
 
-void weir__buf_compact(struct weir_buf *b)
+void weir__buf_compact(struct weir__buf *b)
 {
     if (b->rpos == 0) {
         return;

@@ -10,7 +10,7 @@
 #include <stdint.h>
 
 /** Bytes [rpos, wpos) of data are unread; [wpos, cap) is free space. */
-struct weir_buf {
+struct weir__buf {
     char *data;
     uint32_t cap;
     uint32_t rpos;
@@ -18,7 +18,7 @@ struct weir_buf {
 };
 
 /** A per-thread free list of equally sized buffers, keeping at most max_free idle ones. */
-struct weir_bufpool {
+struct weir__bufpool {
     uint32_t size;
     uint32_t max_free;
     uint32_t nfree;
@@ -26,28 +26,28 @@ struct weir_bufpool {
     uint64_t outstanding; /* handed out and not returned (tests, metrics) */
 };
 
-int weir__bufpool_init(struct weir_bufpool *p, uint32_t size, uint32_t max_free);
-void weir__bufpool_dispose(struct weir_bufpool *p);
+int weir__bufpool_init(struct weir__bufpool *p, uint32_t size, uint32_t max_free);
+void weir__bufpool_dispose(struct weir__bufpool *p);
 
 /** Attaches a pooled block to b (which must be empty). 0 or WEIR_ENOMEM. */
-int weir__buf_acquire(struct weir_bufpool *p, struct weir_buf *b);
+int weir__buf_acquire(struct weir__bufpool *p, struct weir__buf *b);
 /** Returns b's block to the pool and empties b. Accepts a buffer holding no block. */
-void weir__buf_release(struct weir_bufpool *p, struct weir_buf *b);
+void weir__buf_release(struct weir__bufpool *p, struct weir__buf *b);
 
-static inline uint32_t weir__buf_len(const struct weir_buf *b)
+static inline uint32_t weir__buf_len(const struct weir__buf *b)
 {
     return b->wpos - b->rpos;
 }
 
-static inline uint32_t weir__buf_space(const struct weir_buf *b)
+static inline uint32_t weir__buf_space(const struct weir__buf *b)
 {
     return b->cap - b->wpos;
 }
 
 /** Marks n unread bytes as consumed; resets positions when empty. */
-void weir__buf_consume(struct weir_buf *b, uint32_t n);
+void weir__buf_consume(struct weir__buf *b, uint32_t n);
 
 /** Moves unread bytes to the start so the free space is contiguous at the end. */
-void weir__buf_compact(struct weir_buf *b);
+void weir__buf_compact(struct weir__buf *b);
 
 #endif

@@ -93,7 +93,7 @@ struct chunk {
     size_t len;
 };
 
-struct weir_access_log {
+struct weir__access_log {
     int fd;
     pthread_t thread;
     pthread_mutex_t lock;
@@ -123,7 +123,7 @@ static void write_all(int fd, const char *p, size_t len)
 
 static void *writer_main(void *arg)
 {
-    struct weir_access_log *al = arg;
+    struct weir__access_log *al = arg;
     pthread_mutex_lock(&al->lock);
     for (;;) {
         while (al->count == 0 && !al->stopping) {
@@ -144,9 +144,9 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-struct weir_access_log *weir__access_log_open(const char *path)
+struct weir__access_log *weir__access_log_open(const char *path)
 {
-    struct weir_access_log *al = weir__calloc(1, sizeof(*al));
+    struct weir__access_log *al = weir__calloc(1, sizeof(*al));
     if (al == NULL) {
         weir_log(WEIR_LOG_ERROR, "cannot open access log %s: out of memory", path);
         return NULL;
@@ -175,7 +175,7 @@ struct weir_access_log *weir__access_log_open(const char *path)
     return al;
 }
 
-void weir__access_log_close(struct weir_access_log *al)
+void weir__access_log_close(struct weir__access_log *al)
 {
     if (al == NULL) {
         return;
@@ -191,20 +191,20 @@ void weir__access_log_close(struct weir_access_log *al)
     weir__free(al);
 }
 
-uint64_t weir__access_log_dropped(const struct weir_access_log *al)
+uint64_t weir__access_log_dropped(const struct weir__access_log *al)
 {
     return atomic_load(&al->dropped);
 }
 
-void weir__access_buf_init(struct weir_access_buf *b, struct weir_access_log *log)
+void weir__access_buf_init(struct weir__access_buf *b, struct weir__access_log *log)
 {
     memset(b, 0, sizeof(*b));
     b->log = log;
 }
 
-static void hand_over(struct weir_access_buf *b)
+static void hand_over(struct weir__access_buf *b)
 {
-    struct weir_access_log *al = b->log;
+    struct weir__access_log *al = b->log;
     if (b->len == 0) {
         return;
     }
@@ -223,7 +223,7 @@ static void hand_over(struct weir_access_buf *b)
     b->len = 0;
 }
 
-void weir__access_buf_append(struct weir_access_buf *b, const char *line, size_t len,
+void weir__access_buf_append(struct weir__access_buf *b, const char *line, size_t len,
                              uint64_t now_ms)
 {
     if (b->log == NULL || len > ACCESS_BUF_SIZE) {
@@ -248,14 +248,14 @@ void weir__access_buf_append(struct weir_access_buf *b, const char *line, size_t
     b->len += len;
 }
 
-void weir__access_buf_flush(struct weir_access_buf *b, uint64_t now_ms, uint64_t max_age_ms)
+void weir__access_buf_flush(struct weir__access_buf *b, uint64_t now_ms, uint64_t max_age_ms)
 {
     if (b->log != NULL && b->len > 0 && now_ms - b->first_ms >= max_age_ms) {
         hand_over(b);
     }
 }
 
-void weir__access_buf_dispose(struct weir_access_buf *b)
+void weir__access_buf_dispose(struct weir__access_buf *b)
 {
     if (b->log != NULL) {
         hand_over(b);

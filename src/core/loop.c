@@ -43,11 +43,11 @@ struct weir_loop {
     uint32_t post_len;
     bool closed;
 
-    struct weir_defer *defer_head;
-    struct weir_defer *defer_tail;
+    struct weir__defer *defer_head;
+    struct weir__defer *defer_tail;
     uint64_t defer_round;
 
-    weir_turn_fn turn_fn;
+    weir__turn_fn turn_fn;
     void *turn_arg;
     void *data;
 };
@@ -351,7 +351,7 @@ static void drain_posts(struct weir_loop *loop, struct weir_io *io, uint32_t eve
 
 /* ---- deferred calls ---- */
 
-void weir__loop_defer(struct weir_loop *loop, struct weir_defer *d)
+void weir__loop_defer(struct weir_loop *loop, struct weir__defer *d)
 {
     if (d->queued) {
         return;
@@ -367,13 +367,13 @@ void weir__loop_defer(struct weir_loop *loop, struct weir_defer *d)
     loop->defer_tail = d;
 }
 
-void weir__loop_defer_cancel(struct weir_loop *loop, struct weir_defer *d)
+void weir__loop_defer_cancel(struct weir_loop *loop, struct weir__defer *d)
 {
     if (!d->queued) {
         return;
     }
-    struct weir_defer **pp = &loop->defer_head;
-    struct weir_defer *prev = NULL;
+    struct weir__defer **pp = &loop->defer_head;
+    struct weir__defer *prev = NULL;
     while (*pp && *pp != d) {
         prev = *pp;
         pp = &(*pp)->next;
@@ -396,7 +396,7 @@ static void run_deferred(struct weir_loop *loop)
      */
     uint64_t round = loop->defer_round++;
     while (loop->defer_head != NULL && loop->defer_head->round <= round) {
-        struct weir_defer *d = loop->defer_head;
+        struct weir__defer *d = loop->defer_head;
         loop->defer_head = d->next;
         if (loop->defer_head == NULL) {
             loop->defer_tail = NULL;
@@ -409,7 +409,7 @@ static void run_deferred(struct weir_loop *loop)
 
 /* ---- running ---- */
 
-void weir__loop_set_turn_hook(struct weir_loop *loop, weir_turn_fn fn, void *arg)
+void weir__loop_set_turn_hook(struct weir_loop *loop, weir__turn_fn fn, void *arg)
 {
     loop->turn_fn = fn;
     loop->turn_arg = arg;

@@ -5,15 +5,15 @@
 #include "weir/loop.h"
 
 /** A call queued to run at the end of the current loop turn (intrusive; caller storage). */
-struct weir_defer {
-    struct weir_defer *next;
-    void (*fn)(struct weir_loop *loop, struct weir_defer *d);
+struct weir__defer {
+    struct weir__defer *next;
+    void (*fn)(struct weir_loop *loop, struct weir__defer *d);
     bool queued;
     uint64_t round; /* private: the round it was queued in */
 };
 
 /** Called once per loop turn, after events and timers (RCU quiescent state, log flush). */
-typedef void (*weir_turn_fn)(struct weir_loop *loop, void *arg);
+typedef void (*weir__turn_fn)(struct weir_loop *loop, void *arg);
 
 /** A new loop; post_cap bounds the cross-thread queue. NULL on failure (errno set). */
 struct weir_loop *weir__loop_new(uint32_t post_cap);
@@ -24,12 +24,12 @@ int weir__loop_run(struct weir_loop *loop);
 /** Makes weir__loop_run return after the current turn (loop's thread). */
 void weir__loop_stop(struct weir_loop *loop);
 
-void weir__loop_set_turn_hook(struct weir_loop *loop, weir_turn_fn fn, void *arg);
+void weir__loop_set_turn_hook(struct weir_loop *loop, weir__turn_fn fn, void *arg);
 
 /** Queues d to run at the end of this turn; no-op if already queued. */
-void weir__loop_defer(struct weir_loop *loop, struct weir_defer *d);
+void weir__loop_defer(struct weir_loop *loop, struct weir__defer *d);
 /** Removes d from the queue if it is there. */
-void weir__loop_defer_cancel(struct weir_loop *loop, struct weir_defer *d);
+void weir__loop_defer_cancel(struct weir_loop *loop, struct weir__defer *d);
 
 /** Number of armed timers (tests). */
 size_t weir__loop_timer_count(const struct weir_loop *loop);

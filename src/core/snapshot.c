@@ -4,9 +4,9 @@
 #include "core/alloc.h"
 #include "core/rcu.h"
 
-struct weir_snapshot *weir__snapshot_new(void *data, void (*free_fn)(void *data))
+struct weir__snapshot *weir__snapshot_new(void *data, void (*free_fn)(void *data))
 {
-    struct weir_snapshot *s = weir__malloc(sizeof(*s));
+    struct weir__snapshot *s = weir__malloc(sizeof(*s));
     if (s == NULL) {
         return NULL;
     }
@@ -16,7 +16,7 @@ struct weir_snapshot *weir__snapshot_new(void *data, void (*free_fn)(void *data)
     return s;
 }
 
-void weir__snapshot_release(struct weir_snapshot *s)
+void weir__snapshot_release(struct weir__snapshot *s)
 {
     if (s != NULL && atomic_fetch_sub(&s->refs, 1) == 1) {
         if (s->free_fn) {
@@ -26,29 +26,29 @@ void weir__snapshot_release(struct weir_snapshot *s)
     }
 }
 
-void weir__snapshot_publish(struct weir_snapshot_slot *slot, struct weir_snapshot *s)
+void weir__snapshot_publish(struct weir__snapshot_slot *slot, struct weir__snapshot *s)
 {
-    struct weir_snapshot *old = weir__rcu_xchg((void **)&slot->current, s);
+    struct weir__snapshot *old = weir__rcu_xchg((void **)&slot->current, s);
     if (old != NULL) {
         weir__rcu_synchronize();
         weir__snapshot_release(old);
     }
 }
 
-static void holder_drop(struct weir_snapshot_holder *h)
+static void holder_drop(struct weir__snapshot_holder *h)
 {
     weir__snapshot_release(h->snap);
     weir__free(h);
 }
 
-struct weir_snapshot_holder *weir__snapshot_acquire(struct weir_snapshot_slot *slot,
-                                                    struct weir_snapshot_holder **cur)
+struct weir__snapshot_holder *weir__snapshot_acquire(struct weir__snapshot_slot *slot,
+                                                     struct weir__snapshot_holder **cur)
 {
-    struct weir_snapshot *s = weir__rcu_read((void *const *)&slot->current);
+    struct weir__snapshot *s = weir__rcu_read((void *const *)&slot->current);
     if (s == NULL || (*cur != NULL && (*cur)->snap == s)) {
         return *cur;
     }
-    struct weir_snapshot_holder *h = weir__malloc(sizeof(*h));
+    struct weir__snapshot_holder *h = weir__malloc(sizeof(*h));
     if (h == NULL) {
         return *cur;
     }
@@ -62,16 +62,16 @@ struct weir_snapshot_holder *weir__snapshot_acquire(struct weir_snapshot_slot *s
     return h;
 }
 
-void weir__snapshot_holder_put(struct weir_snapshot_holder *h)
+void weir__snapshot_holder_put(struct weir__snapshot_holder *h)
 {
     if (--h->local_refs == 0 && h->retired) {
         holder_drop(h);
     }
 }
 
-void weir__snapshot_holder_retire(struct weir_snapshot_holder **cur)
+void weir__snapshot_holder_retire(struct weir__snapshot_holder **cur)
 {
-    struct weir_snapshot_holder *h = *cur;
+    struct weir__snapshot_holder *h = *cur;
     *cur = NULL;
     if (h == NULL) {
         return;

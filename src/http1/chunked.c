@@ -33,19 +33,19 @@ static const signed char hexval[256] = {
     ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 }; /* digit value + 1, so 0 means "not a hex digit" */
 
-void weir__h1_chunked_init(struct weir_h1_chunked *st, uint32_t max_line, uint32_t max_trailer)
+void weir__h1_chunked_init(struct weir__h1_chunked *st, uint32_t max_line, uint32_t max_trailer)
 {
     memset(st, 0, sizeof(*st));
     st->max_line = max_line;
     st->max_trailer = max_trailer;
 }
 
-static size_t max_line(const struct weir_h1_chunked *st)
+static size_t max_line(const struct weir__h1_chunked *st)
 {
     return st->max_line ? st->max_line : DEFAULT_MAX_LINE;
 }
 
-static size_t max_trailer(const struct weir_h1_chunked *st)
+static size_t max_trailer(const struct weir__h1_chunked *st)
 {
     return st->max_trailer ? st->max_trailer : DEFAULT_MAX_TRAILER;
 }
@@ -64,7 +64,7 @@ static bool valid_ext(const char *p, size_t n)
 }
 
 /* Consumes a whole chunk-size line: bytes consumed, 0 when incomplete, or WEIR_EH1_BAD. */
-static ssize_t size_line(struct weir_h1_chunked *st, const char *p, size_t n)
+static ssize_t size_line(struct weir__h1_chunked *st, const char *p, size_t n)
 {
     size_t bound = max_line(st) + 2;
     size_t lim = n < bound ? n : bound;
@@ -110,8 +110,8 @@ static bool valid_field_line(const char *p, size_t n)
 }
 
 /* Consumes the whole trailer section: bytes consumed, 0 when incomplete, or WEIR_EH1_BAD. */
-static ssize_t trailer_section(struct weir_h1_chunked *st, const char *p, size_t n,
-                               struct weir_h1_chunk_out *out)
+static ssize_t trailer_section(struct weir__h1_chunked *st, const char *p, size_t n,
+                               struct weir__h1_chunk_out *out)
 {
     size_t limit = max_trailer(st);
     size_t bound = limit + 2;
@@ -149,8 +149,8 @@ static ssize_t trailer_section(struct weir_h1_chunked *st, const char *p, size_t
 }
 
 /* Takes what is available of the current chunk's data. */
-static size_t data(struct weir_h1_chunked *st, const char *p, size_t n,
-                   struct weir_h1_chunk_out *out)
+static size_t data(struct weir__h1_chunked *st, const char *p, size_t n,
+                   struct weir__h1_chunk_out *out)
 {
     size_t take = n < st->remaining ? n : (size_t)st->remaining;
     out->data = (struct weir_iov){p, take};
@@ -161,8 +161,8 @@ static size_t data(struct weir_h1_chunked *st, const char *p, size_t n,
     return take;
 }
 
-ssize_t weir__h1_chunked_decode(struct weir_h1_chunked *st, const char *in, size_t len,
-                                struct weir_h1_chunk_out *out)
+ssize_t weir__h1_chunked_decode(struct weir__h1_chunked *st, const char *in, size_t len,
+                                struct weir__h1_chunk_out *out)
 {
     size_t pos = 0;
     ssize_t n;

@@ -12,14 +12,14 @@
 #include "weir/error.h"
 
 /** Bounds a head parser enforces. */
-struct weir_h1_limits {
+struct weir__h1_limits {
     uint32_t max_line;    /* request line (or status line) bytes without CRLF: else 414 */
     uint32_t max_head;    /* whole head bytes including the final CRLF: else 431 */
     uint32_t max_headers; /* header fields: else 431 */
 };
 
 /** How a message's body is delimited. */
-enum weir_h1_body {
+enum weir__h1_body {
     WEIR_H1_BODY_NONE = 0, /* no body (or Content-Length: 0) */
     WEIR_H1_BODY_LENGTH,   /* content_length bytes */
     WEIR_H1_BODY_CHUNKED,  /* chunked transfer coding */
@@ -27,13 +27,13 @@ enum weir_h1_body {
 };
 
 /** A parsed request head. Every iov points into the buffer given to the parser. */
-struct weir_h1_request {
+struct weir__h1_request {
     struct weir_iov method;
     struct weir_iov target;
     int minor;                   /* 0 or 1 */
     struct weir_header *headers; /* caller's array */
     size_t nheaders;
-    enum weir_h1_body body;
+    enum weir__h1_body body;
     uint64_t content_length; /* valid when body == LENGTH */
     bool keep_alive;         /* version default adjusted by Connection close/keep-alive */
     bool expect_continue;    /* Expect: 100-continue */
@@ -42,13 +42,13 @@ struct weir_h1_request {
 };
 
 /** A parsed response head. Every iov points into the buffer given to the parser. */
-struct weir_h1_response {
+struct weir__h1_response {
     int minor;
     int status;
     struct weir_iov reason;
     struct weir_header *headers;
     size_t nheaders;
-    enum weir_h1_body body;
+    enum weir__h1_body body;
     uint64_t content_length;
     bool keep_alive;
 };
@@ -57,7 +57,7 @@ struct weir_h1_response {
  * Incremental scan state: lets repeated calls on a growing buffer find the end of the head in
  * linear total time. Zero it before the first call for a message.
  */
-struct weir_h1_scan {
+struct weir__h1_scan {
     size_t scanned;
 };
 
@@ -76,25 +76,25 @@ struct weir_h1_scan {
  * chunked twice, a missing Host in HTTP/1.1 and more than one Host. Transfer-Encoding naming
  * an unknown coding is WEIR_EH1_NOT_IMPL.
  */
-ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir_h1_scan *scan,
-                               const struct weir_h1_limits *lim, struct weir_header *hdrs,
-                               size_t hdr_cap, struct weir_h1_request *out);
+ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir__h1_scan *scan,
+                               const struct weir__h1_limits *lim, struct weir_header *hdrs,
+                               size_t hdr_cap, struct weir__h1_request *out);
 
 /**
  * Parses a response head; same contract as weir__h1_parse_request. The body kind depends on
  * the request: method_head makes every response bodiless, as do 1xx, 204 and 304. Errors are
  * WEIR_EH1_BAD or WEIR_EH1_HDR_TOO_LARGE (the proxy answers 502 for either).
  */
-ssize_t weir__h1_parse_response(const char *buf, size_t len, struct weir_h1_scan *scan,
-                                const struct weir_h1_limits *lim, bool method_head,
+ssize_t weir__h1_parse_response(const char *buf, size_t len, struct weir__h1_scan *scan,
+                                const struct weir__h1_limits *lim, bool method_head,
                                 struct weir_header *hdrs, size_t hdr_cap,
-                                struct weir_h1_response *out);
+                                struct weir__h1_response *out);
 
 /** HTTP status to answer for a parser error code (400, 413, 414, 431, 501, 505), else 400. */
 int weir__h1_error_status(int code);
 
 /** Chunked decoder state; zero it (or call weir__h1_chunked_init) per message. */
-struct weir_h1_chunked {
+struct weir__h1_chunked {
     int state;
     uint64_t remaining;   /* data bytes left in the current chunk */
     uint32_t max_line;    /* bound on a chunk-size line with extensions */
@@ -102,13 +102,13 @@ struct weir_h1_chunked {
 };
 
 /** What one decode step produced. */
-struct weir_h1_chunk_out {
+struct weir__h1_chunk_out {
     struct weir_iov data;     /* body bytes (a slice of the input), possibly empty */
     struct weir_iov trailers; /* when done: raw trailer field lines, each ending in CRLF */
     bool done;                /* the last chunk and the trailer section were consumed */
 };
 
-void weir__h1_chunked_init(struct weir_h1_chunked *st, uint32_t max_line, uint32_t max_trailer);
+void weir__h1_chunked_init(struct weir__h1_chunked *st, uint32_t max_line, uint32_t max_trailer);
 
 /**
  * Decodes from in[0..len). Returns how many bytes were consumed (>= 0) and sets *out: at most
@@ -117,8 +117,8 @@ void weir__h1_chunked_init(struct weir_h1_chunked *st, uint32_t max_line, uint32
  * with them and more appended. A size line or trailer section is consumed only whole. Errors:
  * WEIR_EH1_BAD (bad size, overflow, bad line ending, line or trailers over their bound).
  */
-ssize_t weir__h1_chunked_decode(struct weir_h1_chunked *st, const char *in, size_t len,
-                                struct weir_h1_chunk_out *out);
+ssize_t weir__h1_chunked_decode(struct weir__h1_chunked *st, const char *in, size_t len,
+                                struct weir__h1_chunk_out *out);
 
 /** Writes "<hex size>\r\n" into out (at least 20 bytes) and returns its length. */
 size_t weir__h1_chunk_size_line(char *out, uint64_t size);

@@ -6,7 +6,7 @@
  * malformed lengths, chunked not last.
  *
  * A head is parsed only once it is complete. find_head_end() looks for the blank line with
- * memchr and keeps its progress in struct weir_h1_scan, so a head arriving in many reads is
+ * memchr and keeps its progress in struct weir__h1_scan, so a head arriving in many reads is
  * scanned in linear total time; the line parsers then run once over bytes known to end in CRLF
  * and use a class table (eight bytes at a time for values and targets). Nothing allocates.
  */
@@ -129,8 +129,8 @@ static inline bool ieq_lit(struct weir_iov v, const char *lit, size_t n)
  * Finds the end of the head in buf[0..len): returns its length, WEIR_EAGAIN, or an error.
  * *start receives the offset of the first line (after a tolerated leading CRLF).
  */
-static ssize_t find_head_end(const char *buf, size_t len, struct weir_h1_scan *scan,
-                             const struct weir_h1_limits *lim, bool allow_leading_crlf,
+static ssize_t find_head_end(const char *buf, size_t len, struct weir__h1_scan *scan,
+                             const struct weir__h1_limits *lim, bool allow_leading_crlf,
                              int line_too_long, int (*line1_check)(const char *, const char *),
                              size_t *start)
 {
@@ -445,7 +445,7 @@ static int check_target_form(struct weir_iov method, struct weir_iov target)
 }
 
 /* method SP request-target SP HTTP-version CRLF; *p advances past the CRLF. */
-static int parse_request_line(const char **pp, const char *end, struct weir_h1_request *out)
+static int parse_request_line(const char **pp, const char *end, struct weir__h1_request *out)
 {
     const char *p = *pp;
     const char *q = skip_class(p, C_TCHAR);
@@ -472,7 +472,7 @@ static int parse_request_line(const char **pp, const char *end, struct weir_h1_r
     return check_target_form(out->method, out->target);
 }
 
-static int request_framing(const struct framing *f, struct weir_h1_request *out)
+static int request_framing(const struct framing *f, struct weir__h1_request *out)
 {
     if (f->te_fields) {
         if (out->minor == 0 || f->cl_fields || f->te_bad) {
@@ -501,14 +501,14 @@ static int request_framing(const struct framing *f, struct weir_h1_request *out)
 
 static int request_line_check(const char *line, const char *end)
 {
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     memset(&r, 0, sizeof(r));
     return parse_request_line(&line, end, &r);
 }
 
-ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir_h1_scan *scan,
-                               const struct weir_h1_limits *lim, struct weir_header *hdrs,
-                               size_t hdr_cap, struct weir_h1_request *out)
+ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir__h1_scan *scan,
+                               const struct weir__h1_limits *lim, struct weir_header *hdrs,
+                               size_t hdr_cap, struct weir__h1_request *out)
 {
     size_t start;
     ssize_t end =
@@ -534,7 +534,7 @@ ssize_t weir__h1_parse_request(const char *buf, size_t len, struct weir_h1_scan 
 }
 
 /* HTTP-version SP 3DIGIT [SP reason] CRLF. */
-static int parse_status_line(const char **pp, const char *end, struct weir_h1_response *out)
+static int parse_status_line(const char **pp, const char *end, struct weir__h1_response *out)
 {
     const char *p = *pp;
     if (end - p < 14) {
@@ -562,7 +562,8 @@ static int parse_status_line(const char **pp, const char *end, struct weir_h1_re
     return 0;
 }
 
-static int response_framing(const struct framing *f, bool method_head, struct weir_h1_response *out)
+static int response_framing(const struct framing *f, bool method_head,
+                            struct weir__h1_response *out)
 {
     /* RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing. */
     if (f->te_fields && (f->cl_fields || f->te_bad || !f->te_chunked_last || out->minor == 0)) {
@@ -584,10 +585,10 @@ static int response_framing(const struct framing *f, bool method_head, struct we
     return 0;
 }
 
-ssize_t weir__h1_parse_response(const char *buf, size_t len, struct weir_h1_scan *scan,
-                                const struct weir_h1_limits *lim, bool method_head,
+ssize_t weir__h1_parse_response(const char *buf, size_t len, struct weir__h1_scan *scan,
+                                const struct weir__h1_limits *lim, bool method_head,
                                 struct weir_header *hdrs, size_t hdr_cap,
-                                struct weir_h1_response *out)
+                                struct weir__h1_response *out)
 {
     size_t start;
     ssize_t end = find_head_end(buf, len, scan, lim, false, WEIR_EH1_BAD, NULL, &start);

@@ -138,7 +138,7 @@ struct group {
 struct sockw {
     struct weir_io io;
     struct weir_discovery *d;
-    struct weir_defer reap;
+    struct weir__defer reap;
     bool dead;
     bool want_write;
     struct sockw *next;
@@ -152,7 +152,7 @@ struct weir_discovery {
     struct group *groups;
     struct sockw *socks;
     struct weir_timer ares_timer;
-    struct weir_defer apply;
+    struct weir__defer apply;
     size_t awaiting; /* targets whose first round has not ended */
     bool started;
     bool stopping;
@@ -181,7 +181,7 @@ static char *dup_str(const char *s)
 
 /* ---- sockets ---- */
 
-static void reap_sock(struct weir_loop *loop, struct weir_defer *r)
+static void reap_sock(struct weir_loop *loop, struct weir__defer *r)
 {
     struct sockw *s = (struct sockw *)((char *)r - offsetof(struct sockw, reap));
     weir__free(s);
@@ -568,7 +568,7 @@ static void apply_groups(struct weir_discovery *d)
     }
 }
 
-static void apply_deferred(struct weir_loop *loop, struct weir_defer *a)
+static void apply_deferred(struct weir_loop *loop, struct weir__defer *a)
 {
     struct weir_discovery *d =
         (struct weir_discovery *)((char *)a - offsetof(struct weir_discovery, apply));

@@ -46,7 +46,7 @@ struct probe {
     struct weir_backend *b;
     struct weir_io io;
     struct weir_timer timer;
-    struct weir_defer reap;
+    struct weir__defer reap;
     struct probe *prev, *next;
     bool connected;
     bool done;
@@ -246,7 +246,7 @@ static int judge(const struct probe *p, bool at_end, const char **why)
 
 /* ---- probes ---- */
 
-static void reap_probe(struct weir_loop *loop, struct weir_defer *d)
+static void reap_probe(struct weir_loop *loop, struct weir__defer *d)
 {
     struct probe *p = (struct probe *)((char *)d - offsetof(struct probe, reap));
     weir__free(p);

@@ -31,7 +31,7 @@ size_t weir__outq_len(const struct weir__outq *q)
     return n;
 }
 
-ssize_t weir__stream_read(struct weir__stream *st, struct weir_bufpool *pool)
+ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool)
 {
     if (st->in.data == NULL) {
         int rc = weir__buf_acquire(pool, &st->in);
@@ -97,7 +97,7 @@ ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q)
     return (ssize_t)total;
 }
 
-int weir__stream_grow_for_head(struct weir__stream *st, struct weir_bufpool *pool, uint32_t max)
+int weir__stream_grow_for_head(struct weir__stream *st, struct weir__bufpool *pool, uint32_t max)
 {
     if (st->in.data == NULL || weir__buf_space(&st->in) > 0) {
         return 0;
@@ -114,7 +114,7 @@ int weir__stream_grow_for_head(struct weir__stream *st, struct weir_bufpool *poo
         return WEIR_ENOMEM;
     }
     memcpy(big, st->in.data, st->in.wpos);
-    struct weir_buf nb = {big, max, 0, st->in.wpos};
+    struct weir__buf nb = {big, max, 0, st->in.wpos};
     weir__buf_release(pool, &st->in);
     pool->outstanding++; /* the big buffer is accounted like a pooled one until released */
     st->in = nb;

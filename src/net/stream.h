@@ -13,7 +13,7 @@
 
 struct weir__stream {
     struct weir_io io;
-    struct weir_buf in;
+    struct weir__buf in;
     bool readable; /* the last read did not hit EAGAIN (or an event said so since) */
     bool writable;
     bool eof; /* the peer half-closed: no more bytes will arrive */
@@ -53,7 +53,7 @@ size_t weir__outq_len(const struct weir__outq *q);
  * bytes read (> 0), 0 when nothing could be read now (EAGAIN, buffer full, or EOF: check
  * st->eof), or -errno. Clears st->readable on EAGAIN.
  */
-ssize_t weir__stream_read(struct weir__stream *st, struct weir_bufpool *pool);
+ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool);
 
 /**
  * Writes q until drained or the socket would block. Returns bytes written (>= 0) or -errno.
@@ -66,6 +66,6 @@ ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q);
  * than max, moves its bytes to a heap buffer of max bytes (released by weir__buf_release like
  * any other). 0, WEIR_ELIMIT (full at max) or WEIR_ENOMEM.
  */
-int weir__stream_grow_for_head(struct weir__stream *st, struct weir_bufpool *pool, uint32_t max);
+int weir__stream_grow_for_head(struct weir__stream *st, struct weir__bufpool *pool, uint32_t max);
 
 #endif

@@ -40,7 +40,7 @@ struct idlelist {
 
 struct weir__pool {
     struct weir_loop *loop;
-    struct weir_bufpool *bufs;
+    struct weir__bufpool *bufs;
     uint32_t max_idle_per_key;
     uint32_t max_idle_total;
     uint32_t idle_timeout_ms;
@@ -308,7 +308,7 @@ uint32_t weir__pool_shared_idle_count(struct weir__pool_shared *sh)
 
 static void sweep(struct weir_loop *loop, struct weir_timer *t);
 
-struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir_bufpool *bufs,
+struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir__bufpool *bufs,
                                   uint32_t max_idle_per_key, uint32_t max_idle_total,
                                   uint32_t idle_timeout_ms, struct weir__pool_shared *sh,
                                   uint32_t share_after_ms)
@@ -366,7 +366,7 @@ static void noop_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
 {
 }
 
-static void reap_upconn(struct weir_loop *loop, struct weir_defer *d)
+static void reap_upconn(struct weir_loop *loop, struct weir__defer *d)
 {
     struct weir__upconn *u =
         (struct weir__upconn *)((char *)d - offsetof(struct weir__upconn, reap));

@@ -43,8 +43,8 @@ struct weir__upconn {
     bool share_now; /* share at once when released (its backend has a connection cap) */
     struct weir_timer idle_timer;
     uint64_t idle_since_ms;
-    void *owner;            /* the session using it, NULL when idle */
-    struct weir_defer reap; /* frees it at the end of the loop turn, after all events */
+    void *owner;             /* the session using it, NULL when idle */
+    struct weir__defer reap; /* frees it at the end of the loop turn, after all events */
 };
 
 #define WEIR_UPCONN_MAGIC 0x75706331u
@@ -77,7 +77,7 @@ uint32_t weir__pool_shared_idle_count(struct weir__pool_shared *sh);
  * A worker's hot tier. sh may be NULL (no sharing); share_after_ms is how long a connection
  * stays idle here before it moves to sh.
  */
-struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir_bufpool *bufs,
+struct weir__pool *weir__pool_new(struct weir_loop *loop, struct weir__bufpool *bufs,
                                   uint32_t max_idle_per_key, uint32_t max_idle_total,
                                   uint32_t idle_timeout_ms, struct weir__pool_shared *sh,
                                   uint32_t share_after_ms);

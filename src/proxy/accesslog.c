@@ -161,7 +161,7 @@ void weir__access_log_request(struct weir_session *s)
     weir__access_buf_append(&w->access, l.buf, l.len, weir_loop_now_ms(w->loop));
 }
 
-void weir__access_log_reject(struct weir_conn *c, int status, size_t body_bytes)
+void weir__access_log_reject(struct weir__conn *c, int status, size_t body_bytes)
 {
     struct weir__proxy_worker *w = c->w;
     if (w->access.log == NULL) {

@@ -17,16 +17,16 @@
 
 static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t events);
 static void conn_timer(struct weir_loop *loop, struct weir_timer *t);
-static void conn_kick(struct weir_loop *loop, struct weir_defer *d);
-static void conn_reap(struct weir_loop *loop, struct weir_defer *d);
-static void conn_doom(struct weir_loop *loop, struct weir_defer *d);
-static void conn_idle_step(struct weir_conn *c);
-static void linger_step(struct weir_conn *c);
+static void conn_kick(struct weir_loop *loop, struct weir__defer *d);
+static void conn_reap(struct weir_loop *loop, struct weir__defer *d);
+static void conn_doom(struct weir_loop *loop, struct weir__defer *d);
+static void conn_idle_step(struct weir__conn *c);
+static void linger_step(struct weir__conn *c);
 
 struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   const struct weir_proxy_hooks *hooks, void *data,
-                                                  struct weir_snapshot_slot *slot,
-                                                  struct weir_access_log *access,
+                                                  struct weir__snapshot_slot *slot,
+                                                  struct weir__access_log *access,
                                                   struct weir__pool_shared *shared_pool)
 {
     struct weir__proxy_worker *w = weir__calloc(1, sizeof(*w));
@@ -148,7 +148,7 @@ static void note_refused(struct weir__proxy_worker *w, const char *why, const st
  * flood connection and tell the client nothing it can act on, and the ones already open keep
  * working. 0, or WEIR_ELIMIT (nothing counted).
  */
-static int admit(struct weir__proxy_worker *w, struct weir_conn *c, const struct sockaddr *sa,
+static int admit(struct weir__proxy_worker *w, struct weir__conn *c, const struct sockaddr *sa,
                  struct weir__listener_count *lc)
 {
     if (lc != NULL && lc->max != 0) {
@@ -178,7 +178,7 @@ refuse:
 }
 
 /* Gives back what admit counted. */
-static void release_counts(struct weir_conn *c)
+static void release_counts(struct weir__conn *c)
 {
     if (c->lc != NULL) {
         atomic_fetch_sub_explicit(&c->lc->n, 1, memory_order_relaxed);
@@ -193,14 +193,14 @@ static void release_counts(struct weir_conn *c)
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
                        socklen_t len, struct weir__listener_count *lc)
 {
-    struct weir_conn probe = {.w = w};
+    struct weir__conn probe = {.w = w};
     probe.ipkeylen = (uint8_t)ip_key(sa, len, probe.ipkey);
     int rc = admit(w, &probe, sa, lc);
     if (rc != 0) {
         close(fd);
         return rc;
     }
-    struct weir_conn *c = weir__calloc(1, sizeof(*c));
+    struct weir__conn *c = weir__calloc(1, sizeof(*c));
     if (c == NULL) {
         release_counts(&probe);
         close(fd);
@@ -250,7 +250,7 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     return 0;
 }
 
-void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms)
+void weir__conn_set_deadline(struct weir__conn *c, uint64_t ms)
 {
     if (ms == 0) {
         c->deadline_ms = 0;
@@ -274,7 +274,7 @@ void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms)
 
 static void conn_timer(struct weir_loop *loop, struct weir_timer *t)
 {
-    struct weir_conn *c = t->data;
+    struct weir__conn *c = t->data;
     WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     uint64_t now = weir_loop_now_ms(loop);
     if (c->deadline_ms == 0 || c->state == CONN_CLOSED) {
@@ -295,7 +295,7 @@ static void conn_timer(struct weir_loop *loop, struct weir_timer *t)
     weir__conn_close(c);
 }
 
-static void unlink_conn(struct weir_conn *c)
+static void unlink_conn(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
     if (c->prev) {
@@ -310,7 +310,7 @@ static void unlink_conn(struct weir_conn *c)
     w->nconns--;
 }
 
-void weir__conn_close(struct weir_conn *c)
+void weir__conn_close(struct weir__conn *c)
 {
     if (c->state == CONN_CLOSED) {
         return;
@@ -348,25 +348,25 @@ void weir__conn_close(struct weir_conn *c)
     }
 }
 
-static void conn_doom(struct weir_loop *loop, struct weir_defer *d)
+static void conn_doom(struct weir_loop *loop, struct weir__defer *d)
 {
-    struct weir_conn *c = WEIR_CONTAINER_OF(d, struct weir_conn, doom);
+    struct weir__conn *c = WEIR_CONTAINER_OF(d, struct weir__conn, doom);
     WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     weir__conn_close(c);
 }
 
-static void conn_reap(struct weir_loop *loop, struct weir_defer *d)
+static void conn_reap(struct weir_loop *loop, struct weir__defer *d)
 {
-    struct weir_conn *c = WEIR_CONTAINER_OF(d, struct weir_conn, reap);
+    struct weir__conn *c = WEIR_CONTAINER_OF(d, struct weir__conn, reap);
     WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     WEIR_DEBUG_ASSERT(c->state == CONN_CLOSED && c->s == NULL);
     c->magic = 0;
     weir__free(c);
 }
 
-static void conn_kick(struct weir_loop *loop, struct weir_defer *d)
+static void conn_kick(struct weir_loop *loop, struct weir__defer *d)
 {
-    struct weir_conn *c = WEIR_CONTAINER_OF(d, struct weir_conn, kick);
+    struct weir__conn *c = WEIR_CONTAINER_OF(d, struct weir__conn, kick);
     WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     if (c->state == CONN_IDLE) {
         conn_idle_step(c);
@@ -375,7 +375,7 @@ static void conn_kick(struct weir_loop *loop, struct weir_defer *d)
 
 static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
 {
-    struct weir_conn *c = io->data;
+    struct weir__conn *c = io->data;
     WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     if (c->state == CONN_CLOSED) {
         return;
@@ -398,7 +398,7 @@ static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
 #define LINGER_MS        2000
 #define LINGER_MAX_BYTES (1u << 20)
 
-static void linger_step(struct weir_conn *c)
+static void linger_step(struct weir__conn *c)
 {
     char sink[4096];
     size_t total = 0;
@@ -423,7 +423,7 @@ static void linger_step(struct weir_conn *c)
     }
 }
 
-void weir__conn_linger(struct weir_conn *c)
+void weir__conn_linger(struct weir__conn *c)
 {
     if (c->state == CONN_CLOSED) {
         return;
@@ -442,7 +442,7 @@ void weir__conn_linger(struct weir_conn *c)
 }
 
 /* Answers a request we could not parse, then closes (the framing is lost). */
-static void reject_head(struct weir_conn *c, int code)
+static void reject_head(struct weir__conn *c, int code)
 {
     int status = weir__h1_error_status(code);
     char buf[256];
@@ -461,17 +461,17 @@ static void reject_head(struct weir_conn *c, int code)
     weir__conn_linger(c);
 }
 
-static void conn_idle_step(struct weir_conn *c)
+static void conn_idle_step(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
     const struct weir_cfg_limits *lim = &w->cfg->server.limits;
     struct weir_header
         hdrs[lim->max_headers > 0 && lim->max_headers <= 10000 ? lim->max_headers : 100];
-    struct weir_h1_limits hl = {lim->max_request_line, lim->max_header_bytes,
-                                (uint32_t)(sizeof(hdrs) / sizeof(hdrs[0]))};
+    struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes,
+                                 (uint32_t)(sizeof(hdrs) / sizeof(hdrs[0]))};
     for (;;) {
         if (weir__buf_len(&c->st.in) > 0) {
-            struct weir_h1_request hr;
+            struct weir__h1_request hr;
             ssize_t n =
                 weir__h1_parse_request(c->st.in.data + c->st.in.rpos, weir__buf_len(&c->st.in),
                                        &c->scan, &hl, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), &hr);
@@ -526,7 +526,7 @@ static void conn_idle_step(struct weir_conn *c)
     }
 }
 
-void weir__conn_request_done(struct weir_conn *c, bool close_conn)
+void weir__conn_request_done(struct weir__conn *c, bool close_conn)
 {
     struct weir__proxy_worker *w = c->w;
     c->s = NULL;
@@ -568,9 +568,9 @@ void weir__conn_request_done(struct weir_conn *c, bool close_conn)
 void weir__proxy_drain(struct weir__proxy_worker *w)
 {
     w->draining = true;
-    struct weir_conn *c = w->conns;
+    struct weir__conn *c = w->conns;
     while (c) {
-        struct weir_conn *next = c->next;
+        struct weir__conn *next = c->next;
         if ((c->state == CONN_IDLE && weir__buf_len(&c->st.in) == 0) || c->state == CONN_LINGER) {
             weir__conn_close(c);
         }

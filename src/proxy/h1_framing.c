@@ -130,7 +130,7 @@ static int up_request_head(struct weir_session *s, bool length_ok)
     return s->ux.head_len ? 0 : WEIR_EINVAL;
 }
 
-static int adopt_response(struct weir_session *s, const struct weir_h1_response *hr,
+static int adopt_response(struct weir_session *s, const struct weir__h1_response *hr,
                           const char *head, size_t len)
 {
     struct weir_resp *r = weir_arena_calloc(s->arena, sizeof(*r));
@@ -159,11 +159,11 @@ static enum weir__step up_response_head(struct weir_session *s, struct weir__out
     uint32_t maxh =
         lim->max_headers <= WEIR_MAX_HEADERS_PARSED ? lim->max_headers : WEIR_MAX_HEADERS_PARSED;
     struct weir_header hdrs[maxh];
-    struct weir_h1_limits hl = {lim->max_request_line, lim->max_header_bytes, maxh};
+    struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes, maxh};
     bool head_method = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
     for (;;) {
         if (weir__buf_len(&u->st.in) > 0) {
-            struct weir_h1_response hr;
+            struct weir__h1_response hr;
             s->ux.byte_seen = true;
             ssize_t n =
                 weir__h1_parse_response(u->st.in.data + u->st.in.rpos, weir__buf_len(&u->st.in),

@@ -5,7 +5,7 @@
  * source buffer (no copy). Source bytes are consumed only once written, so a pipe blocked on
  * its destination stops reading its source: backpressure with one buffer per side.
  *
- * The framings here are HTTP/1.1's (enum weir_h1_body); an HTTP/2 side brings its own body
+ * The framings here are HTTP/1.1's (enum weir__h1_body); an HTTP/2 side brings its own body
  * path through its framing (proxy_int.h).
  */
 #include "proxy/proxy_int.h"
@@ -56,7 +56,7 @@ static ssize_t pipe_decode(struct weir_session *s, struct weir__pipe *p, struct 
         return (ssize_t)n;
     }
     case WEIR_H1_BODY_CHUNKED: {
-        struct weir_h1_chunk_out out;
+        struct weir__h1_chunk_out out;
         if (avail == 0) {
             return 0;
         }
@@ -170,7 +170,7 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
     }
 }
 
-void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir_h1_body kind,
+void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir__h1_body kind,
                        uint64_t length)
 {
     p->in_kind = kind;

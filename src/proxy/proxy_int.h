@@ -50,15 +50,15 @@ struct weir__proxy_worker {
     struct weir_loop *loop;
     const struct weir_proxy_hooks *hooks;
     void *hooks_data;
-    struct weir_snapshot_slot *slot;
-    struct weir_snapshot_holder *holder;
+    struct weir__snapshot_slot *slot;
+    struct weir__snapshot_holder *holder;
     const struct weir_config *cfg; /* the holder's, for settings fixed at start */
-    struct weir_bufpool bufs;
+    struct weir__bufpool bufs;
     struct weir__pool *pool;
-    struct weir_access_buf access;
+    struct weir__access_buf access;
     enum weir_access_format access_format;
-    struct weir_conn *conns;   /* every open client connection */
-    struct weir_conn *zombies; /* closed, waiting for a suspended hook to resume */
+    struct weir__conn *conns;   /* every open client connection */
+    struct weir__conn *zombies; /* closed, waiting for a suspended hook to resume */
     uint32_t nconns;
     bool draining;
     weir__conn_closed_fn on_closed;
@@ -72,7 +72,7 @@ struct weir__proxy_worker {
     uint64_t refused_warn_ms;       /* next time a refusal may be logged as a warning */
 };
 
-enum conn_state {
+enum weir__conn_state {
     CONN_IDLE = 0, /* between requests (or before the first): waiting for a head */
     CONN_ACTIVE,   /* a session owns the connection */
     CONN_LINGER,   /* our side is shut down; discarding what the client still sends */
@@ -80,15 +80,15 @@ enum conn_state {
 };
 
 /** A client connection. Lives on one worker from accept to close. */
-struct weir_conn {
+struct weir__conn {
     uint32_t magic;
-    enum conn_state state;
+    enum weir__conn_state state;
     struct weir__proxy_worker *w;
     struct weir__stream st;
     struct weir_timer timer;
     uint64_t deadline_ms; /* when the current client-side wait times out (0: none) */
     bool head_started;    /* bytes of a new head have arrived (header vs keep-alive timeout) */
-    struct weir_h1_scan scan;
+    struct weir__h1_scan scan;
     struct sockaddr_storage addr;
     char ip[INET6_ADDRSTRLEN];
     uint8_t iplen;
@@ -98,11 +98,11 @@ struct weir_conn {
     bool ip_counted;                 /* counted in w->ip_conns: give it back at close */
     struct weir__listener_count *lc; /* counted on this listener: give it back at close */
     struct weir_session *s;
-    struct weir_conn *prev, *next;
-    struct weir_defer reap;
-    struct weir_defer kick; /* re-enters the idle state machine after a request */
-    struct weir_defer doom; /* closes a connection whose deadline could not be armed */
-    bool zombie;            /* closed while a suspended session still points at it */
+    struct weir__conn *prev, *next;
+    struct weir__defer reap;
+    struct weir__defer kick; /* re-enters the idle state machine after a request */
+    struct weir__defer doom; /* closes a connection whose deadline could not be armed */
+    bool zombie;             /* closed while a suspended session still points at it */
 };
 
 /*
@@ -110,7 +110,7 @@ struct weir_conn {
  * next (weir__session_run); every event (client or upstream readiness, a timer, a hook's
  * resume) enters through it. See docs/ARCHITECTURE.md for the diagram.
  */
-enum weir_phase {
+enum weir__phase {
     PH_EARLY = 0,      /* absolute-form rewrite, early_request_filter */
     PH_REQUEST_FILTER, /* request_filter (may answer itself) */
     PH_PEER,           /* upstream_peer chooses the peer; a retry comes back here */
@@ -172,10 +172,10 @@ struct weir__outcome {
 
 /** One direction of body transfer: decode from a source buffer, re-frame, write. */
 struct weir__pipe {
-    enum weir_h1_body in_kind;
+    enum weir__h1_body in_kind;
     uint64_t in_left; /* LENGTH: bytes still to come */
-    struct weir_h1_chunked dec;
-    enum weir_h1_body out_kind;
+    struct weir__h1_chunked dec;
+    enum weir__h1_body out_kind;
     bool in_done;             /* the source message is complete */
     bool out_done;            /* the destination message is complete (terminator queued) */
     bool end_filtered;        /* the body filter saw end=true */
@@ -258,7 +258,7 @@ struct weir__exchange {
     bool byte_seen;   /* any response byte arrived on this connection */
     bool keep_alive;  /* the upstream response allows reuse */
     uint32_t interim; /* 1xx heads skipped (bounded) */
-    struct weir_h1_scan scan;
+    struct weir__h1_scan scan;
     struct weir_timer timer;
     uint64_t progress_ms;  /* last upstream progress (timeouts count from it) */
     struct weir__outq out; /* bytes going up */
@@ -268,15 +268,15 @@ struct weir__exchange {
 
 struct weir_session {
     uint32_t magic;
-    struct weir_conn *c;
+    struct weir__conn *c;
     struct weir__proxy_worker *w;
     struct weir_arena *arena;
-    struct weir_snapshot_holder *holder;
+    struct weir__snapshot_holder *holder;
     const struct weir_config *cfg;
     const struct weir__down_framing *down;
     const struct weir__up_framing *upf;
     void *ctx;
-    enum weir_phase phase;
+    enum weir__phase phase;
 
     /* request */
     struct weir_req req;
@@ -284,11 +284,11 @@ struct weir_session {
     uint8_t client_minor;
     bool client_keep_alive;
     bool expect_continue;
-    enum weir_h1_body req_body;
+    enum weir__h1_body req_body;
     uint64_t req_length;
 
     /* hook suspension */
-    struct weir_defer resume;
+    struct weir__defer resume;
     bool suspended;
     bool have_result;
     enum weir_hook_result result;
@@ -334,8 +334,8 @@ struct weir_session {
 /* conn.c */
 struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   const struct weir_proxy_hooks *hooks, void *data,
-                                                  struct weir_snapshot_slot *slot,
-                                                  struct weir_access_log *access,
+                                                  struct weir__snapshot_slot *slot,
+                                                  struct weir__access_log *access,
                                                   struct weir__pool_shared *shared_pool);
 void weir__proxy_worker_free(struct weir__proxy_worker *w);
 /**
@@ -351,20 +351,20 @@ void weir__proxy_close_all(struct weir__proxy_worker *w);
 /** Per-turn housekeeping: snapshot holder, access-log age flush. */
 void weir__proxy_turn(struct weir__proxy_worker *w);
 
-void weir__conn_close(struct weir_conn *c);
+void weir__conn_close(struct weir__conn *c);
 /**
  * Closes after a final response: shuts our side down and discards what the client still sends
  * for a short while, so unread request bytes do not turn the close into a reset that destroys
  * the response in flight.
  */
-void weir__conn_linger(struct weir_conn *c);
+void weir__conn_linger(struct weir__conn *c);
 /** The session ended: continue with the next request or close. */
-void weir__conn_request_done(struct weir_conn *c, bool close_conn);
+void weir__conn_request_done(struct weir__conn *c, bool close_conn);
 /** Sets the client-side deadline ms from now (0 disarms). */
-void weir__conn_set_deadline(struct weir_conn *c, uint64_t ms);
+void weir__conn_set_deadline(struct weir__conn *c, uint64_t ms);
 
 /* session.c: the phase machine, the retry loop, errors, the end */
-int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, size_t head_len);
+int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr, size_t head_len);
 /**
  * Runs the session's phases until it blocks (I/O, a timer, a suspended hook) or ends. Every
  * event enters here; nothing below session.c calls it.
@@ -415,7 +415,7 @@ enum weir__step weir__outcome_end(struct weir__outcome *o, enum weir_error_type 
 enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe *p,
                                        struct weir__pipe_io *io);
 /** Sets p up for a source body of kind (and length) with a fresh chunked decoder. */
-void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir_h1_body kind,
+void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir__h1_body kind,
                        uint64_t length);
 
 /* forward.c: what crosses the proxy (hop-by-hop fields, X-Forwarded-*, Via, framing) */
@@ -448,6 +448,6 @@ static inline struct weir_iov weir__iov_rebase(struct weir_iov v, const char *fr
 /* accesslog.c */
 void weir__access_log_request(struct weir_session *s);
 /** Logs a request head rejected before it became a session. */
-void weir__access_log_reject(struct weir_conn *c, int status, size_t body_bytes);
+void weir__access_log_reject(struct weir__conn *c, int status, size_t body_bytes);
 
 #endif

@@ -1,6 +1,6 @@
 /*
  * The proxy state machine: one session per request. weir__session_run alone moves a session
- * through its phases (enum weir_phase: early_request_filter, request_filter, upstream_peer,
+ * through its phases (enum weir__phase: early_request_filter, request_filter, upstream_peer,
  * the upstream exchange, a local response) and owns the one retry loop: the exchange
  * (upstream.c) returns an outcome and never calls back here. A hook returning
  * WEIR_HOOK_PENDING suspends the session until weir_session_resume; every session ends with
@@ -18,7 +18,7 @@
 #define ARENA_BLOCK      4096
 #define WEIR_ARENA_EXTRA (256 * 1024)
 
-static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d);
+static void session_resume_cb(struct weir_loop *loop, struct weir__defer *d);
 static void session_end(struct weir_session *s);
 
 static struct weir_arena *take_arena(struct weir__proxy_worker *w, const struct weir_config *cfg)
@@ -43,7 +43,7 @@ static void give_arena(struct weir__proxy_worker *w, struct weir_arena *a)
 }
 
 /* Copies the parsed head out of the connection buffer so the buffer can carry the body. */
-static int adopt_head(struct weir_session *s, const struct weir_h1_request *hr, const char *head,
+static int adopt_head(struct weir_session *s, const struct weir__h1_request *hr, const char *head,
                       size_t head_len)
 {
     const char *copy =
@@ -65,7 +65,7 @@ static int adopt_head(struct weir_session *s, const struct weir_h1_request *hr, 
 static bool over_request_rate(struct weir_session *s)
 {
     uint32_t limit = s->cfg->server.limits.requests_per_second_per_ip;
-    struct weir_conn *c = s->c;
+    struct weir__conn *c = s->c;
     if (limit == 0 || s->w->ip_rate == NULL || c->ipkeylen == 0) {
         return false;
     }
@@ -131,10 +131,10 @@ static int normalize_absolute_form(struct weir_session *s)
     return weir_headers_set_iov(&s->req.headers, WEIR_IOV_LIT("Host"), (struct weir_iov){a, alen});
 }
 
-int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, size_t head_len)
+int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr, size_t head_len)
 {
     struct weir__proxy_worker *w = c->w;
-    struct weir_snapshot_holder *h = weir__snapshot_acquire(w->slot, &w->holder);
+    struct weir__snapshot_holder *h = weir__snapshot_acquire(w->slot, &w->holder);
     if (h == NULL) {
         return WEIR_ENOMEM;
     }
@@ -218,7 +218,7 @@ int weir__session_start(struct weir_conn *c, const struct weir_h1_request *hr, s
  * Moves on after a request hook: to next, to a local response (DONE, when may_done and the
  * hook made one), or to an error response. Returns false when the session suspended.
  */
-static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum weir_phase next,
+static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum weir__phase next,
                           bool may_done)
 {
     switch (r) {
@@ -511,7 +511,7 @@ void weir__session_run(struct weir_session *s)
     }
 }
 
-static void session_resume_cb(struct weir_loop *loop, struct weir_defer *d)
+static void session_resume_cb(struct weir_loop *loop, struct weir__defer *d)
 {
     struct weir_session *s = WEIR_CONTAINER_OF(d, struct weir_session, resume);
     WEIR_SESSION_CHECK(s);
@@ -657,7 +657,7 @@ void weir__session_abandon(struct weir_session *s)
 static void session_end(struct weir_session *s)
 {
     WEIR_DEBUG_ASSERT(s->phase == PH_DONE && !s->suspended);
-    struct weir_conn *c = s->c;
+    struct weir__conn *c = s->c;
     struct weir__proxy_worker *w = s->w;
     weir__loop_defer_cancel(w->loop, &s->resume);
     weir__upstream_release(s, !s->failed);
@@ -670,7 +670,7 @@ static void session_end(struct weir_session *s)
     /* A failure answered with a whole error response (request fully read) keeps the
        connection, as its Connection field said; every other failure set close_after. */
     bool close_conn = s->close_after || !s->client_keep_alive;
-    struct weir_snapshot_holder *h = s->holder;
+    struct weir__snapshot_holder *h = s->holder;
     struct weir_arena *a = s->arena;
     s->magic = 0;
     give_arena(w, a); /* s lived in the arena: no access after this */

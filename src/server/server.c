@@ -91,10 +91,10 @@ struct worker {
 };
 
 struct weir_server {
-    struct weir_snapshot_slot slot;
+    struct weir__snapshot_slot slot;
     struct weir_config *cfg; /* the first snapshot's config, for settings fixed at start */
     struct weir_service *services;
-    struct weir_access_log *access;
+    struct weir__access_log *access;
     atomic_bool running;
 };
 
@@ -112,7 +112,7 @@ struct weir_server *weir_server_new(struct weir_config *cfg)
             return NULL;
         }
     }
-    struct weir_snapshot *snap = weir__snapshot_new(cfg, (void (*)(void *))weir_config_free);
+    struct weir__snapshot *snap = weir__snapshot_new(cfg, (void (*)(void *))weir_config_free);
     if (snap == NULL) {
         weir_config_free(cfg);
         weir__free(srv);
@@ -257,7 +257,7 @@ void weir_server_free(struct weir_server *srv)
         free_service(srv->services);
         srv->services = next;
     }
-    struct weir_snapshot *snap = srv->slot.current;
+    struct weir__snapshot *snap = srv->slot.current;
     srv->slot.current = NULL;
     weir__snapshot_release(snap);
     weir__free(srv);

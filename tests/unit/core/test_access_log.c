@@ -23,7 +23,7 @@
 static unsigned char seen[NTHREADS][NLINES];
 
 struct writer {
-    struct weir_access_log *al;
+    struct weir__access_log *al;
     int id;
 };
 
@@ -43,7 +43,7 @@ static size_t make_line(char *out, size_t cap, int id, int seq)
 static void *writer_main(void *arg)
 {
     struct writer *w = arg;
-    struct weir_access_buf b;
+    struct weir__access_buf b;
     char line[128];
     weir__access_buf_init(&b, w->al);
     for (int i = 0; i < NLINES; i++) {
@@ -68,7 +68,7 @@ static void test_two_threads_every_line_once(void **state)
     assert_true(fd >= 0);
     close(fd);
 
-    struct weir_access_log *al = weir__access_log_open(path);
+    struct weir__access_log *al = weir__access_log_open(path);
     assert_non_null(al);
     pthread_t th[NTHREADS];
     struct writer w[NTHREADS];
@@ -125,9 +125,9 @@ static void test_single_buffer_order_and_age(void **state)
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    struct weir_access_log *al = weir__access_log_open(path);
+    struct weir__access_log *al = weir__access_log_open(path);
     assert_non_null(al);
-    struct weir_access_buf b;
+    struct weir__access_buf b;
     weir__access_buf_init(&b, al);
     weir__access_buf_append(&b, "one\n", 4, 100);
     weir__access_buf_append(&b, "two\n", 4, 150);
@@ -140,7 +140,7 @@ static void test_single_buffer_order_and_age(void **state)
     weir__access_log_close(al);
 
     /* A buffer with no log ignores lines. */
-    struct weir_access_buf none;
+    struct weir__access_buf none;
     weir__access_buf_init(&none, NULL);
     weir__access_buf_append(&none, "x\n", 2, 0);
     weir__access_buf_flush(&none, 0, 0);

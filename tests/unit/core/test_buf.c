@@ -17,9 +17,9 @@
 static void test_acquire_release_reuse(void **state)
 {
     (void)state;
-    struct weir_bufpool p;
+    struct weir__bufpool p;
     assert_int_equal(weir__bufpool_init(&p, 4096, 4), 0);
-    struct weir_buf b = {0};
+    struct weir__buf b = {0};
     assert_int_equal(weir__buf_acquire(&p, &b), 0);
     assert_non_null(b.data);
     assert_int_equal(b.cap, 4096);
@@ -65,9 +65,9 @@ static void test_max_free_bound(void **state)
 {
     (void)state;
     enum { N = 6 };
-    struct weir_bufpool p;
+    struct weir__bufpool p;
     assert_int_equal(weir__bufpool_init(&p, 1024, 2), 0);
-    struct weir_buf b[N];
+    struct weir__buf b[N];
     memset(b, 0, sizeof(b));
     for (int i = 0; i < N; i++) {
         assert_int_equal(weir__buf_acquire(&p, &b[i]), 0);
@@ -99,9 +99,9 @@ static void test_max_free_bound(void **state)
 static void test_no_free_list(void **state)
 {
     (void)state;
-    struct weir_bufpool p;
+    struct weir__bufpool p;
     assert_int_equal(weir__bufpool_init(&p, 512, 0), 0);
-    struct weir_buf b = {0};
+    struct weir__buf b = {0};
     assert_int_equal(weir__buf_acquire(&p, &b), 0);
     weir__buf_release(&p, &b);
     assert_int_equal(p.nfree, 0);
@@ -112,15 +112,15 @@ static void test_no_free_list(void **state)
 static void test_foreign_size_not_pooled(void **state)
 {
     (void)state;
-    struct weir_bufpool p;
+    struct weir__bufpool p;
     assert_int_equal(weir__bufpool_init(&p, 64, 4), 0);
-    struct weir_buf b = {0};
+    struct weir__buf b = {0};
     assert_int_equal(weir__buf_acquire(&p, &b), 0);
     /* A buffer that was swapped for a bigger block (as grow_for_head does) is freed, not
      * pooled, so the pool never hands out a block of the wrong size. */
-    struct weir_bufpool big;
+    struct weir__bufpool big;
     assert_int_equal(weir__bufpool_init(&big, 256, 0), 0);
-    struct weir_buf other = {0};
+    struct weir__buf other = {0};
     assert_int_equal(weir__buf_acquire(&big, &other), 0);
     big.outstanding--;
     p.outstanding++;
@@ -131,7 +131,7 @@ static void test_foreign_size_not_pooled(void **state)
     assert_int_equal(p.nfree, 1);
 #endif
     assert_int_equal(p.outstanding, 0);
-    struct weir_buf again = {0};
+    struct weir__buf again = {0};
     assert_int_equal(weir__buf_acquire(&p, &again), 0);
     assert_int_equal(again.cap, 64);
     weir__buf_release(&p, &again);
@@ -139,7 +139,7 @@ static void test_foreign_size_not_pooled(void **state)
     weir__bufpool_dispose(&big);
 }
 
-static void put(struct weir_buf *b, const char *s)
+static void put(struct weir__buf *b, const char *s)
 {
     size_t n = strlen(s);
     assert_true(n <= weir__buf_space(b));
@@ -150,9 +150,9 @@ static void put(struct weir_buf *b, const char *s)
 static void test_consume_compact(void **state)
 {
     (void)state;
-    struct weir_bufpool p;
+    struct weir__bufpool p;
     assert_int_equal(weir__bufpool_init(&p, 16, 1), 0);
-    struct weir_buf b = {0};
+    struct weir__buf b = {0};
     assert_int_equal(weir__buf_acquire(&p, &b), 0);
     assert_int_equal(weir__buf_len(&b), 0);
     assert_int_equal(weir__buf_space(&b), 16);

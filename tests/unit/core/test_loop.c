@@ -549,7 +549,7 @@ static void test_post_accepted_in_last_turn_runs(void **state)
 /* ---- deferred calls ---- */
 
 struct dfx {
-    struct weir_defer d1, d2, d3, d4;
+    struct weir__defer d1, d2, d3, d4;
     int turn;
     int ran1, ran2, ran3, ran4;
     int turn1, turn2;
@@ -575,7 +575,7 @@ static void turn_hook(struct weir_loop *loop, void *arg)
     dfx.turn++;
 }
 
-static void d2_fn(struct weir_loop *loop, struct weir_defer *d)
+static void d2_fn(struct weir_loop *loop, struct weir__defer *d)
 {
     (void)loop;
     (void)d;
@@ -584,7 +584,7 @@ static void d2_fn(struct weir_loop *loop, struct weir_defer *d)
     dlog('2');
 }
 
-static void d1_fn(struct weir_loop *loop, struct weir_defer *d)
+static void d1_fn(struct weir_loop *loop, struct weir__defer *d)
 {
     assert_false(d->queued);
     dfx.ran1++;
@@ -629,7 +629,7 @@ static void test_defer_end_of_turn_and_next_turn(void **state)
     weir__loop_free(loop);
 }
 
-static void dn_fn(struct weir_loop *loop, struct weir_defer *d)
+static void dn_fn(struct weir_loop *loop, struct weir__defer *d)
 {
     (void)loop;
     if (d == &dfx.d1) {
@@ -693,7 +693,7 @@ static void test_defer_cancel(void **state)
     weir__loop_free(loop);
 }
 
-static void cancel_d2_fn(struct weir_loop *loop, struct weir_defer *d)
+static void cancel_d2_fn(struct weir_loop *loop, struct weir__defer *d)
 {
     (void)d;
     dfx.ran1++;

@@ -53,15 +53,15 @@ static void datas_reset(void)
     atomic_store(&bad, 0);
 }
 
-static struct weir_snapshot *snap(int i)
+static struct weir__snapshot *snap(int i)
 {
-    struct weir_snapshot *s = weir__snapshot_new(&datas[i], data_free);
+    struct weir__snapshot *s = weir__snapshot_new(&datas[i], data_free);
     assert_non_null(s);
     return s;
 }
 
 /* synchronize_rcu must not run on a thread that is an online reader. */
-static void publish_offline(struct weir_snapshot_slot *slot, struct weir_snapshot *s)
+static void publish_offline(struct weir__snapshot_slot *slot, struct weir__snapshot *s)
 {
     rcu_thread_offline();
     weir__snapshot_publish(slot, s);
@@ -69,9 +69,9 @@ static void publish_offline(struct weir_snapshot_slot *slot, struct weir_snapsho
 }
 
 /* The slot's own reference, as the server drops it at shutdown. */
-static void slot_dispose(struct weir_snapshot_slot *slot)
+static void slot_dispose(struct weir__snapshot_slot *slot)
 {
-    struct weir_snapshot *s = slot->current;
+    struct weir__snapshot *s = slot->current;
     slot->current = NULL;
     weir__snapshot_release(s);
 }
@@ -80,7 +80,7 @@ static void test_new_release(void **state)
 {
     (void)state;
     datas_reset();
-    struct weir_snapshot *s = snap(0);
+    struct weir__snapshot *s = snap(0);
     assert_ptr_equal(s->data, &datas[0]);
     assert_int_equal(atomic_load(&s->refs), 1);
     atomic_fetch_add(&s->refs, 1);
@@ -91,7 +91,7 @@ static void test_new_release(void **state)
     weir__snapshot_release(NULL);
 
     /* No free_fn: only the wrapper goes. */
-    struct weir_snapshot *bare = weir__snapshot_new(&datas[1], NULL);
+    struct weir__snapshot *bare = weir__snapshot_new(&datas[1], NULL);
     assert_non_null(bare);
     weir__snapshot_release(bare);
     assert_int_equal(atomic_load(&total_freed), 1);
@@ -102,11 +102,11 @@ static void test_lifecycle(void **state)
     (void)state;
     datas_reset();
     rcu_register_thread();
-    struct weir_snapshot_slot slot = {NULL};
-    struct weir_snapshot_holder *cur = NULL;
+    struct weir__snapshot_slot slot = {NULL};
+    struct weir__snapshot_holder *cur = NULL;
 
     publish_offline(&slot, snap(0));
-    struct weir_snapshot_holder *h1 = weir__snapshot_acquire(&slot, &cur);
+    struct weir__snapshot_holder *h1 = weir__snapshot_acquire(&slot, &cur);
     assert_non_null(h1);
     assert_ptr_equal(cur, h1);
     assert_ptr_equal(h1->snap->data, &datas[0]);
@@ -123,7 +123,7 @@ static void test_lifecycle(void **state)
     rcu_quiescent_state();
 
     /* The next request moves the worker to s1; the first request still uses s0. */
-    struct weir_snapshot_holder *h2 = weir__snapshot_acquire(&slot, &cur);
+    struct weir__snapshot_holder *h2 = weir__snapshot_acquire(&slot, &cur);
     assert_non_null(h2);
     assert_ptr_not_equal(h2, h1);
     assert_ptr_equal(cur, h2);
@@ -143,7 +143,7 @@ static void test_lifecycle(void **state)
     assert_int_equal(atomic_load(&total_freed), 1);
 
     /* The worker moves to s2 while request 2 holds s1. */
-    struct weir_snapshot_holder *h3 = weir__snapshot_acquire(&slot, &cur);
+    struct weir__snapshot_holder *h3 = weir__snapshot_acquire(&slot, &cur);
     assert_ptr_equal(h3->snap->data, &datas[2]);
     assert_int_equal(atomic_load(&datas[1].freed), 0);
     weir__snapshot_holder_put(h2);
@@ -174,10 +174,10 @@ static void test_retire_with_request_in_flight(void **state)
     (void)state;
     datas_reset();
     rcu_register_thread();
-    struct weir_snapshot_slot slot = {NULL};
-    struct weir_snapshot_holder *cur = NULL;
+    struct weir__snapshot_slot slot = {NULL};
+    struct weir__snapshot_holder *cur = NULL;
     publish_offline(&slot, snap(0));
-    struct weir_snapshot_holder *h = weir__snapshot_acquire(&slot, &cur);
+    struct weir__snapshot_holder *h = weir__snapshot_acquire(&slot, &cur);
     assert_non_null(h);
     h->local_refs += 2;
     weir__snapshot_holder_retire(&cur);
@@ -197,15 +197,15 @@ static void test_retire_with_request_in_flight(void **state)
 #define NPUBLISH 100
 #define INFLIGHT 8
 
-static struct weir_snapshot_slot mt_slot;
+static struct weir__snapshot_slot mt_slot;
 static atomic_bool mt_stop;
 static atomic_long mt_acquired;
 
 static void *reader_main(void *arg)
 {
     unsigned seed = (unsigned)(uintptr_t)arg * 2654435761u + 1;
-    struct weir_snapshot_holder *cur = NULL;
-    struct weir_snapshot_holder *inflight[INFLIGHT] = {NULL};
+    struct weir__snapshot_holder *cur = NULL;
+    struct weir__snapshot_holder *inflight[INFLIGHT] = {NULL};
     long n = 0;
     rcu_register_thread();
     while (!atomic_load(&mt_stop)) {
@@ -216,7 +216,7 @@ static void *reader_main(void *arg)
             weir__snapshot_holder_put(inflight[slot]);
             inflight[slot] = NULL;
         }
-        struct weir_snapshot_holder *h = weir__snapshot_acquire(&mt_slot, &cur);
+        struct weir__snapshot_holder *h = weir__snapshot_acquire(&mt_slot, &cur);
         if (h != NULL) {
             const struct data *d = h->snap->data;
             if (d->magic != DATA_MAGIC) {

@@ -35,7 +35,7 @@ struct result {
 static void run(const char *in, size_t len, const size_t *cuts, size_t ncuts, struct result *res)
 {
     static char buf[16384];
-    struct weir_h1_chunked st;
+    struct weir__h1_chunked st;
     weir__h1_chunked_init(&st, MAX_LINE, MAX_TRAILER);
     size_t have = 0, fed = 0;
     memset(res, 0, sizeof(*res));
@@ -46,7 +46,7 @@ static void run(const char *in, size_t len, const size_t *cuts, size_t ncuts, st
         have += upto - fed;
         fed = upto;
         for (;;) {
-            struct weir_h1_chunk_out out;
+            struct weir__h1_chunk_out out;
             ssize_t n = weir__h1_chunked_decode(&st, buf, have, &out);
             if (n < 0) {
                 res->rc = (int)n;
@@ -253,8 +253,8 @@ static void test_incomplete(void **state)
 static void test_max_size(void **state)
 {
     (void)state;
-    struct weir_h1_chunked st;
-    struct weir_h1_chunk_out out;
+    struct weir__h1_chunked st;
+    struct weir__h1_chunk_out out;
     weir__h1_chunked_init(&st, MAX_LINE, MAX_TRAILER);
     static const char in[] = "7fffffffffffffff\r\nabc";
     assert_int_equal(weir__h1_chunked_decode(&st, in, sizeof(in) - 1, &out), sizeof(in) - 1);
@@ -322,9 +322,9 @@ static void test_zeroed_state(void **state)
 {
     (void)state;
     /* A zeroed state (no init) uses default bounds rather than zero-byte ones. */
-    struct weir_h1_chunked st;
+    struct weir__h1_chunked st;
     memset(&st, 0, sizeof(st));
-    struct weir_h1_chunk_out out;
+    struct weir__h1_chunk_out out;
     static const char in[] = "3;ext\r\nabc\r\n0\r\nT: 1\r\n\r\n";
     assert_int_equal(weir__h1_chunked_decode(&st, in, sizeof(in) - 1, &out), 10);
     assert_int_equal(out.data.len, 3);
@@ -339,8 +339,8 @@ static void test_zeroed_state(void **state)
 static void test_error_sticks(void **state)
 {
     (void)state;
-    struct weir_h1_chunked st;
-    struct weir_h1_chunk_out out;
+    struct weir__h1_chunked st;
+    struct weir__h1_chunk_out out;
     weir__h1_chunked_init(&st, MAX_LINE, MAX_TRAILER);
     assert_int_equal(weir__h1_chunked_decode(&st, "z\r\n", 3, &out), WEIR_EH1_BAD);
     assert_int_equal(weir__h1_chunked_decode(&st, "0\r\n\r\n", 5, &out), WEIR_EH1_BAD);

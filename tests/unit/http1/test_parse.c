@@ -15,19 +15,19 @@
 
 #define NHDR 32
 
-static const struct weir_h1_limits lim = {.max_line = 256, .max_head = 1024, .max_headers = 16};
+static const struct weir__h1_limits lim = {.max_line = 256, .max_head = 1024, .max_headers = 16};
 
-static ssize_t parse_req(const char *raw, size_t len, struct weir_h1_request *out)
+static ssize_t parse_req(const char *raw, size_t len, struct weir__h1_request *out)
 {
     static struct weir_header hdrs[NHDR];
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_scan scan = {0};
     return weir__h1_parse_request(raw, len, &scan, &lim, hdrs, NHDR, out);
 }
 
-static ssize_t parse_resp(const char *raw, size_t len, bool head, struct weir_h1_response *out)
+static ssize_t parse_resp(const char *raw, size_t len, bool head, struct weir__h1_response *out)
 {
     static struct weir_header hdrs[NHDR];
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_scan scan = {0};
     return weir__h1_parse_response(raw, len, &scan, &lim, head, hdrs, NHDR, out);
 }
 
@@ -46,7 +46,7 @@ struct req_ok {
     const char *raw;
     const char *method, *target;
     int minor;
-    int body; /* enum weir_h1_body or X */
+    int body; /* enum weir__h1_body or X */
     int64_t cl;
     int keep_alive, expect, upgrade;
     const char *host;
@@ -123,7 +123,7 @@ static const struct req_ok req_ok[] = {
 
 static void check_req_ok(const struct req_ok *c)
 {
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     size_t len = strlen(c->raw);
     ssize_t n = parse_req(c->raw, len, &r);
     if (n != (ssize_t)len) {
@@ -177,7 +177,7 @@ static void test_request_fields(void **state)
     (void)state;
     static const char raw[] = "GET /p HTTP/1.1\r\nHost: h\r\nX-A:  a b  \r\nx-b:b\r\n"
                               "X-C: \xff\xfe\r\nX-A: 2\r\n\r\n";
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     assert_int_equal(parse_req(raw, sizeof(raw) - 1, &r), sizeof(raw) - 1);
     assert_int_equal(r.nheaders, 5);
     assert_iov(r.headers[0].name, "Host");
@@ -329,7 +329,7 @@ static void test_request_reject(void **state)
     for (size_t i = 0; i < sizeof(req_bad) / sizeof(req_bad[0]); i++) {
         const struct req_bad *c = &req_bad[i];
         size_t len = c->len ? c->len : strlen(c->raw);
-        struct weir_h1_request r;
+        struct weir__h1_request r;
         ssize_t n = parse_req(c->raw, len, &r);
         int want = c->rc;
         if (want == X) {
@@ -342,7 +342,7 @@ static void test_request_reject(void **state)
     }
     /* An underscore name is not Transfer-Encoding: accepted, framed by Content-Length. */
     static const char us[] = "POST /" H11 "Transfer_Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     assert_int_equal(parse_req(us, sizeof(us) - 1, &r), sizeof(us) - 1);
     assert_int_equal(r.body, WEIR_H1_BODY_LENGTH);
 }
@@ -366,7 +366,7 @@ static void test_request_incomplete(void **state)
         "GET / HTTP/1.1\r\nHo",
     };
     for (size_t i = 0; i < sizeof(partial) / sizeof(partial[0]); i++) {
-        struct weir_h1_request r;
+        struct weir__h1_request r;
         assert_int_equal(parse_req(partial[i], strlen(partial[i]), &r), WEIR_EAGAIN);
     }
 }
@@ -375,8 +375,8 @@ static void test_request_incomplete(void **state)
 static void feed_bytewise_req(const char *raw, size_t len)
 {
     struct weir_header h1[NHDR], h2[NHDR];
-    struct weir_h1_request one, inc;
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_request one, inc;
+    struct weir__h1_scan scan = {0};
     ssize_t want = weir__h1_parse_request(raw, len, &scan, &lim, h1, NHDR, &one);
     memset(&scan, 0, sizeof(scan));
     ssize_t n = WEIR_EAGAIN;
@@ -416,7 +416,7 @@ static void test_request_bytewise(void **state)
     /* Pipelined: the parser stops at the end of the first head. */
     static const char two[] =
         "GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     assert_int_equal(parse_req(two, sizeof(two) - 1, &r), (sizeof(two) - 1) / 2);
     assert_iov(r.target, "/1");
 }
@@ -434,7 +434,7 @@ static void test_request_limits(void **state)
 {
     (void)state;
     char buf[4096];
-    struct weir_h1_request r;
+    struct weir__h1_request r;
     /* A request line of exactly max_line is fine; one byte more is 414. */
     size_t n = make_line(buf, lim.max_line);
     memcpy(buf + n, "Host: h\r\n\r\n", 11);
@@ -449,7 +449,7 @@ static void test_request_limits(void **state)
     assert_int_equal(parse_req(buf, lim.max_line + 1, &r), WEIR_EAGAIN);
     assert_int_equal(parse_req(buf, lim.max_line + 2, &r), WEIR_EH1_URI_TOO_LONG);
     /* Same, found incrementally. */
-    struct weir_h1_scan scan = {0};
+    struct weir__h1_scan scan = {0};
     struct weir_header h[NHDR];
     ssize_t rc = WEIR_EAGAIN;
     size_t i;
@@ -591,7 +591,7 @@ static void test_responses(void **state)
     for (size_t i = 0; i < sizeof(resp_cases) / sizeof(resp_cases[0]); i++) {
         const struct resp_case *c = &resp_cases[i];
         size_t len = strlen(c->raw);
-        struct weir_h1_response r;
+        struct weir__h1_response r;
         ssize_t n = parse_resp(c->raw, len, c->head, &r);
         ssize_t want = c->rc ? c->rc : (ssize_t)len;
         if (n != want) {
@@ -599,8 +599,8 @@ static void test_responses(void **state)
         }
         /* Byte at a time gives EAGAIN until the same verdict. */
         struct weir_header h[NHDR];
-        struct weir_h1_scan scan = {0};
-        struct weir_h1_response inc;
+        struct weir__h1_scan scan = {0};
+        struct weir__h1_response inc;
         ssize_t m = WEIR_EAGAIN;
         for (size_t k = 1; k <= len && m == WEIR_EAGAIN; k++) {
             m = weir__h1_parse_response(c->raw, k, &scan, &lim, c->head, h, NHDR, &inc);
@@ -631,7 +631,7 @@ static void test_response_limits(void **state)
 {
     (void)state;
     char buf[2048];
-    struct weir_h1_response r;
+    struct weir__h1_response r;
     memset(buf, 'r', sizeof(buf));
     memcpy(buf, "HTTP/1.1 200 ", 13);
     /* An over-long status line is a bad response (502), not 414. */

@@ -21,7 +21,7 @@
 
 struct fx {
     int sv[2];
-    struct weir_bufpool pool;
+    struct weir__bufpool pool;
     struct weir__stream st;
 };
 

@@ -50,7 +50,7 @@ static void run_for(struct weir_loop *loop, unsigned ms)
 
 struct worker {
     struct weir_loop *loop;
-    struct weir_bufpool bufs;
+    struct weir__bufpool bufs;
     struct weir__pool *pool;
 };
 
@@ -273,7 +273,7 @@ static void test_no_sharing_without_shared_tier(void **state)
 {
     (void)state;
     struct weir_loop *loop = weir__loop_new(16);
-    struct weir_bufpool bufs;
+    struct weir__bufpool bufs;
     assert_int_equal(weir__bufpool_init(&bufs, 4096, 4), 0);
     struct weir__pool *p = weir__pool_new(loop, &bufs, 1, 4, 60000, NULL, 20);
     assert_non_null(p);
