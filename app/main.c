@@ -66,8 +66,8 @@ static int run(struct weir_config *cfg, bool demo)
         weir_config_free(cfg);
         return 1;
     }
-    struct weir_server *srv = weir_server_new(cfg); /* takes cfg */
-    if (srv == NULL) {
+    struct weir_server *srv = NULL;
+    if (weir_server_new(cfg, &srv) != 0) { /* takes cfg, even on failure */
         (void)fprintf(stderr, "weir: out of memory\n");
         return 1;
     }

@@ -56,9 +56,9 @@ static int add_health_check(struct weir_app_router *r, const struct weir_cfg_ups
         return 0;
     }
     if (r->health == NULL) {
-        r->health = weir_health_new();
-        if (r->health == NULL) {
-            return WEIR_ENOMEM;
+        int rc = weir_health_new(&r->health);
+        if (rc != 0) {
+            return rc;
         }
     }
     struct weir_status_range ranges[16];
@@ -95,8 +95,7 @@ static int discovery(struct weir_app_router *r, const struct weir_cfg_resolver *
             .retry_ms = rc->retry_ms,
         };
         const char *why = NULL;
-        r->discovery = weir_discovery_new(&opt, &why);
-        if (r->discovery == NULL) {
+        if (weir_discovery_new(&opt, &r->discovery, &why) != 0) {
             weir_log(WEIR_LOG_ERROR, "resolver: %s", why && *why ? why : "out of memory");
             return WEIR_EINVAL;
         }

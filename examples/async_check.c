@@ -149,8 +149,8 @@ static void usage(FILE *to)
 
 static int run(const char *listen, unsigned threads, struct check *check)
 {
-    struct weir_server *srv = weir_server_new(NULL); /* every default */
-    if (srv == NULL) {
+    struct weir_server *srv = NULL;
+    if (weir_server_new(NULL, &srv) != 0) { /* every default */
         (void)fprintf(stderr, "async_check: out of memory\n");
         return 1;
     }

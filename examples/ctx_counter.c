@@ -146,8 +146,8 @@ static void usage(FILE *to)
 
 static int run(const char *listen, unsigned threads, struct backends *be)
 {
-    struct weir_server *srv = weir_server_new(NULL); /* every default; log level info */
-    if (srv == NULL) {
+    struct weir_server *srv = NULL;
+    if (weir_server_new(NULL, &srv) != 0) { /* every default; log level info */
         (void)fprintf(stderr, "ctx_counter: out of memory\n");
         return 1;
     }

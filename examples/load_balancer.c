@@ -129,8 +129,8 @@ static int run(const char *listen, unsigned threads, struct lb *lb)
     }
     /* A dead host should cost a second, not the default five, before the next backend. */
     cfg->server.timeouts.upstream_connect_ms = 1000;
-    struct weir_server *srv = weir_server_new(cfg); /* takes cfg, even on failure */
-    if (srv == NULL) {
+    struct weir_server *srv = NULL;
+    if (weir_server_new(cfg, &srv) != 0) { /* takes cfg, even on failure */
         (void)fprintf(stderr, "load_balancer: out of memory\n");
         return 1;
     }

@@ -117,10 +117,15 @@ int main(int argc, char **argv)
     if (health != NULL) {
         const struct weir_health_check hc = {
             .path = health, .interval_ms = 1000, .timeout_ms = 500, .rise = 1, .fall = 1};
-        checker = weir_health_new();
-        rc = checker != NULL ? weir_health_add(checker, st.lb, &hc) : WEIR_ENOMEM;
+        rc = weir_health_new(&checker);
+        if (rc == 0) {
+            rc = weir_health_add(checker, st.lb, &hc);
+        }
     }
-    struct weir_server *srv = rc == 0 ? weir_server_new(NULL) : NULL;
+    struct weir_server *srv = NULL;
+    if (rc == 0) {
+        rc = weir_server_new(NULL, &srv);
+    }
     static const struct weir_proxy_hooks hooks = {
         .new_ctx = new_ctx,
         .upstream_peer = upstream_peer,

@@ -295,8 +295,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static struct model m;
     struct input in = {data, size};
-    struct weir_arena *a = weir_arena_new(4096, (size_t)64 << 20);
-    if (a == NULL) {
+    struct weir_arena *a = NULL;
+    if (weir_arena_new(4096, (size_t)64 << 20, &a) != 0) {
         return 0;
     }
     struct weir_headers h;

@@ -173,7 +173,8 @@ struct weir_health_check {
  */
 struct weir_health;
 
-WEIR_EXTERN struct weir_health *weir_health_new(void);
+/** A new checker in *out, owned by the caller (weir_health_free). 0 or WEIR_ENOMEM. */
+WEIR_EXTERN int weir_health_new(struct weir_health **out);
 /**
  * Checks lb's backends (the current set at each round) with hc (copied). Before the server
  * runs. 0, WEIR_EINVAL (bad values, or lb already checked) or WEIR_ENOMEM.
@@ -253,13 +254,14 @@ struct weir_discovery_target {
 struct weir_discovery;
 
 /**
- * A discovery service with resolver options opt (copied; NULL: every default). Reads
- * /etc/resolv.conf when no server is given. NULL on bad options (a server that is not a
- * numeric ip:port, more than 16, min_ttl over max_ttl) or out of memory; *why (when not NULL)
- * says which, as a static string.
+ * A discovery service in *out with resolver options opt (copied; NULL: every default), owned
+ * by the caller (weir_discovery_free). Reads /etc/resolv.conf when no server is given. 0;
+ * WEIR_EINVAL on bad options (a server that is not a numeric ip:port, more than 16, min_ttl
+ * over max_ttl) or WEIR_ENOMEM, with *out NULL and *why (when not NULL) saying which, as a
+ * static string.
  */
-WEIR_EXTERN struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *opt,
-                                                      const char **why);
+WEIR_EXTERN int weir_discovery_new(const struct weir_resolver_options *opt,
+                                   struct weir_discovery **out, const char **why);
 
 /**
  * Makes t[0..n) the backend list of lb (t is copied). lb should have been made with the

@@ -13,6 +13,7 @@
 #define WEIR_LIMITS_H
 
 #include "weir/common.h"
+#include "weir/error.h"
 
 WEIR_BEGIN_DECLS
 
@@ -37,10 +38,12 @@ struct weir_rate;
 /**
  * A new estimator. window_ms >= 1; rows 1..16 (0: WEIR_LIMITS_DEFAULT_ROWS); slots per row,
  * rounded up to a power of two, 16..2^24 (0: WEIR_LIMITS_DEFAULT_SLOTS). Hashes are keyed
- * with a random seed, so outsiders cannot choose keys that collide. NULL on out of memory or
- * bad arguments. Any thread; does not block.
+ * with a random seed, so outsiders cannot choose keys that collide. The estimator goes to *out,
+ * owned by the caller (weir_rate_free). 0; WEIR_EINVAL (bad arguments) or WEIR_ENOMEM, with
+ * *out NULL. Any thread; does not block.
  */
-WEIR_EXTERN struct weir_rate *weir_rate_new(uint32_t window_ms, unsigned rows, unsigned slots);
+WEIR_EXTERN int weir_rate_new(uint32_t window_ms, unsigned rows, unsigned slots,
+                              struct weir_rate **out);
 
 /** Frees an estimator no thread uses any more. Accepts NULL. */
 WEIR_EXTERN void weir_rate_free(struct weir_rate *r);
@@ -70,8 +73,11 @@ WEIR_EXTERN double weir_rate_per_second(const struct weir_rate *r, const void *k
  */
 struct weir_inflight;
 
-/** A new counter; rows and slots as for weir_rate_new. NULL on out of memory. */
-WEIR_EXTERN struct weir_inflight *weir_inflight_new(unsigned rows, unsigned slots);
+/**
+ * A new counter in *out, owned by the caller (weir_inflight_free); rows and slots as for
+ * weir_rate_new. 0; WEIR_EINVAL (bad shape) or WEIR_ENOMEM, with *out NULL.
+ */
+WEIR_EXTERN int weir_inflight_new(unsigned rows, unsigned slots, struct weir_inflight **out);
 
 /** Frees a counter no thread uses any more. Accepts NULL. */
 WEIR_EXTERN void weir_inflight_free(struct weir_inflight *f);

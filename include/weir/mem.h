@@ -15,8 +15,11 @@ struct weir_arena;
 
 typedef void (*weir_cleanup_fn)(void *data);
 
-/** A new arena whose total allocation may not exceed cap bytes. NULL on out of memory. */
-WEIR_EXTERN struct weir_arena *weir_arena_new(size_t block_size, size_t cap);
+/**
+ * A new arena in *out whose total allocation may not exceed cap bytes; the caller owns it
+ * (weir_arena_free). 0, or WEIR_ENOMEM with *out NULL.
+ */
+WEIR_EXTERN int weir_arena_new(size_t block_size, size_t cap, struct weir_arena **out);
 
 /** Runs the cleanups (last added first) and frees every block. Accepts NULL. */
 WEIR_EXTERN void weir_arena_free(struct weir_arena *a);

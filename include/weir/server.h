@@ -17,10 +17,11 @@ struct weir_server;
 struct weir_service;
 
 /**
- * A new server running under cfg, which it takes ownership of (NULL: every default). Does not
- * start anything. NULL on out of memory.
+ * A new server in *out running under cfg (NULL: every default). The server takes cfg in every
+ * case: it is freed with the server, or at once when this fails. The caller owns the server
+ * (weir_server_free). Does not start anything. 0, or WEIR_ENOMEM with *out NULL.
  */
-WEIR_EXTERN struct weir_server *weir_server_new(struct weir_config *cfg);
+WEIR_EXTERN int weir_server_new(struct weir_config *cfg, struct weir_server **out);
 
 /** Frees a server that is not running (after weir_server_run returned). Accepts NULL. */
 WEIR_EXTERN void weir_server_free(struct weir_server *srv);

@@ -1741,8 +1741,8 @@ static void set_defaults(struct weir_config *cfg)
 /* A snapshot holding only defaults, labelled source. NULL on out of memory. */
 static struct config_impl *snapshot_new(const char *source)
 {
-    struct weir_arena *a = weir_arena_new(8192, SIZE_MAX);
-    if (a == NULL) {
+    struct weir_arena *a = NULL;
+    if (weir_arena_new(8192, SIZE_MAX, &a) != 0) {
         return NULL;
     }
     struct config_impl *impl = weir_arena_calloc(a, sizeof(*impl));
@@ -1786,8 +1786,7 @@ static int load(const char *name, const char *text, size_t len, struct weir_conf
         goto out;
     }
     impl = snapshot_new(name);
-    tmp = weir_arena_new(16384, SIZE_MAX);
-    if (impl == NULL || tmp == NULL) {
+    if (impl == NULL || weir_arena_new(16384, SIZE_MAX, &tmp) != 0) {
         goto out;
     }
     rc = weir__yaml_parse(text, len, tmp, errs, &root);

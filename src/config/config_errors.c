@@ -25,8 +25,7 @@ struct weir_config_errors *weir__cfgerr_new(const char *file)
     if (e == NULL) {
         return NULL;
     }
-    e->arena = weir_arena_new(4096, SIZE_MAX);
-    if (e->arena == NULL) {
+    if (weir_arena_new(4096, SIZE_MAX, &e->arena) != 0) {
         goto fail;
     }
     e->file = weir_arena_strndup(e->arena, file, strlen(file));

@@ -47,26 +47,28 @@ static struct block *block_new(size_t size)
     return b;
 }
 
-struct weir_arena *weir_arena_new(size_t block_size, size_t cap)
+int weir_arena_new(size_t block_size, size_t cap, struct weir_arena **out)
 {
+    *out = NULL;
     if (block_size < 256) {
         block_size = 256;
     }
     struct weir_arena *a = weir__malloc(sizeof(*a));
     if (a == NULL) {
-        return NULL;
+        return WEIR_ENOMEM;
     }
     a->first = block_new(block_size);
     if (a->first == NULL) {
         weir__free(a);
-        return NULL;
+        return WEIR_ENOMEM;
     }
     a->head = a->first;
     a->block_size = block_size;
     a->cap = cap;
     a->used = 0;
     a->cleanups = NULL;
-    return a;
+    *out = a;
+    return 0;
 }
 
 static void run_cleanups(struct weir_arena *a)

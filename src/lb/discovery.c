@@ -1019,8 +1019,10 @@ static int channel_new(struct weir_discovery *d, const char *csv, const char **w
     return 0;
 }
 
-struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *opt, const char **why)
+int weir_discovery_new(const struct weir_resolver_options *opt, struct weir_discovery **out,
+                       const char **why)
 {
+    *out = NULL;
     const char *dummy = NULL;
     why = why ? why : &dummy;
     *why = "";
@@ -1034,17 +1036,17 @@ struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *op
     o.retry_ms = o.retry_ms ? o.retry_ms : 5000;
     if (o.min_ttl_ms > o.max_ttl_ms) {
         *why = "min_ttl is longer than max_ttl";
-        return NULL;
+        return WEIR_EINVAL;
     }
     if (o.timeout_ms > 3600000) {
         *why = "the resolver timeout is over an hour";
-        return NULL;
+        return WEIR_EINVAL;
     }
     char *csv = NULL;
     if (o.servers != NULL && o.nservers > 0) {
         csv = servers_csv(o.servers, o.nservers, why);
         if (csv == NULL) {
-            return NULL;
+            return strcmp(*why, "out of memory") == 0 ? WEIR_ENOMEM : WEIR_EINVAL;
         }
     }
     o.servers = NULL;
@@ -1053,7 +1055,7 @@ struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *op
     if (d == NULL) {
         weir__free(csv);
         *why = "out of memory";
-        return NULL;
+        return WEIR_ENOMEM;
     }
     d->opt = o;
     weir_timer_init(&d->ares_timer, ares_timer_fired, d);
@@ -1062,9 +1064,10 @@ struct weir_discovery *weir_discovery_new(const struct weir_resolver_options *op
     weir__free(csv);
     if (rc != 0) {
         weir_discovery_free(d);
-        return NULL;
+        return rc;
     }
-    return d;
+    *out = d;
+    return 0;
 }
 
 /* Checks one target; NULL or why not. */

@@ -57,9 +57,10 @@ struct probe {
 
 /* ---- setup ---- */
 
-struct weir_health *weir_health_new(void)
+int weir_health_new(struct weir_health **out)
 {
-    return weir__calloc(1, sizeof(struct weir_health));
+    *out = weir__calloc(1, sizeof(struct weir_health));
+    return *out != NULL ? 0 : WEIR_ENOMEM;
 }
 
 static char *dup_or_null(const char *s)

@@ -14,21 +14,23 @@ struct weir_inflight {
     struct weir__sketch sk;
 };
 
-struct weir_inflight *weir_inflight_new(unsigned rows, unsigned slots)
+int weir_inflight_new(unsigned rows, unsigned slots, struct weir_inflight **out)
 {
+    *out = NULL;
     if (weir__sketch_shape(&rows, &slots) != 0) {
-        return NULL;
+        return WEIR_EINVAL;
     }
     struct weir_inflight *f = weir__calloc(1, sizeof(*f));
     if (f == NULL) {
-        return NULL;
+        return WEIR_ENOMEM;
     }
     f->seed = weir__sketch_seed();
     if (weir__sketch_init(&f->sk, rows, slots) != 0) {
         weir__free(f);
-        return NULL;
+        return WEIR_ENOMEM;
     }
-    return f;
+    *out = f;
+    return 0;
 }
 
 void weir_inflight_free(struct weir_inflight *f)

@@ -22,23 +22,25 @@ struct weir_rate {
     _Atomic uint64_t latest; /* the newest window any thread has seen */
 };
 
-struct weir_rate *weir_rate_new(uint32_t window_ms, unsigned rows, unsigned slots)
+int weir_rate_new(uint32_t window_ms, unsigned rows, unsigned slots, struct weir_rate **out)
 {
+    *out = NULL;
     if (window_ms == 0 || weir__sketch_shape(&rows, &slots) != 0) {
-        return NULL;
+        return WEIR_EINVAL;
     }
     struct weir_rate *r = weir__calloc(1, sizeof(*r));
     if (r == NULL) {
-        return NULL;
+        return WEIR_ENOMEM;
     }
     r->window_ms = window_ms;
     r->seed = weir__sketch_seed();
     if (weir__sketch_init(&r->bank[0], rows, slots) != 0 ||
         weir__sketch_init(&r->bank[1], rows, slots) != 0) {
         weir_rate_free(r);
-        return NULL;
+        return WEIR_ENOMEM;
     }
-    return r;
+    *out = r;
+    return 0;
 }
 
 void weir_rate_free(struct weir_rate *r)

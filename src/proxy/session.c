@@ -29,7 +29,7 @@ static struct weir_arena *take_arena(struct weir__proxy_worker *w, const struct 
         return a;
     }
     size_t cap = (size_t)cfg->server.limits.max_header_bytes * 4 + WEIR_ARENA_EXTRA;
-    return weir_arena_new(ARENA_BLOCK, cap);
+    return weir_arena_new(ARENA_BLOCK, cap, &a) == 0 ? a : NULL;
 }
 
 static void give_arena(struct weir__proxy_worker *w, struct weir_arena *a)

@@ -98,29 +98,31 @@ struct weir_server {
     atomic_bool running;
 };
 
-struct weir_server *weir_server_new(struct weir_config *cfg)
+int weir_server_new(struct weir_config *cfg, struct weir_server **out)
 {
+    *out = NULL;
     struct weir_server *srv = weir__calloc(1, sizeof(*srv));
     if (srv == NULL) {
         weir_config_free(cfg);
-        return NULL;
+        return WEIR_ENOMEM;
     }
     if (cfg == NULL) {
         cfg = weir_config_new_default();
         if (cfg == NULL) {
             weir__free(srv);
-            return NULL;
+            return WEIR_ENOMEM;
         }
     }
     struct weir__snapshot *snap = weir__snapshot_new(cfg, (void (*)(void *))weir_config_free);
     if (snap == NULL) {
         weir_config_free(cfg);
         weir__free(srv);
-        return NULL;
+        return WEIR_ENOMEM;
     }
     srv->cfg = cfg;
     (void)weir__rcu_xchg((void **)&srv->slot.current, snap);
-    return srv;
+    *out = srv;
+    return 0;
 }
 
 const struct weir_config *weir_server_config(const struct weir_server *srv)
@@ -541,15 +543,15 @@ static int create_limits(struct weir_service *svc)
 {
     const struct weir_cfg_limits *lim = &svc->srv->cfg->server.limits;
     if (lim->max_connections_per_ip != 0) {
-        svc->ip_conns = weir_inflight_new(4, LIMITS_SLOTS);
-        if (svc->ip_conns == NULL) {
-            return WEIR_ENOMEM;
+        int rc = weir_inflight_new(4, LIMITS_SLOTS, &svc->ip_conns);
+        if (rc != 0) {
+            return rc;
         }
     }
     if (lim->requests_per_second_per_ip != 0) {
-        svc->ip_rate = weir_rate_new(1000, 4, LIMITS_SLOTS);
-        if (svc->ip_rate == NULL) {
-            return WEIR_ENOMEM;
+        int rc = weir_rate_new(1000, 4, LIMITS_SLOTS, &svc->ip_rate);
+        if (rc != 0) {
+            return rc;
         }
     }
     const struct weir_cfg_server *sc = &svc->srv->cfg->server;

@@ -22,7 +22,8 @@ static void assert_aligned(const void *p)
 static void test_alignment(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1 << 20, &a), 0);
     assert_non_null(a);
     static const size_t sizes[] = {1, 3, 7, 15, 16, 17, 31, 33, 100, 255, 256, 257, 1000};
     for (int round = 0; round < 10; round++) {
@@ -40,7 +41,8 @@ static void test_many_small_across_blocks(void **state)
     (void)state;
     enum { N = 2000, SZ = 24 };
     static unsigned char *ptrs[N];
-    struct weir_arena *a = weir_arena_new(256, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1 << 20, &a), 0);
     assert_non_null(a);
     for (int i = 0; i < N; i++) {
         ptrs[i] = weir_arena_alloc(a, SZ);
@@ -60,7 +62,8 @@ static void test_many_small_across_blocks(void **state)
 static void test_big_alloc_over_block_size(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1 << 20, &a), 0);
     assert_non_null(a);
     unsigned char *small = weir_arena_alloc(a, 10);
     assert_non_null(small);
@@ -84,7 +87,8 @@ static void test_big_alloc_over_block_size(void **state)
 static void test_cap(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 1024);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1024, &a), 0);
     assert_non_null(a);
     assert_non_null(weir_arena_alloc(a, 1000)); /* 1008 counted */
     assert_null(weir_arena_alloc(a, 32));       /* 1040 > 1024 */
@@ -110,7 +114,7 @@ static void test_cap(void **state)
     weir_arena_free(a);
 
     /* A single allocation larger than the cap fails even in a fresh arena. */
-    a = weir_arena_new(256, 4096);
+    assert_int_equal(weir_arena_new(256, 4096, &a), 0);
     assert_non_null(a);
     assert_null(weir_arena_alloc(a, 4097));
     assert_non_null(weir_arena_alloc(a, 4096));
@@ -120,7 +124,8 @@ static void test_cap(void **state)
 static void test_calloc_zeroes(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1 << 20, &a), 0);
     assert_non_null(a);
     /* Dirty the first block, reset, then calloc over the same bytes. */
     unsigned char *p = weir_arena_alloc(a, 200);
@@ -143,7 +148,8 @@ static void test_calloc_zeroes(void **state)
 static void test_strndup_iovdup(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1 << 20, &a), 0);
     assert_non_null(a);
     const char src[] = "hello, world";
     char *s = weir_arena_strndup(a, src, 5);
@@ -184,7 +190,8 @@ static void record(void *data)
 static void test_cleanups_reverse_order(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 1 << 20, &a), 0);
     assert_non_null(a);
 
     norder = 0;
@@ -219,7 +226,8 @@ static void test_cleanups_reverse_order(void **state)
 static void test_reset_cycles_no_growth(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(1024, 1 << 20);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(1024, 1 << 20, &a), 0);
     assert_non_null(a);
     void *first = NULL;
     norder = 0;
@@ -248,7 +256,8 @@ static void test_reset_cycles_no_growth(void **state)
 static void test_used_counts_rounded(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(0, 1 << 20); /* block size raised to the minimum */
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(0, 1 << 20, &a), 0); /* block size raised to the minimum */
     assert_non_null(a);
     assert_int_equal(weir_arena_used(a), 0);
     assert_non_null(weir_arena_alloc(a, 1));

@@ -21,8 +21,7 @@ struct fx {
 static int setup(void **state)
 {
     static struct fx fx;
-    fx.a = weir_arena_new(4096, 1 << 20);
-    if (fx.a == NULL || weir__headers_init(&fx.h, fx.a, 2, 64) != 0) {
+    if (weir_arena_new(4096, 1 << 20, &fx.a) != 0 || weir__headers_init(&fx.h, fx.a, 2, 64) != 0) {
         return -1;
     }
     *state = &fx;
@@ -297,8 +296,8 @@ static void test_adopt(void **state)
 static void test_enomem(void **state)
 {
     (void)state;
-    struct weir_arena *a = weir_arena_new(256, 256);
-    assert_non_null(a);
+    struct weir_arena *a = NULL;
+    assert_int_equal(weir_arena_new(256, 256, &a), 0);
     struct weir_headers h;
     assert_int_equal(weir__headers_init(&h, a, 2, 1000), 0);
     int rc = 0;

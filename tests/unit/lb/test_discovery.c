@@ -310,7 +310,7 @@ static void world_new(struct world *w, const struct weir_discovery_target *t, si
         .retry_ms = 200,
     };
     const char *why = NULL;
-    w->d = weir_discovery_new(&opt, &why);
+    assert_int_equal(weir_discovery_new(&opt, &w->d, &why), 0);
     assert_non_null(w->d);
     struct weir_lb_options lo = {.algorithm = WEIR_LB_ROUND_ROBIN};
     assert_int_equal(weir_lb_new(&lo, NULL, 0, &w->lb, &why), 0);
@@ -399,28 +399,33 @@ static void test_options(void **state)
 {
     (void)state;
     const char *why = NULL;
+    struct weir_discovery *d = NULL;
     const char *bad[] = {"localhost:53"};
     struct weir_resolver_options o = {.servers = bad, .nservers = 1};
-    assert_null(weir_discovery_new(&o, &why));
+    assert_int_equal(weir_discovery_new(&o, &d, &why), WEIR_EINVAL);
+    assert_null(d);
     assert_string_equal(why, "a resolver server must be a numeric ip:port or [ipv6]:port");
     const char *noport[] = {"127.0.0.1"};
     o.servers = noport;
-    assert_null(weir_discovery_new(&o, &why));
+    assert_int_equal(weir_discovery_new(&o, &d, &why), WEIR_EINVAL);
+    assert_null(d);
     const char *many[17];
     for (int i = 0; i < 17; i++) {
         many[i] = "127.0.0.1:53";
     }
     o.servers = many;
     o.nservers = 17;
-    assert_null(weir_discovery_new(&o, &why));
+    assert_int_equal(weir_discovery_new(&o, &d, &why), WEIR_EINVAL);
+    assert_null(d);
     assert_string_equal(why, "more than 16 resolver servers");
     struct weir_resolver_options ttl = {.min_ttl_ms = 2000, .max_ttl_ms = 1000};
-    assert_null(weir_discovery_new(&ttl, &why));
+    assert_int_equal(weir_discovery_new(&ttl, &d, &why), WEIR_EINVAL);
+    assert_null(d);
     assert_string_equal(why, "min_ttl is longer than max_ttl");
     const char *good[] = {"127.0.0.1:53", "[::1]:5353"};
     o.servers = good;
     o.nservers = 2;
-    struct weir_discovery *d = weir_discovery_new(&o, &why);
+    assert_int_equal(weir_discovery_new(&o, &d, &why), 0);
     assert_non_null(d);
     weir_discovery_free(d);
     weir_discovery_free(NULL);
@@ -430,7 +435,8 @@ static void test_add_checks(void **state)
 {
     (void)state;
     const char *why = NULL;
-    struct weir_discovery *d = weir_discovery_new(NULL, &why);
+    struct weir_discovery *d = NULL;
+    assert_int_equal(weir_discovery_new(NULL, &d, &why), 0);
     assert_non_null(d);
     struct weir_lb_options lo = {0};
     struct weir_lb *lb = NULL;

@@ -17,8 +17,10 @@
 static void test_add_sub(void **state)
 {
     (void)state;
-    assert_null(weir_inflight_new(0, 1u << 25));
-    struct weir_inflight *f = weir_inflight_new(0, 0);
+    struct weir_inflight *f = NULL;
+    assert_int_equal(weir_inflight_new(0, 1u << 25, &f), WEIR_EINVAL);
+    assert_null(f);
+    assert_int_equal(weir_inflight_new(0, 0, &f), 0);
     assert_non_null(f);
     assert_int_equal(weir_inflight_add(f, "a", 1, 1), 1);
     assert_int_equal(weir_inflight_add(f, "a", 1, 2), 3);
@@ -32,7 +34,8 @@ static void test_add_sub(void **state)
 static void test_cap(void **state)
 {
     (void)state;
-    struct weir_inflight *f = weir_inflight_new(0, 0);
+    struct weir_inflight *f = NULL;
+    assert_int_equal(weir_inflight_new(0, 0, &f), 0);
     unsigned admitted = 0;
     for (int i = 0; i < 10; i++) {
         if (weir_inflight_add(f, "ip", 2, 1) > 4) {
@@ -49,7 +52,8 @@ static void test_cap(void **state)
 static void test_never_under(void **state)
 {
     (void)state;
-    struct weir_inflight *f = weir_inflight_new(2, 64); /* tiny: many collisions */
+    struct weir_inflight *f = NULL;
+    assert_int_equal(weir_inflight_new(2, 64, &f), 0); /* tiny: many collisions */
     for (unsigned k = 0; k < 1000; k++) {
         weir_inflight_add(f, &k, sizeof(k), k % 7 + 1);
     }
@@ -73,7 +77,8 @@ static void *churn(void *p)
 static void test_concurrent_balanced(void **state)
 {
     (void)state;
-    struct weir_inflight *f = weir_inflight_new(0, 0);
+    struct weir_inflight *f = NULL;
+    assert_int_equal(weir_inflight_new(0, 0, &f), 0);
     pthread_t t[6];
     for (int i = 0; i < 6; i++) {
         assert_int_equal(pthread_create(&t[i], NULL, churn, f), 0);

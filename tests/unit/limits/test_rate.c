@@ -19,10 +19,12 @@
 static void test_bad_arguments(void **state)
 {
     (void)state;
-    assert_null(weir_rate_new(0, 0, 0));
-    assert_null(weir_rate_new(1000, 17, 0));
-    assert_null(weir_rate_new(1000, 4, (1u << 24) + 1));
-    struct weir_rate *r = weir_rate_new(1000, 1, 1); /* rounded up to 16 slots */
+    struct weir_rate *r = NULL;
+    assert_int_equal(weir_rate_new(0, 0, 0, &r), WEIR_EINVAL);
+    assert_int_equal(weir_rate_new(1000, 17, 0, &r), WEIR_EINVAL);
+    assert_int_equal(weir_rate_new(1000, 4, (1u << 24) + 1, &r), WEIR_EINVAL);
+    assert_null(r);
+    assert_int_equal(weir_rate_new(1000, 1, 1, &r), 0); /* rounded up to 16 slots */
     assert_non_null(r);
     weir_rate_free(r);
     weir_rate_free(NULL);
@@ -31,7 +33,8 @@ static void test_bad_arguments(void **state)
 static void test_single_key_exact(void **state)
 {
     (void)state;
-    struct weir_rate *r = weir_rate_new(1000, 0, 0);
+    struct weir_rate *r = NULL;
+    assert_int_equal(weir_rate_new(1000, 0, 0, &r), 0);
     assert_non_null(r);
     for (uint64_t i = 1; i <= 100; i++) {
         assert_int_equal(weir_rate_observe(r, "10.0.0.1", 8, 1, 5000 + i), i);
@@ -54,7 +57,8 @@ static void test_accuracy_against_exact(void **state)
     (void)state;
     enum { KEYS = 20000, SLOTS = 4096 };
     static uint32_t truth[KEYS];
-    struct weir_rate *r = weir_rate_new(1000, 4, SLOTS);
+    struct weir_rate *r = NULL;
+    assert_int_equal(weir_rate_new(1000, 4, SLOTS, &r), 0);
     assert_non_null(r);
     uint64_t seed = 42, total = 0;
     for (unsigned k = 0; k < KEYS; k++) {
@@ -95,7 +99,8 @@ static void test_accuracy_against_exact(void **state)
 static void test_window_rotation(void **state)
 {
     (void)state;
-    struct weir_rate *r = weir_rate_new(1000, 0, 0);
+    struct weir_rate *r = NULL;
+    assert_int_equal(weir_rate_new(1000, 0, 0, &r), 0);
     const char *k = "client";
     assert_int_equal(weir_rate_observe(r, k, 6, 10, 100), 10); /* window 0 */
     assert_int_equal(weir_rate_estimate(r, k, 6, 999), 10);
@@ -144,7 +149,8 @@ static void test_concurrent_increments(void **state)
 {
     (void)state;
     enum { THREADS = 8, N = 50000 };
-    struct weir_rate *r = weir_rate_new(1000000, 0, 0);
+    struct weir_rate *r = NULL;
+    assert_int_equal(weir_rate_new(1000000, 0, 0, &r), 0);
     pthread_t t[THREADS];
     struct worker_arg a[THREADS];
     for (unsigned i = 0; i < THREADS; i++) {
@@ -169,7 +175,8 @@ static void test_concurrent_rotation(void **state)
 {
     (void)state;
     enum { THREADS = 4, N = 20000 };
-    struct weir_rate *r = weir_rate_new(1, 2, 64);
+    struct weir_rate *r = NULL;
+    assert_int_equal(weir_rate_new(1, 2, 64, &r), 0);
     pthread_t t[THREADS];
     struct worker_arg a[THREADS];
     for (unsigned i = 0; i < THREADS; i++) {
