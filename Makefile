@@ -1,5 +1,5 @@
 # weir's front door. `make run` and `make test` work on a fresh Debian 12 machine as root.
-.PHONY: all deps build build-asan run test test-release test-asan bench fuzz-build fuzz-smoke clean format \
+.PHONY: all deps build build-asan run test test-release test-asan bench bench-callgrind fuzz-build fuzz-smoke clean format \
 	build-tsan test-tsan build-memcheck memcheck build-failmalloc failmalloc
 
 JOBS ?= $(shell nproc)
@@ -91,6 +91,10 @@ failmalloc: build-failmalloc
 
 bench: build
 	bash bench/run.sh
+
+# Instructions per proxied request under valgrind (deterministic; bench/README.md).
+bench-callgrind: build
+	bash bench/callgrind.sh
 
 fuzz-build: deps
 	@CC=clang cmake -S . -B build-fuzz $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug \

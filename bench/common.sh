@@ -1,5 +1,6 @@
-# Sourced by bench/run.sh and bench/many_origins.sh: messages, finding programs, and the
-# process bookkeeping that stops every process a bench started, by PID, however it ends.
+# Sourced by bench/run.sh, bench/many_origins.sh and bench/callgrind.sh: messages, finding
+# programs, and the process bookkeeping that stops every process a bench started, by PID,
+# however it ends.
 #
 # Before sourcing, set BENCH_TAG (the prefix of messages). After it, set PY and LIB (the
 # helper bench/lib.py, which walks process trees) and call bench_tmpdir before starting
