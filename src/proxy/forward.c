@@ -217,15 +217,16 @@ int weir__forward_request_head(struct weir_session *s)
     /* Framing going up follows the final head: Content-Length if it is the body's. */
     weir__pipe_source(s, &s->reqp, s->req_body, s->req_length);
     struct weir_iov cl = {NULL, 0};
-    bool has_cl = fs.content_length == -2 ? weir_headers_get(h, "Content-Length", &cl)
-                                          : fs.content_length >= 0;
+    bool has_cl = fs.content_length == -2
+                      ? weir_headers_get_iov(h, WEIR_IOV_LIT("Content-Length"), &cl)
+                      : fs.content_length >= 0;
     if (fs.content_length >= 0) {
         cl = h->v[fs.content_length].value;
     }
     uint64_t len;
     bool length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl && parse_length(cl, &len) &&
                      len == s->req_length;
-    return s->upf->request_head(s, length_ok);
+    return weir__up_request_head(s, length_ok);
 }
 
 int weir__forward_response_head(struct weir_session *s)
@@ -243,19 +244,20 @@ int weir__forward_response_head(struct weir_session *s)
         fs.content_length = -2; /* the hooks may have moved fields: look again */
     }
     struct weir_iov cl = {NULL, 0};
-    bool has_cl = fs.content_length == -2 ? weir_headers_get(&r->headers, "Content-Length", &cl)
-                                          : fs.content_length >= 0;
+    bool has_cl = fs.content_length == -2
+                      ? weir_headers_get_iov(&r->headers, WEIR_IOV_LIT("Content-Length"), &cl)
+                      : fs.content_length >= 0;
     if (fs.content_length >= 0) {
         cl = r->headers.v[fs.content_length].value;
     }
     uint64_t len;
-    int rc = s->down->body_framing(s, r, has_cl && parse_length(cl, &len));
+    int rc = weir__down_body_framing(s, r, has_cl && parse_length(cl, &len));
     if (rc == 0 && s->cfg->server.via) {
         rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"),
                               r->minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
     }
     if (rc == 0) {
-        rc = s->down->connection_fields(s, r);
+        rc = weir__down_connection_fields(s, r);
     }
-    return rc == 0 ? s->down->queue_head(s, r) : rc;
+    return rc == 0 ? weir__down_queue_head(s, r) : rc;
 }

@@ -12,29 +12,9 @@
 #include "http1/serialize.h"
 #include "weir/log.h"
 
-const char *weir__head_adopt(struct weir_arena *a, const char *head, size_t len,
-                             const struct weir_header *fields, size_t n, uint32_t max,
-                             struct weir_headers *h)
-{
-    char *copy = weir_arena_alloc(a, len);
-    if (copy == NULL) {
-        return NULL;
-    }
-    memcpy(copy, head, len);
-    if (weir__headers_init(h, a, (uint32_t)n + 8, max) != 0) {
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++) {
-        h->v[i].name = weir__iov_rebase(fields[i].name, head, copy);
-        h->v[i].value = weir__iov_rebase(fields[i].value, head, copy);
-    }
-    h->n = (uint32_t)n;
-    return copy;
-}
-
 /* ---- towards the client ---- */
 
-static int down_connection_fields(struct weir_session *s, struct weir_resp *r)
+int weir__h1_connection_fields(struct weir_session *s, struct weir_resp *r)
 {
     /* Local responses may carry a Connection field a hook set: replace it. */
     weir_headers_remove(&r->headers, "Connection");
@@ -49,7 +29,7 @@ static int down_connection_fields(struct weir_session *s, struct weir_resp *r)
     return 0;
 }
 
-static int down_body_framing(struct weir_session *s, struct weir_resp *r, bool has_length)
+int weir__h1_body_framing(struct weir_session *s, struct weir_resp *r, bool has_length)
 {
     bool head_method = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
     bool bodyless = head_method || r->status < 200 || r->status == 204 || r->status == 304;
@@ -70,7 +50,7 @@ static int down_body_framing(struct weir_session *s, struct weir_resp *r, bool h
     return 0;
 }
 
-static int down_queue_head(struct weir_session *s, struct weir_resp *r)
+int weir__h1_queue_head(struct weir_session *s, struct weir_resp *r)
 {
     size_t n = weir__h1_response_size(r);
     char *buf = weir_arena_alloc(s->arena, n);
@@ -83,7 +63,7 @@ static int down_queue_head(struct weir_session *s, struct weir_resp *r)
     return 0;
 }
 
-static void down_send_continue(struct weir_session *s)
+void weir__h1_send_continue(struct weir_session *s)
 {
     if (s->expect_continue && !s->sent_continue && !s->resp_started &&
         s->req_body != WEIR_H1_BODY_NONE && weir__buf_len(&s->c->st.in) == 0) {
@@ -98,15 +78,15 @@ static void down_send_continue(struct weir_session *s)
 
 const struct weir__down_framing weir__h1_down = {
     .name = "HTTP/1.1",
-    .connection_fields = down_connection_fields,
-    .body_framing = down_body_framing,
-    .queue_head = down_queue_head,
-    .send_continue = down_send_continue,
+    .connection_fields = weir__h1_connection_fields,
+    .body_framing = weir__h1_body_framing,
+    .queue_head = weir__h1_queue_head,
+    .send_continue = weir__h1_send_continue,
 };
 
 /* ---- towards the upstream ---- */
 
-static int up_request_head(struct weir_session *s, bool length_ok)
+int weir__h1_request_head(struct weir_session *s, bool length_ok)
 {
     struct weir_headers *h = &s->req.headers;
     if (s->req_body == WEIR_H1_BODY_NONE) {
@@ -152,7 +132,7 @@ static int adopt_response(struct weir_session *s, const struct weir__h1_response
     return 0;
 }
 
-static enum weir__step up_response_head(struct weir_session *s, struct weir__outcome *o)
+static enum weir__step parse_response_head(struct weir_session *s, struct weir__outcome *o)
 {
     struct weir__upconn *u = s->ux.conn;
     const struct weir_cfg_limits *lim = &s->cfg->server.limits;
@@ -213,8 +193,18 @@ static enum weir__step up_response_head(struct weir_session *s, struct weir__out
     }
 }
 
+enum weir__step weir__h1_response_head(struct weir_session *s, struct weir__outcome *o)
+{
+    const struct weir__stream *st = &s->ux.conn->st;
+    if (weir__buf_len(&st->in) == 0 && !st->eof && !st->readable) {
+        /* Nothing to parse and nothing to read: skip the parser's setup (its stack array). */
+        return WEIR_STEP_BLOCKED;
+    }
+    return parse_response_head(s, o);
+}
+
 const struct weir__up_framing weir__h1_up = {
     .name = "HTTP/1.1",
-    .request_head = up_request_head,
-    .response_head = up_response_head,
+    .request_head = weir__h1_request_head,
+    .response_head = weir__h1_response_head,
 };

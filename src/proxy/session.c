@@ -424,11 +424,11 @@ static int start_local_response(struct weir_session *s)
     if (s->req_body != WEIR_H1_BODY_NONE && !s->reqp.in_done) {
         s->close_after = true; /* we will not read the rest of the body */
     }
-    int rc = s->down->connection_fields(s, r);
+    int rc = weir__down_connection_fields(s, r);
     if (rc != 0) {
         return rc;
     }
-    rc = s->down->queue_head(s, r);
+    rc = weir__down_queue_head(s, r);
     if (rc != 0) {
         return rc;
     }

@@ -171,7 +171,7 @@ static enum weir__step up_connected(struct weir_session *s, struct weir__outcome
 static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
 {
     uint64_t now = weir_loop_now_ms(s->w->loop);
-    s->down->send_continue(s);
+    weir__down_send_continue(s);
     struct weir__pipe_io io = {&s->c->st,
                                &s->ux.conn->st,
                                &s->ux.out,
@@ -229,7 +229,7 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
             return WEIR_STEP_BLOCKED;
         }
     }
-    enum weir__step st = s->upf->response_head(s, o);
+    enum weir__step st = weir__up_response_head(s, o);
     if (st != WEIR_STEP_DONE) {
         return st;
     }
