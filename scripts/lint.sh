@@ -25,11 +25,13 @@ FMT=$(command -v clang-format-14 || command -v clang-format || true)
 [ -n "$FMT" ] || { echo "lint: clang-format not found (scripts/deps.sh installs it)" >&2; exit 2; }
 echo "== lint: clang-format ($(basename "$FMT")) =="
 mapfile -t tracked < <(git ls-files '*.c' '*.h' 2>/dev/null || find src app examples include tests fuzz bench -name '*.[ch]')
-if "$FMT" --dry-run --Werror "${tracked[@]}" 2>&1 | grep -m 20 'error:'; then
+# The output is captured rather than piped: with pipefail a pipe's status would be grep's.
+if fmt_out=$("$FMT" --dry-run --Werror "${tracked[@]}" 2>&1); then
+    echo "clang-format: ${#tracked[@]} files formatted"
+else
+    printf '%s\n' "$fmt_out" | grep 'error:' | head -n 20
     echo "clang-format: the files above differ from .clang-format (run: make format)"
     failed+=(clang-format)
-else
-    echo "clang-format: ${#tracked[@]} files formatted"
 fi
 
 echo "== lint: checksrc =="

@@ -6,23 +6,40 @@
 const char *weir_strerror(int code)
 {
     switch (code) {
-    case WEIR_OK: return "success";
-    case WEIR_EAGAIN: return "try again";
-    case WEIR_PENDING: return "pending";
-    case WEIR_ENOMEM: return "out of memory";
-    case WEIR_EINVAL: return "invalid argument";
-    case WEIR_ELIMIT: return "limit reached";
-    case WEIR_ECLOSED: return "connection closed";
-    case WEIR_ETIMEDOUT: return "timed out";
-    case WEIR_ECONFIG: return "configuration error";
-    case WEIR_EUNAVAILABLE: return "no backend available";
-    case WEIR_EH1_BAD: return "malformed HTTP message";
-    case WEIR_EH1_URI_TOO_LONG: return "request line too long";
-    case WEIR_EH1_HDR_TOO_LARGE: return "header section too large";
-    case WEIR_EH1_NOT_IMPL: return "unsupported transfer coding";
-    case WEIR_EH1_VERSION: return "unsupported HTTP version";
-    case WEIR_EH1_TOO_LARGE: return "body too large";
-    default: break;
+    case WEIR_OK:
+        return "success";
+    case WEIR_EAGAIN:
+        return "try again";
+    case WEIR_PENDING:
+        return "pending";
+    case WEIR_ENOMEM:
+        return "out of memory";
+    case WEIR_EINVAL:
+        return "invalid argument";
+    case WEIR_ELIMIT:
+        return "limit reached";
+    case WEIR_ECLOSED:
+        return "connection closed";
+    case WEIR_ETIMEDOUT:
+        return "timed out";
+    case WEIR_ECONFIG:
+        return "configuration error";
+    case WEIR_EUNAVAILABLE:
+        return "no backend available";
+    case WEIR_EH1_BAD:
+        return "malformed HTTP message";
+    case WEIR_EH1_URI_TOO_LONG:
+        return "request line too long";
+    case WEIR_EH1_HDR_TOO_LARGE:
+        return "header section too large";
+    case WEIR_EH1_NOT_IMPL:
+        return "unsupported transfer coding";
+    case WEIR_EH1_VERSION:
+        return "unsupported HTTP version";
+    case WEIR_EH1_TOO_LARGE:
+        return "body too large";
+    default:
+        break;
     }
     if (code < 0 && code > -4096) {
         /* strerror is not thread-safe in general; strerrordesc_np is, and never NULL for known. */
