@@ -160,8 +160,8 @@ static const char *const access_formats[] = {"combined", "json"};
  * in when one anchored mapping is given to several of these sections.
  */
 static const struct weir__cfg_key server_keys[] = {
-    /* 0 here: weir_config_new_default sets the number of online CPUs */
-    WEIR__CFG_U32("threads", SRV(threads), 1, 256, 0),
+    /* The default is the number of online CPUs, which set_defaults (config.c) puts there */
+    WEIR__CFG_U32("threads", SRV(threads), 1, 256, 1),
     WEIR__CFG_BOOL("work_stealing", SRV(work_stealing), false),
     WEIR__CFG_STRING("pid_file", SRV(pid_file), "a file path", NULL),
     WEIR__CFG_STRING("error_log", SRV(error_log), "a file path", NULL),
