@@ -122,8 +122,8 @@ static void usage(FILE *to)
 
 static int run(const char *listen, unsigned threads, struct lb *lb)
 {
-    struct weir_config *cfg = weir_config_new_default();
-    if (cfg == NULL) {
+    struct weir_config *cfg = NULL;
+    if (weir_config_new_default(&cfg) != 0) {
         (void)fprintf(stderr, "load_balancer: out of memory\n");
         return 1;
     }

@@ -232,19 +232,25 @@ WEIR_EXTERN int weir_config_load_file(const char *path, struct weir_config **out
 WEIR_EXTERN int weir_config_load_string(const char *name, const char *text, size_t len,
                                         struct weir_config **out, struct weir_config_errors **errs);
 
-/** A snapshot with every default and no listeners, routes or upstreams. NULL on ENOMEM. */
-WEIR_EXTERN struct weir_config *weir_config_new_default(void);
+/**
+ * A snapshot in *out with every default and no listeners, routes or upstreams, owned by the
+ * caller (weir_config_free, or hand it to weir_server_new). 0, or WEIR_ENOMEM with *out NULL.
+ */
+WEIR_EXTERN int weir_config_new_default(struct weir_config **out);
 
 /** Frees a snapshot. Accepts NULL. */
 WEIR_EXTERN void weir_config_free(struct weir_config *cfg);
 
+/** How many errors errs holds. */
 WEIR_EXTERN size_t weir_config_errors_count(const struct weir_config_errors *errs);
+/** Error i (< count), owned by errs: valid until weir_config_errors_free. */
 WEIR_EXTERN const struct weir_config_error *
 weir_config_errors_at(const struct weir_config_errors *errs, size_t i);
 
-/** Prints every error as "file:line:col: error: key: message" lines. */
+/** Prints every error as "file:line:col: error: key: message" lines (errs is not changed). */
 WEIR_EXTERN void weir_config_errors_print(const struct weir_config_errors *errs, FILE *to);
 
+/** Frees an error list from weir_config_load_file/_string. Accepts NULL. */
 WEIR_EXTERN void weir_config_errors_free(struct weir_config_errors *errs);
 
 /**

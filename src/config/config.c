@@ -72,10 +72,11 @@ static struct config_impl *snapshot_new(const char *source)
     return impl;
 }
 
-struct weir_config *weir_config_new_default(void)
+int weir_config_new_default(struct weir_config **out)
 {
     struct config_impl *impl = snapshot_new("(defaults)");
-    return impl != NULL ? &impl->pub : NULL;
+    *out = impl != NULL ? &impl->pub : NULL;
+    return impl != NULL ? 0 : WEIR_ENOMEM;
 }
 
 void weir_config_free(struct weir_config *cfg)

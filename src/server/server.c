@@ -107,8 +107,7 @@ int weir_server_new(struct weir_config *cfg, struct weir_server **out)
         return WEIR_ENOMEM;
     }
     if (cfg == NULL) {
-        cfg = weir_config_new_default();
-        if (cfg == NULL) {
+        if (weir_config_new_default(&cfg) != 0) {
             weir__free(srv);
             return WEIR_ENOMEM;
         }

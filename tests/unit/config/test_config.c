@@ -237,7 +237,8 @@ static void check_defaults(const struct weir_config *cfg)
 static void test_defaults(void **state)
 {
     (void)state;
-    struct weir_config *cfg = weir_config_new_default();
+    struct weir_config *cfg = NULL;
+    assert_int_equal(weir_config_new_default(&cfg), 0);
     assert_non_null(cfg);
     check_defaults(cfg);
     weir_config_free(cfg);

@@ -87,7 +87,8 @@ static void check_server(const struct weir_cfg_server *s)
 static void test_new_default(void **state)
 {
     (void)state;
-    struct weir_config *cfg = weir_config_new_default();
+    struct weir_config *cfg = NULL;
+    assert_int_equal(weir_config_new_default(&cfg), 0);
     assert_non_null(cfg);
     assert_string_equal(cfg->source, "(defaults)");
     check_server(&cfg->server);
