@@ -376,6 +376,9 @@ enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome 
             return arm_timers(s, o);
         }
         WEIR_DEBUG_ASSERT(s->ux.state > was); /* a finished step moves forward */
+        if (s->ux.state == UP_COMPLETE) {
+            return WEIR_STEP_DONE;
+        }
     }
 }
 
