@@ -130,8 +130,10 @@ int main(int argc, char **argv)
         .new_ctx = new_ctx,
         .upstream_peer = upstream_peer,
     };
-    struct weir_service *svc = srv ? weir_server_add_proxy(srv, "sticky", &hooks, &st) : NULL;
-    rc = svc != NULL ? weir_service_add_listener(svc, listen) : WEIR_ENOMEM;
+    struct weir_service *svc = rc == 0 ? weir_server_add_proxy(srv, "sticky", &hooks, &st) : NULL;
+    if (rc == 0) {
+        rc = svc != NULL ? weir_service_add_listener(svc, listen) : WEIR_ENOMEM;
+    }
     if (rc == 0 && threads != NULL) {
         rc = weir_service_set_threads(svc, (unsigned)strtoul(threads, NULL, 10));
     }
