@@ -1089,6 +1089,10 @@ static void test_client_body_bad_chunk_size_is_400(void **state)
                                            "Bad Request\n"));
     assert_true(h->client.eof);
     assert_int_equal(h->logs[0].status, 400);
+    /* Answered by weir, but a failed request: logging (and the access log) must say why. */
+    assert_true(h->logs[0].has_err);
+    assert_int_equal(h->logs[0].err.type, WEIR_ERR_INVALID_HTTP);
+    assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
     assert_int_equal(harness_message_len(a->conns[0]->in, a->conns[0]->in_len), 0);
     harness_free(h);
 }
@@ -1111,6 +1115,9 @@ static void test_client_body_over_limit_while_streaming_is_413(void **state)
                                            "Payload Too Large\n"));
     assert_true(h->client.eof);
     assert_int_equal(h->logs[0].status, 413);
+    assert_true(h->logs[0].has_err);
+    assert_int_equal(h->logs[0].err.type, WEIR_ERR_INVALID_HTTP);
+    assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
     assert_int_equal(h->logs[0].body_received, 6); /* the first chunk had gone up */
     assert_int_equal(harness_message_len(a->conns[0]->in, a->conns[0]->in_len), 0);
     harness_free(h);
@@ -1126,6 +1133,9 @@ static void test_content_length_over_limit_is_413_at_once(void **state)
     start(h);
     exchange(h, "POST /c HTTP/1.1\r\nHost: example.test\r\nContent-Length: 9\r\n\r\n123456789");
     assert_int_equal(h->logs[0].status, 413);
+    assert_true(h->logs[0].has_err);
+    assert_int_equal(h->logs[0].err.type, WEIR_ERR_INVALID_HTTP);
+    assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
     assert_true(h->client.eof);
     assert_string_equal(t.order, "L");
     harness_free(h);
