@@ -640,6 +640,12 @@ void weir__session_abort(struct weir_session *s)
     if (s->phase == PH_DONE || s->phase == PH_CLOSING) {
         return;
     }
+    if (!s->has_err) {
+        /* Cut short by our side (the worker stops): not a success, whatever was sent. */
+        s->has_err = true;
+        s->err = (struct weir_error){WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_INTERNAL, false, 0,
+                                     "connection closed"};
+    }
     if (s->suspended) {
         /* A hook still owns a timer or I/O pointing at us: end when it resumes. */
         weir__loop_defer_cancel(s->w->loop, &s->resume);

@@ -184,20 +184,20 @@ static enum weir_hook_result request_filter_hook(struct weir_session *s, void *c
         }
         return WEIR_HOOK_DONE;
     }
+    struct weir_loop *loop = weir_session_loop(s);
+    if (t->close_all_ms) {
+        weir_timer_init(&t->close_all, close_all_fired, t);
+        assert_int_equal(weir_timer_start(loop, &t->close_all, t->close_all_ms), 0);
+    }
     if (!t->rf_suspend) {
         return WEIR_HOOK_CONTINUE;
     }
     if (t->rf_close_client) {
         harness_end_close(&t->h->client); /* the client hangs up while we wait */
     }
-    struct weir_loop *loop = weir_session_loop(s);
     t->waiting = s;
     weir_timer_init(&t->resume, resume_fired, t);
     assert_int_equal(weir_timer_start(loop, &t->resume, t->resume_ms), 0);
-    if (t->close_all_ms) {
-        weir_timer_init(&t->close_all, close_all_fired, t);
-        assert_int_equal(weir_timer_start(loop, &t->close_all, t->close_all_ms), 0);
-    }
     return WEIR_HOOK_PENDING;
 }
 
@@ -971,6 +971,35 @@ static void test_connection_closed_while_hook_suspended(void **state)
     assert_int_equal(h->client.in_len, 0);
     assert_true(h->client.eof);
     assert_null(h->w->zombies);
+    /* Cut short: logging must not see a success. */
+    assert_true(h->logs[0].has_err);
+    assert_int_equal(h->logs[0].err.type, WEIR_ERR_CONNECTION_CLOSED);
+    assert_int_equal(h->logs[0].err.source, WEIR_SRC_INTERNAL);
+    harness_free(h);
+}
+
+/* The same while the session waits for the origin's answer: it ends at once, with an error,
+   and its upstream connection is closed. */
+static void test_connection_closed_while_waiting_for_upstream(void **state)
+{
+    (void)state;
+    struct tc t;
+    struct harness *h = setup(&t, NULL);
+    struct harness_origin *a = origin(h, "a", NULL, 0); /* never answers */
+    t.route[0] = a;
+    t.nroute = 1;
+    t.close_all_ms = 5;
+    start(h);
+    exchange(h, GET_A);
+    assert_string_equal(t.order, "FPUCL");
+    assert_int_equal(t.logs_at_close_all, 1);
+    assert_int_equal(h->client.in_len, 0);
+    assert_true(h->client.eof);
+    assert_received(a->conns[0], GET_A_UP);
+    assert_true(a->conns[0]->eof);
+    assert_true(h->logs[0].has_err);
+    assert_int_equal(h->logs[0].err.type, WEIR_ERR_CONNECTION_CLOSED);
+    assert_int_equal(h->logs[0].err.source, WEIR_SRC_INTERNAL);
     harness_free(h);
 }
 
@@ -1167,6 +1196,7 @@ int main(void)
         cmocka_unit_test(test_pending_hook_resumes_from_timer),
         cmocka_unit_test(test_client_gone_while_hook_suspended),
         cmocka_unit_test(test_connection_closed_while_hook_suspended),
+        cmocka_unit_test(test_connection_closed_while_waiting_for_upstream),
         cmocka_unit_test(test_request_filter_answers_locally),
         cmocka_unit_test(test_fail_to_proxy_chooses_the_answer),
         cmocka_unit_test(test_invalid_response_head_is_502),
