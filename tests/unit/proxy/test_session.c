@@ -63,6 +63,9 @@ struct tc {
     struct weir_timer close_all;
     struct weir_session *waiting;
     unsigned logs_at_close_all;
+    /* the request's Host as logging saw it */
+    char log_host[64];
+    size_t log_host_len;
     /* one letter per event: F request_filter, C close_all, R resume, P upstream_peer,
        U connected_to_upstream, E error_while_proxy, X fail_to_proxy, L logging */
     char order[64];
@@ -155,7 +158,11 @@ static int ftp_hook(struct weir_session *s, void *ctx, const struct weir_error *
 
 static void logging_hook(struct weir_session *s, void *ctx, const struct weir_error *err)
 {
-    note(tc_of(s), 'L');
+    struct tc *t = tc_of(s);
+    note(t, 'L');
+    struct weir_iov host = weir_req_host(weir_session_req(s));
+    t->log_host_len = host.len < sizeof(t->log_host) ? host.len : sizeof(t->log_host);
+    memcpy(t->log_host, host.base, t->log_host_len);
 }
 
 static void resume_fired(struct weir_loop *loop, struct weir_timer *timer)
@@ -895,6 +902,44 @@ static void test_error_while_proxy_no_retry_past_max_retries(void **state)
     harness_free(h);
 }
 
+/*
+ * An HTTP/1.0 request without Host gets one named after the peer (what goes up is HTTP/1.1).
+ * After a retry on another peer, the request head hooks and logging see must still say what
+ * was sent.
+ */
+static void test_retry_keeps_the_host_it_sent(void **state)
+{
+    (void)state;
+    static const struct harness_reply resets[] = {RESET_REPLY};
+    static const struct harness_reply ok[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
+    struct tc t;
+    struct harness *h = setup(&t, NULL);
+    struct harness_origin *a = origin(h, "first-origin", resets, 1);
+    struct harness_origin *b = origin(h, "b", ok, 1);
+    t.route[0] = a;
+    t.route[1] = b;
+    t.nroute = 2;
+    t.ewp_set = 1;
+    start(h);
+    exchange(h, "GET /x HTTP/1.0\r\n\r\n");
+    assert_int_equal(h->logs[0].retries, 1);
+    assert_int_equal(h->logs[0].status, 200);
+    /* the Host field b received ... */
+    const struct harness_end *e = b->conns[0];
+    const char *f = memmem(e->in, e->in_len, "\r\nHost: ", 8);
+    assert_non_null(f);
+    f += 8;
+    const char *eol = memmem(f, e->in_len - (size_t)(f - e->in), "\r\n", 2);
+    assert_non_null(eol);
+    char sent[64];
+    assert_true((size_t)(eol - f) < sizeof(sent));
+    memcpy(sent, f, (size_t)(eol - f));
+    sent[eol - f] = '\0';
+    /* ... is the one the request says it had (today the first peer's: the head is kept) */
+    assert_bytes(t.log_host, t.log_host_len, sent);
+    harness_free(h);
+}
+
 /* ---- 9. suspended hooks ---- */
 
 static void test_pending_hook_resumes_from_timer(void **state)
@@ -1193,6 +1238,7 @@ int main(void)
         cmocka_unit_test(test_error_while_proxy_retries_on_another_peer),
         cmocka_unit_test(test_error_while_proxy_no_retry_after_response_byte),
         cmocka_unit_test(test_error_while_proxy_no_retry_past_max_retries),
+        cmocka_unit_test(test_retry_keeps_the_host_it_sent),
         cmocka_unit_test(test_pending_hook_resumes_from_timer),
         cmocka_unit_test(test_client_gone_while_hook_suspended),
         cmocka_unit_test(test_connection_closed_while_hook_suspended),
