@@ -208,6 +208,13 @@ static enum weir_hook_result request_filter_hook(struct weir_session *s, void *c
     return WEIR_HOOK_PENDING;
 }
 
+/*
+ * The test's state and harness live outside its stack frame, so a failed assertion (a longjmp
+ * out of the test) leaves nothing dangling: teardown frees what the test did not.
+ */
+static struct tc the_tc;
+static struct harness *the_harness;
+
 /* A harness whose hooks record into t; the test adds origins, edits h->cfg, then starts. */
 static struct harness *setup(struct tc *t, const char *yaml)
 {
@@ -218,6 +225,7 @@ static struct harness *setup(struct tc *t, const char *yaml)
     struct harness *h = harness_new(yaml);
     assert_non_null(h);
     t->h = h;
+    the_harness = h;
     h->data = t;
     h->hooks.upstream_peer = peer_hook;
     h->hooks.connected_to_upstream = connected_hook;
@@ -226,6 +234,21 @@ static struct harness *setup(struct tc *t, const char *yaml)
     h->hooks.request_filter = request_filter_hook;
     h->hooks.logging = logging_hook;
     return h;
+}
+
+static void finish(struct harness *h)
+{
+    harness_free(h);
+    the_harness = NULL;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (the_harness != NULL) {
+        finish(the_harness); /* the test failed before its end */
+    }
+    return 0;
 }
 
 static struct harness_origin *origin(struct harness *h, const char *name,
@@ -324,11 +347,11 @@ static void test_get_keepalive_reuses_upstream(void **state)
         {"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nX-Origin: a\r\n\r\nnope", 0, 0,
          HARNESS_KEEP},
     };
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 2);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
 
     exchange(h, GET_A);
@@ -345,9 +368,9 @@ static void test_get_keepalive_reuses_upstream(void **state)
     assert_received(a->conns[0], GET_A_UP "GET /b HTTP/1.1\r\nHost: example.test\r\n"
                                           "User-Agent: t\r\nX-Forwarded-For: 127.0.0.1\r\n"
                                           "X-Forwarded-Proto: http\r\nVia: 1.1 weir\r\n\r\n");
-    assert_int_equal(t.connects, 2);
-    assert_false(t.reused[0]);
-    assert_true(t.reused[1]);
+    assert_int_equal(t->connects, 2);
+    assert_false(t->reused[0]);
+    assert_true(t->reused[1]);
     const struct weir__pool_stats *ps = weir__pool_stats(h->w->pool);
     assert_int_equal(ps->connects, 1);
     assert_int_equal(ps->reuses + ps->reuses_shared, 1);
@@ -360,8 +383,8 @@ static void test_get_keepalive_reuses_upstream(void **state)
     assert_int_equal(h->logs[1].status, 404);
     assert_int_equal(h->logs[1].request_index, 2);
     assert_false(h->logs[1].has_err);
-    assert_string_equal(t.order, "FPULFPUL");
-    harness_free(h);
+    assert_string_equal(t->order, "FPULFPUL");
+    finish(h);
 }
 
 /* Two requests in one write: answered in order, over one upstream connection. */
@@ -372,11 +395,11 @@ static void test_pipelined_requests(void **state)
         {OK_HELLO, 0, 0, HARNESS_KEEP},
         {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo", 0, 0, HARNESS_KEEP},
     };
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 2);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     assert_int_equal(
         harness_client_send(h, GET_A "GET /a HTTP/1.1\r\nHost: example.test\r\n\r\n", 0), 0);
@@ -386,7 +409,7 @@ static void test_pipelined_requests(void **state)
     assert_int_equal(a->accepted, 1);
     assert_received(a->conns[0], GET_A_UP GET_A_UP);
     assert_int_equal(h->logs[1].request_index, 2);
-    harness_free(h);
+    finish(h);
 }
 
 /* ---- 2. response framings ---- */
@@ -401,16 +424,16 @@ static void test_chunked_response_reencoded(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{CHUNKED_RESPONSE, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = origin(h, "a", replies, 1);
-    t.nroute = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = origin(h, "a", replies, 1);
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client,
                     CHUNKED_HEAD_DOWN "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
     assert_int_equal(h->logs[0].body_sent, 11);
-    harness_free(h);
+    finish(h);
 }
 
 /* The same response arriving three bytes at a time: the same body and trailers come out. */
@@ -418,16 +441,16 @@ static void test_chunked_response_in_pieces(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{CHUNKED_RESPONSE, 0, 3, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = origin(h, "a", replies, 1);
-    t.nroute = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = origin(h, "a", replies, 1);
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     assert_chunked(&h->client, CHUNKED_HEAD_DOWN, "hello world", "X-Trailer: t\r\n");
     assert_int_equal(h->logs[0].status, 200);
     assert_int_equal(h->logs[0].body_sent, 11);
-    harness_free(h);
+    finish(h);
 }
 
 /* An HTTP/1.0 client cannot take chunked: the body is decoded and delimited by the close. */
@@ -435,11 +458,11 @@ static void test_http10_client_gets_close_delimited(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{CHUNKED_RESPONSE, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, "GET /old HTTP/1.0\r\nHost: example.test\r\n\r\n");
     assert_received(&h->client,
@@ -449,7 +472,7 @@ static void test_http10_client_gets_close_delimited(void **state)
     assert_received(a->conns[0], "GET /old HTTP/1.1\r\nHost: example.test\r\n"
                                  "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
                                  "Via: 1.0 weir\r\n\r\n");
-    harness_free(h);
+    finish(h);
 }
 
 /* An origin body delimited by its close reaches an HTTP/1.1 client chunked, on a kept
@@ -461,11 +484,11 @@ static void test_close_delimited_response_to_http11_client(void **state)
         {"HTTP/1.1 200 OK\r\n\r\nuntil the end", 0, 0, HARNESS_CLOSE},
         {OK_HELLO, 0, 0, HARNESS_KEEP},
     };
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 2);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     assert_chunked(&h->client, CHUNKED_HEAD_DOWN, "until the end", "");
@@ -474,8 +497,8 @@ static void test_close_delimited_response_to_http11_client(void **state)
     exchange(h, GET_A);
     assert_received(&h->client, OK_HELLO_DOWN);
     assert_int_equal(a->accepted, 2);
-    assert_false(t.reused[1]);
-    harness_free(h);
+    assert_false(t->reused[1]);
+    finish(h);
 }
 
 /* ---- 3. request bodies ---- */
@@ -485,11 +508,11 @@ static void test_request_body_content_length(void **state)
     (void)state;
     static const struct harness_reply replies[] = {
         {"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     /* The client sends its request seven bytes at a time. */
     static const char req[] =
@@ -502,7 +525,7 @@ static void test_request_body_content_length(void **state)
                                  "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
                                  "Via: 1.1 weir\r\n\r\nhello world");
     assert_int_equal(h->logs[0].body_received, 11);
-    harness_free(h);
+    finish(h);
 }
 
 #define CHUNKED_UPLOAD                                                                             \
@@ -516,18 +539,18 @@ static void test_request_body_chunked(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, CHUNKED_UPLOAD);
     assert_received(&h->client, OK_HELLO_DOWN);
     assert_received(a->conns[0],
                     CHUNKED_UPLOAD_HEAD_UP "4\r\nwiki\r\n5\r\npedia\r\n0\r\nX-Sum: 9\r\n\r\n");
     assert_int_equal(h->logs[0].body_received, 9);
-    harness_free(h);
+    finish(h);
 }
 
 /* The same upload two bytes at a time: the origin decodes the same body and trailers. */
@@ -535,17 +558,17 @@ static void test_request_body_chunked_in_pieces(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     assert_int_equal(harness_end_send_pieces(&h->client, CHUNKED_UPLOAD, 0, 2, HARNESS_KEEP), 0);
     assert_int_equal(harness_run(h, 1, RUN_MS), 0);
     assert_received(&h->client, OK_HELLO_DOWN);
     assert_chunked(a->conns[0], CHUNKED_UPLOAD_HEAD_UP, "wikipedia", "X-Sum: 9\r\n");
-    harness_free(h);
+    finish(h);
 }
 
 /* ---- 4. Expect: 100-continue ---- */
@@ -567,11 +590,11 @@ static void test_expect_100_continue(void **state)
     (void)state;
     static const struct harness_reply replies[] = {
         {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     bool sent = false;
     h->client.on_data = client_waits_for_continue;
@@ -585,7 +608,7 @@ static void test_expect_100_continue(void **state)
     assert_received(a->conns[0], "POST /e HTTP/1.1\r\nHost: example.test\r\nContent-Length: 4\r\n"
                                  "X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
                                  "Via: 1.1 weir\r\n\r\nping");
-    harness_free(h);
+    finish(h);
 }
 
 /* ---- 5. interim responses ---- */
@@ -597,14 +620,14 @@ static void test_interim_responses_dropped(void **state)
         {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
          "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
          0, 9, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = origin(h, "a", replies, 1);
-    t.nroute = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = origin(h, "a", replies, 1);
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 weir\r\n\r\nok");
-    harness_free(h);
+    finish(h);
 }
 
 /* n interim heads then a 200, in buf; returns its length. */
@@ -632,10 +655,10 @@ static void test_too_many_interim_responses(void **state)
         {over_cap, interims(over_cap, sizeof(over_cap), WEIR_MAX_INTERIM_RESPONSES + 1), 0,
          HARNESS_KEEP},
     };
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = origin(h, "a", replies, 2);
-    t.nroute = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = origin(h, "a", replies, 2);
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 weir\r\n\r\nok");
@@ -649,8 +672,8 @@ static void test_too_many_interim_responses(void **state)
     assert_true(h->logs[1].has_err);
     assert_int_equal(h->logs[1].err.type, WEIR_ERR_INVALID_HTTP);
     assert_int_equal(h->logs[1].err.source, WEIR_SRC_UPSTREAM);
-    assert_int_equal(t.ewp_calls, 1);
-    harness_free(h);
+    assert_int_equal(t->ewp_calls, 1);
+    finish(h);
 }
 
 /* ---- 6. the retry loop: connect failures ---- */
@@ -660,25 +683,25 @@ static void test_connect_failure_retried_on_next_peer(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = NULL; /* a path nobody listens on */
-    t.route[1] = origin(h, "a", replies, 1);
-    t.nroute = 2;
-    t.ftc_set = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = NULL; /* a path nobody listens on */
+    t->route[1] = origin(h, "a", replies, 1);
+    t->nroute = 2;
+    t->ftc_set = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, OK_HELLO_DOWN);
-    assert_int_equal(t.peer_calls, 2);
-    assert_int_equal(t.ftc_calls, 1);
-    assert_true(t.ftc_preset[0]); /* max_retries (1) allows one */
-    assert_int_equal(t.ftc_err.type, WEIR_ERR_CONNECT_ERROR);
-    assert_int_equal(t.ftc_err.sys_errno, ENOENT);
+    assert_int_equal(t->peer_calls, 2);
+    assert_int_equal(t->ftc_calls, 1);
+    assert_true(t->ftc_preset[0]); /* max_retries (1) allows one */
+    assert_int_equal(t->ftc_err.type, WEIR_ERR_CONNECT_ERROR);
+    assert_int_equal(t->ftc_err.sys_errno, ENOENT);
     assert_int_equal(h->logs[0].retries, 1);
     assert_int_equal(h->logs[0].status, 200);
     assert_false(h->logs[0].has_err);
-    assert_string_equal(t.order, "FPPUL");
-    harness_free(h);
+    assert_string_equal(t->order, "FPPUL");
+    finish(h);
 }
 
 /* A unix socket bound in the harness directory that does not listen: connects are refused. */
@@ -708,19 +731,19 @@ static void close_refusing(struct harness *h, int fd, const char *name)
 static void test_connect_retries_exhausted(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     int fd = refusing_socket(h, "refuses");
-    t.nowhere = "refuses";
+    t->nowhere = "refuses";
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("502", "Bad Gateway",
                                            "11\r\nServer: weir\r\n\r\n"
                                            "Bad Gateway"));
-    assert_int_equal(t.peer_calls, 2);
-    assert_int_equal(t.ftc_calls, 2);
-    assert_true(t.ftc_preset[0]);
-    assert_false(t.ftc_preset[1]);
+    assert_int_equal(t->peer_calls, 2);
+    assert_int_equal(t->ftc_calls, 2);
+    assert_true(t->ftc_preset[0]);
+    assert_false(t->ftc_preset[1]);
     assert_int_equal(h->logs[0].status, 502);
     assert_int_equal(h->logs[0].retries, 1);
     assert_true(h->logs[0].has_err);
@@ -728,23 +751,23 @@ static void test_connect_retries_exhausted(void **state)
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_UPSTREAM);
     assert_int_equal(h->logs[0].err.sys_errno, ECONNREFUSED);
     close_refusing(h, fd, "refuses");
-    harness_free(h);
+    finish(h);
 }
 
 /* A fail_to_connect that always asks for a retry is bounded by WEIR_MAX_CONNECT_RETRIES. */
 static void test_forced_connect_retries_are_bounded(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.ftc_set = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->ftc_set = 1;
     start(h);
     exchange(h, GET_A);
     assert_int_equal(h->logs[0].status, 502);
     assert_int_equal(h->logs[0].retries, WEIR_MAX_CONNECT_RETRIES);
-    assert_int_equal(t.peer_calls, WEIR_MAX_CONNECT_RETRIES + 1);
-    assert_int_equal(t.ftc_calls, WEIR_MAX_CONNECT_RETRIES + 1);
-    harness_free(h);
+    assert_int_equal(t->peer_calls, WEIR_MAX_CONNECT_RETRIES + 1);
+    assert_int_equal(t->ftc_calls, WEIR_MAX_CONNECT_RETRIES + 1);
+    finish(h);
 }
 
 /* ---- 7. a stale pooled connection ---- */
@@ -759,11 +782,11 @@ static void test_stale_pooled_connection_retried_fresh(void **state)
         {NULL, 0, 0, HARNESS_CLOSE},
         {"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes", 0, 0, HARNESS_KEEP},
     };
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 3);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     h->client.in_len = 0;
@@ -773,17 +796,17 @@ static void test_stale_pooled_connection_retried_fresh(void **state)
     assert_int_equal(h->logs[1].status, 200);
     assert_false(h->logs[1].has_err);
     /* error_while_proxy saw it, with the retry preset */
-    assert_int_equal(t.ewp_calls, 1);
-    assert_true(t.ewp_preset[0]);
-    assert_int_equal(t.ewp_err.type, WEIR_ERR_CONNECTION_CLOSED);
-    assert_int_equal(t.peer_calls, 2); /* the same peer, not chosen again */
+    assert_int_equal(t->ewp_calls, 1);
+    assert_true(t->ewp_preset[0]);
+    assert_int_equal(t->ewp_err.type, WEIR_ERR_CONNECTION_CLOSED);
+    assert_int_equal(t->peer_calls, 2); /* the same peer, not chosen again */
     assert_int_equal(a->accepted, 2);
     assert_received(a->conns[0], GET_A_UP GET_A_UP);
     assert_received(a->conns[1], GET_A_UP);
-    assert_int_equal(t.connects, 3);
-    assert_true(t.reused[1]);
-    assert_false(t.reused[2]);
-    harness_free(h);
+    assert_int_equal(t->connects, 3);
+    assert_true(t->reused[1]);
+    assert_false(t->reused[2]);
+    finish(h);
 }
 
 /* The same with a request body: once the body is under way the request cannot be replayed. */
@@ -794,11 +817,11 @@ static void test_stale_pooled_connection_with_body_not_replayed(void **state)
         {OK_HELLO, 0, 0, HARNESS_KEEP},
         {NULL, 0, 0, HARNESS_CLOSE},
     };
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 2);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     h->client.in_len = 0;
@@ -806,11 +829,11 @@ static void test_stale_pooled_connection_with_body_not_replayed(void **state)
     assert_received(&h->client, ERROR_PAGE("502", "Bad Gateway",
                                            "11\r\nServer: weir\r\n\r\n"
                                            "Bad Gateway"));
-    assert_int_equal(t.ewp_calls, 1);
-    assert_false(t.ewp_preset[0]);
+    assert_int_equal(t->ewp_calls, 1);
+    assert_false(t->ewp_preset[0]);
     assert_int_equal(h->logs[1].err.type, WEIR_ERR_CONNECTION_CLOSED);
     assert_int_equal(a->accepted, 1);
-    harness_free(h);
+    finish(h);
 }
 
 /* ---- 8. error_while_proxy retries ---- */
@@ -825,29 +848,29 @@ static void test_error_while_proxy_retries_on_another_peer(void **state)
     (void)state;
     static const struct harness_reply resets[] = {RESET_REPLY};
     static const struct harness_reply ok[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", resets, 1);
     struct harness_origin *b = origin(h, "b", ok, 1);
-    t.route[0] = a;
-    t.route[1] = b;
-    t.nroute = 2;
-    t.ewp_set = 1;
+    t->route[0] = a;
+    t->route[1] = b;
+    t->nroute = 2;
+    t->ewp_set = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, OK_HELLO_DOWN);
-    assert_int_equal(t.ewp_calls, 1);
-    assert_false(t.ewp_preset[0]); /* a fresh connection: not stale */
-    assert_int_equal(t.ewp_err.type, WEIR_ERR_READ_ERROR);
-    assert_int_equal(t.ewp_err.sys_errno, ECONNRESET);
-    assert_int_equal(t.peer_calls, 2);
+    assert_int_equal(t->ewp_calls, 1);
+    assert_false(t->ewp_preset[0]); /* a fresh connection: not stale */
+    assert_int_equal(t->ewp_err.type, WEIR_ERR_READ_ERROR);
+    assert_int_equal(t->ewp_err.sys_errno, ECONNRESET);
+    assert_int_equal(t->peer_calls, 2);
     assert_int_equal(h->logs[0].retries, 1);
     assert_false(h->logs[0].has_err);
     assert_int_equal(a->accepted, 1);
     assert_int_equal(b->accepted, 1);
     assert_received(b->conns[0], GET_A_UP);
-    assert_string_equal(t.order, "FPUEPUL");
-    harness_free(h);
+    assert_string_equal(t->order, "FPUEPUL");
+    finish(h);
 }
 
 /* Once a byte of response was seen the request is not replayed, whatever the hook asks. */
@@ -857,25 +880,25 @@ static void test_error_while_proxy_no_retry_after_response_byte(void **state)
     static const struct harness_reply resets[] = {
         {"HTTP/1.1 200 OK\r\nContent-", 0, 0, HARNESS_RESET}};
     static const struct harness_reply ok[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", resets, 1);
     struct harness_origin *b = origin(h, "b", ok, 1);
-    t.route[0] = a;
-    t.route[1] = b;
-    t.nroute = 2;
-    t.ewp_set = 1;
+    t->route[0] = a;
+    t->route[1] = b;
+    t->nroute = 2;
+    t->ewp_set = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("502", "Bad Gateway",
                                            "11\r\nServer: weir\r\n\r\n"
                                            "Bad Gateway"));
-    assert_int_equal(t.ewp_calls, 1);
-    assert_int_equal(t.peer_calls, 1);
+    assert_int_equal(t->ewp_calls, 1);
+    assert_int_equal(t->peer_calls, 1);
     assert_int_equal(b->accepted, 0);
     assert_int_equal(h->logs[0].retries, 0);
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_READ_ERROR);
-    harness_free(h);
+    finish(h);
 }
 
 /* Nor past server.max_retries (0 here, from YAML). */
@@ -884,22 +907,22 @@ static void test_error_while_proxy_no_retry_past_max_retries(void **state)
     (void)state;
     static const struct harness_reply resets[] = {RESET_REPLY};
     static const struct harness_reply ok[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, "server:\n  max_retries: 0\n");
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, "server:\n  max_retries: 0\n");
     assert_int_equal(h->cfg->server.max_retries, 0);
     struct harness_origin *a = origin(h, "a", resets, 1);
     struct harness_origin *b = origin(h, "b", ok, 1);
-    t.route[0] = a;
-    t.route[1] = b;
-    t.nroute = 2;
-    t.ewp_set = 1;
+    t->route[0] = a;
+    t->route[1] = b;
+    t->nroute = 2;
+    t->ewp_set = 1;
     start(h);
     exchange(h, GET_A);
     assert_int_equal(h->logs[0].status, 502);
-    assert_int_equal(t.ewp_calls, 1);
-    assert_int_equal(t.peer_calls, 1);
+    assert_int_equal(t->ewp_calls, 1);
+    assert_int_equal(t->peer_calls, 1);
     assert_int_equal(b->accepted, 0);
-    harness_free(h);
+    finish(h);
 }
 
 /*
@@ -912,14 +935,14 @@ static void test_retry_keeps_the_host_it_sent(void **state)
     (void)state;
     static const struct harness_reply resets[] = {RESET_REPLY};
     static const struct harness_reply ok[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "first-origin", resets, 1);
     struct harness_origin *b = origin(h, "b", ok, 1);
-    t.route[0] = a;
-    t.route[1] = b;
-    t.nroute = 2;
-    t.ewp_set = 1;
+    t->route[0] = a;
+    t->route[1] = b;
+    t->nroute = 2;
+    t->ewp_set = 1;
     start(h);
     exchange(h, "GET /x HTTP/1.0\r\n\r\n");
     assert_int_equal(h->logs[0].retries, 1);
@@ -936,8 +959,8 @@ static void test_retry_keeps_the_host_it_sent(void **state)
     memcpy(sent, f, (size_t)(eol - f));
     sent[eol - f] = '\0';
     /* ... is the one the request says it had (today the first peer's: the head is kept) */
-    assert_bytes(t.log_host, t.log_host_len, sent);
-    harness_free(h);
+    assert_bytes(t->log_host, t->log_host_len, sent);
+    finish(h);
 }
 
 /* ---- 9. suspended hooks ---- */
@@ -946,18 +969,18 @@ static void test_pending_hook_resumes_from_timer(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = origin(h, "a", replies, 1);
-    t.nroute = 1;
-    t.rf_suspend = true;
-    t.resume_ms = 5;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = origin(h, "a", replies, 1);
+    t->nroute = 1;
+    t->rf_suspend = true;
+    t->resume_ms = 5;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, OK_HELLO_DOWN);
-    assert_int_equal(t.rf_calls, 1); /* the resume delivers the result: no second call */
-    assert_string_equal(t.order, "FRPUL");
-    harness_free(h);
+    assert_int_equal(t->rf_calls, 1); /* the resume delivers the result: no second call */
+    assert_string_equal(t->order, "FRPUL");
+    finish(h);
 }
 
 /* The client hangs up while request_filter waits: the session ends (once) only after the hook
@@ -966,20 +989,20 @@ static void test_client_gone_while_hook_suspended(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
-    t.rf_suspend = true;
-    t.rf_close_client = true;
-    t.resume_ms = 20;
+    t->route[0] = a;
+    t->nroute = 1;
+    t->rf_suspend = true;
+    t->rf_close_client = true;
+    t->resume_ms = 20;
     start(h);
     assert_int_equal(harness_client_send(h, GET_A, 0), 0);
     assert_int_equal(harness_run(h, 1, RUN_MS), 0);
-    assert_int_equal(t.order[0], 'F');
-    assert_int_equal(t.order[1], 'R');
-    assert_int_equal(t.order[t.norder - 1], 'L');
+    assert_int_equal(t->order[0], 'F');
+    assert_int_equal(t->order[1], 'R');
+    assert_int_equal(t->order[t->norder - 1], 'L');
     assert_int_equal(h->nlogs, 1);
     /* Nothing reads a bodiless request's client while it is proxied, so the hang-up shows only
        when the response cannot be written. */
@@ -989,7 +1012,7 @@ static void test_client_gone_while_hook_suspended(void **state)
     assert_int_equal(harness_run(h, 0, 30), 0); /* nothing else comes */
     assert_int_equal(h->nlogs, 1);
     assert_int_equal(h->w->nconns, 0);
-    harness_free(h);
+    finish(h);
 }
 
 /* The proxy closes the client connection (the worker stops) while request_filter waits: the
@@ -998,20 +1021,20 @@ static void test_connection_closed_while_hook_suspended(void **state)
 {
     (void)state;
     static const struct harness_reply replies[] = {{OK_HELLO, 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", replies, 1);
-    t.route[0] = a;
-    t.nroute = 1;
-    t.rf_suspend = true;
-    t.close_all_ms = 1;
-    t.resume_ms = 30;
+    t->route[0] = a;
+    t->nroute = 1;
+    t->rf_suspend = true;
+    t->close_all_ms = 1;
+    t->resume_ms = 30;
     start(h);
     exchange(h, GET_A);
-    assert_string_equal(t.order, "FCRL");
-    assert_int_equal(t.logs_at_close_all, 0);
+    assert_string_equal(t->order, "FCRL");
+    assert_int_equal(t->logs_at_close_all, 0);
     assert_int_equal(h->nlogs, 1);
-    assert_int_equal(t.peer_calls, 0);
+    assert_int_equal(t->peer_calls, 0);
     assert_int_equal(a->accepted, 0);
     assert_int_equal(h->client.in_len, 0);
     assert_true(h->client.eof);
@@ -1020,7 +1043,7 @@ static void test_connection_closed_while_hook_suspended(void **state)
     assert_true(h->logs[0].has_err);
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_CONNECTION_CLOSED);
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_INTERNAL);
-    harness_free(h);
+    finish(h);
 }
 
 /* The same while the session waits for the origin's answer: it ends at once, with an error,
@@ -1028,16 +1051,16 @@ static void test_connection_closed_while_hook_suspended(void **state)
 static void test_connection_closed_while_waiting_for_upstream(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", NULL, 0); /* never answers */
-    t.route[0] = a;
-    t.nroute = 1;
-    t.close_all_ms = 5;
+    t->route[0] = a;
+    t->nroute = 1;
+    t->close_all_ms = 5;
     start(h);
     exchange(h, GET_A);
-    assert_string_equal(t.order, "FPUCL");
-    assert_int_equal(t.logs_at_close_all, 1);
+    assert_string_equal(t->order, "FPUCL");
+    assert_int_equal(t->logs_at_close_all, 1);
     assert_int_equal(h->client.in_len, 0);
     assert_true(h->client.eof);
     assert_received(a->conns[0], GET_A_UP);
@@ -1045,7 +1068,7 @@ static void test_connection_closed_while_waiting_for_upstream(void **state)
     assert_true(h->logs[0].has_err);
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_CONNECTION_CLOSED);
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_INTERNAL);
-    harness_free(h);
+    finish(h);
 }
 
 /* ---- 10. local responses and fail_to_proxy ---- */
@@ -1053,52 +1076,52 @@ static void test_connection_closed_while_waiting_for_upstream(void **state)
 static void test_request_filter_answers_locally(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", NULL, 0);
-    t.route[0] = a;
-    t.nroute = 1;
-    t.rf_local = true;
+    t->route[0] = a;
+    t->nroute = 1;
+    t->rf_local = true;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("403", "Forbidden",
                                            "7\r\nServer: weir\r\n\r\n"
                                            "denied\n"));
     assert_false(h->client.eof);
-    assert_int_equal(t.peer_calls, 0);
+    assert_int_equal(t->peer_calls, 0);
     assert_int_equal(a->accepted, 0);
     assert_int_equal(h->logs[0].status, 403);
     assert_false(h->logs[0].has_err);
-    assert_string_equal(t.order, "FL");
-    harness_free(h);
+    assert_string_equal(t->order, "FL");
+    finish(h);
 }
 
 static void test_fail_to_proxy_chooses_the_answer(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     h->hooks.fail_to_proxy = ftp_hook;
-    t.ftc_set = 0;
-    t.ftp_status = 503;
+    t->ftc_set = 0;
+    t->ftp_status = 503;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("503", "Service Unavailable",
                                            "19\r\nServer: weir\r\n\r\nService Unavailable"));
-    assert_int_equal(t.ftp_calls, 1);
-    assert_int_equal(t.ftp_err.type, WEIR_ERR_CONNECT_ERROR);
-    assert_int_equal(t.ftp_err.source, WEIR_SRC_UPSTREAM);
+    assert_int_equal(t->ftp_calls, 1);
+    assert_int_equal(t->ftp_err.type, WEIR_ERR_CONNECT_ERROR);
+    assert_int_equal(t->ftp_err.source, WEIR_SRC_UPSTREAM);
     assert_int_equal(h->logs[0].status, 503);
     assert_true(h->logs[0].has_err);
     /* Next request on the same connection: the hook answers itself. */
     h->client.in_len = 0;
-    t.ftp_respond = true;
+    t->ftp_respond = true;
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("451", "Unavailable For Legal Reasons",
                                            "6\r\nServer: weir\r\n\r\nlegal\n"));
     assert_int_equal(h->logs[1].status, 451);
-    assert_int_equal(t.ftp_calls, 2);
-    harness_free(h);
+    assert_int_equal(t->ftp_calls, 2);
+    finish(h);
 }
 
 /* ---- 11. broken and slow origins ---- */
@@ -1108,10 +1131,10 @@ static void test_invalid_response_head_is_502(void **state)
     (void)state;
     static const struct harness_reply replies[] = {
         {"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n", 0, 0, HARNESS_KEEP}};
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
-    t.route[0] = origin(h, "a", replies, 1);
-    t.nroute = 1;
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
+    t->route[0] = origin(h, "a", replies, 1);
+    t->nroute = 1;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("502", "Bad Gateway",
@@ -1119,29 +1142,29 @@ static void test_invalid_response_head_is_502(void **state)
                                            "Bad Gateway"));
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_INVALID_HTTP);
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_UPSTREAM);
-    assert_int_equal(t.ewp_calls, 1);
-    harness_free(h);
+    assert_int_equal(t->ewp_calls, 1);
+    finish(h);
 }
 
 static void test_upstream_read_timeout_is_504(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", NULL, 0); /* never answers */
-    t.route[0] = a;
-    t.nroute = 1;
-    t.read_timeout_ms = 50;
+    t->route[0] = a;
+    t->nroute = 1;
+    t->read_timeout_ms = 50;
     start(h);
     exchange(h, GET_A);
     assert_received(&h->client, ERROR_PAGE("504", "Gateway Timeout",
                                            "15\r\nServer: weir\r\n\r\n"
                                            "Gateway Timeout"));
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_READ_TIMEOUT);
-    assert_int_equal(t.ewp_calls, 1);
-    assert_int_equal(t.ewp_err.type, WEIR_ERR_READ_TIMEOUT);
+    assert_int_equal(t->ewp_calls, 1);
+    assert_int_equal(t->ewp_err.type, WEIR_ERR_READ_TIMEOUT);
     assert_received(a->conns[0], GET_A_UP);
-    harness_free(h);
+    finish(h);
 }
 
 /* ---- 12. bad request bodies ---- */
@@ -1149,11 +1172,11 @@ static void test_upstream_read_timeout_is_504(void **state)
 static void test_client_body_bad_chunk_size_is_400(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     struct harness_origin *a = origin(h, "a", NULL, 0);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, "POST /c HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
                 "zz\r\nhello\r\n0\r\n\r\n");
@@ -1168,18 +1191,18 @@ static void test_client_body_bad_chunk_size_is_400(void **state)
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_INVALID_HTTP);
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
     assert_int_equal(harness_message_len(a->conns[0]->in, a->conns[0]->in_len), 0);
-    harness_free(h);
+    finish(h);
 }
 
 static void test_client_body_over_limit_while_streaming_is_413(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     h->cfg->server.limits.max_body_bytes = 8;
     struct harness_origin *a = origin(h, "a", NULL, 0);
-    t.route[0] = a;
-    t.nroute = 1;
+    t->route[0] = a;
+    t->nroute = 1;
     start(h);
     exchange(h, "POST /c HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\n\r\n"
                 "6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n");
@@ -1194,15 +1217,15 @@ static void test_client_body_over_limit_while_streaming_is_413(void **state)
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
     assert_int_equal(h->logs[0].body_received, 6); /* the first chunk had gone up */
     assert_int_equal(harness_message_len(a->conns[0]->in, a->conns[0]->in_len), 0);
-    harness_free(h);
+    finish(h);
 }
 
 /* A declared Content-Length over the limit is refused before any hook but new_ctx. */
 static void test_content_length_over_limit_is_413_at_once(void **state)
 {
     (void)state;
-    struct tc t;
-    struct harness *h = setup(&t, NULL);
+    struct tc *t = &the_tc;
+    struct harness *h = setup(t, NULL);
     h->cfg->server.limits.max_body_bytes = 8;
     start(h);
     exchange(h, "POST /c HTTP/1.1\r\nHost: example.test\r\nContent-Length: 9\r\n\r\n123456789");
@@ -1211,45 +1234,45 @@ static void test_content_length_over_limit_is_413_at_once(void **state)
     assert_int_equal(h->logs[0].err.type, WEIR_ERR_INVALID_HTTP);
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
     assert_true(h->client.eof);
-    assert_string_equal(t.order, "L");
-    harness_free(h);
+    assert_string_equal(t->order, "L");
+    finish(h);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_get_keepalive_reuses_upstream),
-        cmocka_unit_test(test_pipelined_requests),
-        cmocka_unit_test(test_chunked_response_reencoded),
-        cmocka_unit_test(test_chunked_response_in_pieces),
-        cmocka_unit_test(test_http10_client_gets_close_delimited),
-        cmocka_unit_test(test_close_delimited_response_to_http11_client),
-        cmocka_unit_test(test_request_body_content_length),
-        cmocka_unit_test(test_request_body_chunked),
-        cmocka_unit_test(test_request_body_chunked_in_pieces),
-        cmocka_unit_test(test_expect_100_continue),
-        cmocka_unit_test(test_interim_responses_dropped),
-        cmocka_unit_test(test_too_many_interim_responses),
-        cmocka_unit_test(test_connect_failure_retried_on_next_peer),
-        cmocka_unit_test(test_connect_retries_exhausted),
-        cmocka_unit_test(test_forced_connect_retries_are_bounded),
-        cmocka_unit_test(test_stale_pooled_connection_retried_fresh),
-        cmocka_unit_test(test_stale_pooled_connection_with_body_not_replayed),
-        cmocka_unit_test(test_error_while_proxy_retries_on_another_peer),
-        cmocka_unit_test(test_error_while_proxy_no_retry_after_response_byte),
-        cmocka_unit_test(test_error_while_proxy_no_retry_past_max_retries),
-        cmocka_unit_test(test_retry_keeps_the_host_it_sent),
-        cmocka_unit_test(test_pending_hook_resumes_from_timer),
-        cmocka_unit_test(test_client_gone_while_hook_suspended),
-        cmocka_unit_test(test_connection_closed_while_hook_suspended),
-        cmocka_unit_test(test_connection_closed_while_waiting_for_upstream),
-        cmocka_unit_test(test_request_filter_answers_locally),
-        cmocka_unit_test(test_fail_to_proxy_chooses_the_answer),
-        cmocka_unit_test(test_invalid_response_head_is_502),
-        cmocka_unit_test(test_upstream_read_timeout_is_504),
-        cmocka_unit_test(test_client_body_bad_chunk_size_is_400),
-        cmocka_unit_test(test_client_body_over_limit_while_streaming_is_413),
-        cmocka_unit_test(test_content_length_over_limit_is_413_at_once),
+        cmocka_unit_test_teardown(test_get_keepalive_reuses_upstream, teardown),
+        cmocka_unit_test_teardown(test_pipelined_requests, teardown),
+        cmocka_unit_test_teardown(test_chunked_response_reencoded, teardown),
+        cmocka_unit_test_teardown(test_chunked_response_in_pieces, teardown),
+        cmocka_unit_test_teardown(test_http10_client_gets_close_delimited, teardown),
+        cmocka_unit_test_teardown(test_close_delimited_response_to_http11_client, teardown),
+        cmocka_unit_test_teardown(test_request_body_content_length, teardown),
+        cmocka_unit_test_teardown(test_request_body_chunked, teardown),
+        cmocka_unit_test_teardown(test_request_body_chunked_in_pieces, teardown),
+        cmocka_unit_test_teardown(test_expect_100_continue, teardown),
+        cmocka_unit_test_teardown(test_interim_responses_dropped, teardown),
+        cmocka_unit_test_teardown(test_too_many_interim_responses, teardown),
+        cmocka_unit_test_teardown(test_connect_failure_retried_on_next_peer, teardown),
+        cmocka_unit_test_teardown(test_connect_retries_exhausted, teardown),
+        cmocka_unit_test_teardown(test_forced_connect_retries_are_bounded, teardown),
+        cmocka_unit_test_teardown(test_stale_pooled_connection_retried_fresh, teardown),
+        cmocka_unit_test_teardown(test_stale_pooled_connection_with_body_not_replayed, teardown),
+        cmocka_unit_test_teardown(test_error_while_proxy_retries_on_another_peer, teardown),
+        cmocka_unit_test_teardown(test_error_while_proxy_no_retry_after_response_byte, teardown),
+        cmocka_unit_test_teardown(test_error_while_proxy_no_retry_past_max_retries, teardown),
+        cmocka_unit_test_teardown(test_retry_keeps_the_host_it_sent, teardown),
+        cmocka_unit_test_teardown(test_pending_hook_resumes_from_timer, teardown),
+        cmocka_unit_test_teardown(test_client_gone_while_hook_suspended, teardown),
+        cmocka_unit_test_teardown(test_connection_closed_while_hook_suspended, teardown),
+        cmocka_unit_test_teardown(test_connection_closed_while_waiting_for_upstream, teardown),
+        cmocka_unit_test_teardown(test_request_filter_answers_locally, teardown),
+        cmocka_unit_test_teardown(test_fail_to_proxy_chooses_the_answer, teardown),
+        cmocka_unit_test_teardown(test_invalid_response_head_is_502, teardown),
+        cmocka_unit_test_teardown(test_upstream_read_timeout_is_504, teardown),
+        cmocka_unit_test_teardown(test_client_body_bad_chunk_size_is_400, teardown),
+        cmocka_unit_test_teardown(test_client_body_over_limit_while_streaming_is_413, teardown),
+        cmocka_unit_test_teardown(test_content_length_over_limit_is_413_at_once, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
