@@ -7,6 +7,7 @@
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "weir/error.h"
@@ -142,6 +143,15 @@ bool weir__addr_equal(const struct sockaddr *a, const struct sockaddr *b)
         return x->sin6_port == y->sin6_port &&
                memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
     }
+    if (a->sa_family == AF_UNIX) {
+        /* A path ends at its NUL; an abstract name (leading NUL) is all of sun_path, so both
+           must sit in zeroed storage past their length (every copy weir makes does). */
+        const struct sockaddr_un *x = (const void *)a, *y = (const void *)b;
+        if (x->sun_path[0] != '\0') {
+            return strncmp(x->sun_path, y->sun_path, sizeof(x->sun_path)) == 0;
+        }
+        return memcmp(x->sun_path, y->sun_path, sizeof(x->sun_path)) == 0;
+    }
     return false;
 }
 
@@ -191,7 +201,9 @@ int weir__connect(const struct sockaddr *sa, socklen_t len)
     if (fd < 0) {
         return -errno;
     }
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
+    /* TCP only: a unix-socket peer has no Nagle to turn off and refuses the option. */
+    bool tcp = sa->sa_family == AF_INET || sa->sa_family == AF_INET6;
+    if (tcp && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
         int err = -errno;
         close(fd);
         return err;

@@ -18,7 +18,10 @@ int weir__addr_format(const struct sockaddr *sa, char *out, size_t cap);
 /** Formats only the IP text into out. Length or -1. */
 int weir__addr_format_ip(const struct sockaddr *sa, char *out, size_t cap);
 
-/** True when two socket addresses are the same family, address and port. */
+/**
+ * True when two socket addresses are the same family, address and port (IPv4, IPv6), or the same
+ * AF_UNIX path or abstract name.
+ */
 bool weir__addr_equal(const struct sockaddr *a, const struct sockaddr *b);
 
 /** A non-blocking listening socket bound to ss; reuseport sets SO_REUSEPORT. fd or -errno. */
@@ -32,8 +35,8 @@ int weir__listen(const struct sockaddr_storage *ss, socklen_t len, bool reusepor
 int weir__bind_check(const struct sockaddr_storage *ss, socklen_t len);
 
 /**
- * Starts a non-blocking connect. Returns the fd (connection in progress or done) or -errno
- * for an immediate failure.
+ * Starts a non-blocking connect (TCP with TCP_NODELAY, or AF_UNIX). Returns the fd (connection
+ * in progress or done) or -errno for an immediate failure.
  */
 int weir__connect(const struct sockaddr *sa, socklen_t len);
 

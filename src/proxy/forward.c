@@ -202,8 +202,10 @@ int weir__forward_request_head(struct weir_session *s)
     strip_fields(h, true, &fs);
     int rc = add_forwarded(s, h, &fs);
     if (rc == 0 && !fs.host) {
-        /* An HTTP/1.0 client may omit Host; what we send up is HTTP/1.1, which needs one. */
-        rc = weir__push_field(h, WEIR_IOV_LIT("Host"), weir_iov_cstr(s->peer.name));
+        /* An HTTP/1.0 client may omit Host; what we send up is HTTP/1.1, which needs one.
+           A copy: s->peer is rewritten when a retry chooses again, the request is not. */
+        struct weir_iov name = weir_arena_iovdup(s->arena, weir_iov_cstr(s->peer.name));
+        rc = name.base == NULL ? WEIR_ENOMEM : weir__push_field(h, WEIR_IOV_LIT("Host"), name);
     }
     if (rc != 0) {
         return rc;

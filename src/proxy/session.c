@@ -195,9 +195,12 @@ int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr,
     if (over_request_rate(s)) {
         early = respond_too_many(s); /* an unread body closes the connection after */
     } else if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
-        /* The body is never read. */
+        /* The body is never read. The same error as a body found too large while read. */
         s->close_after = true;
         early = weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n"));
+        s->has_err = true;
+        s->err =
+            (struct weir_error){WEIR_ERR_INVALID_HTTP, WEIR_SRC_DOWNSTREAM, false, 0, "body limit"};
     }
     if (early != 0) {
         s->close_after = true;
@@ -377,7 +380,11 @@ static void client_body_failed(struct weir_session *s, const struct weir__outcom
         o->status == 413 ? WEIR_IOV_LIT("Payload Too Large\n") : WEIR_IOV_LIT("Bad Request\n");
     if (s->resp_started || weir_session_respond_text(s, o->status, body) != 0) {
         weir__session_fail(s, o->err.type, o->err.source, 0, o->err.context);
+        return;
     }
+    /* Answered by us, but the request failed: logging and the access log say why. */
+    s->has_err = true;
+    s->err = o->err;
 }
 
 static bool phase_upstream(struct weir_session *s)
@@ -632,6 +639,12 @@ void weir__session_abort(struct weir_session *s)
     s->close_after = true;
     if (s->phase == PH_DONE || s->phase == PH_CLOSING) {
         return;
+    }
+    if (!s->has_err) {
+        /* Cut short by our side (the worker stops): not a success, whatever was sent. */
+        s->has_err = true;
+        s->err = (struct weir_error){WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_INTERNAL, false, 0,
+                                     "connection closed"};
     }
     if (s->suspended) {
         /* A hook still owns a timer or I/O pointing at us: end when it resumes. */

@@ -11,7 +11,11 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "net/sock.h"
@@ -203,10 +207,84 @@ static void test_addr_equal(void **state)
     EQ("[::1]:80", "[::2]:80", false);
     EQ("127.0.0.1:80", "[::ffff:127.0.0.1]:80", false); /* different families */
 #undef EQ
-    struct sockaddr_storage un;
+    struct sockaddr_storage other;
+    memset(&other, 0, sizeof(other));
+    other.ss_family = AF_UNSPEC; /* a family we do not compare is never equal */
+    assert_false(weir__addr_equal((struct sockaddr *)&other, (struct sockaddr *)&other));
+}
+
+/*
+ * A unix address in zeroed storage, copied in as bytes the way a peer's address is (storing
+ * through a struct sockaddr_un and reading through a struct sockaddr would break aliasing).
+ */
+static socklen_t unix_addr(struct sockaddr_storage *ss, const char *path, size_t len)
+{
+    struct sockaddr_un un;
     memset(&un, 0, sizeof(un));
-    un.ss_family = AF_UNIX;
-    assert_false(weir__addr_equal((struct sockaddr *)&un, (struct sockaddr *)&un));
+    un.sun_family = AF_UNIX;
+    assert_true(len < sizeof(un.sun_path));
+    memcpy(un.sun_path, path, len);
+    memset(ss, 0, sizeof(*ss));
+    memcpy(ss, &un, sizeof(un));
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+}
+
+/* Unix-socket peers key the upstream pool like IP ones: by path, or by abstract name. */
+static void test_addr_equal_unix(void **state)
+{
+    (void)state;
+    struct sockaddr_storage a, b, in;
+    socklen_t inlen;
+    assert_int_equal(parse("127.0.0.1:80", &in, &inlen), 0);
+#define UEQ(x, xl, y, yl, want)                                                                    \
+    do {                                                                                           \
+        unix_addr(&a, x, xl);                                                                      \
+        unix_addr(&b, y, yl);                                                                      \
+        assert_int_equal(weir__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&b), want);    \
+        assert_int_equal(weir__addr_equal((struct sockaddr *)&b, (struct sockaddr *)&a), want);    \
+    } while (0)
+    UEQ("/tmp/a.sock", 11, "/tmp/a.sock", 11, true);
+    UEQ("/tmp/a.sock", 11, "/tmp/b.sock", 11, false);
+    UEQ("/tmp/a.sock", 11, "/tmp/a.soc", 10, false);
+    UEQ("\0abstract", 9, "\0abstract", 9, true);
+    UEQ("\0abstract", 9, "\0abstrac", 8, false);
+    UEQ("\0abstract", 9, "/abstract", 9, false);
+#undef UEQ
+    unix_addr(&a, "/tmp/a.sock", 11);
+    assert_false(weir__addr_equal((struct sockaddr *)&a, (struct sockaddr *)&in));
+}
+
+/* weir__connect reaches a unix-socket peer (TCP_NODELAY is for TCP only; AF_UNIX refuses it). */
+static void test_connect_unix(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/weir-sock-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64];
+    int n = snprintf(path, sizeof(path), "%s/s", dir);
+    assert_true(n > 0 && (size_t)n < sizeof(path));
+    struct sockaddr_storage un;
+    socklen_t len = unix_addr(&un, path, (size_t)n);
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&un, len), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    int cfd = weir__connect((struct sockaddr *)&un, len);
+    assert_true(cfd >= 0);
+    assert_int_equal(weir__connect_result(cfd), 0);
+    int afd = accept(lfd, NULL, NULL);
+    assert_true(afd >= 0);
+    assert_int_equal(write(cfd, "x", 1), 1);
+    char c = 0;
+    assert_int_equal(read(afd, &c, 1), 1);
+    assert_int_equal(c, 'x');
+    close(afd);
+    close(cfd);
+    close(lfd);
+    /* A path nobody listens on fails at once, as a refused TCP connect would. */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(weir__connect((struct sockaddr *)&un, len), -ENOENT);
+    assert_int_equal(rmdir(dir), 0);
 }
 
 static void test_listen_connect(void **state)
@@ -237,6 +315,8 @@ int main(void)
         cmocka_unit_test(test_parse_rejects_embedded_nul),
         cmocka_unit_test(test_format_roundtrip),
         cmocka_unit_test(test_addr_equal),
+        cmocka_unit_test(test_addr_equal_unix),
+        cmocka_unit_test(test_connect_unix),
         cmocka_unit_test(test_listen_connect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

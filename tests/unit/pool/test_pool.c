@@ -14,8 +14,10 @@
 #include <cmocka.h>
 
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -286,6 +288,61 @@ static void test_no_sharing_without_shared_tier(void **state)
     weir__loop_free(loop);
 }
 
+static void unix_peer(struct weir_peer *peer, const char *dir, const char *name)
+{
+    struct sockaddr_un un;
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    int n = snprintf(un.sun_path, sizeof(un.sun_path), "%s/%s", dir, name);
+    assert_true(n > 0 && (size_t)n < sizeof(un.sun_path));
+    memset(peer, 0, sizeof(*peer));
+    peer->addrlen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
+    memcpy(&peer->addr, &un, peer->addrlen);
+}
+
+/*
+ * A unix-socket peer is a pool key like an IP one: the connection released comes back for the
+ * same path and not for another, and a close while it is idle evicts it (its key must be found
+ * to unlink it before it is freed).
+ */
+static void test_unix_peer_key(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/weir-pool-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct weir_peer peer, other;
+    unix_peer(&peer, dir, "origin");
+    unix_peer(&other, dir, "other");
+    int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    assert_true(lfd >= 0);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&peer.addr, peer.addrlen), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    struct worker w;
+    worker_init(&w, NULL, 8, 60000);
+    struct weir__upconn *u = NULL;
+    assert_int_equal(weir__upconn_connect(w.pool, &peer, &u), 0);
+    int afd = accept(lfd, NULL, NULL);
+    assert_true(afd >= 0);
+    u->connected = true;
+    assert_true(weir__pool_put(w.pool, u));
+    assert_null(weir__pool_take(w.pool, &other));
+    assert_ptr_equal(weir__pool_take(w.pool, &peer), u);
+    assert_int_equal(weir__pool_stats(w.pool)->reuses, 1);
+    assert_true(weir__pool_put(w.pool, u));
+    assert_int_equal(weir__pool_idle_count(w.pool), 1);
+    close(afd);
+    run_for(w.loop, 20);
+    assert_int_equal(weir__pool_idle_count(w.pool), 0);
+    assert_int_equal(weir__pool_stats(w.pool)->evict_closed, 1);
+    assert_null(weir__pool_take(w.pool, &peer));
+    worker_dispose(&w);
+    close(lfd);
+    struct sockaddr_un path;
+    memcpy(&path, &peer.addr, sizeof(path));
+    assert_int_equal(unlink(path.sun_path), 0);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -296,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_full_hot_list_spills_to_shared),
         cmocka_unit_test(test_rarely_wanted_peer_shared_at_once),
         cmocka_unit_test(test_no_sharing_without_shared_tier),
+        cmocka_unit_test(test_unix_peer_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
