@@ -510,7 +510,9 @@ struct harness *harness_new(const char *yaml)
     weir__loop_set_turn_hook(h->loop, harness_turn, h);
     weir_timer_init(&h->safety, safety_fired, h);
     if (yaml == NULL) {
-        h->cfg = weir_config_new_default();
+        if (weir_config_new_default(&h->cfg) != 0) {
+            goto fail;
+        }
     } else {
         struct weir_config_errors *errs = NULL;
         if (weir_config_load_string("harness", yaml, strlen(yaml), &h->cfg, &errs) != 0) {

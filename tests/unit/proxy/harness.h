@@ -141,7 +141,7 @@ struct harness {
 };
 
 /**
- * A harness with a loop and a configuration: weir_config_new_default() when yaml is NULL,
+ * A harness with a loop and a configuration: weir_config_new_default when yaml is NULL,
  * else weir_config_load_string(yaml). NULL on failure (bad YAML, no temporary directory).
  * Ignores SIGPIPE for the process, as the server does.
  */
