@@ -1,7 +1,8 @@
 /*
  * Private structures of the proxy state machine: the per-worker proxy context, client
- * connections and sessions. The phases run in session.c; the upstream exchange and body
- * pumping in exchange.c; client connections (accept, head reading, keep-alive) in conn.c.
+ * connections and sessions. The phases and the retry loop run in session.c; the upstream
+ * exchange in upstream.c; body pipes in pipe.c; header policy in forward.c; the HTTP/1.1 wire
+ * format in h1_framing.c; client connections (accept, head reading, keep-alive) in conn.c.
  */
 #ifndef WEIR_PROXY_INT_H
 #define WEIR_PROXY_INT_H
