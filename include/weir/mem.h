@@ -30,7 +30,8 @@ WEIR_EXTERN void weir_arena_free(struct weir_arena *a);
  */
 WEIR_EXTERN void weir_arena_reset(struct weir_arena *a);
 
-/** n bytes aligned to 16, or NULL when out of memory or over the cap. */
+/** n bytes aligned to 16, owned by the arena (never freed alone), or NULL when out of memory or
+ * over the cap. */
 WEIR_EXTERN void *weir_arena_alloc(struct weir_arena *a, size_t n);
 
 /** Like weir_arena_alloc, zero-filled. */

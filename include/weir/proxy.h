@@ -138,15 +138,17 @@ WEIR_EXTERN uint64_t weir_session_elapsed_ms(const struct weir_session *s);
 
 /**
  * A fresh response head with status and no fields, to fill and pass to weir_session_respond.
- * NULL on out of memory.
+ * It lives in the request's arena (freed when the request ends; never free it). NULL on out
+ * of memory.
  */
 WEIR_EXTERN struct weir_resp *weir_session_response_new(struct weir_session *s, int status);
 
 /**
- * Answers the client with resp and body (copied if it does not already live in the arena is
- * not required: body must stay valid until the request ends; arena memory or static data).
- * Sets Content-Length. Use from early_request_filter or request_filter, then return
- * WEIR_HOOK_DONE (or resume with it). 0, WEIR_EINVAL (already answered) or WEIR_ENOMEM.
+ * Answers the client with resp and body. Neither is copied: resp (from
+ * weir_session_response_new) is the session's from then on, and body must stay valid until
+ * the request ends (arena memory or static data). Sets Content-Length. Use from
+ * early_request_filter, request_filter or fail_to_proxy, then return WEIR_HOOK_DONE (or resume
+ * with it). 0, WEIR_EINVAL (already answered) or WEIR_ENOMEM.
  */
 WEIR_EXTERN int weir_session_respond(struct weir_session *s, struct weir_resp *resp,
                                      struct weir_iov body);

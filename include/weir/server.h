@@ -27,7 +27,8 @@ WEIR_EXTERN int weir_server_new(struct weir_config *cfg, struct weir_server **ou
 WEIR_EXTERN void weir_server_free(struct weir_server *srv);
 
 /**
- * Adds a proxy service. hooks is copied; data is passed to new_ctx. threads and listening
+ * Adds a proxy service, owned by srv (freed with it). hooks is copied; data stays the
+ * caller's and is passed to new_ctx: it must outlive the server. threads and listening
  * addresses come from weir_service_set_threads / weir_service_add_listener (threads default
  * to the config's server.threads). NULL on out of memory or when hooks->upstream_peer is NULL.
  */
@@ -57,7 +58,10 @@ struct weir_background_ops {
     void (*stop)(struct weir_loop *loop, void *data);
 };
 
-/** Adds a background service (one thread). ops is copied. NULL on out of memory. */
+/**
+ * Adds a background service (one thread), owned by srv. ops is copied; data stays the
+ * caller's (free it after weir_server_free). NULL on out of memory.
+ */
 WEIR_EXTERN struct weir_service *weir_server_add_background(struct weir_server *srv,
                                                             const char *name,
                                                             const struct weir_background_ops *ops,
