@@ -25,6 +25,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "core/assert.h"
 #include "core/loop.h"
 #include "core/rcu.h"
 #include "lb/dns_msg.h"
@@ -135,7 +136,11 @@ struct group {
 };
 
 /* A c-ares socket watched on the loop. Freed at the end of the turn it is dropped in. */
+#define SOCKW_MAGIC     0x736f636bu
+#define DISCOVERY_MAGIC 0x646e7364u
+
 struct sockw {
+    uint32_t magic;
     struct weir_io io;
     struct weir_discovery *d;
     struct weir__defer reap;
@@ -145,6 +150,7 @@ struct sockw {
 };
 
 struct weir_discovery {
+    uint32_t magic;
     struct weir_resolver_options opt; /* servers and nservers not kept: the channel has them */
     ares_channel ch;
     bool lib_init;
@@ -183,7 +189,9 @@ static char *dup_str(const char *s)
 
 static void reap_sock(struct weir_loop *loop, struct weir__defer *r)
 {
-    struct sockw *s = (struct sockw *)((char *)r - offsetof(struct sockw, reap));
+    struct sockw *s = WEIR_CONTAINER_OF(r, struct sockw, reap);
+    WEIR_CHECK_OBJ(s, SOCKW_MAGIC);
+    s->magic = 0;
     weir__free(s);
 }
 
@@ -224,6 +232,7 @@ static bool readable_now(int fd)
 static void sock_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
 {
     struct sockw *s = io->data;
+    WEIR_CHECK_OBJ(s, SOCKW_MAGIC);
     struct weir_discovery *d = s->d;
     if (s->dead || d->ch == NULL) {
         return;
@@ -263,6 +272,7 @@ static void sock_state(void *data, ares_socket_t fd, int readable, int writable)
             weir_log(WEIR_LOG_ERROR, "discovery: out of memory watching a resolver socket");
             return;
         }
+        s->magic = SOCKW_MAGIC;
         s->d = d;
         s->io.fd = fd;
         s->io.cb = sock_event;
@@ -570,8 +580,8 @@ static void apply_groups(struct weir_discovery *d)
 
 static void apply_deferred(struct weir_loop *loop, struct weir__defer *a)
 {
-    struct weir_discovery *d =
-        (struct weir_discovery *)((char *)a - offsetof(struct weir_discovery, apply));
+    struct weir_discovery *d = WEIR_CONTAINER_OF(a, struct weir_discovery, apply);
+    WEIR_CHECK_OBJ(d, DISCOVERY_MAGIC);
     apply_groups(d);
 }
 
@@ -1057,6 +1067,7 @@ int weir_discovery_new(const struct weir_resolver_options *opt, struct weir_disc
         *why = "out of memory";
         return WEIR_ENOMEM;
     }
+    d->magic = DISCOVERY_MAGIC;
     d->opt = o;
     weir_timer_init(&d->ares_timer, ares_timer_fired, d);
     d->apply.fn = apply_deferred;
@@ -1216,6 +1227,7 @@ void weir_discovery_free(struct weir_discovery *d)
     if (d->lib_init) {
         ares_library_cleanup();
     }
+    d->magic = 0;
     weir__free(d);
 }
 

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/assert.h"
 #include "core/loop.h"
 #include "net/sock.h"
 #include "weir/error.h"
@@ -41,7 +42,10 @@ struct weir_health {
     struct weir_loop *loop; /* while running */
 };
 
+#define PROBE_MAGIC 0x70726f62u
+
 struct probe {
+    uint32_t magic;
     struct entry *e;
     struct weir_backend *b;
     struct weir_io io;
@@ -249,7 +253,9 @@ static int judge(const struct probe *p, bool at_end, const char **why)
 
 static void reap_probe(struct weir_loop *loop, struct weir__defer *d)
 {
-    struct probe *p = (struct probe *)((char *)d - offsetof(struct probe, reap));
+    struct probe *p = WEIR_CONTAINER_OF(d, struct probe, reap);
+    WEIR_CHECK_OBJ(p, PROBE_MAGIC);
+    p->magic = 0;
     weir__free(p);
 }
 
@@ -286,6 +292,7 @@ static void probe_end(struct probe *p, int result, const char *why)
 static void probe_timeout(struct weir_loop *loop, struct weir_timer *t)
 {
     struct probe *p = t->data;
+    WEIR_CHECK_OBJ(p, PROBE_MAGIC);
     const char *why = "timed out";
     if (p->connected && p->e->hc.type == WEIR_HEALTH_HTTP && p->got > 0 &&
         judge(p, true, &why) == 1) {
@@ -298,6 +305,7 @@ static void probe_timeout(struct weir_loop *loop, struct weir_timer *t)
 static void probe_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
 {
     struct probe *p = io->data;
+    WEIR_CHECK_OBJ(p, PROBE_MAGIC);
     if (p->done) {
         return;
     }
@@ -361,6 +369,7 @@ static void probe_start(struct entry *e, struct weir_backend *b)
         weir__backend_unref(b);
         return; /* no verdict: out of memory says nothing about the backend */
     }
+    p->magic = PROBE_MAGIC;
     p->e = e;
     p->b = b;
     p->io.fd = -1;

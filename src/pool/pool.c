@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/assert.h"
 #include "net/sock.h"
 #include "weir/error.h"
 
@@ -368,8 +369,8 @@ static void noop_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
 
 static void reap_upconn(struct weir_loop *loop, struct weir__defer *d)
 {
-    struct weir__upconn *u =
-        (struct weir__upconn *)((char *)d - offsetof(struct weir__upconn, reap));
+    struct weir__upconn *u = WEIR_CONTAINER_OF(d, struct weir__upconn, reap);
+    WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
     u->magic = 0;
     weir__free(u);
 }
