@@ -15,23 +15,58 @@
 
 #define MAX_CONN_TOKENS 8
 
-/* Fields that describe one connection and never cross the proxy (RFC 9110 7.6.1). */
+/* What the header policy does with a field, by its name. */
+enum field_class {
+    F_OTHER = 0,
+    F_HOP,        /* describes one connection, never crosses the proxy (RFC 9110 7.6.1) */
+    F_CONNECTION, /* hop-by-hop, and names more fields that are */
+    F_CONTENT_LENGTH,
+    F_HOST,
+    F_EXPECT, /* requests: we answer 100-continue ourselves */
+    F_XFP,    /* requests: X-Forwarded-Proto, which we set */
+    F_XFF,    /* requests: X-Forwarded-For, which we extend */
+};
+
+#define NAME_IS(n, lit) ((n).len == sizeof(lit) - 1 && weir_iov_ieq((n), WEIR_IOV_LIT(lit)))
+
+/* One switch on the first letter, then one length compare, for almost every field. */
+static enum field_class classify(struct weir_iov n)
+{
+    if (n.len < 2) {
+        return F_OTHER;
+    }
+    switch (n.base[0] | 0x20) { /* ASCII letters to lower case; nothing else becomes one */
+    case 'c':
+        return NAME_IS(n, "Connection")       ? F_CONNECTION
+               : NAME_IS(n, "Content-Length") ? F_CONTENT_LENGTH
+                                              : F_OTHER;
+    case 'e':
+        return NAME_IS(n, "Expect") ? F_EXPECT : F_OTHER;
+    case 'h':
+        return NAME_IS(n, "Host") ? F_HOST : F_OTHER;
+    case 'k':
+        return NAME_IS(n, "Keep-Alive") ? F_HOP : F_OTHER;
+    case 'p':
+        return n.len > 6 && weir_iov_ieq((struct weir_iov){n.base, 6}, WEIR_IOV_LIT("Proxy-"))
+                   ? F_HOP
+                   : F_OTHER;
+    case 't':
+        return NAME_IS(n, "TE") || NAME_IS(n, "Transfer-Encoding") ? F_HOP : F_OTHER;
+    case 'u':
+        return NAME_IS(n, "Upgrade") ? F_HOP : F_OTHER;
+    case 'x':
+        return NAME_IS(n, "X-Forwarded-For")     ? F_XFF
+               : NAME_IS(n, "X-Forwarded-Proto") ? F_XFP
+                                                 : F_OTHER;
+    default:
+        return F_OTHER;
+    }
+}
+
 static bool is_hop_by_hop(struct weir_iov n)
 {
-    switch (n.len) {
-    case 2:
-        return weir_iov_ieq(n, WEIR_IOV_LIT("TE"));
-    case 7:
-        return weir_iov_ieq(n, WEIR_IOV_LIT("Upgrade"));
-    case 10:
-        return weir_iov_ieq(n, WEIR_IOV_LIT("Connection")) ||
-               weir_iov_ieq(n, WEIR_IOV_LIT("Keep-Alive"));
-    case 17:
-        return weir_iov_ieq(n, WEIR_IOV_LIT("Transfer-Encoding"));
-    default:
-        break;
-    }
-    return n.len > 6 && weir_iov_ieq((struct weir_iov){n.base, 6}, WEIR_IOV_LIT("Proxy-"));
+    enum field_class c = classify(n);
+    return c == F_HOP || c == F_CONNECTION;
 }
 
 struct field_scan {
@@ -77,29 +112,36 @@ static bool named_by_connection(const struct field_scan *fs, struct weir_iov nam
  */
 static void strip_fields(struct weir_headers *h, bool request, struct field_scan *fs)
 {
-    memset(fs, 0, sizeof(*fs));
     fs->content_length = fs->x_forwarded_for = -1;
+    fs->host = fs->conn_overflow = false;
+    fs->nconn_tokens = 0; /* conn_tokens[] is read only below nconn_tokens */
     uint32_t w = 0;
     for (uint32_t r = 0; r < h->n; r++) {
-        struct weir_iov name = h->v[r].name;
-        if (is_hop_by_hop(name)) {
-            if (name.len == 10 && (name.base[0] | 0x20) == 'c') {
-                note_connection_tokens(fs, h->v[r].value);
+        switch (classify(h->v[r].name)) {
+        case F_CONNECTION:
+            note_connection_tokens(fs, h->v[r].value);
+            continue;
+        case F_HOP:
+            continue;
+        case F_EXPECT:
+        case F_XFP:
+            if (request) {
+                continue;
             }
-            continue;
-        }
-        if (request &&
-            ((name.len == 6 && weir_iov_ieq(name, WEIR_IOV_LIT("Expect"))) ||
-             (name.len == 17 && weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-Proto"))))) {
-            continue;
-        }
-        if (name.len == 14 && weir_iov_ieq(name, WEIR_IOV_LIT("Content-Length"))) {
+            break;
+        case F_CONTENT_LENGTH:
             fs->content_length = (int)w;
-        } else if (request && name.len == 15 &&
-                   weir_iov_ieq(name, WEIR_IOV_LIT("X-Forwarded-For"))) {
-            fs->x_forwarded_for = (int)w;
-        } else if (request && name.len == 4 && weir_iov_ieq(name, WEIR_IOV_LIT("Host"))) {
-            fs->host = true;
+            break;
+        case F_XFF:
+            if (request) {
+                fs->x_forwarded_for = (int)w;
+            }
+            break;
+        case F_HOST:
+            fs->host = fs->host || request;
+            break;
+        case F_OTHER:
+            break;
         }
         h->v[w++] = h->v[r];
     }
