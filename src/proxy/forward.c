@@ -30,7 +30,7 @@ enum field_class {
 #define NAME_IS(n, lit) ((n).len == sizeof(lit) - 1 && weir_iov_ieq((n), WEIR_IOV_LIT(lit)))
 
 /* One switch on the first letter, then one length compare, for almost every field. */
-static enum field_class classify(struct weir_iov n)
+static inline enum field_class classify(struct weir_iov n)
 {
     if (n.len < 2) {
         return F_OTHER;
