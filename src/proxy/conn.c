@@ -45,12 +45,13 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
     const struct weir_cfg_server *sc = &w->cfg->server;
     w->access_format = sc->access_log_format;
     weir__access_buf_init(&w->access, access);
-    if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, 256) != 0) {
+    if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, WEIR_BUFPOOL_KEEP) != 0) {
         goto fail;
     }
-    w->pool =
-        weir__pool_new(loop, &w->bufs, sc->upstream_keepalive, sc->upstream_keepalive * 64 + 64,
-                       sc->timeouts.upstream_idle_ms, shared_pool, sc->upstream_share_after_ms);
+    w->pool = weir__pool_new(
+        loop, &w->bufs, sc->upstream_keepalive,
+        sc->upstream_keepalive * WEIR_POOL_PEERS_PER_WORKER + WEIR_POOL_PEERS_PER_WORKER,
+        sc->timeouts.upstream_idle_ms, shared_pool, sc->upstream_share_after_ms);
     if (w->pool == NULL) {
         goto fail;
     }
@@ -97,7 +98,7 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
 void weir__proxy_turn(struct weir__proxy_worker *w)
 {
     weir__snapshot_acquire(w->slot, &w->holder);
-    weir__access_buf_flush(&w->access, weir_loop_now_ms(w->loop), 1000);
+    weir__access_buf_flush(&w->access, weir_loop_now_ms(w->loop), WEIR_ACCESS_FLUSH_MS);
 }
 
 /*
@@ -130,7 +131,7 @@ static void note_refused(struct weir__proxy_worker *w, const char *why, const st
     uint64_t now = weir_loop_now_ms(w->loop);
     bool warn = now >= w->refused_warn_ms;
     if (warn) {
-        w->refused_warn_ms = now + 10000;
+        w->refused_warn_ms = now + WEIR_REFUSED_WARN_MS;
     }
     char ip[INET6_ADDRSTRLEN] = "?";
     if (warn || weir__log_enabled(WEIR_LOG_DEBUG)) {
@@ -465,8 +466,9 @@ static void conn_idle_step(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
     const struct weir_cfg_limits *lim = &w->cfg->server.limits;
-    struct weir_header
-        hdrs[lim->max_headers > 0 && lim->max_headers <= 10000 ? lim->max_headers : 100];
+    struct weir_header hdrs[lim->max_headers > 0 && lim->max_headers <= WEIR_MAX_HEADERS_PARSED
+                                ? lim->max_headers
+                                : 100];
     struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes,
                                  (uint32_t)(sizeof(hdrs) / sizeof(hdrs[0]))};
     for (;;) {

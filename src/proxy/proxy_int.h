@@ -171,6 +171,15 @@ struct weir__outcome {
 #define WEIR_MAX_STALE_RETRIES 3
 /** Chunk-size line bytes the chunked decoder keeps (a longer line is malformed). */
 #define WEIR_CHUNK_LINE_MAX 4096
+/** Free I/O buffers a worker keeps for reuse (more go back to the heap). */
+#define WEIR_BUFPOOL_KEEP 256
+/** Peers a worker's hot pool tier is sized for: idle connections in all, upstream_keepalive per
+    peer times this (plus this), the rest spills to the shared tier. */
+#define WEIR_POOL_PEERS_PER_WORKER 64
+/** The oldest an access-log line waits in a worker's buffer before it goes to the writer. */
+#define WEIR_ACCESS_FLUSH_MS 1000
+/** At most one warning per worker per this long for refused connections (then debug). */
+#define WEIR_REFUSED_WARN_MS 10000
 
 /** One direction of body transfer: decode from a source buffer, re-frame, write. */
 struct weir__pipe {
