@@ -442,6 +442,10 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
 void weir__session_client_timeout(struct weir_session *s);
 /** The client socket changed readiness. */
 void weir__session_client_event(struct weir_session *s);
+/** The session's upstream connection changed readiness (its io callback while owned). */
+void weir__session_upstream_event(struct weir_loop *loop, struct weir_io *io, uint32_t events);
+/** The exchange's timer (upstream deadlines) fired. */
+void weir__session_upstream_timer(struct weir_loop *loop, struct weir_timer *t);
 /**
  * Ends the session from outside the phase machine (the client connection closed, the worker
  * stops). A session whose hook is suspended waits in PH_CLOSING for the resume.

@@ -623,6 +623,35 @@ void weir__session_client_timeout(struct weir_session *s)
     weir__session_run(s);
 }
 
+/* The upstream connection's events and the exchange's timer: entries like the client's. */
+void weir__session_upstream_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
+{
+    struct weir__upconn *u = io->data;
+    WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
+    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        u->st.readable = true;
+    }
+    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        u->st.writable = true;
+    }
+    struct weir_session *s = u->owner;
+    if (s != NULL) {
+        WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
+        if (!s->suspended && s->phase == PH_UPSTREAM) {
+            weir__session_run(s);
+        }
+    }
+}
+
+void weir__session_upstream_timer(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir_session *s = t->data;
+    WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
+    if (!s->suspended && s->phase == PH_UPSTREAM) {
+        weir__session_run(s); /* the exchange checks its own deadlines */
+    }
+}
+
 void weir__session_client_event(struct weir_session *s)
 {
     WEIR_SESSION_CHECK(s);

@@ -14,38 +14,10 @@
 #include "net/sock.h"
 #include "weir/log.h"
 
-static void up_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
-{
-    struct weir__upconn *u = io->data;
-    WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
-    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
-        u->st.readable = true;
-    }
-    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
-        u->st.writable = true;
-    }
-    struct weir_session *s = u->owner;
-    if (s != NULL) {
-        WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
-        if (!s->suspended && s->phase == PH_UPSTREAM) {
-            weir__session_run(s);
-        }
-    }
-}
-
-static void up_timer(struct weir_loop *loop, struct weir_timer *t)
-{
-    struct weir_session *s = t->data;
-    WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
-    if (!s->suspended && s->phase == PH_UPSTREAM) {
-        weir__session_run(s); /* the exchange checks its own deadlines */
-    }
-}
-
 void weir__upstream_init(struct weir_session *s)
 {
     s->ux.state = UP_IDLE;
-    weir_timer_init(&s->ux.timer, up_timer, s);
+    weir_timer_init(&s->ux.timer, weir__session_upstream_timer, s);
 }
 
 /* ---- outcomes ---- */
@@ -94,7 +66,7 @@ static void attach(struct weir_session *s, struct weir__upconn *u, bool reused)
     s->ux.conn = u;
     s->ux.reused = reused;
     u->owner = s;
-    u->st.io.cb = up_event;
+    u->st.io.cb = weir__session_upstream_event;
     u->st.io.data = u;
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
     memset(&s->ux.scan, 0, sizeof(s->ux.scan));
