@@ -515,11 +515,20 @@ static int bind_listeners(struct weir_service *svc)
     return 0;
 }
 
+/*
+ * Writes the pid to a temporary file beside path and renames it into place, so whoever reads
+ * path (a supervisor, logrotate, a test) sees no file or the whole pid, never an empty one.
+ */
 static int write_pid_file(const char *path)
 {
     char buf[32];
+    char tmp[4096];
     int n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int t = snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
+    if (n < 0 || t < 0 || (size_t)t >= sizeof(tmp)) {
+        return -ENAMETOOLONG;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         return -errno;
     }
@@ -527,6 +536,12 @@ static int write_pid_file(const char *path)
     int rc = (w == n) ? 0 : (w < 0 ? -errno : -EIO);
     if (close(fd) != 0 && rc == 0) {
         rc = -errno;
+    }
+    if (rc == 0 && rename(tmp, path) != 0) {
+        rc = -errno;
+    }
+    if (rc != 0) {
+        (void)unlink(tmp);
     }
     return rc;
 }

@@ -293,20 +293,13 @@ def test_second_instance_on_the_same_port_fails(weir, tmp_path):
     assert first.alive()
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
-def test_only_serving_sockets_listen(tmp_path):
-    """The check that a port is free must not listen: a client connecting in that moment (a
-    readiness probe, a load balancer's health check during a restart) would be queued on a
-    socket that closes right after, and get a reset. Every listen() weir makes must be one of
-    the per-worker sockets that go on serving: 2 threads, 2 listeners, 4 calls."""
-    ports = [free_port(), free_port()]
-    text = GOOD.replace("  - 127.0.0.1:0\n", "".join(f"  - 127.0.0.1:{p}\n" for p in ports))
-    (tmp_path / "w.yaml").write_text(text)
-    trace = tmp_path / "listen.trace"
+def run_traced(tmp_path, config_name, ports, syscalls, trace):
+    """Runs weir -c config_name under strace -f for syscalls until ports listen, then stops it
+    with SIGTERM. Skips when strace cannot trace here."""
     # LeakSanitizer cannot run under ptrace: in the ASan build it would fail the exit.
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
-    proc = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=listen", "-o", str(trace),
-                             WEIR_BIN, "-c", "w.yaml"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace),
+                             WEIR_BIN, "-c", config_name], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         try:
@@ -318,18 +311,55 @@ def test_only_serving_sockets_listen(tmp_path):
             if "ptrace" in err.lower() or "not permitted" in err.lower():
                 pytest.skip(f"strace cannot trace here: {err.strip()[:200]}")
             raise AssertionError(f"weir did not start under strace: {err}")
-        # weir is strace's child: stop it with SIGTERM, as an operator would.
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             children = [int(x) for x in f.read().split()]
         assert len(children) == 1, children
         os.kill(children[0], signal.SIGTERM)
         rc = proc.wait(timeout=30)
         assert rc == 0, proc.stderr.read().decode(errors="replace")
+        return children[0]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_only_serving_sockets_listen(tmp_path):
+    """The check that a port is free must not listen: a client connecting in that moment (a
+    readiness probe, a load balancer's health check during a restart) would be queued on a
+    socket that closes right after, and get a reset. Every listen() weir makes must be one of
+    the per-worker sockets that go on serving: 2 threads, 2 listeners, 4 calls."""
+    ports = [free_port(), free_port()]
+    text = GOOD.replace("  - 127.0.0.1:0\n", "".join(f"  - 127.0.0.1:{p}\n" for p in ports))
+    (tmp_path / "w.yaml").write_text(text)
+    trace = tmp_path / "listen.trace"
+    run_traced(tmp_path, "w.yaml", ports, "listen", trace)
     calls = re.findall(r"listen\((\d+), (\d+)\)\s+= (-?\d+)", trace.read_text())
     assert len(calls) == 4, f"expected 4 listen() calls (2 workers x 2 listeners): {calls}"
     assert all(rc == "0" for _, _, rc in calls), calls
     assert len({fd for fd, _, _ in calls}) == 4, f"a listening fd was closed and reused: {calls}"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_pid_file_appears_whole(tmp_path):
+    """A supervisor reading pid_file must see no file or the whole pid, never an empty file:
+    weir writes a temporary file beside it and renames it into place. (Opening pid_file itself
+    with O_TRUNC and then writing left it empty for a moment; test_shutdown, which waits for
+    the file and reads it, failed on that under valgrind.)"""
+    port = free_port()
+    pid_file = tmp_path / "run" / "weir.pid"
+    pid_file.parent.mkdir()
+    text = GOOD.replace("127.0.0.1:0", f"127.0.0.1:{port}").replace(
+        "server:\n", f"server:\n  pid_file: {pid_file}\n")
+    (tmp_path / "w.yaml").write_text(text)
+    trace = tmp_path / "pid.trace"
+    run_traced(tmp_path, "w.yaml", [port], "openat,rename,renameat,renameat2", trace)
+    lines = trace.read_text().splitlines()
+    name = re.escape(str(pid_file))
+    opened = [l for l in lines if re.search(rf'openat\(.*"{name}"', l)]
+    assert not opened, f"pid_file opened in place (a reader could see it empty): {opened}"
+    renamed = [l for l in lines if re.search(rf'rename\w*\(.*"{name}"\) += 0', l)]
+    assert len(renamed) == 1, f"expected one rename onto pid_file: {lines}"
+    assert not pid_file.exists(), "pid_file left behind after a clean stop"
+    assert not list(pid_file.parent.iterdir()), "a temporary pid file left behind"
