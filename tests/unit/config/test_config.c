@@ -189,74 +189,6 @@ static void test_full_file(void **state)
     weir_config_free(cfg);
 }
 
-static void check_defaults(const struct weir_config *cfg)
-{
-    const struct weir_cfg_server *s = &cfg->server;
-    assert_true(s->threads >= 1 && s->threads <= 256);
-    assert_false(s->work_stealing);
-    assert_null(s->pid_file);
-    assert_null(s->error_log);
-    assert_int_equal(s->log_level, WEIR_LOG_INFO);
-    assert_int_equal(s->grace_period_ms, 30000);
-    assert_null(s->access_log);
-    assert_int_equal(s->access_log_format, WEIR_ACCESS_COMBINED);
-    assert_int_equal(s->upstream_keepalive, 128);
-    assert_int_equal(s->upstream_shared_per_peer, 256);
-    assert_int_equal(s->upstream_shared_total, 4096);
-    assert_int_equal(s->upstream_share_after_ms, 10);
-    assert_int_equal(s->max_retries, 1);
-    assert_true(s->x_forwarded_for && s->x_forwarded_proto && s->via);
-    assert_int_equal(s->limits.max_request_line, 8192);
-    assert_int_equal(s->limits.max_header_bytes, 32768);
-    assert_int_equal(s->limits.max_headers, 100);
-    assert_int_equal(s->limits.max_body_bytes, 0);
-    assert_int_equal(s->limits.max_connections, 10000);
-    assert_int_equal(s->limits.buffer_size, 32768);
-    assert_int_equal(s->limits.max_connections_per_ip, 0);
-    assert_int_equal(s->limits.requests_per_second_per_ip, 0);
-    assert_int_equal(s->limits.max_requests_per_connection, 10000);
-    assert_int_equal(s->timeouts.client_header_ms, 60000);
-    assert_int_equal(s->timeouts.client_body_ms, 60000);
-    assert_int_equal(s->timeouts.client_keepalive_ms, 75000);
-    assert_int_equal(s->timeouts.client_write_ms, 60000);
-    assert_int_equal(s->timeouts.upstream_connect_ms, 5000);
-    assert_int_equal(s->timeouts.upstream_read_ms, 60000);
-    assert_int_equal(s->timeouts.upstream_write_ms, 60000);
-    assert_int_equal(s->timeouts.upstream_idle_ms, 60000);
-    assert_int_equal(s->resolver.nservers, 0);
-    assert_null(s->resolver.servers);
-    assert_int_equal(s->resolver.timeout_ms, 2000);
-    assert_int_equal(s->resolver.min_ttl_ms, 1000);
-    assert_int_equal(s->resolver.max_ttl_ms, 3600000);
-    assert_int_equal(s->resolver.retry_ms, 5000);
-    assert_int_equal(cfg->nlisteners, 0);
-    assert_int_equal(cfg->nroutes, 0);
-    assert_int_equal(cfg->nupstreams, 0);
-}
-
-static void test_defaults(void **state)
-{
-    (void)state;
-    struct weir_config *cfg = NULL;
-    assert_int_equal(weir_config_new_default(&cfg), 0);
-    assert_non_null(cfg);
-    check_defaults(cfg);
-    weir_config_free(cfg);
-
-    static const char *const empty[] = {"",
-                                        "# nothing\n",
-                                        "server:\n",
-                                        "server: {}\n",
-                                        "server:\n  limits:\n  timeouts: ~\n",
-                                        "---\n...\n"};
-    for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
-        cfg = load_ok(empty[i]);
-        check_defaults(cfg);
-        weir_config_free(cfg);
-    }
-    weir_config_free(NULL);
-}
-
 static void test_access_log_values(void **state)
 {
     (void)state;
@@ -914,7 +846,6 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_file),
-        cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_access_log_values),
         cmocka_unit_test(test_shorthands_and_aliases),
         cmocka_unit_test(test_unused_upstream_and_no_listener),

@@ -101,14 +101,29 @@ static void test_new_default(void **state)
     weir_config_free(cfg);
 }
 
-/* A file that sets nothing gets the same server defaults. */
+/* A file that sets nothing gets the same server defaults, and nothing else. */
 static void test_empty_file(void **state)
 {
     (void)state;
-    struct weir_config *cfg = load_ok("server:\n  limits: {}\n  timeouts: {}\n  resolver: {}\n"
-                                      "  upstream_pool: {}\n  forwarded_headers: {}\n");
-    check_server(&cfg->server);
-    weir_config_free(cfg);
+    static const char *const empty[] = {
+        "",
+        "# nothing\n",
+        "server:\n",
+        "server: {}\n",
+        "server:\n  limits:\n  timeouts: ~\n",
+        "---\n...\n",
+        "server:\n  limits: {}\n  timeouts: {}\n  resolver: {}\n  upstream_pool: {}\n"
+        "  forwarded_headers: {}\n",
+    };
+    for (size_t i = 0; i < sizeof(empty) / sizeof(empty[0]); i++) {
+        struct weir_config *cfg = load_ok(empty[i]);
+        check_server(&cfg->server);
+        assert_int_equal(cfg->nlisteners, 0);
+        assert_int_equal(cfg->nroutes, 0);
+        assert_int_equal(cfg->nupstreams, 0);
+        weir_config_free(cfg);
+    }
+    weir_config_free(NULL);
 }
 
 static void check_listener(const struct weir_cfg_listener *l, const char *address)
