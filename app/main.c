@@ -77,27 +77,23 @@ static int run(struct weir_config *cfg, bool demo)
     struct weir_service *svc = NULL;
     /* Before the proxy: its start waits briefly for the first answers, so the proxy starts
        with the names resolved. */
-    if (rc == 0 && weir_app_router_discovery(router) != NULL &&
-        weir_server_add_background(srv, "discovery", &weir_discovery_service,
-                                   weir_app_router_discovery(router)) == NULL) {
-        rc = WEIR_ENOMEM;
+    if (rc == 0 && weir_app_router_discovery(router) != NULL) {
+        rc = weir_server_add_background(srv, "discovery", &weir_discovery_service,
+                                        weir_app_router_discovery(router), NULL);
     }
     if (rc == 0) {
-        svc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, router);
-        rc = svc ? 0 : WEIR_ENOMEM;
+        rc = weir_server_add_proxy(srv, "proxy", &weir_app_router_hooks, router, &svc);
     }
     for (size_t i = 0; rc == 0 && i < c->nlisteners; i++) {
         rc = weir_service_add_listener_cfg(svc, &c->listeners[i]);
     }
-    if (rc == 0 && weir_app_router_health(router) != NULL &&
-        weir_server_add_background(srv, "health", &weir_health_service,
-                                   weir_app_router_health(router)) == NULL) {
-        rc = WEIR_ENOMEM;
+    if (rc == 0 && weir_app_router_health(router) != NULL) {
+        rc = weir_server_add_background(srv, "health", &weir_health_service,
+                                        weir_app_router_health(router), NULL);
     }
-    if (rc == 0 && demo &&
-        weir_server_add_background(srv, "demo-origin", &weir_app_demo_origin_ops,
-                                   (void *)DEMO_ORIGIN) == NULL) {
-        rc = WEIR_ENOMEM;
+    if (rc == 0 && demo) {
+        rc = weir_server_add_background(srv, "demo-origin", &weir_app_demo_origin_ops,
+                                        (void *)DEMO_ORIGIN, NULL);
     }
     if (rc == 0 && c->nroutes == 0) {
         weir_log(WEIR_LOG_WARN, "no routes: every request will get 404");

@@ -160,8 +160,8 @@ static int run(const char *listen, unsigned threads, struct check *check)
         .upstream_peer = upstream_peer,
         .response_filter = response_filter,
     };
-    struct weir_service *svc = weir_server_add_proxy(srv, "async_check", &hooks, check);
-    int rc = svc != NULL ? 0 : WEIR_ENOMEM;
+    struct weir_service *svc = NULL;
+    int rc = weir_server_add_proxy(srv, "async_check", &hooks, check, &svc);
     if (rc == 0) {
         rc = weir_service_add_listener(svc, listen);
     }

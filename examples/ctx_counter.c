@@ -158,8 +158,8 @@ static int run(const char *listen, unsigned threads, struct backends *be)
         .response_filter = response_filter,
         .logging = logging,
     };
-    struct weir_service *svc = weir_server_add_proxy(srv, "ctx_counter", &hooks, be);
-    int rc = svc != NULL ? 0 : WEIR_ENOMEM;
+    struct weir_service *svc = NULL;
+    int rc = weir_server_add_proxy(srv, "ctx_counter", &hooks, be, &svc);
     if (rc == 0) {
         rc = weir_service_add_listener(svc, listen);
     }

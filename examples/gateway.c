@@ -191,8 +191,8 @@ static int run(const char *listen, unsigned threads, struct gateway *gw)
         .upstream_peer = upstream_peer,
         .upstream_request_filter = upstream_request_filter,
     };
-    struct weir_service *svc = weir_server_add_proxy(srv, "gateway", &hooks, gw);
-    int rc = svc != NULL ? 0 : WEIR_ENOMEM;
+    struct weir_service *svc = NULL;
+    int rc = weir_server_add_proxy(srv, "gateway", &hooks, gw, &svc);
     if (rc == 0) {
         rc = weir_service_add_listener(svc, listen);
     }

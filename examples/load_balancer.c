@@ -139,8 +139,8 @@ static int run(const char *listen, unsigned threads, struct lb *lb)
         .upstream_peer = upstream_peer,
         .fail_to_connect = fail_to_connect,
     };
-    struct weir_service *svc = weir_server_add_proxy(srv, "load_balancer", &hooks, lb);
-    int rc = svc != NULL ? 0 : WEIR_ENOMEM;
+    struct weir_service *svc = NULL;
+    int rc = weir_server_add_proxy(srv, "load_balancer", &hooks, lb, &svc);
     if (rc == 0) {
         rc = weir_service_add_listener(svc, listen);
     }

@@ -130,16 +130,18 @@ int main(int argc, char **argv)
         .new_ctx = new_ctx,
         .upstream_peer = upstream_peer,
     };
-    struct weir_service *svc = rc == 0 ? weir_server_add_proxy(srv, "sticky", &hooks, &st) : NULL;
+    struct weir_service *svc = NULL;
     if (rc == 0) {
-        rc = svc != NULL ? weir_service_add_listener(svc, listen) : WEIR_ENOMEM;
+        rc = weir_server_add_proxy(srv, "sticky", &hooks, &st, &svc);
+    }
+    if (rc == 0) {
+        rc = weir_service_add_listener(svc, listen);
     }
     if (rc == 0 && threads != NULL) {
         rc = weir_service_set_threads(svc, (unsigned)strtoul(threads, NULL, 10));
     }
-    if (rc == 0 && checker != NULL &&
-        weir_server_add_background(srv, "health", &weir_health_service, checker) == NULL) {
-        rc = WEIR_ENOMEM;
+    if (rc == 0 && checker != NULL) {
+        rc = weir_server_add_background(srv, "health", &weir_health_service, checker, NULL);
     }
     if (rc == 0) {
         rc = weir_server_run(srv);

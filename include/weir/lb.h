@@ -187,7 +187,7 @@ WEIR_EXTERN void weir_health_free(struct weir_health *h);
 struct weir_background_ops; /* weir/server.h */
 
 /** The checker as a background service: weir_server_add_background(srv, "health",
-    &weir_health_service, h). */
+    &weir_health_service, h, NULL). */
 extern WEIR_EXTERN const struct weir_background_ops weir_health_service;
 
 /* ---- DNS service discovery ---- */
@@ -280,7 +280,7 @@ WEIR_EXTERN void weir_discovery_free(struct weir_discovery *d);
 
 /**
  * The discovery as a background service: weir_server_add_background(srv, "discovery",
- * &weir_discovery_service, d). Its start sends the first queries and waits up to
+ * &weir_discovery_service, d, NULL). Its start sends the first queries and waits up to
  * timeout_ms for their answers, so when it is added before the proxy service the proxy
  * starts with the names resolved; a set whose names are not resolved by then has only its
  * static backends (none: requests get 503) until they are. Sets are updated from its

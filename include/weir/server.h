@@ -30,11 +30,12 @@ WEIR_EXTERN void weir_server_free(struct weir_server *srv);
  * Adds a proxy service, owned by srv (freed with it). hooks is copied; data stays the
  * caller's and is passed to new_ctx: it must outlive the server. threads and listening
  * addresses come from weir_service_set_threads / weir_service_add_listener (threads default
- * to the config's server.threads). NULL on out of memory or when hooks->upstream_peer is NULL.
+ * to the config's server.threads). The service goes to *out (out may be NULL). 0;
+ * WEIR_EINVAL (hooks->upstream_peer is NULL) or WEIR_ENOMEM, with *out NULL.
  */
-WEIR_EXTERN struct weir_service *weir_server_add_proxy(struct weir_server *srv, const char *name,
-                                                       const struct weir_proxy_hooks *hooks,
-                                                       void *data);
+WEIR_EXTERN int weir_server_add_proxy(struct weir_server *srv, const char *name,
+                                      const struct weir_proxy_hooks *hooks, void *data,
+                                      struct weir_service **out);
 
 /** Adds a listening address ("ip:port") to a proxy service. 0, WEIR_EINVAL or WEIR_ENOMEM. */
 WEIR_EXTERN int weir_service_add_listener(struct weir_service *svc, const char *address);
@@ -59,13 +60,13 @@ struct weir_background_ops {
 };
 
 /**
- * Adds a background service (one thread), owned by srv. ops is copied; data stays the
- * caller's (free it after weir_server_free). NULL on out of memory.
+ * Adds a background service (one thread), owned by srv, to *out (out may be NULL). ops is
+ * copied; data stays the caller's (free it after weir_server_free). 0; WEIR_EINVAL (no
+ * ops->start) or WEIR_ENOMEM, with *out NULL.
  */
-WEIR_EXTERN struct weir_service *weir_server_add_background(struct weir_server *srv,
-                                                            const char *name,
-                                                            const struct weir_background_ops *ops,
-                                                            void *data);
+WEIR_EXTERN int weir_server_add_background(struct weir_server *srv, const char *name,
+                                           const struct weir_background_ops *ops, void *data,
+                                           struct weir_service **out);
 
 /**
  * Binds every listener, writes the pid file, starts every service and runs until a signal:

@@ -153,31 +153,47 @@ static struct weir_service *service_new(struct weir_server *srv, const char *nam
     return svc;
 }
 
-struct weir_service *weir_server_add_proxy(struct weir_server *srv, const char *name,
-                                           const struct weir_proxy_hooks *hooks, void *data)
+int weir_server_add_proxy(struct weir_server *srv, const char *name,
+                          const struct weir_proxy_hooks *hooks, void *data,
+                          struct weir_service **out)
 {
+    if (out != NULL) {
+        *out = NULL;
+    }
     if (hooks == NULL || hooks->upstream_peer == NULL) {
-        return NULL;
+        return WEIR_EINVAL;
     }
     struct weir_service *svc = service_new(srv, name, SVC_PROXY, data);
-    if (svc != NULL) {
-        svc->hooks = *hooks;
+    if (svc == NULL) {
+        return WEIR_ENOMEM;
     }
-    return svc;
+    svc->hooks = *hooks;
+    if (out != NULL) {
+        *out = svc;
+    }
+    return 0;
 }
 
-struct weir_service *weir_server_add_background(struct weir_server *srv, const char *name,
-                                                const struct weir_background_ops *ops, void *data)
+int weir_server_add_background(struct weir_server *srv, const char *name,
+                               const struct weir_background_ops *ops, void *data,
+                               struct weir_service **out)
 {
+    if (out != NULL) {
+        *out = NULL;
+    }
     if (ops == NULL || ops->start == NULL) {
-        return NULL;
+        return WEIR_EINVAL;
     }
     struct weir_service *svc = service_new(srv, name, SVC_BACKGROUND, data);
-    if (svc != NULL) {
-        svc->bg = *ops;
-        svc->threads = 1;
+    if (svc == NULL) {
+        return WEIR_ENOMEM;
     }
-    return svc;
+    svc->bg = *ops;
+    svc->threads = 1;
+    if (out != NULL) {
+        *out = svc;
+    }
+    return 0;
 }
 
 int weir_service_add_listener(struct weir_service *svc, const char *address)
