@@ -13,6 +13,7 @@
 #include "lb/lb_int.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -20,6 +21,7 @@
 #include "core/alloc.h"
 #include "core/rcu.h"
 #include "weir/error.h"
+#include "weir/log.h"
 
 #define DEFAULT_MAX_FAILS        3
 #define DEFAULT_EJECT_MS         10000
@@ -176,7 +178,20 @@ static bool healthy_now(struct weir_backend *b, uint64_t *now)
     return *now >= until;
 }
 
-void weir__backend_failed(struct weir_backend *b)
+/* "1500ms", "30s", "2m30s": how an ejection's length reads in the log. */
+static const char *fmt_ms(uint64_t ms, char *buf, size_t size)
+{
+    if (ms < 1000 || ms % 1000 != 0) {
+        (void)snprintf(buf, size, "%llums", (unsigned long long)ms);
+    } else if (ms < 60000 || ms % 60000 != 0) {
+        (void)snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
+    } else {
+        (void)snprintf(buf, size, "%llum", (unsigned long long)(ms / 60000));
+    }
+    return buf;
+}
+
+void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, const char *context)
 {
     if (b == NULL || b->max_fails == UINT32_MAX) {
         return;
@@ -201,6 +216,15 @@ void weir__backend_failed(struct weir_backend *b)
     atomic_store_explicit(&b->ejected_until_ms, now + ms, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->ejections, 1, memory_order_relaxed);
     atomic_store_explicit(&b->fails, 0, memory_order_relaxed);
+    char d[32], n[48];
+    if (e == 0) {
+        (void)snprintf(n, sizeof(n), "after %u failure%s in a row", f, f == 1 ? "" : "s");
+    } else {
+        (void)snprintf(n, sizeof(n), "again (%u in a row), failing on its return", e + 1);
+    }
+    weir_log(WEIR_LOG_WARN, "backend %s ejected for %s %s: %s%s%s%s", b->ident,
+             fmt_ms(ms, d, sizeof(d)), n, weir_error_type_str(type), context ? " (" : "",
+             context ? context : "", context ? ")" : "");
 }
 
 void weir__backend_succeeded(struct weir_backend *b)
@@ -213,8 +237,13 @@ void weir__backend_succeeded(struct weir_backend *b)
         atomic_store_explicit(&b->fails, 0, memory_order_relaxed);
     }
     if (atomic_load_explicit(&b->ejections, memory_order_relaxed) != 0) {
-        atomic_store_explicit(&b->ejections, 0, memory_order_relaxed);
+        /* The exchange decides which of the workers that see the success logs it. */
+        unsigned e = atomic_exchange_explicit(&b->ejections, 0, memory_order_relaxed);
         atomic_store_explicit(&b->ejected_until_ms, 0, memory_order_relaxed);
+        if (e != 0) {
+            weir_log(WEIR_LOG_WARN, "backend %s is back: a request succeeded after %u ejection%s",
+                     b->ident, e, e == 1 ? "" : "s");
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "weir/error.h"
 #include "weir/lb.h"
 
 /*
@@ -37,9 +38,12 @@ struct weir_backend {
 /** Monotonic milliseconds (coarse clock: the granularity of ejection times). */
 uint64_t weir__lb_now_ms(void);
 
-/** A request to b failed (connect error, timeout, error before a response). */
-void weir__backend_failed(struct weir_backend *b);
-/** A request to b got a response head. */
+/**
+ * A request to b failed (connect error, timeout, error before a response): type and context
+ * (may be NULL) say how, for the warning an ejection logs.
+ */
+void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, const char *context);
+/** A request to b got a response head (a backend back from an ejection says so, once). */
 void weir__backend_succeeded(struct weir_backend *b);
 
 void weir__backend_ref(struct weir_backend *b);

@@ -324,7 +324,7 @@ static void retry_peer(struct weir_session *s)
 static void connect_failed(struct weir_session *s, const struct weir__outcome *o)
 {
     weir__upstream_release(s, false);
-    weir__backend_failed(s->peer.backend);
+    weir__backend_failed(s->peer.backend, o->err.type, o->err.context);
     struct weir_error e = o->err;
     e.retry = s->retries < s->cfg->server.max_retries;
     if (s->w->hooks->fail_to_connect) {
@@ -359,7 +359,7 @@ static void upstream_failed(struct weir_session *s, const struct weir__outcome *
         weir__upstream_rewind(s, true);
         return; /* still PH_UPSTREAM: a fresh connection to the same peer */
     }
-    weir__backend_failed(s->peer.backend);
+    weir__backend_failed(s->peer.backend, o->err.type, o->err.context);
     if (e.retry && o->replayable && s->retries < s->cfg->server.max_retries) {
         weir_log(WEIR_LOG_INFO, "upstream %s: %s (%s); retrying", s->peer.name,
                  weir_error_type_str(o->err.type), o->err.context ? o->err.context : "");

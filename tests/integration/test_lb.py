@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, check_refuses, free_port, wait_port
+from conftest import SANITIZED, check_refuses, free_port, wait_for, wait_port
 from origin import HttpOrigin
 
 
@@ -49,14 +49,18 @@ def weir_upstream(backends, balance, extra="", weights=None):
     return (f"  backend:\n    balance: {balance}\n{extra}    backends:\n" + "\n".join(lines) + "\n")
 
 
-def start_weir(weir, upstreams, server_extra=""):
+def start_weir_w(weir, upstreams, server_extra=""):
+    """weir with one route to the group `backend`: (its port, its process)."""
     port = free_port()
     cfg = (f"server:\n  threads: 2\n  grace_period: 5s\n  access_log: off\n{server_extra}"
            f"listeners:\n  - 127.0.0.1:{port}\n"
            f"routes:\n  - upstream: backend\n"
            f"upstreams:\n{upstreams}")
-    weir(cfg, port=port)
-    return port
+    return port, weir(cfg, port=port)
+
+
+def start_weir(weir, upstreams, server_extra=""):
+    return start_weir_w(weir, upstreams, server_extra)[0]
 
 
 NGINX_PROXY_CONF = """
@@ -231,6 +235,38 @@ def test_refused_backend_ejected_and_no_client_errors(weir, origins):
     send_all(port, [(f"/d/{i}", {}) for i in range(300)])
     n = len(backends[0].requests) + len(backends[1].requests)
     assert n == 300
+
+
+def status_of(port, path):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def test_ejection_and_return_are_logged(weir):
+    """An operator must see in the error log which backend was ejected, for how long and why,
+    and when it came back (the log said nothing before)."""
+    dead_port = free_port()
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 1s\n    backends:\n"
+           f"      - 127.0.0.1:{dead_port}\n")
+    port, w = start_weir_w(weir, ups, server_extra="  max_retries: 0\n")
+    assert status_of(port, "/a") == 502  # refused: the only backend is ejected for 1 s
+    ejected = (f"[warn] backend 127.0.0.1:{dead_port} ejected for 1s after 1 failure in a row: "
+               f"ConnectRefused (connect)")
+    assert wait_for(lambda: ejected in w.stderr(), 5), w.stderr()
+    origin = HttpOrigin(port=dead_port).start()
+    try:
+        # Once the second has passed, the backend is tried again and answers.
+        assert wait_for(lambda: status_of(port, "/b") == 200, 10), w.stderr()
+        back = f"[warn] backend 127.0.0.1:{dead_port} is back: a request succeeded after 1 ejection"
+        assert wait_for(lambda: back in w.stderr(), 5), w.stderr()
+    finally:
+        origin.stop()
 
 
 def test_backup_used_only_when_primaries_down(weir, origins):

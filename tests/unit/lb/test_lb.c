@@ -179,7 +179,7 @@ static void test_passive_ejection(void **state)
     size_t n = 0;
     assert_int_equal(weir__lb_backends(lb, &bs, &n), 0);
     assert_int_equal(n, 3);
-    weir__backend_failed(bs[1]);
+    weir__backend_failed(bs[1], WEIR_ERR_CONNECT_REFUSED, "connect");
     for (int i = 0; i < 6; i++) {
         (void)pick(lb, ""); /* one failure: still in rotation */
     }
@@ -188,7 +188,7 @@ static void test_passive_ejection(void **state)
         seen1 += pick(lb, "") == 1;
     }
     assert_int_equal(seen1, 1);
-    weir__backend_failed(bs[1]);
+    weir__backend_failed(bs[1], WEIR_ERR_CONNECT_REFUSED, "connect");
     uint64_t now = weir__lb_now_ms();
     uint64_t until = atomic_load(&bs[1]->ejected_until_ms);
     assert_in_range(until - now, 59000, 60100);
@@ -200,11 +200,11 @@ static void test_passive_ejection(void **state)
     assert_true(info.ejected);
     /* Back after its ejection and failing again: out at once, for twice as long. */
     atomic_store(&bs[1]->ejected_until_ms, 1);
-    weir__backend_failed(bs[1]);
+    weir__backend_failed(bs[1], WEIR_ERR_CONNECT_REFUSED, "connect");
     until = atomic_load(&bs[1]->ejected_until_ms);
     assert_in_range(until - weir__lb_now_ms(), 119000, 120100);
     atomic_store(&bs[1]->ejected_until_ms, 1);
-    weir__backend_failed(bs[1]);
+    weir__backend_failed(bs[1], WEIR_ERR_CONNECT_REFUSED, "connect");
     assert_in_range(atomic_load(&bs[1]->ejected_until_ms) - weir__lb_now_ms(), 199000, 200100);
     /* A success restores it. */
     weir__backend_succeeded(bs[1]);
