@@ -18,6 +18,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "../tmpdir.h"
 #include "net/sock.h"
 #include "weir/error.h"
 
@@ -258,9 +259,9 @@ static void test_addr_equal_unix(void **state)
 static void test_connect_unix(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/weir-sock-XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    char path[64];
+    char dir[WEIR_TEST_DIR_MAX + 1];
+    assert_int_equal(weir_test_mkdtemp(dir, sizeof(dir), "sock"), 0);
+    char path[WEIR_TEST_DIR_MAX + 8];
     int n = snprintf(path, sizeof(path), "%s/s", dir);
     assert_true(n > 0 && (size_t)n < sizeof(path));
     struct sockaddr_storage un;

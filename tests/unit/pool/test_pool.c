@@ -23,6 +23,7 @@
 
 #include "core/buf.h"
 #include "core/loop.h"
+#include "../tmpdir.h"
 #include "net/sock.h"
 #include "pool/pool.h"
 #include "weir/error.h"
@@ -308,8 +309,8 @@ static void unix_peer(struct weir_peer *peer, const char *dir, const char *name)
 static void test_unix_peer_key(void **state)
 {
     (void)state;
-    char dir[] = "/tmp/weir-pool-XXXXXX";
-    assert_non_null(mkdtemp(dir));
+    char dir[WEIR_TEST_DIR_MAX + 1];
+    assert_int_equal(weir_test_mkdtemp(dir, sizeof(dir), "pool"), 0);
     struct weir_peer peer, other;
     unix_peer(&peer, dir, "origin");
     unix_peer(&other, dir, "other");

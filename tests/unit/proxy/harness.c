@@ -497,8 +497,7 @@ struct harness *harness_new(const char *yaml)
         weir__rcu_register();
         h->rcu = true;
     }
-    memcpy(h->dir, "/tmp/weir-ptest-XXXXXX", sizeof("/tmp/weir-ptest-XXXXXX"));
-    if (mkdtemp(h->dir) == NULL) {
+    if (weir_test_mkdtemp(h->dir, sizeof(h->dir), "ptest") != 0) {
         h->dir[0] = '\0';
         goto fail;
     }

@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include "../tmpdir.h"
 #include "proxy/proxy_int.h"
 
 #define HARNESS_IN_MAX      65536 /* bytes one end keeps of what it received */
@@ -128,8 +129,8 @@ struct harness {
     struct harness_end ends[HARNESS_ENDS_MAX];
     unsigned nends;
     struct harness_log logs[HARNESS_LOGS_MAX];
-    unsigned nlogs; /* logging calls so far (may exceed HARNESS_LOGS_MAX) */
-    char dir[32];   /* the temporary directory of the origins' sockets */
+    unsigned nlogs;                  /* logging calls so far (may exceed HARNESS_LOGS_MAX) */
+    char dir[WEIR_TEST_DIR_MAX + 1]; /* the temporary directory of the origins' sockets */
     /* private */
     struct weir_proxy_hooks run_hooks;
     struct weir__snapshot_slot slot;
