@@ -30,7 +30,7 @@ enum weir__step weir__outcome_end(struct weir__outcome *o, enum weir_error_type 
     return WEIR_STEP_FAILED;
 }
 
-static enum weir__step connect_failed(struct weir_session *s, struct weir__outcome *o, int code)
+static enum weir__step connect_failed(struct weir__outcome *o, int code)
 {
     enum weir_error_type type = code == -ECONNREFUSED    ? WEIR_ERR_CONNECT_REFUSED
                                 : code == WEIR_ETIMEDOUT ? WEIR_ERR_CONNECT_TIMEOUT
@@ -97,7 +97,7 @@ static enum weir__step up_idle(struct weir_session *s, struct weir__outcome *o)
     s->ux.fresh = false;
     int rc = weir__upconn_connect(pool, &s->peer, &u);
     if (rc != 0) {
-        return connect_failed(s, o, rc);
+        return connect_failed(o, rc);
     }
     attach(s, u, false);
     return WEIR_STEP_DONE;
@@ -113,7 +113,7 @@ static enum weir__step up_connecting(struct weir_session *s, struct weir__outcom
     }
     int rc = weir__connect_result(u->st.io.fd);
     if (rc != 0) {
-        return connect_failed(s, o, rc);
+        return connect_failed(o, rc);
     }
     u->connected = true;
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
@@ -138,26 +138,33 @@ static enum weir__step up_connected(struct weir_session *s, struct weir__outcome
     return WEIR_STEP_DONE;
 }
 
+/* One step of pipe p from src to dst through q; progress on either side moves its clock. */
+static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe *p,
+                                       struct weir__stream *src, uint64_t *src_progress_ms,
+                                       struct weir__stream *dst, uint64_t *dst_progress_ms,
+                                       struct weir__outq *q, weir__body_filter_fn filter,
+                                       uint64_t limit)
+{
+    uint64_t now = weir_loop_now_ms(s->w->loop);
+    struct weir__pipe_io io = {src, dst, q, filter, limit, false, false};
+    enum weir__pipe_status st = weir__pipe_step(s, p, &io);
+    if (io.read_progress) {
+        *src_progress_ms = now;
+    }
+    if (io.write_progress) {
+        *dst_progress_ms = now;
+    }
+    return st;
+}
+
 /* ---- the request going up (from UP_HEAD on, until req_sent) ---- */
 
 static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
 {
-    uint64_t now = weir_loop_now_ms(s->w->loop);
     weir__down_send_continue(s);
-    struct weir__pipe_io io = {&s->c->st,
-                               &s->ux.conn->st,
-                               &s->ux.out,
-                               s->w->hooks->request_body_filter,
-                               s->cfg->server.limits.max_body_bytes,
-                               false,
-                               false};
-    enum weir__pipe_status st = weir__pipe_step(s, &s->reqp, &io);
-    if (io.write_progress) {
-        s->ux.progress_ms = now;
-    }
-    if (io.read_progress) {
-        s->client_progress_ms = now;
-    }
+    enum weir__pipe_status st = run_pipe(
+        s, &s->reqp, &s->c->st, &s->client_progress_ms, &s->ux.conn->st, &s->ux.progress_ms,
+        &s->ux.out, s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
@@ -218,17 +225,9 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
 
 static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 {
-    uint64_t now = weir_loop_now_ms(s->w->loop);
-    struct weir__pipe_io io = {
-        &s->ux.conn->st, &s->c->st, &s->out_client, s->w->hooks->response_body_filter, 0,
-        false,           false};
-    enum weir__pipe_status st = weir__pipe_step(s, &s->respp, &io);
-    if (io.read_progress) {
-        s->ux.progress_ms = now;
-    }
-    if (io.write_progress) {
-        s->client_progress_ms = now;
-    }
+    enum weir__pipe_status st =
+        run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms, &s->c->st,
+                 &s->client_progress_ms, &s->out_client, s->w->hooks->response_body_filter, 0);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->ux.state = UP_COMPLETE;
@@ -273,7 +272,7 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
         if (now >= deadline) {
             weir_log(WEIR_LOG_INFO, "upstream %s: %s", s->peer.name, weir_error_type_str(type));
             if (type == WEIR_ERR_CONNECT_TIMEOUT) {
-                return connect_failed(s, o, WEIR_ETIMEDOUT);
+                return connect_failed(o, WEIR_ETIMEDOUT);
             }
             return weir__upstream_error(s, o, type, 0, "upstream timeout");
         }
