@@ -19,6 +19,17 @@ struct weir__stream {
     bool eof; /* the peer half-closed: no more bytes will arrive */
 };
 
+/** Notes what an edge-triggered event says: readable (data, hang-up, error), writable. */
+static inline void weir__stream_note_events(struct weir__stream *st, uint32_t events)
+{
+    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        st->readable = true;
+    }
+    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        st->writable = true;
+    }
+}
+
 /** The most ranges one queue holds: head + chunk size line + data + CRLF. */
 #define WEIR_OUTQ_MAX 4
 

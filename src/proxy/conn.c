@@ -381,12 +381,7 @@ static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
     if (c->state == CONN_CLOSED) {
         return;
     }
-    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
-        c->st.readable = true;
-    }
-    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
-        c->st.writable = true;
-    }
+    weir__stream_note_events(&c->st, events);
     if (c->state == CONN_IDLE) {
         conn_idle_step(c);
     } else if (c->state == CONN_LINGER) {

@@ -628,12 +628,7 @@ void weir__session_upstream_event(struct weir_loop *loop, struct weir_io *io, ui
 {
     struct weir__upconn *u = io->data;
     WEIR_CHECK_OBJ(u, WEIR_UPCONN_MAGIC);
-    if (events & (WEIR_IO_READ | WEIR_IO_RDHUP | WEIR_IO_HUP | WEIR_IO_ERROR)) {
-        u->st.readable = true;
-    }
-    if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
-        u->st.writable = true;
-    }
+    weir__stream_note_events(&u->st, events);
     struct weir_session *s = u->owner;
     if (s != NULL) {
         WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC);
