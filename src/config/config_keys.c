@@ -10,6 +10,7 @@
 
 #include "config/config_int.h"
 #include "core/assert.h"
+#include "core/fmt.h"
 
 /* --- paths and errors ---------------------------------------------------------------- */
 
@@ -369,17 +370,6 @@ static bool number_with_unit(const char *s, const char *units)
     return i > 0 && s[0] != '.' && strspn(s + i, units) == strlen(s + i);
 }
 
-/* A duration bound for a message: whole seconds as "60s", else milliseconds. */
-static const char *fmt_ms(uint64_t ms, char *buf, size_t size)
-{
-    if (ms != 0 && ms % 1000 == 0) {
-        (void)snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
-    } else {
-        (void)snprintf(buf, size, "%llums", (unsigned long long)ms);
-    }
-    return buf;
-}
-
 static void get_duration(struct weir__cfg_ctx *c, const struct ynode *n, uint64_t min, uint64_t max,
                          uint32_t *out)
 {
@@ -397,7 +387,7 @@ static void get_duration(struct weir__cfg_ctx *c, const struct ynode *n, uint64_
                           shown);
         } else if (ms > max) {
             weir__cfg_err(c, n, "expected a duration of at most %s",
-                          fmt_ms(max, bound, sizeof(bound)));
+                          weir__fmt_ms(max, bound, sizeof(bound)));
         } else {
             *out = ms;
         }

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "core/fmt.h"
 #include "core/rcu.h"
 #include "weir/error.h"
 #include "weir/log.h"
@@ -178,19 +179,6 @@ static bool healthy_now(struct weir_backend *b, uint64_t *now)
     return *now >= until;
 }
 
-/* "1500ms", "30s", "2m30s": how an ejection's length reads in the log. */
-static const char *fmt_ms(uint64_t ms, char *buf, size_t size)
-{
-    if (ms < 1000 || ms % 1000 != 0) {
-        (void)snprintf(buf, size, "%llums", (unsigned long long)ms);
-    } else if (ms < 60000 || ms % 60000 != 0) {
-        (void)snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
-    } else {
-        (void)snprintf(buf, size, "%llum", (unsigned long long)(ms / 60000));
-    }
-    return buf;
-}
-
 void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, const char *context)
 {
     if (b == NULL || b->max_fails == UINT32_MAX) {
@@ -223,7 +211,7 @@ void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, con
         (void)snprintf(n, sizeof(n), "again (%u in a row), failing on its return", e + 1);
     }
     weir_log(WEIR_LOG_WARN, "backend %s ejected for %s %s: %s%s%s%s", b->ident,
-             fmt_ms(ms, d, sizeof(d)), n, weir_error_type_str(type), context ? " (" : "",
+             weir__fmt_ms(ms, d, sizeof(d)), n, weir_error_type_str(type), context ? " (" : "",
              context ? context : "", context ? ")" : "");
 }
 
