@@ -48,10 +48,10 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
     if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, WEIR_BUFPOOL_KEEP) != 0) {
         goto fail;
     }
-    w->pool = weir__pool_new(
-        loop, &w->bufs, sc->upstream_keepalive,
-        sc->upstream_keepalive * WEIR_POOL_PEERS_PER_WORKER + WEIR_POOL_PEERS_PER_WORKER,
-        sc->timeouts.upstream_idle_ms, shared_pool, sc->upstream_share_after_ms);
+    w->pool =
+        weir__pool_new(loop, &w->bufs, sc->upstream_keepalive,
+                       (sc->upstream_keepalive + 1) * WEIR_POOL_PEERS_PER_WORKER,
+                       sc->timeouts.upstream_idle_ms, shared_pool, sc->upstream_share_after_ms);
     if (w->pool == NULL) {
         goto fail;
     }

@@ -173,8 +173,8 @@ struct weir__outcome {
 #define WEIR_CHUNK_LINE_MAX 4096
 /** Free I/O buffers a worker keeps for reuse (more go back to the heap). */
 #define WEIR_BUFPOOL_KEEP 256
-/** Peers a worker's hot pool tier is sized for: idle connections in all, upstream_keepalive per
-    peer times this (plus this), the rest spills to the shared tier. */
+/** Peers a worker's hot pool tier is sized for: it keeps (upstream_keepalive + 1) times this
+    many idle connections in all; more spill to the shared tier. */
 #define WEIR_POOL_PEERS_PER_WORKER 64
 /** The oldest an access-log line waits in a worker's buffer before it goes to the writer. */
 #define WEIR_ACCESS_FLUSH_MS 1000
