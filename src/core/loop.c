@@ -54,8 +54,13 @@ struct weir_loop {
 
 void weir__loop_update_time(struct weir_loop *loop)
 {
+    /*
+     * The precise clock, not CLOCK_MONOTONIC_COARSE: the coarse one moves in jiffies (4 ms at
+     * HZ=250), which fired timers up to a jiffy early and rounded durations in the access log
+     * to it. Through the vDSO the precise read costs tens of nanoseconds, once per turn.
+     */
     struct timespec ts;
-    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0) {
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
         loop->now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
     }
     if (clock_gettime(CLOCK_REALTIME_COARSE, &ts) == 0) {
@@ -191,9 +196,19 @@ void weir_timer_stop(struct weir_loop *loop, struct weir_timer *t)
     sift_up(loop, i);
 }
 
+uint64_t weir__loop_deadline(const struct weir_loop *loop, uint64_t ms)
+{
+    /*
+     * now_ms is the turn's start truncated to the millisecond, so the real time is already up
+     * to a millisecond past it: one more keeps a timer from firing before ms have passed.
+     * 0 stays 0, "on the next pass".
+     */
+    return ms == 0 ? loop->now_ms : loop->now_ms + ms + 1;
+}
+
 int weir_timer_start(struct weir_loop *loop, struct weir_timer *t, uint64_t ms)
 {
-    uint64_t deadline = loop->now_ms + ms;
+    uint64_t deadline = weir__loop_deadline(loop, ms);
     t->start_seq = ++loop->timer_seq;
     if (t->heap_index != SIZE_MAX) {
         uint64_t old = t->deadline_ms;

@@ -36,6 +36,8 @@ size_t weir__loop_timer_count(const struct weir_loop *loop);
 
 /** Refreshes the cached clocks (tests; the loop does it each turn). */
 void weir__loop_update_time(struct weir_loop *loop);
+/* The deadline weir_timer_start(loop, t, ms) would give t now. */
+uint64_t weir__loop_deadline(const struct weir_loop *loop, uint64_t ms);
 
 /** Fires every timer due at the cached time (tests; the loop does it each turn). */
 void weir__loop_run_timers(struct weir_loop *loop);

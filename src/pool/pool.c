@@ -386,7 +386,8 @@ static void move_to_shared(struct weir__pool *p, struct keylist *k, struct weir_
 
 static void arm_sweep(struct weir__pool *p, uint64_t in_ms)
 {
-    if (!weir_timer_active(&p->sweep) || p->sweep.deadline_ms > weir_loop_now_ms(p->loop) + in_ms) {
+    if (!weir_timer_active(&p->sweep) ||
+        p->sweep.deadline_ms > weir__loop_deadline(p->loop, in_ms)) {
         weir_timer_stop(p->loop, &p->sweep);
         /* Failing to arm only delays sharing: the next put tries again. */
         (void)weir_timer_start(p->loop, &p->sweep, in_ms);
