@@ -86,6 +86,8 @@ struct weir_cfg_timeouts {
     uint32_t upstream_read_ms;    /**< between two reads from the origin; default 60000 */
     uint32_t upstream_write_ms;   /**< between two writes to the origin; default 60000 */
     uint32_t upstream_idle_ms;    /**< an idle pooled upstream connection; default 60000 */
+    uint32_t linger_ms;           /**< a lingering close (after an error response), whole; 30000 */
+    uint32_t linger_idle_ms;      /**< a lingering close, between two reads; default 5000 */
 };
 
 /** server.resolver: how upstream backends given by DNS name are resolved. */

@@ -62,6 +62,8 @@ static const struct weir__cfg_key timeouts_keys[] = {
     WEIR__CFG_DURATION("upstream_read", TMO(upstream_read_ms), 1, UINT32_MAX, 60000),
     WEIR__CFG_DURATION("upstream_write", TMO(upstream_write_ms), 1, UINT32_MAX, 60000),
     WEIR__CFG_DURATION("upstream_idle", TMO(upstream_idle_ms), 1, UINT32_MAX, 60000),
+    WEIR__CFG_DURATION("linger", TMO(linger_ms), 1, UINT32_MAX, 30000),
+    WEIR__CFG_DURATION("linger_idle", TMO(linger_idle_ms), 1, UINT32_MAX, 5000),
 };
 
 static const struct weir__cfg_section timeouts_section =

@@ -261,7 +261,8 @@ void weir__conn_set_deadline(struct weir__conn *c, uint64_t ms)
     uint64_t now = weir_loop_now_ms(c->w->loop);
     c->deadline_ms = now + ms;
     /* Lazy: an armed timer firing earlier re-arms itself for the real deadline. */
-    if (!weir_timer_active(&c->timer) || c->timer.deadline_ms > c->deadline_ms) {
+    if (!weir_timer_active(&c->timer) ||
+        c->timer.deadline_ms > weir__loop_deadline(c->w->loop, ms)) {
         if (weir_timer_start(c->w->loop, &c->timer, ms) != 0) {
             /*
              * Without a timer the connection could hang forever: drop it, at the end of the
@@ -332,6 +333,8 @@ void weir__conn_close(struct weir__conn *c)
         c->st.io.fd = -1;
     }
     weir__buf_release(&w->bufs, &c->st.in);
+    weir__free(c->reply);
+    c->reply = NULL;
     release_counts(c);
     unlink_conn(c);
     if (c->s != NULL && c->s->suspended) {
@@ -391,35 +394,94 @@ static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
     }
 }
 
-#define LINGER_MS        2000
-#define LINGER_MAX_BYTES (1u << 20)
-
-static void linger_step(struct weir__conn *c)
+/*
+ * A lingering close, as nginx's lingering_close: the reply written whole, our write side shut
+ * down, then what the client still sends read and thrown away until it closes, or until
+ * linger_idle passes without a byte or linger in all. Closing with unread bytes would make the
+ * kernel send a reset, and a reset can destroy the reply before the client has read it.
+ */
+static void linger_arm(struct weir__conn *c)
 {
-    char sink[4096];
-    size_t total = 0;
-    for (;;) {
-        ssize_t n = read(c->st.io.fd, sink, sizeof(sink));
+    const struct weir_cfg_timeouts *t = &c->w->cfg->server.timeouts;
+    uint64_t now = weir_loop_now_ms(c->w->loop);
+    if (now >= c->linger_end_ms) {
+        weir__conn_close(c);
+        return;
+    }
+    uint64_t left = c->linger_end_ms - now;
+    weir__conn_set_deadline(c, left < t->linger_idle_ms ? left : t->linger_idle_ms);
+}
+
+/* Writes what is left of the reply; true once all of it is out (or there was none). */
+static bool linger_write(struct weir__conn *c)
+{
+    while (c->reply_off < c->reply_len) {
+        ssize_t n = write(c->st.io.fd, c->reply + c->reply_off, c->reply_len - c->reply_off);
         if (n > 0) {
-            total += (size_t)n;
-            if (total > LINGER_MAX_BYTES) {
-                weir__conn_close(c);
-                return;
-            }
+            c->reply_off = (uint16_t)(c->reply_off + n);
             continue;
         }
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            return;
+            c->st.writable = false;
+            return false;
+        }
+        weir__conn_close(c); /* the client is gone: nobody to answer */
+        return false;
+    }
+    weir__free(c->reply);
+    c->reply = NULL;
+    c->reply_len = c->reply_off = 0;
+    return true;
+}
+
+static void linger_step(struct weir__conn *c)
+{
+    bool progress = false;
+    if (!c->shut) {
+        uint16_t before = c->reply_off;
+        bool all_out = linger_write(c);
+        if (c->state != CONN_LINGER) {
+            return; /* the client is gone */
+        }
+        progress = c->reply_off != before;
+        if (all_out) {
+            if (shutdown(c->st.io.fd, SHUT_WR) != 0) {
+                weir__conn_close(c);
+                return;
+            }
+            c->shut = true;
+        }
+    }
+    /* Read even while the reply waits: a client may read only once it has sent everything. */
+    char sink[4096];
+    for (;;) {
+        ssize_t n = read(c->st.io.fd, sink, sizeof(sink));
+        if (n > 0) {
+            progress = true;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
         }
         weir__conn_close(c); /* EOF or error: the client is done */
         return;
     }
+    if (progress) {
+        linger_arm(c);
+    }
 }
 
-void weir__conn_linger(struct weir__conn *c)
+/*
+ * Ends the connection with a lingering close. reply (len bytes, at most WEIR_REJECT_MAX) is
+ * written first: what the socket takes now, the rest kept and written when it is writable.
+ */
+static void linger_with(struct weir__conn *c, const char *reply, size_t len)
 {
     if (c->state == CONN_CLOSED) {
         return;
@@ -427,34 +489,56 @@ void weir__conn_linger(struct weir__conn *c)
     c->s = NULL;
     c->state = CONN_LINGER;
     weir__buf_release(&c->w->bufs, &c->st.in);
-    if (shutdown(c->st.io.fd, SHUT_WR) != 0) {
-        weir__conn_close(c);
-        return;
+    c->shut = false;
+    c->linger_end_ms = weir_loop_now_ms(c->w->loop) + c->w->cfg->server.timeouts.linger_ms;
+    if (len > 0) {
+        ssize_t n;
+        do {
+            n = write(c->st.io.fd, reply, len);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            weir__conn_close(c);
+            return;
+        }
+        size_t done = n > 0 ? (size_t)n : 0;
+        if (done < len) {
+            /* A full socket buffer (a pipelining client that does not read): keep the rest. */
+            c->reply = weir__malloc(len - done);
+            if (c->reply == NULL) {
+                weir__conn_close(c);
+                return;
+            }
+            memcpy(c->reply, reply + done, len - done);
+            c->reply_len = (uint16_t)(len - done);
+            c->reply_off = 0;
+            c->st.writable = false;
+        }
     }
-    weir__conn_set_deadline(c, LINGER_MS);
+    linger_arm(c);
     if (c->state == CONN_LINGER) {
         linger_step(c);
     }
+}
+
+void weir__conn_linger(struct weir__conn *c)
+{
+    linger_with(c, NULL, 0);
 }
 
 /* Answers a request we could not parse, then closes (the framing is lost). */
 static void reject_head(struct weir__conn *c, int code)
 {
     int status = weir__h1_error_status(code);
-    char buf[256];
+    char buf[WEIR_REJECT_MAX];
     const char *reason = weir_http_reason(status);
     int n = snprintf(buf, sizeof(buf),
                      "HTTP/1.1 %d %s\r\nServer: weir\r\nContent-Type: text/plain\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
                      status, reason, strlen(reason) + 1, reason);
-    if (n > 0 && (size_t)n < sizeof(buf)) {
-        /* Best effort: the socket buffer of a fresh connection takes this at once. */
-        (void)!write(c->st.io.fd, buf, (size_t)n);
-    }
     weir__access_log_reject(c, status, strlen(reason) + 1);
     weir_log(WEIR_LOG_DEBUG, "client %s: rejected request head: %s (%d)", c->ip,
              weir_strerror(code), status);
-    weir__conn_linger(c);
+    linger_with(c, buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0);
 }
 
 static void conn_idle_step(struct weir__conn *c)

@@ -105,6 +105,12 @@ struct weir__conn {
     struct weir__defer kick; /* re-enters the idle state machine after a request */
     struct weir__defer doom; /* closes a connection whose deadline could not be armed */
     bool zombie;             /* closed while a suspended session still points at it */
+    /* Lingering close (CONN_LINGER): the reply still to write before the shutdown, if the
+     * socket would not take it at once, and when lingering must end regardless. */
+    char *reply;
+    uint16_t reply_len, reply_off;
+    bool shut;              /* our write side is shut down */
+    uint64_t linger_end_ms; /* timeouts.linger from the start of lingering */
 };
 
 /*
@@ -420,6 +426,8 @@ void weir__conn_close(struct weir__conn *c);
  * the response in flight.
  */
 void weir__conn_linger(struct weir__conn *c);
+/* WEIR_REJECT_MAX: the longest error reply reject_head writes (status line, headers, body). */
+#define WEIR_REJECT_MAX 256
 /** The session ended: continue with the next request or close. */
 void weir__conn_request_done(struct weir__conn *c, bool close_conn);
 /** Sets the client-side deadline ms from now (0 disarms). */

@@ -276,7 +276,8 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
             }
             return weir__upstream_error(s, o, type, 0, "upstream timeout");
         }
-        if (!weir_timer_active(&s->ux.timer) || s->ux.timer.deadline_ms > deadline) {
+        if (!weir_timer_active(&s->ux.timer) ||
+            s->ux.timer.deadline_ms > weir__loop_deadline(loop, deadline - now)) {
             if (weir_timer_start(loop, &s->ux.timer, deadline - now) != 0) {
                 return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "timer");
             }

@@ -348,3 +348,64 @@ def test_bad_after_good_nothing_further_processed(weir, origin):
     assert [r[0] for r in split_responses(data)] == [200, 400]
     assert closed
     assert [r.target for r in origin.requests] == ["/one"]
+
+
+# ---- the error reply reaches a client that is still sending (a lingering close) ----
+
+def send_then_read(port, head, more, timeout=20.0):
+    """Sends head, then `more` bytes of junk in 64 KiB writes, then reads to the end. Returns
+    (bytes read, how the connection ended: "eof" or "reset")."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        block = b"x" * 65536
+        for _ in range(more // len(block)):
+            s.sendall(block)  # a reset here fails the test: weir closed with bytes unread
+        chunks = []
+        while True:
+            try:
+                b = s.recv(65536)
+            except ConnectionResetError:
+                return b"".join(chunks), "reset"
+            if not b:
+                return b"".join(chunks), "eof"
+            chunks.append(b)
+
+
+def test_rejected_head_reaches_a_client_still_sending(weir, origin):
+    """A head over max_header_bytes gets its 431 even though the client goes on sending 4 MiB
+    before it reads: weir drains what arrives (a lingering close) instead of closing with
+    unread bytes, which would answer the client with a reset that can destroy the 431."""
+    port = start(weir, origin.port)
+    head = b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"v" * 8000
+    data, end = send_then_read(port, head, 4 << 20)
+    assert end == "eof"
+    assert [r[0] for r in split_responses(data)] == [431]
+    assert origin.connections == 0
+
+
+def test_rejected_body_reaches_a_client_still_sending(weir, origin):
+    """The same for a request rejected in the session (a declared body over max_body_bytes):
+    the 413 goes out, then weir lingers while the 4 MiB body arrives."""
+    port = start(weir, origin.port)
+    head = b"POST / HTTP/1.1\r\n" + H + b"Content-Length: 4194304\r\n\r\n"
+    data, end = send_then_read(port, head, 4 << 20)
+    assert end == "eof"
+    assert [r[0] for r in split_responses(data)] == [413]
+    assert origin.connections == 0
+
+
+def test_lingering_ends_for_a_client_that_never_stops(weir, origin):
+    """Lingering is bounded: a client that keeps sending past timeouts.linger is cut off."""
+    port = start(weir, origin.port, "  timeouts:\n    linger: 500ms\n    linger_idle: 200ms\n")
+    head = b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"v" * 8000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        deadline = time.monotonic() + 20
+        cut = False
+        while time.monotonic() < deadline and not cut:
+            try:
+                s.sendall(b"x" * 4096)
+                time.sleep(0.01)
+            except (BrokenPipeError, ConnectionResetError):
+                cut = True
+        assert cut, "weir lingered on a client that never stopped sending for 20 s"
