@@ -64,7 +64,7 @@ struct weir_cfg_header_edits {
 struct weir_cfg_limits {
     uint32_t max_request_line; /**< bytes; default 8192; over it: 414 */
     uint32_t max_header_bytes; /**< bytes of the whole head; default 32768; over it: 431 */
-    uint32_t max_headers;      /**< fields; default 100; over it: 431 */
+    uint32_t max_headers;      /**< fields; default 10000; over it: 431 */
     uint64_t max_body_bytes;   /**< request body bytes; 0 = unlimited (default); over it: 413 */
     uint32_t max_connections;  /**< open client connections per worker; default 10000 */
     uint32_t buffer_size;      /**< I/O buffer bytes; default 32768 */

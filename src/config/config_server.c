@@ -36,7 +36,7 @@ static const struct weir__cfg_section pool_section =
 static const struct weir__cfg_key limits_keys[] = {
     WEIR__CFG_SIZE32("max_request_line", LIM(max_request_line), 64, 1u << 20, 8192),
     WEIR__CFG_SIZE32("max_header_bytes", LIM(max_header_bytes), 256, 16u << 20, 32768),
-    WEIR__CFG_U32("max_headers", LIM(max_headers), 1, 10000, 100),
+    WEIR__CFG_U32("max_headers", LIM(max_headers), 1, 10000, 10000),
     WEIR__CFG_SIZE("max_body_bytes", LIM(max_body_bytes), 0, UINT64_MAX, 0),
     WEIR__CFG_U32("max_connections", LIM(max_connections), 1, 10000000, 10000),
     WEIR__CFG_SIZE32("buffer_size", LIM(buffer_size), 1u << 10, 1u << 20, 32768),

@@ -45,6 +45,12 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
     const struct weir_cfg_server *sc = &w->cfg->server;
     w->access_format = sc->access_log_format;
     weir__access_buf_init(&w->access, access);
+    w->fields = weir__reallocarray(NULL, WEIR_MAX_HEADERS_PARSED, sizeof(*w->fields));
+    if (w->fields == NULL) {
+        weir__snapshot_holder_retire(&w->holder);
+        weir__free(w);
+        return NULL;
+    }
     if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, WEIR_BUFPOOL_KEEP) != 0) {
         goto fail;
     }
@@ -59,6 +65,7 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
 fail:
     weir__bufpool_dispose(&w->bufs);
     weir__snapshot_holder_retire(&w->holder);
+    weir__free(w->fields);
     weir__free(w);
     return NULL;
 }
@@ -92,6 +99,7 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
     /* Closed connections are freed by deferred calls; buffers they held return first. */
     w->pool = NULL;
     weir__bufpool_dispose(&w->bufs);
+    weir__free(w->fields);
     weir__free(w);
 }
 
@@ -545,17 +553,15 @@ static void conn_idle_step(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
     const struct weir_cfg_limits *lim = &w->cfg->server.limits;
-    struct weir_header hdrs[lim->max_headers > 0 && lim->max_headers <= WEIR_MAX_HEADERS_PARSED
-                                ? lim->max_headers
-                                : 100];
-    struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes,
-                                 (uint32_t)(sizeof(hdrs) / sizeof(hdrs[0]))};
+    uint32_t maxh =
+        lim->max_headers <= WEIR_MAX_HEADERS_PARSED ? lim->max_headers : WEIR_MAX_HEADERS_PARSED;
+    struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes, maxh};
     for (;;) {
         if (weir__buf_len(&c->st.in) > 0) {
             struct weir__h1_request hr;
             ssize_t n =
                 weir__h1_parse_request(c->st.in.data + c->st.in.rpos, weir__buf_len(&c->st.in),
-                                       &c->scan, &hl, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), &hr);
+                                       &c->scan, &hl, w->fields, maxh, &hr);
             if (n > 0) {
                 memset(&c->scan, 0, sizeof(c->scan));
                 c->head_started = false;

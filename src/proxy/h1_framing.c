@@ -138,7 +138,7 @@ static enum weir__step parse_response_head(struct weir_session *s, struct weir__
     const struct weir_cfg_limits *lim = &s->cfg->server.limits;
     uint32_t maxh =
         lim->max_headers <= WEIR_MAX_HEADERS_PARSED ? lim->max_headers : WEIR_MAX_HEADERS_PARSED;
-    struct weir_header hdrs[maxh];
+    struct weir_header *hdrs = s->w->fields;
     struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes, maxh};
     bool head_method = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
     for (;;) {

@@ -72,6 +72,14 @@ struct weir__proxy_worker {
     struct weir_rate *ip_rate;      /* requests per client address, 1 s windows */
     uint64_t refused;               /* connections refused by a cap on this worker */
     uint64_t refused_warn_ms;       /* next time a refusal may be logged as a warning */
+    /*
+     * Where a head parse puts its fields before weir__head_adopt copies them into the
+     * request's arena: WEIR_MAX_HEADERS_PARSED entries on the heap (320 KB of address space,
+     * its pages touched only as far as heads reach), not a stack array of max_headers. The
+     * request and response parses both use it: each head is adopted before anything else
+     * runs, so they never overlap.
+     */
+    struct weir_header *fields;
 };
 
 enum weir__conn_state {
@@ -503,7 +511,7 @@ int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_i
 /* h1_framing.c */
 /** Extra header slots a parsed head gets beyond max_headers, for the fields hooks add. */
 #define WEIR_HEADERS_SLACK 64
-/** The most fields one head parse takes (the stack array it fills). */
+/** The most fields one head parse takes (w->fields; server.limits.max_headers' ceiling). */
 #define WEIR_MAX_HEADERS_PARSED 10000
 static inline struct weir_iov weir__iov_rebase(struct weir_iov v, const char *from, const char *to)
 {

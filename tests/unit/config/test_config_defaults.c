@@ -46,7 +46,7 @@ static void check_server(const struct weir_cfg_server *s)
     const struct weir_cfg_limits *l = &s->limits;
     assert_int_equal(l->max_request_line, 8192);
     assert_int_equal(l->max_header_bytes, 32768);
-    assert_int_equal(l->max_headers, 100);
+    assert_int_equal(l->max_headers, 10000);
     assert_int_equal(l->max_body_bytes, 0);
     assert_int_equal(l->max_connections, 10000);
     assert_int_equal(l->buffer_size, 32768);
