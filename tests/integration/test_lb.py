@@ -5,6 +5,7 @@ every backend is down (503, or fail_open).
 Each backend is a real HttpOrigin on its own port; which backend served a request is read from
 the origins' own records, so nothing depends on response parsing.
 """
+import hashlib
 import http.client
 import os
 import pwd
@@ -142,7 +143,30 @@ HASH_CASES = {
     "arg": ("arg:k", "$arg_k", lambda i, k: (f"/a/{i}?x=1&k={k}&y=2", {})),
     "header": ("header:X-Key", "$http_x_key", lambda i, k: (f"/h/{i}", {"X-Key": k})),
     "cookie": ("cookie:sid", "$cookie_sid", lambda i, k: (f"/c/{i}", {"Cookie": f"a=1; sid={k}; b=2"})),
+    # The key ends in "x" so it is never a "." or ".." segment, which nginx's $uri would
+    # normalise away (weir hashes the path as received); the query keeps targets unique.
+    "path": ("path", "$uri", lambda i, k: (f"/p/{k}x?i={i}", {})),
+    # The key is the client's address: each request comes from its own 127.x.y.z.
+    "client_ip": ("client_ip", "$remote_addr", lambda i, k: (f"/ip/{i}", {}, random_ip(k))),
 }
+
+
+def random_ip(k):
+    """A loopback address derived from the key text (all of 127.0.0.0/8 reaches 127.0.0.1)."""
+    a, b, c = hashlib.sha256(k.encode()).digest()[:3]
+    return f"127.{a}.{b}.{c % 254 + 1}"
+
+
+def send_each(port, requests):
+    """Sends (target, headers, source address) requests, each on its own connection from
+    that address; all must get 200."""
+    for target, headers, source in requests:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=15, source_address=(source, 0))
+        c.request("GET", target, headers=headers)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == 200, (target, source, r.status)
 
 
 @pytest.mark.parametrize("case", sorted(HASH_CASES))
@@ -158,13 +182,14 @@ def test_consistent_hash_matches_nginx(weir, origins, nginx_proxy, case):
     # round-robin cursors start in different places).
 
 
+    send = send_each if case == "client_ip" else send_all
     nport = nginx_proxy(nginx_key, backends, weights)
-    send_all(nport, requests)
+    send(nport, requests)
     by_nginx = served_by(backends)
 
     wport = start_weir(weir, weir_upstream(backends, "consistent_hash",
                                            f"    hash_key: {weir_key}\n", weights))
-    send_all(wport, requests)
+    send(wport, requests)
     by_weir = served_by(backends)
 
     assert len(by_nginx) == len(requests) == len(by_weir)
