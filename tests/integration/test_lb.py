@@ -482,3 +482,52 @@ def test_bad_lb_config_refused(tmp_path, bad, msg):
                               f"upstreams:\n  u:\n{bad}    backends: [127.0.0.1:2]\n")
     assert msg in err, err
     assert f"{path}:" in err
+
+
+# --- retry budget
+
+
+def budget_config(port, bad_port, good_port, budget):
+    """One route (retry_idempotent, retry_budget `budget`) to [bad, good], round robin, no
+    ejection (max_fails 0) so the bad backend keeps taking its share."""
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n  max_retries: 1\n"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            f"routes:\n  - name: api\n    upstream: backend\n    retry_idempotent: true\n"
+            f"    retry_budget: {budget}\n"
+            f"upstreams:\n  backend:\n    max_fails: 0\n    backends:\n"
+            f"      - 127.0.0.1:{bad_port}\n      - 127.0.0.1:{good_port}\n")
+
+
+@pytest.mark.parametrize("budget", ["0%", "100%"])
+def test_retry_budget_stops_retries_once_spent(weir, origin, raw_origin, budget):
+    """docs/CONFIG.md retry_budget: retries may add at most that share of the route's requests
+    plus a reserve of 10. The bad backend reads each request and closes without answering.
+    With 0% only the reserve is there: the first 10 requests that hit it are retried on the good
+    one (200), every later one gets the 502 and the good backend never sees it. With 100% each
+    request earns a retry, so every one is retried although far more than 10 are. Catches a
+    budget that is never charged, never earned, or charged but ignored."""
+    bad_targets = []
+
+    def close_unanswered(c):
+        head = c.read_until(b"\r\n\r\n")
+        if head is not None:
+            bad_targets.append(head.split(b" ")[1].decode())
+
+    bad = raw_origin(close_unanswered)
+    port = free_port()
+    w = weir(budget_config(port, bad.port, origin.port, budget), port=port)
+    n = 60
+    statuses = {f"/b/{i}": status_of(port, f"/b/{i}") for i in range(n)}
+    hit_bad = [t for t in statuses if t in bad_targets]  # in request order
+    assert len(hit_bad) > 15, hit_bad  # well past the reserve
+    assert len(set(bad_targets)) == len(bad_targets), "a request went to the bad backend twice"
+    good_seen = [r.target for r in origin.requests]
+    assert sorted(good_seen) == sorted(t for t, s in statuses.items() if s == 200), good_seen
+    if budget == "100%":
+        assert set(statuses.values()) == {200}, statuses
+        assert "retry budget spent" not in w.stderr()
+    else:
+        assert [statuses[t] for t in hit_bad] == [200] * 10 + [502] * (len(hit_bad) - 10), \
+            [(t, statuses[t]) for t in hit_bad]
+        assert w.stderr().count("[warn] route api: retry budget spent; not retrying") == \
+            len(hit_bad) - 10, w.stderr()
