@@ -531,3 +531,52 @@ def test_retry_budget_stops_retries_once_spent(weir, origin, raw_origin, budget)
             [(t, statuses[t]) for t in hit_bad]
         assert w.stderr().count("[warn] route api: retry budget spent; not retrying") == \
             len(hit_bad) - 10, w.stderr()
+
+
+# --- least_conn
+
+
+class HoldingOrigin(HttpOrigin):
+    """An HttpOrigin whose /hold requests wait until `release` is set (30 s at most)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def _respond(self, c, req):
+        if req.target.startswith("/hold"):
+            self.release.wait(30)
+        return super()._respond(c, req)
+
+
+def test_least_conn_prefers_less_loaded_backend(weir, origins):
+    """One request held in flight on a backend: with two backends least_conn compares both
+    every time, so every new request goes to the other one (round robin would send it half).
+    Catches an in-flight count that is not kept, not shared across the workers (the requests
+    come on separate connections), or not read by the choice."""
+    backends = origins(2, HoldingOrigin)
+    port = start_weir(weir, weir_upstream(backends, "least_conn"))
+    held = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        held.request("GET", "/hold")
+        assert wait_for(lambda: sum(len(o.requests) for o in backends) == 1, 10)
+        busy = 0 if backends[0].requests else 1
+        for o in backends:
+            o.requests.clear()
+        statuses = [status_of(port, f"/lc/{i}") for i in range(30)]
+        assert statuses == [200] * 30, statuses
+        assert [len(o.requests) for o in backends][busy] == 0, \
+            [len(o.requests) for o in backends]
+    finally:
+        for o in backends:
+            o.release.set()
+        r = held.getresponse()
+        r.read()
+        held.close()
+    assert r.status == 200
+    # Once it is done, both are idle again and both get requests.
+    for o in backends:
+        o.requests.clear()
+    for i in range(30):
+        status_of(port, f"/after/{i}")
+    assert all(o.requests for o in backends), [len(o.requests) for o in backends]
