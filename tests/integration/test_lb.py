@@ -10,6 +10,7 @@ import http.client
 import os
 import pwd
 import random
+import re
 import string
 import subprocess
 import threading
@@ -580,3 +581,77 @@ def test_least_conn_prefers_less_loaded_backend(weir, origins):
     for i in range(30):
         status_of(port, f"/after/{i}")
     assert all(o.requests for o in backends), [len(o.requests) for o in backends]
+
+
+# --- passive ejection, end to end
+
+
+class SwitchOrigin(HttpOrigin):
+    """An HttpOrigin that, while `failing`, reads each request head and closes without an
+    answer (a failure before the response), counting those in `failed`."""
+
+    def __init__(self):
+        super().__init__()
+        self.failing = True
+        self.failed = 0
+
+    def _serve(self, c):
+        if not self.failing:
+            return super()._serve(c)
+        if c.read_until(b"\r\n\r\n") is not None:
+            with self.lock:
+                self.failed += 1
+        return None
+
+
+def drive(port, until, statuses, limit=4000, seconds=30):
+    """Sequential GETs, each on a new connection, until until() or limit requests or seconds."""
+    deadline = time.monotonic() + seconds * (3 if SANITIZED else 1)
+    for i in range(limit):
+        if until() or time.monotonic() > deadline:
+            break
+        statuses.append(status_of(port, f"/e/{len(statuses)}"))
+        time.sleep(0.005)
+    return until()
+
+
+def ejections(stderr, port):
+    """[(duration, why)] of every "backend ... ejected for" line naming 127.0.0.1:port."""
+    return re.findall(rf"\[warn\] backend 127\.0\.0\.1:{port} ejected for (\S+) (.*?): \w+",
+                      stderr)
+
+
+def test_ejection_backoff_doubles_and_resets(weir, origins):
+    """docs/CONFIG.md eject/eject_max: max_fails failures eject a backend for `eject`; failing
+    again on its first request back ejects it at once for twice as long, up to eject_max; a
+    success clears it, so the next ejection is `eject` again. Each is a warning naming the
+    backend and the length. A second backend stays good all along. The failing backend must
+    see exactly one request per ejection (an ejection that did not keep it out, or a return
+    that let several through, shows up as more). Catches a backoff that does not double, is
+    not capped, is not reset by a success, or is logged wrongly."""
+    (good,) = origins(1)
+    (flaky,) = origins(1, SwitchOrigin)
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 250ms\n    eject_max: 1s\n    backends:\n"
+           f"      - 127.0.0.1:{flaky.port}\n      - 127.0.0.1:{good.port}\n")
+    # No upstream keep-alive: each request a new connection, so `failing` applies at once.
+    port, w = start_weir_w(weir, ups, server_extra="  max_retries: 0\n  upstream_keepalive: 0\n")
+    statuses = []
+    assert drive(port, lambda: len(ejections(w.stderr(), flaky.port)) == 4, statuses), w.stderr()
+    assert ejections(w.stderr(), flaky.port) == [
+        ("250ms", "after 1 failure in a row"),
+        ("500ms", "again (2 in a row), failing on its return"),
+        ("1s", "again (3 in a row), failing on its return"),
+        ("1s", "again (4 in a row), failing on its return"),  # eject_max
+    ], w.stderr()
+    assert flaky.failed == 4 and statuses.count(502) == 4, (flaky.failed, statuses.count(502))
+    assert set(statuses) == {200, 502}
+
+    flaky.failing = False
+    back = f"[warn] backend 127.0.0.1:{flaky.port} is back: a request succeeded after 4 ejections"
+    assert drive(port, lambda: back in w.stderr(), statuses), w.stderr()
+    flaky.failing = True
+    assert drive(port, lambda: len(ejections(w.stderr(), flaky.port)) == 5, statuses), w.stderr()
+    assert ejections(w.stderr(), flaky.port)[4] == ("250ms", "after 1 failure in a row"), \
+        w.stderr()
+    assert flaky.failed == 5 and statuses.count(502) == 5
+    assert not ejections(w.stderr(), good.port)
