@@ -1,6 +1,7 @@
 """Load balancing end to end: weir's consistent hashing against nginx's `hash ... consistent`
-for thousands of keys, weights, least_conn, passive ejection, backups, and what happens when
-every backend is down (503, or fail_open).
+for thousands of keys of every key kind, weights, one round-robin order across workers,
+least_conn, passive ejection and its doubling backoff, backups, the retry budget, and what
+happens when every backend is down (503, or fail_open).
 
 Each backend is a real HttpOrigin on its own port; which backend served a request is read from
 the origins' own records, so nothing depends on response parsing.
@@ -18,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, check_refuses, free_port, wait_for, wait_port
+from conftest import SANITIZED, check_refuses, free_port, proxy_config, wait_for, wait_port
 from origin import HttpOrigin
 
 
@@ -655,3 +656,50 @@ def test_ejection_backoff_doubles_and_resets(weir, origins):
         w.stderr()
     assert flaky.failed == 5 and statuses.count(502) == 5
     assert not ejections(w.stderr(), good.port)
+
+
+# --- one round-robin cursor for every worker
+
+
+def thread_wakeups(pid):
+    """{tid: voluntary context switches} of every thread of pid but the main one."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    out[int(tid)] = int(line.split()[1])
+    return out
+
+
+def test_round_robin_one_order_across_workers(weir, origins):
+    """docs/CONFIG.md round_robin: one cursor shared by every worker. 4 workers with a
+    SO_REUSEPORT socket each, so separate connections land on different workers: sequential
+    requests, each on its own connection, must still walk a b c a b c (per-worker cursors would
+    repeat a backend whenever the kernel changes worker), and concurrent ones must split
+    exactly evenly. Catches a per-worker or racy cursor."""
+    backends = origins(3)
+    port = free_port()
+    w = weir(proxy_config(port, [o.port for o in backends], server_extra="  access_log: off\n")
+             .replace("  threads: 2\n", "  threads: 4\n"), port=port)
+    before = thread_wakeups(w.pid)
+    n = 90
+    assert [status_of(port, f"/seq/{i}") for i in range(n)] == [200] * n
+    woke = [t for t, v in thread_wakeups(w.pid).items() if v > before.get(t, 0)]
+    assert len(woke) >= 2, "every connection landed on one worker: nothing tested"
+    by = served_by(backends)
+    seq = [by[f"/seq/{i}"] for i in range(n)]
+    assert sorted(seq[:3]) == [0, 1, 2] and all(seq[i] == seq[i % 3] for i in range(n)), seq
+
+    def client(k):
+        for i in range(30):
+            assert status_of(port, f"/par/{k}/{i}") == 200
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert [len(o.requests) for o in backends] == [60, 60, 60]
