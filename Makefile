@@ -25,20 +25,25 @@ run: build
 	@echo "weir: try   curl -i http://127.0.0.1:8080/   (Ctrl-C stops it)"
 	./build/weir
 
+# ctest shows a passing test's output to no one: list the skips pytest -rs reported in it.
+SHOW_SKIPS = grep -h '^SKIPPED' Testing/Temporary/LastTest.log || echo "(no test skipped)"
+
 test-release: build
 	@echo "== release build: unit + integration =="
-	cd build && ctest --output-on-failure -j 2
+	cd build && ctest --output-on-failure -j 2 && { $(SHOW_SKIPS); }
 
 test-asan: build-asan
 	@echo "== ASan+UBSan build: unit + integration =="
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 2
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j 2 && \
+	  { $(SHOW_SKIPS); }
 
-# Release first, sanitizers last, so ctest's summary of the ASan+UBSan run closes the output.
+# Release first, sanitizers last, so ctest's summary of the ASan+UBSan run (and the tests it
+# skipped) closes the output.
 test: test-release test-asan
 
 # Dynamic gates (docs/SECURITY.md): ThreadSanitizer, valgrind memcheck, allocation failure.
-PYTEST = /usr/bin/python3 -m pytest -q -p no:cacheprovider
+PYTEST = /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider
 TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp"
 # The tests that run several workers, the access-log writer, cross-thread posts and snapshots.
 # Plus the load balancer (sets shared by workers, updated under RCU), the shared pool tier,
@@ -86,7 +91,7 @@ build-failmalloc: deps
 
 failmalloc: build-failmalloc
 	@echo "== allocation failure: every allocation of startup and of a request fails once =="
-	cd tests/integration && WEIR_BIN=$(CURDIR)/build-failmalloc/weir WEIR_SANITIZED=1 \
+	cd tests/integration && WEIR_BIN=$(CURDIR)/build-failmalloc/weir WEIR_SANITIZED=1 WEIR_FAILMALLOC_GATE=1 \
 	  $(PYTEST) test_failmalloc.py
 
 bench: build

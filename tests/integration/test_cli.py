@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import SANITIZED, WEIR_BIN, free_port, wait_port
+from conftest import SANITIZED, WEIR_BIN, free_port, skip_unless_ci, wait_port
 
 ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): error: (?P<msg>.*)$")
 
@@ -239,7 +239,7 @@ def ports_free(*ports):
 
 def test_demo_without_arguments(weir, tmp_path):
     if not ports_free(8080, 8081):
-        pytest.skip("127.0.0.1:8080 or :8081 is in use: the demo needs both")
+        skip_unless_ci("127.0.0.1:8080 or :8081 is in use: the demo needs both")
     w = weir.cli([], port=None, wait=False)
     try:
         wait_port(8080, timeout=20 if SANITIZED else 10)
@@ -295,7 +295,9 @@ def test_second_instance_on_the_same_port_fails(weir, tmp_path):
 
 def run_traced(tmp_path, config_name, ports, syscalls, trace):
     """Runs weir -c config_name under strace -f for syscalls until ports listen, then stops it
-    with SIGTERM. Skips when strace cannot trace here."""
+    with SIGTERM. Skips when strace is missing or cannot trace here (fails when CI=true)."""
+    if shutil.which("strace") is None:
+        skip_unless_ci("needs strace (scripts/deps.sh installs it)")
     # LeakSanitizer cannot run under ptrace: in the ASan build it would fail the exit.
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
     proc = subprocess.Popen(["strace", "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace),
@@ -309,7 +311,7 @@ def run_traced(tmp_path, config_name, ports, syscalls, trace):
             proc.kill()
             err = proc.communicate()[1].decode(errors="replace")
             if "ptrace" in err.lower() or "not permitted" in err.lower():
-                pytest.skip(f"strace cannot trace here: {err.strip()[:200]}")
+                skip_unless_ci(f"strace cannot trace here: {err.strip()[:200]}")
             raise AssertionError(f"weir did not start under strace: {err}")
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
             children = [int(x) for x in f.read().split()]
@@ -324,7 +326,6 @@ def run_traced(tmp_path, config_name, ports, syscalls, trace):
             proc.wait()
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_only_serving_sockets_listen(tmp_path):
     """The check that a port is free must not listen: a client connecting in that moment (a
     readiness probe, a load balancer's health check during a restart) would be queued on a
@@ -341,7 +342,6 @@ def test_only_serving_sockets_listen(tmp_path):
     assert len({fd for fd, _, _ in calls}) == 4, f"a listening fd was closed and reused: {calls}"
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_pid_file_appears_whole(tmp_path):
     """A supervisor reading pid_file must see no file or the whole pid, never an empty file:
     weir writes a temporary file beside it and renames it into place. (Opening pid_file itself

@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, check_refuses, free_port, wait_for
+from conftest import SANITIZED, check_refuses, free_port, skip_unless_ci, wait_for
 from origin import HealthOrigin, HttpOrigin
 
 SLOW = 3 if SANITIZED else 1
@@ -417,7 +417,7 @@ def test_aaaa(weir, dns, origins):
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
             s.bind(("::1", 0))
     except OSError:
-        pytest.skip("::1 is not usable here")
+        skip_unless_ci("::1 is not usable here")
     (a,) = origins(["::1"])
     d = dns().start({"v6": ["::1"]})
     w, port = start_weir(weir, d.port, [f"v6.{DOMAIN}:{a.port}"])

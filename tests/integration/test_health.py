@@ -107,6 +107,39 @@ def test_all_down_fail_open(weir, origins):
     assert get_ok(port, 5, "open") == 5
 
 
+
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_every_backend_failing_checks(weir, origins, fail_open):
+    """docs/CONFIG.md fail_open: when no backend is usable because every one fails its active
+    checks, false answers 503 at once (no backend sees the request), true still sends requests
+    to them, spread over both. Only active health is at play (their real responses are fine,
+    so nothing is ejected passively). Catches fail_open ignored either way, and a fail-open
+    path that only looks at passive ejection."""
+    a, b = origins(2, HealthOrigin)
+    a.health_status = b.health_status = 500
+    w, port = start(weir, [a, b], HTTP_CHECK,
+                    extra=f"    fail_open: {str(fail_open).lower()}\n")
+    down = [f"backend 127.0.0.1:{o.port} is down" for o in (a, b)]
+    assert wait_for(lambda: all(d in w.stderr() for d in down), 5 * SLOW), w.stderr()
+    a.requests.clear()
+    b.requests.clear()
+    statuses = []
+    for i in range(10):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", f"/all-down/{i}")
+        r = c.getresponse()
+        r.read()
+        c.close()
+        statuses.append(r.status)
+    if fail_open:
+        assert statuses == [200] * 10, statuses
+        assert len(a.requests) + len(b.requests) == 10 and a.requests and b.requests
+    else:
+        assert statuses == [503] * 10, statuses
+        assert not a.requests and not b.requests
+    assert "ejected" not in w.stderr()
+
+
 def test_tcp_check_notices_stopped_backend(weir, origins):
     a, b = origins(2, HealthOrigin)
     check = "      type: tcp\n      interval: 100ms\n      timeout: 100ms\n      fall: 1\n"

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, free_port, proxy_config
+from conftest import SANITIZED, free_port, proxy_config, skip_unless_ci
 from origin import PATTERN, pattern_bytes
 
 
@@ -671,7 +671,7 @@ def test_large_upload_with_curl(weir, origin, tmp_path):
     import subprocess
     curl = shutil.which("curl")
     if curl is None:
-        pytest.skip("curl not installed")
+        skip_unless_ci("curl not installed (scripts/deps.sh installs it)")
     w = start_proxy(weir, [origin.port])
     n = LARGE
     path = tmp_path / "upload.bin"

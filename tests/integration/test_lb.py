@@ -1,14 +1,17 @@
 """Load balancing end to end: weir's consistent hashing against nginx's `hash ... consistent`
-for thousands of keys, weights, least_conn, passive ejection, backups, and what happens when
-every backend is down (503, or fail_open).
+for thousands of keys of every key kind, weights, one round-robin order across workers,
+least_conn, passive ejection and its doubling backoff, backups, the retry budget, and what
+happens when every backend is down (503, or fail_open).
 
 Each backend is a real HttpOrigin on its own port; which backend served a request is read from
 the origins' own records, so nothing depends on response parsing.
 """
+import hashlib
 import http.client
 import os
 import pwd
 import random
+import re
 import string
 import subprocess
 import threading
@@ -16,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, check_refuses, free_port, wait_for, wait_port
+from conftest import SANITIZED, check_refuses, free_port, proxy_config, wait_for, wait_port
 from origin import HttpOrigin
 
 
@@ -142,7 +145,30 @@ HASH_CASES = {
     "arg": ("arg:k", "$arg_k", lambda i, k: (f"/a/{i}?x=1&k={k}&y=2", {})),
     "header": ("header:X-Key", "$http_x_key", lambda i, k: (f"/h/{i}", {"X-Key": k})),
     "cookie": ("cookie:sid", "$cookie_sid", lambda i, k: (f"/c/{i}", {"Cookie": f"a=1; sid={k}; b=2"})),
+    # The key ends in "x" so it is never a "." or ".." segment, which nginx's $uri would
+    # normalise away (weir hashes the path as received); the query keeps targets unique.
+    "path": ("path", "$uri", lambda i, k: (f"/p/{k}x?i={i}", {})),
+    # The key is the client's address: each request comes from its own 127.x.y.z.
+    "client_ip": ("client_ip", "$remote_addr", lambda i, k: (f"/ip/{i}", {}, random_ip(k))),
 }
+
+
+def random_ip(k):
+    """A loopback address derived from the key text (all of 127.0.0.0/8 reaches 127.0.0.1)."""
+    a, b, c = hashlib.sha256(k.encode()).digest()[:3]
+    return f"127.{a}.{b}.{c % 254 + 1}"
+
+
+def send_each(port, requests):
+    """Sends (target, headers, source address) requests, each on its own connection from
+    that address; all must get 200."""
+    for target, headers, source in requests:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=15, source_address=(source, 0))
+        c.request("GET", target, headers=headers)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == 200, (target, source, r.status)
 
 
 @pytest.mark.parametrize("case", sorted(HASH_CASES))
@@ -158,13 +184,14 @@ def test_consistent_hash_matches_nginx(weir, origins, nginx_proxy, case):
     # round-robin cursors start in different places).
 
 
+    send = send_each if case == "client_ip" else send_all
     nport = nginx_proxy(nginx_key, backends, weights)
-    send_all(nport, requests)
+    send(nport, requests)
     by_nginx = served_by(backends)
 
     wport = start_weir(weir, weir_upstream(backends, "consistent_hash",
                                            f"    hash_key: {weir_key}\n", weights))
-    send_all(wport, requests)
+    send(wport, requests)
     by_weir = served_by(backends)
 
     assert len(by_nginx) == len(requests) == len(by_weir)
@@ -457,3 +484,222 @@ def test_bad_lb_config_refused(tmp_path, bad, msg):
                               f"upstreams:\n  u:\n{bad}    backends: [127.0.0.1:2]\n")
     assert msg in err, err
     assert f"{path}:" in err
+
+
+# --- retry budget
+
+
+def budget_config(port, bad_port, good_port, budget):
+    """One route (retry_idempotent, retry_budget `budget`) to [bad, good], round robin, no
+    ejection (max_fails 0) so the bad backend keeps taking its share."""
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n  max_retries: 1\n"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            f"routes:\n  - name: api\n    upstream: backend\n    retry_idempotent: true\n"
+            f"    retry_budget: {budget}\n"
+            f"upstreams:\n  backend:\n    max_fails: 0\n    backends:\n"
+            f"      - 127.0.0.1:{bad_port}\n      - 127.0.0.1:{good_port}\n")
+
+
+@pytest.mark.parametrize("budget", ["0%", "100%"])
+def test_retry_budget_stops_retries_once_spent(weir, origin, raw_origin, budget):
+    """docs/CONFIG.md retry_budget: retries may add at most that share of the route's requests
+    plus a reserve of 10. The bad backend reads each request and closes without answering.
+    With 0% only the reserve is there: the first 10 requests that hit it are retried on the good
+    one (200), every later one gets the 502 and the good backend never sees it. With 100% each
+    request earns a retry, so every one is retried although far more than 10 are. Catches a
+    budget that is never charged, never earned, or charged but ignored."""
+    bad_targets = []
+
+    def close_unanswered(c):
+        head = c.read_until(b"\r\n\r\n")
+        if head is not None:
+            bad_targets.append(head.split(b" ")[1].decode())
+
+    bad = raw_origin(close_unanswered)
+    port = free_port()
+    w = weir(budget_config(port, bad.port, origin.port, budget), port=port)
+    n = 60
+    statuses = {f"/b/{i}": status_of(port, f"/b/{i}") for i in range(n)}
+    hit_bad = [t for t in statuses if t in bad_targets]  # in request order
+    assert len(hit_bad) > 15, hit_bad  # well past the reserve
+    assert len(set(bad_targets)) == len(bad_targets), "a request went to the bad backend twice"
+    good_seen = [r.target for r in origin.requests]
+    assert sorted(good_seen) == sorted(t for t, s in statuses.items() if s == 200), good_seen
+    if budget == "100%":
+        assert set(statuses.values()) == {200}, statuses
+        assert "retry budget spent" not in w.stderr()
+    else:
+        assert [statuses[t] for t in hit_bad] == [200] * 10 + [502] * (len(hit_bad) - 10), \
+            [(t, statuses[t]) for t in hit_bad]
+        assert w.stderr().count("[warn] route api: retry budget spent; not retrying") == \
+            len(hit_bad) - 10, w.stderr()
+
+
+# --- least_conn
+
+
+class HoldingOrigin(HttpOrigin):
+    """An HttpOrigin whose /hold requests wait until `release` is set (30 s at most)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def _respond(self, c, req):
+        if req.target.startswith("/hold"):
+            self.release.wait(30)
+        return super()._respond(c, req)
+
+
+def test_least_conn_prefers_less_loaded_backend(weir, origins):
+    """One request held in flight on a backend: with two backends least_conn compares both
+    every time, so every new request goes to the other one (round robin would send it half).
+    Catches an in-flight count that is not kept, not shared across the workers (the requests
+    come on separate connections), or not read by the choice."""
+    backends = origins(2, HoldingOrigin)
+    port = start_weir(weir, weir_upstream(backends, "least_conn"))
+    held = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        held.request("GET", "/hold")
+        assert wait_for(lambda: sum(len(o.requests) for o in backends) == 1, 10)
+        busy = 0 if backends[0].requests else 1
+        for o in backends:
+            o.requests.clear()
+        statuses = [status_of(port, f"/lc/{i}") for i in range(30)]
+        assert statuses == [200] * 30, statuses
+        assert [len(o.requests) for o in backends][busy] == 0, \
+            [len(o.requests) for o in backends]
+    finally:
+        for o in backends:
+            o.release.set()
+        r = held.getresponse()
+        r.read()
+        held.close()
+    assert r.status == 200
+    # Once it is done, both are idle again and both get requests.
+    for o in backends:
+        o.requests.clear()
+    for i in range(30):
+        status_of(port, f"/after/{i}")
+    assert all(o.requests for o in backends), [len(o.requests) for o in backends]
+
+
+# --- passive ejection, end to end
+
+
+class SwitchOrigin(HttpOrigin):
+    """An HttpOrigin that, while `failing`, reads each request head and closes without an
+    answer (a failure before the response), counting those in `failed`."""
+
+    def __init__(self):
+        super().__init__()
+        self.failing = True
+        self.failed = 0
+
+    def _serve(self, c):
+        if not self.failing:
+            return super()._serve(c)
+        if c.read_until(b"\r\n\r\n") is not None:
+            with self.lock:
+                self.failed += 1
+        return None
+
+
+def drive(port, until, statuses, limit=4000, seconds=30):
+    """Sequential GETs, each on a new connection, until until() or limit requests or seconds."""
+    deadline = time.monotonic() + seconds * (3 if SANITIZED else 1)
+    for i in range(limit):
+        if until() or time.monotonic() > deadline:
+            break
+        statuses.append(status_of(port, f"/e/{len(statuses)}"))
+        time.sleep(0.005)
+    return until()
+
+
+def ejections(stderr, port):
+    """[(duration, why)] of every "backend ... ejected for" line naming 127.0.0.1:port."""
+    return re.findall(rf"\[warn\] backend 127\.0\.0\.1:{port} ejected for (\S+) (.*?): \w+",
+                      stderr)
+
+
+def test_ejection_backoff_doubles_and_resets(weir, origins):
+    """docs/CONFIG.md eject/eject_max: max_fails failures eject a backend for `eject`; failing
+    again on its first request back ejects it at once for twice as long, up to eject_max; a
+    success clears it, so the next ejection is `eject` again. Each is a warning naming the
+    backend and the length. A second backend stays good all along. The failing backend must
+    see exactly one request per ejection (an ejection that did not keep it out, or a return
+    that let several through, shows up as more). Catches a backoff that does not double, is
+    not capped, is not reset by a success, or is logged wrongly."""
+    (good,) = origins(1)
+    (flaky,) = origins(1, SwitchOrigin)
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 250ms\n    eject_max: 1s\n    backends:\n"
+           f"      - 127.0.0.1:{flaky.port}\n      - 127.0.0.1:{good.port}\n")
+    # No upstream keep-alive: each request a new connection, so `failing` applies at once.
+    port, w = start_weir_w(weir, ups, server_extra="  max_retries: 0\n  upstream_keepalive: 0\n")
+    statuses = []
+    assert drive(port, lambda: len(ejections(w.stderr(), flaky.port)) == 4, statuses), w.stderr()
+    assert ejections(w.stderr(), flaky.port) == [
+        ("250ms", "after 1 failure in a row"),
+        ("500ms", "again (2 in a row), failing on its return"),
+        ("1s", "again (3 in a row), failing on its return"),
+        ("1s", "again (4 in a row), failing on its return"),  # eject_max
+    ], w.stderr()
+    assert flaky.failed == 4 and statuses.count(502) == 4, (flaky.failed, statuses.count(502))
+    assert set(statuses) == {200, 502}
+
+    flaky.failing = False
+    back = f"[warn] backend 127.0.0.1:{flaky.port} is back: a request succeeded after 4 ejections"
+    assert drive(port, lambda: back in w.stderr(), statuses), w.stderr()
+    flaky.failing = True
+    assert drive(port, lambda: len(ejections(w.stderr(), flaky.port)) == 5, statuses), w.stderr()
+    assert ejections(w.stderr(), flaky.port)[4] == ("250ms", "after 1 failure in a row"), \
+        w.stderr()
+    assert flaky.failed == 5 and statuses.count(502) == 5
+    assert not ejections(w.stderr(), good.port)
+
+
+# --- one round-robin cursor for every worker
+
+
+def thread_wakeups(pid):
+    """{tid: voluntary context switches} of every thread of pid but the main one."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) == pid:
+            continue
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    out[int(tid)] = int(line.split()[1])
+    return out
+
+
+def test_round_robin_one_order_across_workers(weir, origins):
+    """docs/CONFIG.md round_robin: one cursor shared by every worker. 4 workers with a
+    SO_REUSEPORT socket each, so separate connections land on different workers: sequential
+    requests, each on its own connection, must still walk a b c a b c (per-worker cursors would
+    repeat a backend whenever the kernel changes worker), and concurrent ones must split
+    exactly evenly. Catches a per-worker or racy cursor."""
+    backends = origins(3)
+    port = free_port()
+    w = weir(proxy_config(port, [o.port for o in backends], server_extra="  access_log: off\n")
+             .replace("  threads: 2\n", "  threads: 4\n"), port=port)
+    before = thread_wakeups(w.pid)
+    n = 90
+    assert [status_of(port, f"/seq/{i}") for i in range(n)] == [200] * n
+    woke = [t for t, v in thread_wakeups(w.pid).items() if v > before.get(t, 0)]
+    assert len(woke) >= 2, "every connection landed on one worker: nothing tested"
+    by = served_by(backends)
+    seq = [by[f"/seq/{i}"] for i in range(n)]
+    assert sorted(seq[:3]) == [0, 1, 2] and all(seq[i] == seq[i % 3] for i in range(n)), seq
+
+    def client(k):
+        for i in range(30):
+            assert status_of(port, f"/par/{k}/{i}") == 200
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert [len(o.requests) for o in backends] == [60, 60, 60]

@@ -7,6 +7,7 @@ origin's genuine answer to the second request or a 502, never the injected bytes
 of interim responses is bounded, an oversized response head is a 502, and an upstream
 connection whose response was close-delimited or said Connection: close is never reused.
 """
+import json
 import socket
 import threading
 import time
@@ -252,6 +253,43 @@ def test_endless_interim_flood_ends(weir, raw_origin):
     if responses:
         assert responses[0][0] in (502, 504)
 
+
+INTERIM_BOUND = 16  # WEIR_MAX_INTERIM_RESPONSES, docs/SECURITY.md "Limits"
+
+
+@pytest.mark.parametrize("interim", [INTERIM_BOUND, INTERIM_BOUND + 1], ids=["at-bound", "over"])
+def test_interim_bound_exact(weir, raw_origin, tmp_path, interim):
+    """docs/SECURITY.md: at most 16 interim responses per request, past it 502 (`InvalidHTTP`).
+    16 (100s and 103s mixed) must pass with the final response and no 1xx relayed; one more
+    must be a 502 whose access-log error is InvalidHTTP, not retried (the origin sees one
+    request). Catches an off-by-one either way, a bound that is gone, and a 502 for another
+    reason."""
+    def handler(c):
+        while c.read_until(b"\r\n\r\n") is not None:
+            heads = [b"HTTP/1.1 100 Continue\r\n\r\n" if i % 2 else
+                     b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                     for i in range(interim)]
+            c.send(b"".join(heads) + genuine(1))
+
+    o = raw_origin(handler)
+    port = free_port()
+    log = tmp_path / "access.json"
+    extra = LIMITS + f"  access_log: {log}\n  access_log_format: json\n"
+    w = weir(proxy_config(port, [o.port], server_extra=extra), port=port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request("GET", "/x"))
+        responses, rest, closed = read_responses(s, 1, timeout=10)
+    assert w.stop() == 0, w.stderr()  # flushes the access log
+    assert len(responses) == 1, (responses, rest, closed)
+    status, headers, body = responses[0]
+    (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
+    if interim <= INTERIM_BOUND:
+        assert status == 200 and body == b"genuine-1", responses
+        assert entry["error"] == "", entry
+    else:
+        assert status == 502, responses
+        assert entry["error"] == "InvalidHTTP" and entry["status"] == 502, entry
+    assert o.connections == 1 and o.received[0].count(b"GET /x ") == 1, o.received
 
 # --- oversized response head
 

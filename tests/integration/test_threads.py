@@ -1,7 +1,10 @@
 """Worker threads: SO_REUSEPORT per worker and the shared EPOLLEXCLUSIVE socket both serve
-concurrent keep-alive clients; limits.max_connections makes new connections wait, not fail."""
+concurrent keep-alive clients, and /proc shows which of the two is in place;
+limits.max_connections makes new connections wait, not fail."""
 import http.client
 import json
+import os
+import re
 import socket
 import threading
 import time
@@ -133,3 +136,60 @@ def test_max_connections_makes_new_connections_wait(weir, origin, stealing):
         b.close()
     targets = sorted(r.target for r in origin.requests)
     assert targets == sorted(["/a1", "/a2", "/b1", "/b2", "/c1", "/c2"])
+
+
+EPOLLEXCLUSIVE = 1 << 28
+
+
+def listening_inodes(pid, port):
+    """Inodes of the TCP sockets listening on 127.0.0.1:port that pid holds open."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            held.add(int(link[8:-1]))
+    out = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[1] == f"0100007F:{port:04X}" and cols[3] == "0A" and int(cols[9]) in held:
+                out.add(int(cols[9]))
+    return out
+
+
+def epoll_watches(pid, inodes):
+    """[(epoll fd, watched inode, events mask)] of pid's epoll sets watching those inodes."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for m in re.finditer(r"tfd:\s+\d+ events:\s+([0-9a-f]+) .*? ino:([0-9a-f]+)", text):
+            if int(m.group(2), 16) in inodes:
+                out.append((int(fd), int(m.group(2), 16), int(m.group(1), 16)))
+    return out
+
+
+@pytest.mark.parametrize("stealing", [False, True], ids=["reuseport", "work_stealing"])
+def test_work_stealing_shares_one_socket(weir, origin, stealing):
+    """docs/CONFIG.md work_stealing, seen from outside in /proc: false gives each of the 3
+    workers its own listening socket for the port (3 sockets, each in one epoll set, not
+    exclusive); true gives one socket, in all 3 workers' epoll sets, each with EPOLLEXCLUSIVE.
+    Both serve. Catches the key being ignored, a socket per worker under work_stealing, and a
+    shared socket without EPOLLEXCLUSIVE (every worker woken for each connection)."""
+    port = free_port()
+    w = weir(config(port, [origin.port], 3, stealing), port=port)
+    for i in range(6):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert raw_get(s, f"/ws/{i}")[0] == 200
+    inodes = listening_inodes(w.pid, port)
+    watches = epoll_watches(w.pid, inodes)
+    assert len(inodes) == (1 if stealing else 3), (inodes, watches)
+    assert len(watches) == 3 and len({ep for ep, _, _ in watches}) == 3, watches
+    assert {ino for _, ino, _ in watches} == inodes, watches
+    assert all(bool(ev & EPOLLEXCLUSIVE) == stealing for _, _, ev in watches), watches
