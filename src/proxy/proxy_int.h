@@ -27,9 +27,6 @@
 #define WEIR_CONN_MAGIC    0x636f6e6eu
 #define WEIR_SESSION_MAGIC 0x73657373u
 
-/* 1xx responses skipped before the final one; an origin sending more is broken or hostile. */
-#define WEIR_MAX_INTERIM_RESPONSES 16
-
 #define WEIR_SESSION_CHECK(s) WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC)
 
 struct weir__proxy_worker;
