@@ -432,6 +432,7 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
         return WEIR_HOOK_DONE;
     }
     earn_budget(rc);
+    weir_session_set_ignore_client_abort(s, rc->route->ignore_client_abort);
     return apply_edits(weir_req_headers(req), &rc->route->request_headers) == 0 ? WEIR_HOOK_CONTINUE
                                                                                 : WEIR_HOOK_ERROR;
 }

@@ -195,6 +195,9 @@ struct weir_cfg_route {
     /** Retries on another backend, as a share of the route's requests: percent, 0..100;
         default 20 (plus a reserve of 10); connect retries count too */
     uint32_t retry_budget_percent;
+    /** Keep the upstream exchange going when the client goes away (nginx's
+        proxy_ignore_client_abort); default false: cancel it, log 499 */
+    bool ignore_client_abort;
 };
 
 /** A whole loaded configuration. Immutable; free with weir_config_free. */

@@ -176,6 +176,17 @@ WEIR_EXTERN enum weir_hook_result weir_session_select_backend(struct weir_sessio
 WEIR_EXTERN void weir_session_set_error(struct weir_session *s, enum weir_error_type type);
 
 /**
+ * What happens when the client goes away (closes, resets, or shuts its write side) while the
+ * request is in flight. false, the default, as nginx's proxy_ignore_client_abort off: the
+ * upstream exchange is cancelled at once (its connection closed, not pooled) and the request
+ * logged with status 499. true: the exchange goes on to its end, for work the origin must
+ * finish; a client that only shut its write side still gets the response, and what a client
+ * that is gone cannot take is read from the origin and thrown away. Any hook before
+ * upstream_peer may set it (the router sets a route's ignore_client_abort in request_filter).
+ */
+WEIR_EXTERN void weir_session_set_ignore_client_abort(struct weir_session *s, bool ignore);
+
+/**
  * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would
  * have returned. Worker thread only; the session continues at the end of the current loop
  * turn, never inside this call.

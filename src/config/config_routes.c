@@ -297,6 +297,7 @@ static const struct weir__cfg_key route_keys[] = {
     WEIR__CFG_SECTION("response_headers", RT(response_headers), &headers_section),
     WEIR__CFG_BOOL("retry_idempotent", RT(retry_idempotent), false),
     WEIR__CFG_PERCENT("retry_budget", RT(retry_budget_percent), 0, 100, 20),
+    WEIR__CFG_BOOL("ignore_client_abort", RT(ignore_client_abort), false),
 };
 
 const struct weir__cfg_section weir__cfg_route =

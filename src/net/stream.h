@@ -16,7 +16,9 @@ struct weir__stream {
     struct weir__buf in;
     bool readable; /* the last read did not hit EAGAIN (or an event said so since) */
     bool writable;
-    bool eof; /* the peer half-closed: no more bytes will arrive */
+    bool eof;    /* the peer half-closed: no more bytes will arrive */
+    bool rdhup;  /* an event said the peer shut its write side (EPOLLRDHUP: a FIN arrived) */
+    bool hangup; /* an event said the connection is broken (EPOLLHUP or EPOLLERR: a reset) */
 };
 
 /** Notes what an edge-triggered event says: readable (data, hang-up, error), writable. */
@@ -27,6 +29,12 @@ static inline void weir__stream_note_events(struct weir__stream *st, uint32_t ev
     }
     if (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR)) {
         st->writable = true;
+    }
+    if (events & WEIR_IO_RDHUP) {
+        st->rdhup = true;
+    }
+    if (events & (WEIR_IO_HUP | WEIR_IO_ERROR)) {
+        st->hangup = true;
     }
 }
 

@@ -115,6 +115,23 @@ static void json_num(struct line *l, const char *key, uint64_t v)
     put_u64(l, v);
 }
 
+/* Which side ended a failed request: the client, the upstream or weir ("" for a success). */
+static struct weir_iov termination(const struct weir_session *s)
+{
+    if (!s->has_err) {
+        return WEIR_IOV_LIT("");
+    }
+    switch (s->err.source) {
+    case WEIR_SRC_DOWNSTREAM:
+        return WEIR_IOV_LIT("client");
+    case WEIR_SRC_UPSTREAM:
+        return WEIR_IOV_LIT("upstream");
+    case WEIR_SRC_INTERNAL:
+        break;
+    }
+    return WEIR_IOV_LIT("weir");
+}
+
 static void format_json(const struct weir_session *s, struct line *l)
 {
     struct tm tm;
@@ -141,6 +158,7 @@ static void format_json(const struct weir_session *s, struct line *l)
     json_num(l, "duration_ms", weir_loop_now_ms(s->w->loop) - s->start_ms);
     json_str(l, "error",
              s->has_err ? weir_iov_cstr(weir_error_type_str(s->err.type)) : WEIR_IOV_LIT(""), true);
+    json_str(l, "termination", termination(s), true);
     put_str(l, "}");
 }
 

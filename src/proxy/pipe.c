@@ -92,14 +92,17 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
     bool coalesce = io->q->n == 1 && io->q->i == 0 && p->pending_consume == 0 && !p->out_done;
     for (;;) {
         if (!weir__outq_empty(io->q) && !coalesce) {
-            if (!io->dst->writable) {
+            if (io->discard) {
+                weir__outq_reset(io->q); /* nobody to write to: as if written */
+            } else if (!io->dst->writable) {
                 return WEIR_PIPE_BLOCKED;
+            } else {
+                ssize_t n = weir__stream_flush(io->dst, io->q);
+                if (n < 0) {
+                    return WEIR_PIPE_ERR_DST;
+                }
+                io->write_progress |= n > 0;
             }
-            ssize_t n = weir__stream_flush(io->dst, io->q);
-            if (n < 0) {
-                return WEIR_PIPE_ERR_DST;
-            }
-            io->write_progress |= n > 0;
             if (!weir__outq_empty(io->q)) {
                 return WEIR_PIPE_BLOCKED;
             }

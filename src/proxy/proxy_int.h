@@ -227,6 +227,7 @@ struct weir__pipe_io {
     struct weir__outq *q;
     weir__body_filter_fn filter;
     uint64_t limit; /* max body bytes, 0 = none */
+    bool discard;   /* dst is gone: what would be written is dropped (ignore_client_abort) */
     bool read_progress;
     bool write_progress;
 };
@@ -348,6 +349,10 @@ struct weir_session {
     int status;
     struct weir_error err;
     bool has_err;
+    /* The client went away (upstream.c weir__client_gone); ignore_client_abort keeps the
+     * exchange going, its response thrown away once the client cannot take it. */
+    bool ignore_client_abort;
+    bool client_gone;
 
     int64_t start_wall;
     uint64_t start_ms;
@@ -474,6 +479,13 @@ void weir__session_wait_end(struct weir_session *s);
 /** Arms the exchange for the peer just chosen (UP_IDLE); the session keeps its fields. */
 void weir__upstream_init(struct weir_session *s);
 /** Runs the exchange's sub-states as far as they go; arms its timers when blocked. */
+/**
+ * Whether the client is gone while its request is in flight: a reset, or (unless
+ * ignore_client_abort) a FIN after the whole request with nothing pipelined behind it.
+ */
+bool weir__client_hung_up(const struct weir_session *s);
+/** ignore_client_abort: stop writing to a client that is gone, and let the exchange finish. */
+void weir__client_abandon(struct weir_session *s);
 enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome *o);
 /** Gives the connection back to the pool (reusable and complete) or closes it. */
 void weir__upstream_release(struct weir_session *s, bool reusable);

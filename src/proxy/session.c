@@ -482,12 +482,36 @@ static bool phase_local_response(struct weir_session *s)
 
 /* ---- the machine ---- */
 
+/*
+ * Before the upstream exchange (a hook resuming after the client left, say): a client that is
+ * gone ends the request there, so nothing is sent upstream for nobody. True when it changed
+ * the session's course.
+ */
+static bool client_closed(struct weir_session *s)
+{
+    const struct weir__stream *st = &s->c->st;
+    if (!(st->rdhup || st->hangup || st->eof) || !weir__client_hung_up(s)) {
+        return false;
+    }
+    if (s->ignore_client_abort) {
+        weir__client_abandon(s);
+        return false;
+    }
+    s->client_gone = true;
+    s->have_result = false;
+    weir__session_fail(s, WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_DOWNSTREAM, 0, "client closed");
+    return true;
+}
+
 void weir__session_run(struct weir_session *s)
 {
     WEIR_SESSION_CHECK(s);
     for (;;) {
         if (s->suspended) {
             return;
+        }
+        if (s->phase < PH_UPSTREAM && !s->client_gone && client_closed(s)) {
+            continue; /* ended, or carries on for ignore_client_abort */
         }
         bool more = false;
         switch (s->phase) {
@@ -699,6 +723,9 @@ static void session_end(struct weir_session *s)
     weir__loop_defer_cancel(w->loop, &s->resume);
     weir__upstream_release(s, !s->failed);
     weir__session_wait_end(s); /* only a worker's forced end of a suspended session waits */
+    if (s->status == 0 && s->has_err && s->err.source == WEIR_SRC_DOWNSTREAM) {
+        s->status = 499; /* nginx's "client closed request": it left before any answer */
+    }
     if (w->hooks->logging) {
         w->hooks->logging(s, s->ctx, s->has_err ? &s->err : NULL);
     }

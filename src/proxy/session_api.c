@@ -74,6 +74,11 @@ void weir_session_set_error(struct weir_session *s, enum weir_error_type type)
     s->hook_error = type;
 }
 
+void weir_session_set_ignore_client_abort(struct weir_session *s, bool ignore)
+{
+    s->ignore_client_abort = ignore;
+}
+
 struct weir_req *weir_session_req(struct weir_session *s)
 {
     return &s->req;

@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "net/sock.h"
 #include "weir/log.h"
@@ -55,6 +56,59 @@ enum weir__step weir__upstream_error(struct weir_session *s, struct weir__outcom
         .replayable = untouched && !s->resp_started,
     };
     return WEIR_STEP_FAILED;
+}
+
+/* ---- the client going away ---- */
+
+bool weir__client_hung_up(const struct weir_session *s)
+{
+    const struct weir__stream *st = &s->c->st;
+    if (st->hangup) {
+        return true; /* a reset: nothing more can reach the client */
+    }
+    if (!st->rdhup && !st->eof) {
+        return false;
+    }
+    if (s->ignore_client_abort) {
+        return false; /* a half-closed client may still read: keep answering */
+    }
+    if (s->req_body != WEIR_H1_BODY_NONE && !s->reqp.in_done) {
+        return false; /* the body pipe meets the end of stream itself, after the bytes before it */
+    }
+    if (weir__buf_len(&st->in) > 0) {
+        return false; /* another request follows: the client wants the answers */
+    }
+    int unread = 0;
+    if (ioctl(st->io.fd, FIONREAD, &unread) != 0) {
+        return true; /* the socket is broken */
+    }
+    return unread == 0;
+}
+
+void weir__client_abandon(struct weir_session *s)
+{
+    if (!s->client_gone) {
+        weir_log(WEIR_LOG_DEBUG,
+                 "client %s gone: the upstream exchange goes on (ignore_client_abort)", s->c->ip);
+    }
+    s->client_gone = true;
+    s->close_after = true;
+    if (!s->has_err) {
+        /* Not s->failed: the exchange itself succeeds and its connection may be reused. */
+        s->has_err = true;
+        s->err = (struct weir_error){WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_DOWNSTREAM, false, 0,
+                                     "client gone"};
+    }
+}
+
+/* The client went away: the exchange ends at once, the upstream connection is not reused. */
+static enum weir__step client_abort(struct weir_session *s, struct weir__outcome *o,
+                                    enum weir_error_type type, const char *context)
+{
+    s->client_gone = true;
+    weir_log(WEIR_LOG_DEBUG, "client %s gone (%s): upstream exchange with %s cancelled", s->c->ip,
+             context, s->peer.name);
+    return weir__outcome_end(o, type, WEIR_SRC_DOWNSTREAM, 0, context);
 }
 
 /* ---- UP_IDLE: a connection ---- */
@@ -143,10 +197,10 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
                                        struct weir__stream *src, uint64_t *src_progress_ms,
                                        struct weir__stream *dst, uint64_t *dst_progress_ms,
                                        struct weir__outq *q, weir__body_filter_fn filter,
-                                       uint64_t limit)
+                                       uint64_t limit, bool discard)
 {
     uint64_t now = weir_loop_now_ms(s->w->loop);
-    struct weir__pipe_io io = {src, dst, q, filter, limit, false, false};
+    struct weir__pipe_io io = {src, dst, q, filter, limit, discard, false, false};
     enum weir__pipe_status st = weir__pipe_step(s, p, &io);
     if (io.read_progress) {
         *src_progress_ms = now;
@@ -164,7 +218,7 @@ static enum weir__step send_request(struct weir_session *s, struct weir__outcome
     weir__down_send_continue(s);
     enum weir__pipe_status st = run_pipe(
         s, &s->reqp, &s->c->st, &s->client_progress_ms, &s->ux.conn->st, &s->ux.progress_ms,
-        &s->ux.out, s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes);
+        &s->ux.out, s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes, false);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
@@ -201,8 +255,10 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
 {
     if (!weir__outq_empty(&s->out_client)) {
         /* A 100 Continue still going out. */
-        if (s->c->st.writable && weir__stream_flush(&s->c->st, &s->out_client) < 0) {
-            return weir__outcome_end(o, WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, 0, "client");
+        if (s->client_gone) {
+            weir__outq_reset(&s->out_client);
+        } else if (s->c->st.writable && weir__stream_flush(&s->c->st, &s->out_client) < 0) {
+            return client_abort(s, o, WEIR_ERR_WRITE_ERROR, "client write");
         }
         if (!weir__outq_empty(&s->out_client)) {
             return WEIR_STEP_BLOCKED;
@@ -225,9 +281,9 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
 
 static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 {
-    enum weir__pipe_status st =
-        run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms, &s->c->st,
-                 &s->client_progress_ms, &s->out_client, s->w->hooks->response_body_filter, 0);
+    enum weir__pipe_status st = run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms,
+                                         &s->c->st, &s->client_progress_ms, &s->out_client,
+                                         s->w->hooks->response_body_filter, 0, s->client_gone);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->ux.state = UP_COMPLETE;
@@ -239,7 +295,12 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
     case WEIR_PIPE_ERR_PROTO:
         return weir__upstream_error(s, o, WEIR_ERR_INVALID_HTTP, 0, "response body");
     case WEIR_PIPE_ERR_DST:
-        return weir__outcome_end(o, WEIR_ERR_WRITE_ERROR, WEIR_SRC_DOWNSTREAM, 0, "client");
+        if (s->ignore_client_abort) {
+            /* The origin finishes its work; what it sends goes nowhere. */
+            weir__client_abandon(s);
+            return up_body(s, o);
+        }
+        return client_abort(s, o, WEIR_ERR_WRITE_ERROR, "client write");
     case WEIR_PIPE_ERR_HOOK:
     case WEIR_PIPE_ERR_LIMIT:
         break;
@@ -311,6 +372,13 @@ enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome 
     }
     bool sent = false; /* the request pipe ran in this call */
     for (;;) {
+        if ((s->c->st.rdhup || s->c->st.hangup || s->c->st.eof) && !s->client_gone &&
+            s->ux.state != UP_COMPLETE && weir__client_hung_up(s)) {
+            if (!s->ignore_client_abort) {
+                return client_abort(s, o, WEIR_ERR_CONNECTION_CLOSED, "client closed");
+            }
+            weir__client_abandon(s);
+        }
         enum weir__up_state was = s->ux.state;
         enum weir__step st;
         switch (was) {

@@ -21,6 +21,7 @@ JSON_FIELDS = {
     "time": str, "client": str, "method": str, "target": str, "protocol": str, "status": int,
     "body_bytes_sent": int, "request_body_bytes": int, "host": str, "referer": str,
     "user_agent": str, "upstream": str, "retries": int, "duration_ms": int, "error": str,
+    "termination": str,
 }
 
 

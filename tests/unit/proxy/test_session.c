@@ -1004,11 +1004,14 @@ static void test_client_gone_while_hook_suspended(void **state)
     assert_int_equal(t->order[1], 'R');
     assert_int_equal(t->order[t->norder - 1], 'L');
     assert_int_equal(h->nlogs, 1);
-    /* Nothing reads a bodiless request's client while it is proxied, so the hang-up shows only
-       when the response cannot be written. */
+    /* The hang-up is seen when the hook resumes: the request ends there, 499, and nothing goes
+       upstream for a client that is gone. */
     assert_true(h->logs[0].has_err);
-    assert_int_equal(h->logs[0].err.type, WEIR_ERR_WRITE_ERROR);
+    assert_int_equal(h->logs[0].err.type, WEIR_ERR_CONNECTION_CLOSED);
     assert_int_equal(h->logs[0].err.source, WEIR_SRC_DOWNSTREAM);
+    assert_int_equal(h->logs[0].status, 499);
+    assert_null(memchr(t->order, 'P', t->norder));
+    assert_int_equal(a->accepted, 0);
     assert_int_equal(harness_run(h, 0, 30), 0); /* nothing else comes */
     assert_int_equal(h->nlogs, 1);
     assert_int_equal(h->w->nconns, 0);

@@ -1,0 +1,244 @@
+"""Faults from clients and origins (issue 10): weir stays up, keeps healthy backends in, and
+loses nothing that was not the fault's own request.
+
+Client aborts: a client that goes away while its request is in flight cancels the upstream
+exchange at once (the origin sees its connection closed, long before any timeout), the access
+log says 499 and who ended it, and the backend is not blamed. A route with
+ignore_client_abort lets the origin finish instead.
+"""
+import json
+import os
+import socket
+import threading
+import time
+
+from conftest import free_port
+
+LOG_WAIT = 10.0  # seconds: bounds every wait on the access log or on an origin's event
+
+
+def config(port, backends, access_log, route_extra="", server_extra=""):
+    lines = "\n".join(f"      - 127.0.0.1:{p}" for p in backends)
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n"
+            f"  access_log: {access_log}\n  access_log_format: json\n{server_extra}"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            f"routes:\n  - upstream: backend\n{route_extra}"
+            f"upstreams:\n  backend:\n    backends:\n{lines}\n")
+
+
+def log_entries(path, n, what=None):
+    """Waits (bounded) for n JSON lines matching what(entry); returns those seen."""
+    deadline = time.monotonic() + LOG_WAIT
+    while True:
+        entries = []
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                entries = [json.loads(x) for x in f.read().splitlines() if x.strip()]
+        hits = [e for e in entries if what is None or what(e)]
+        if len(hits) >= n or time.monotonic() > deadline:
+            return hits
+        time.sleep(0.05)
+
+
+class HoldingOrigin:
+    """An origin that reads a request, says so, then holds it until released, watching its
+    connection: `closed` is set when weir closes it first. Released, it answers `body`."""
+
+    def __init__(self, raw_origin, body=b"done"):
+        self.got = threading.Event()
+        self.release = threading.Event()
+        self.closed = threading.Event()
+        self.sent_all = threading.Event()
+        self.body = body
+        self.targets = []
+        self.o = raw_origin(self.handler)
+        self.port = self.o.port
+
+    def handler(self, c):
+        while True:
+            head = c.read_until(b"\r\n\r\n")
+            if head is None:
+                return
+            self.targets.append(head.split(b" ")[1].decode())
+            if not head.split(b" ")[1].startswith(b"/hold"):
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            self.got.set()
+            c.sock.settimeout(0.05)
+            deadline = time.monotonic() + LOG_WAIT
+            while not self.release.is_set() and time.monotonic() < deadline:
+                try:
+                    if c.sock.recv(1) == b"":
+                        self.closed.set()
+                        return
+                except socket.timeout:
+                    continue
+                except OSError:
+                    self.closed.set()
+                    return
+            c.sock.settimeout(LOG_WAIT)
+            try:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(self.body))
+                c.send(self.body)
+                self.sent_all.set()
+            except OSError:
+                self.closed.set()
+                return
+
+
+def get_ok(port, path="/fine"):
+    with socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    return int(data.split(b" ", 2)[1]) if data else 0
+
+
+def client_leaves(port, how, path="/hold", origin=None):
+    """Sends a GET, waits until the origin holds it, then leaves: "close", "reset" (SO_LINGER 0)
+    or "half" (shutdown of the write side only)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    if origin is not None:
+        assert origin.got.wait(LOG_WAIT), "the request never reached the origin"
+    if how == "half":
+        s.shutdown(socket.SHUT_WR)
+        return s
+    if how == "reset":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+    return None
+
+
+def test_client_abort_while_waiting_cancels_the_upstream(weir, raw_origin, tmp_path):
+    for how in ("close", "reset", "half"):
+        o = HoldingOrigin(raw_origin)
+        port = free_port()
+        log = str(tmp_path / f"access-{how}.log")
+        w = weir(config(port, [o.port], log), port=port)
+        left = client_leaves(port, how, origin=o)
+        # Before, weir noticed only when it wrote the response: the origin held its
+        # connection until it answered or upstream_read (60 s) passed.
+        assert o.closed.wait(LOG_WAIT), f"{how}: weir kept the upstream exchange going"
+        e, = log_entries(log, 1)
+        assert (e["status"], e["termination"]) == (499, "client"), e
+        assert e["error"] in ("ConnectionClosed", "WriteError"), e
+        assert e["upstream"].endswith(str(o.port))
+        assert get_ok(port) == 200  # the backend was not blamed
+        if left is not None:
+            left.close()
+        w.stop()
+        assert "ejected" not in w.stderr()
+
+
+def test_client_abort_during_upload_is_499_not_a_backend_failure(weir, raw_origin, tmp_path):
+    def handler(c):
+        head = c.read_until(b"\r\n\r\n")
+        if head is None:
+            return
+        while c.recv_some():
+            pass
+
+    o = raw_origin(handler)
+    port = free_port()
+    log = str(tmp_path / "access.log")
+    w = weir(config(port, [o.port], log, route_extra="", server_extra="") +
+             "", port=port)
+    s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+    s.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 5000)
+    time.sleep(0.2)
+    s.close()
+    e, = log_entries(log, 1)
+    assert (e["status"], e["termination"]) == (499, "client"), e
+    w.stop()
+    assert "ejected" not in w.stderr()
+
+
+def test_ignore_client_abort_lets_the_origin_finish(weir, raw_origin, tmp_path):
+    """With ignore_client_abort the origin's whole response is read (and thrown away) after the
+    client is gone, and its connection is then reused."""
+    o = HoldingOrigin(raw_origin, body=b"z" * (4 << 20))
+    port = free_port()
+    log = str(tmp_path / "access.log")
+    weir(config(port, [o.port], log, route_extra="    ignore_client_abort: true\n"), port=port)
+    client_leaves(port, "close", origin=o)
+    time.sleep(0.3)
+    assert not o.closed.is_set(), "weir cancelled the exchange despite ignore_client_abort"
+    o.release.set()
+    assert o.sent_all.wait(LOG_WAIT), "the origin could not send its whole response"
+    e, = log_entries(log, 1)
+    assert e["status"] == 200 and e["termination"] in ("", "client"), e
+    assert get_ok(port) == 200
+    assert o.o.connections == 1, "the upstream connection was not reused after the response"
+
+
+def test_ignore_client_abort_still_answers_a_half_closed_client(weir, raw_origin, tmp_path):
+    o = HoldingOrigin(raw_origin, body=b"answer")
+    port = free_port()
+    log = str(tmp_path / "access.log")
+    weir(config(port, [o.port], log, route_extra="    ignore_client_abort: true\n"), port=port)
+    s = client_leaves(port, "half", origin=o)
+    time.sleep(0.2)
+    o.release.set()
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+        if data.endswith(b"answer"):
+            break
+    s.close()
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"answer")
+    e, = log_entries(log, 1)
+    assert (e["status"], e["error"]) == (200, ""), e
+
+
+def test_client_abort_mid_response_closes_the_upstream(weir, raw_origin, tmp_path):
+    """A client leaving during a large streamed response: the upstream connection is closed
+    (its response is incomplete, it cannot be reused), the status sent is logged with the
+    error, and the next request works."""
+    sent = []
+
+    def handler(c):
+        while True:
+            head = c.read_until(b"\r\n\r\n")
+            if head is None:
+                return
+            if b"/big" in head:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+                n = 0
+                try:
+                    while n < (64 << 20):
+                        c.send(b"y" * 65536)
+                        n += 65536
+                except OSError:
+                    sent.append(n)
+                    return
+                sent.append(n)
+            else:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    o = raw_origin(handler)
+    port = free_port()
+    log = str(tmp_path / "access.log")
+    w = weir(config(port, [o.port], log), port=port)
+    s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+    s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    got = 0
+    while got < (1 << 20):
+        got += len(s.recv(65536))
+    s.close()
+    e, = log_entries(log, 1, lambda e: e["target"] == "/big")
+    assert e["status"] == 200 and e["termination"] == "client", e
+    assert get_ok(port) == 200
+    deadline = time.monotonic() + LOG_WAIT
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sent and sent[0] < (64 << 20), "the origin could send the whole body to nobody"
+    w.stop()
+    assert "ejected" not in w.stderr()
