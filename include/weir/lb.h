@@ -124,6 +124,7 @@ struct weir_lb_backend_info {
     uint32_t active;   /**< requests holding it */
     uint32_t fails;    /**< consecutive failures */
     uint64_t selected; /**< times chosen */
+    uint64_t kept_in;  /**< ejections refused: it was the last usable backend (panic mode) */
 };
 
 /** State of the i-th backend of the current set. 0 or WEIR_EINVAL (i out of range). */

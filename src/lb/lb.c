@@ -179,6 +179,42 @@ static bool healthy_now(struct weir_backend *b, uint64_t *now)
     return *now >= until;
 }
 
+/* Whether some backend of b's group other than b can take requests (ejections, health, drain). */
+static bool others_usable(const struct weir_backend *b, uint64_t now)
+{
+    if (b->lb == NULL) {
+        return true;
+    }
+    const struct lbset *s = weir__rcu_read((void *const *)&b->lb->set);
+    for (size_t i = 0; i < s->nall; i++) {
+        struct weir_backend *o = s->all[i];
+        if (o != b && !atomic_load_explicit(&o->drain, memory_order_relaxed) &&
+            healthy_now(o, &now)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Panic mode (Envoy's panic threshold, nginx's single-server rule): passive ejection never
+ * leaves a group with no usable backend, since then every request would fail at once on a
+ * backend that may only be slow. The failing backend stays in; the first refusal since its
+ * last success is logged, every one is counted (kept_in).
+ */
+static void keep_in(struct weir_backend *b, unsigned f, enum weir_error_type type,
+                    const char *context)
+{
+    atomic_fetch_add_explicit(&b->kept_in, 1, memory_order_relaxed);
+    if (!atomic_exchange_explicit(&b->panic, true, memory_order_relaxed)) {
+        weir_log(WEIR_LOG_WARN,
+                 "backend %s kept in after %u failure%s in a row (%s%s%s): it is the last "
+                 "usable backend of its group (panic mode)",
+                 b->ident, f, f == 1 ? "" : "s", weir_error_type_str(type), context ? ", " : "",
+                 context ? context : "");
+    }
+}
+
 void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, const char *context)
 {
     if (b == NULL || b->max_fails == UINT32_MAX) {
@@ -194,6 +230,10 @@ void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, con
     if (atomic_load_explicit(&b->ejected_until_ms, memory_order_relaxed) > now) {
         return; /* already out (requests sent before the ejection failing now) */
     }
+    if (!others_usable(b, now)) {
+        keep_in(b, f, type, context);
+        return;
+    }
     uint64_t ms = b->eject_ms;
     for (unsigned i = 0; i < e && ms < b->eject_max_ms; i++) {
         ms *= 2;
@@ -201,7 +241,18 @@ void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, con
     if (ms > b->eject_max_ms) {
         ms = b->eject_max_ms;
     }
-    atomic_store_explicit(&b->ejected_until_ms, now + ms, memory_order_relaxed);
+    uint64_t until = now + ms;
+    atomic_store_explicit(&b->ejected_until_ms, until, memory_order_relaxed);
+    if (!others_usable(b, now)) {
+        /* Another worker ejected the last other one meanwhile: one of us must stay. */
+        uint64_t mine = until;
+        if (atomic_compare_exchange_strong_explicit(&b->ejected_until_ms, &mine, 0,
+                                                    memory_order_relaxed, memory_order_relaxed)) {
+            keep_in(b, f, type, context);
+            return;
+        }
+    }
+    atomic_store_explicit(&b->panic, false, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->ejections, 1, memory_order_relaxed);
     atomic_store_explicit(&b->fails, 0, memory_order_relaxed);
     char d[32], n[48];
@@ -224,6 +275,9 @@ void weir__backend_succeeded(struct weir_backend *b)
     if (atomic_load_explicit(&b->fails, memory_order_relaxed) != 0) {
         atomic_store_explicit(&b->fails, 0, memory_order_relaxed);
     }
+    if (atomic_load_explicit(&b->panic, memory_order_relaxed)) {
+        atomic_store_explicit(&b->panic, false, memory_order_relaxed);
+    }
     if (atomic_load_explicit(&b->ejections, memory_order_relaxed) != 0) {
         /* The exchange decides which of the workers that see the success logs it. */
         unsigned e = atomic_exchange_explicit(&b->ejections, 0, memory_order_relaxed);
@@ -235,9 +289,9 @@ void weir__backend_succeeded(struct weir_backend *b)
     }
 }
 
-static struct weir_backend *backend_new(const struct weir_lb_options *opt,
-                                        const struct weir_lb_backend *spec)
+static struct weir_backend *backend_new(struct weir_lb *lb, const struct weir_lb_backend *spec)
 {
+    const struct weir_lb_options *opt = &lb->opt;
     struct weir_backend *b = weir__calloc(1, sizeof(*b));
     if (b == NULL) {
         return NULL;
@@ -262,6 +316,9 @@ static struct weir_backend *backend_new(const struct weir_lb_options *opt,
     atomic_init(&b->drain, spec->drain);
     atomic_init(&b->max_conns, spec->max_conns);
     atomic_init(&b->selected, 0);
+    atomic_init(&b->kept_in, 0);
+    atomic_init(&b->panic, false);
+    b->lb = lb;
     b->max_fails = opt->max_fails;
     b->eject_ms = opt->eject_ms;
     b->eject_max_ms = opt->eject_max_ms;
@@ -435,8 +492,8 @@ static int check_specs(const struct weir_lb_backend *b, size_t n, const char **w
 }
 
 /* Builds a set for specs, reusing the backends of old whose address stays. */
-static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
-                     const struct weir_lb_backend *b, size_t n, struct lbset **out)
+static int set_build(struct weir_lb *lb, const struct lbset *old, const struct weir_lb_backend *b,
+                     size_t n, struct lbset **out)
 {
     struct lbset *s = weir__calloc(1, sizeof(*s));
     if (s == NULL) {
@@ -461,7 +518,7 @@ static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
     for (size_t i = 0; i < n; i++) {
         struct weir_backend *be = find_in(old, b[i].address);
         if (be == NULL) {
-            be = backend_new(opt, &b[i]);
+            be = backend_new(lb, &b[i]);
             if (be == NULL) {
                 set_free(s);
                 return WEIR_ENOMEM;
@@ -484,7 +541,7 @@ static int set_build(const struct weir_lb_options *opt, const struct lbset *old,
     for (int k = 0; k < 2; k++) {
         atomic_init(&s->tier[k].cursor, 0);
         int rc = build_seq(&s->tier[k]);
-        if (rc == 0 && opt->algorithm == WEIR_LB_KETAMA) {
+        if (rc == 0 && lb->opt.algorithm == WEIR_LB_KETAMA) {
             rc = build_ring(&s->tier[k]);
         }
         if (rc != 0) {
@@ -543,7 +600,7 @@ int weir_lb_new(const struct weir_lb_options *opt, const struct weir_lb_backend 
         return WEIR_ENOMEM;
     }
     struct lbset *s = NULL;
-    rc = set_build(&lb->opt, NULL, b, n, &s);
+    rc = set_build(lb, NULL, b, n, &s);
     if (rc != 0) {
         pthread_mutex_destroy(&lb->update_lock);
         weir__free(lb);
@@ -565,7 +622,7 @@ int weir_lb_update(struct weir_lb *lb, const struct weir_lb_backend *b, size_t n
     }
     pthread_mutex_lock(&lb->update_lock);
     struct lbset *ns = NULL, *old = NULL;
-    rc = set_build(&lb->opt, lb->set, b, n, &ns);
+    rc = set_build(lb, lb->set, b, n, &ns);
     if (rc == 0) {
         old = weir__rcu_xchg((void **)&lb->set, ns);
     }
@@ -831,6 +888,7 @@ int weir_lb_backend_info(const struct weir_lb *lb, size_t i, struct weir_lb_back
     info->active = atomic_load(&b->active);
     info->fails = atomic_load(&b->fails);
     info->selected = atomic_load(&b->selected);
+    info->kept_in = atomic_load(&b->kept_in);
     pthread_mutex_unlock(&m->update_lock);
     return 0;
 }

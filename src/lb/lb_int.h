@@ -25,9 +25,12 @@ struct weir_backend {
     atomic_bool drain;
     atomic_uint max_conns; /* 0: no cap (an update may change it) */
     _Atomic uint64_t selected;
+    _Atomic uint64_t kept_in; /* ejections refused: it was the group's last usable backend */
+    atomic_bool panic;        /* kept in since its last success (logs the first refusal only) */
     /* active health checks: the checker's thread only */
     uint32_t hc_passes, hc_fails;
     /* immutable */
+    struct weir_lb *lb; /* the group it belongs to (outlives it: the config owns both) */
     uint32_t max_fails, eject_ms, eject_max_ms;
     struct sockaddr_storage addr;
     socklen_t addrlen;

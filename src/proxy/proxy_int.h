@@ -165,6 +165,7 @@ struct weir__outcome {
     enum weir__fail_kind kind;
     struct weir_error err; /* err.retry: unused here; see the two flags */
     int status;            /* WEIR_FAIL_CLIENT_BODY: 400 or 413 */
+    bool blameless;        /* WEIR_FAIL_UPSTREAM: caused by our stall, not the backend's fault */
     int code;              /* WEIR_FAIL_CONNECT: -errno or WEIR_ETIMEDOUT */
     bool stale;            /* a reused connection died before answering: safe on a fresh one */
     bool replayable;       /* nothing of the request body consumed, no response byte seen */
@@ -280,6 +281,7 @@ struct weir__exchange {
     bool fresh;       /* the next connection must be new (a pooled one died) */
     bool byte_seen;   /* any response byte arrived on this connection */
     bool keep_alive;  /* the upstream response allows reuse */
+    bool held;        /* weir stopped reading the response for the client (backpressure) */
     uint32_t interim; /* 1xx heads skipped (bounded) */
     struct weir__h1_scan scan;
     struct weir_timer timer;

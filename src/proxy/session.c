@@ -359,7 +359,9 @@ static void upstream_failed(struct weir_session *s, const struct weir__outcome *
         weir__upstream_rewind(s, true);
         return; /* still PH_UPSTREAM: a fresh connection to the same peer */
     }
-    weir__backend_failed(s->peer.backend, o->err.type, o->err.context);
+    if (!o->blameless) {
+        weir__backend_failed(s->peer.backend, o->err.type, o->err.context);
+    }
     if (e.retry && o->replayable && s->retries < s->cfg->server.max_retries) {
         weir_log(WEIR_LOG_INFO, "upstream %s: %s (%s); retrying", s->peer.name,
                  weir_error_type_str(o->err.type), o->err.context ? o->err.context : "");

@@ -51,6 +51,13 @@ enum weir__step weir__upstream_error(struct weir_session *s, struct weir__outcom
     *o = (struct weir__outcome){
         .kind = WEIR_FAIL_UPSTREAM,
         .err = {type, WEIR_SRC_UPSTREAM, false, sys_errno, context},
+        /*
+         * The outcome rule (docs/ARCHITECTURE.md): an origin that closes or resets a response
+         * weir had stopped reading for a slow client acted on our stall (an application
+         * server's send timeout, say), so the backend is not blamed. A timeout is: the timer
+         * runs only while weir is ready to read.
+         */
+        .blameless = s->ux.held && !timeout,
         /* A pooled connection the peer had closed before answering: not the backend's fault. */
         .stale = !timeout && s->ux.reused && untouched && s->stale_retries < WEIR_MAX_STALE_RETRIES,
         .replayable = untouched && !s->resp_started,
@@ -125,6 +132,7 @@ static void attach(struct weir_session *s, struct weir__upconn *u, bool reused)
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
     memset(&s->ux.scan, 0, sizeof(s->ux.scan));
     s->ux.byte_seen = false;
+    s->ux.held = false;
     weir__outq_reset(&s->ux.out);
     s->ux.state = u->connected ? UP_CONNECTED : UP_CONNECTING;
 }
@@ -289,6 +297,14 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
         s->ux.state = UP_COMPLETE;
         return WEIR_STEP_DONE;
     case WEIR_PIPE_BLOCKED:
+        if (!weir__outq_empty(&s->out_client)) {
+            /*
+             * Waiting for the client, not the origin: the origin's clock does not run while
+             * we hold its response, and whatever it does about the stall is ours (below).
+             */
+            s->ux.held = true;
+            s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
+        }
         return WEIR_STEP_BLOCKED;
     case WEIR_PIPE_ERR_SRC:
         return weir__upstream_error(s, o, WEIR_ERR_CONNECTION_CLOSED, 0, "response body");
@@ -324,8 +340,10 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
     } else if (u != NULL && !weir__outq_empty(&s->ux.out)) {
         tmo = s->peer.write_timeout_ms;
         type = WEIR_ERR_WRITE_TIMEOUT;
-    } else if (u != NULL && !s->respp.in_done &&
+    } else if (u != NULL && !s->respp.in_done && s->req_sent &&
                (s->ux.state < UP_BODY || weir__outq_empty(&s->out_client))) {
+        /* Not before the request is sent: until then the origin waits on the client
+           (client_body runs) or on our writes (upstream_write runs). */
         tmo = s->peer.read_timeout_ms;
     }
     if (tmo) {

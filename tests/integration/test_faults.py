@@ -242,3 +242,68 @@ def test_client_abort_mid_response_closes_the_upstream(weir, raw_origin, tmp_pat
     assert sent and sent[0] < (64 << 20), "the origin could send the whole body to nobody"
     w.stop()
     assert "ejected" not in w.stderr()
+
+
+# ---- slow readers in front of an origin with a send timeout (issue 10, defect 1) ----
+
+def test_slow_readers_never_get_a_healthy_backend_ejected(weir, raw_origin, tmp_path):
+    """Clients that stop reading make weir stop reading the origin (backpressure); an origin
+    with a send timeout then gives up on those responses. That is the clients' doing: no
+    backend may be ejected for it, and a well-behaved client keeps getting 200."""
+    started, gave_up = [], []
+    big = 64 << 20
+    nslow = 6
+
+    def handler(c):
+        while True:
+            head = c.read_until(b"\r\n\r\n")
+            if head is None:
+                return
+            if b"/big" not in head:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            started.append(1)
+            c.sock.settimeout(0.3)  # an application server's send timeout
+            try:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % big)
+                for _ in range(big // 65536):
+                    c.send(b"b" * 65536)
+            except OSError:
+                gave_up.append(1)
+                return  # closes the stalled response
+            return
+
+    a, b = raw_origin(handler), raw_origin(handler)
+    port = free_port()
+    ups = f"[127.0.0.1:{a.port}, 127.0.0.1:{b.port}]"
+    w = weir(f"server:\n  threads: 2\n  grace_period: 5s\n"
+             f"listeners:\n  - 127.0.0.1:{port}\n"
+             f"routes:\n  - upstream: backend\n"
+             f"upstreams:\n  backend:\n    max_fails: 2\n    backends: {ups}\n", port=port)
+    slow = []
+    for i in range(nslow):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+        s.settimeout(LOG_WAIT)
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET /big/{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        slow.append(s)
+    deadline = time.monotonic() + 2 * LOG_WAIT
+    while len(gave_up) < nslow and time.monotonic() < deadline:
+        assert get_ok(port) == 200
+        time.sleep(0.05)
+    assert len(gave_up) == len(started) == nslow, (started, gave_up)
+    deadline = time.monotonic() + 2 * LOG_WAIT
+    for s in slow:  # the slow readers read at last: their responses end short of the length
+        try:
+            while time.monotonic() < deadline and s.recv(1 << 20):
+                pass
+        except OSError:
+            pass
+        s.close()
+    assert time.monotonic() < deadline, "weir did not end the truncated responses"
+    for _ in range(20):
+        assert get_ok(port) == 200
+    w.stop()
+    err = w.stderr()
+    assert "ejected" not in err and "kept in" not in err, err

@@ -279,21 +279,28 @@ def test_ejection_and_return_are_logged(weir):
     """An operator must see in the error log which backend was ejected, for how long and why,
     and when it came back (the log said nothing before)."""
     dead_port = free_port()
+    live = HttpOrigin().start()
     ups = (f"  backend:\n    max_fails: 1\n    eject: 1s\n    backends:\n"
-           f"      - 127.0.0.1:{dead_port}\n")
+           f"      - 127.0.0.1:{dead_port}\n      - 127.0.0.1:{live.port}\n")
     port, w = start_weir_w(weir, ups, server_extra="  max_retries: 0\n")
-    assert status_of(port, "/a") == 502  # refused: the only backend is ejected for 1 s
-    ejected = (f"[warn] backend 127.0.0.1:{dead_port} ejected for 1s after 1 failure in a row: "
-               f"ConnectRefused (connect)")
-    assert wait_for(lambda: ejected in w.stderr(), 5), w.stderr()
-    origin = HttpOrigin(port=dead_port).start()
     try:
-        # Once the second has passed, the backend is tried again and answers.
-        assert wait_for(lambda: status_of(port, "/b") == 200, 10), w.stderr()
-        back = f"[warn] backend 127.0.0.1:{dead_port} is back: a request succeeded after 1 ejection"
-        assert wait_for(lambda: back in w.stderr(), 5), w.stderr()
+        # Round robin reaches the dead one within two requests: refused, it is ejected for 1 s.
+        assert 502 in [status_of(port, "/a"), status_of(port, "/a2")]
+        ejected = (f"[warn] backend 127.0.0.1:{dead_port} ejected for 1s after 1 failure in a "
+                   f"row: ConnectRefused (connect)")
+        assert wait_for(lambda: ejected in w.stderr(), 5), w.stderr()
+        origin = HttpOrigin(port=dead_port).start()
+        try:
+            # Once the second has passed, the backend is tried again and answers.
+            assert wait_for(lambda: status_of(port, "/b") == 200 and origin.requests, 10), \
+                w.stderr()
+            back = (f"[warn] backend 127.0.0.1:{dead_port} is back: a request succeeded after "
+                    f"1 ejection")
+            assert wait_for(lambda: back in w.stderr(), 5), w.stderr()
+        finally:
+            origin.stop()
     finally:
-        origin.stop()
+        live.stop()
 
 
 def test_backup_used_only_when_primaries_down(weir, origins):
@@ -392,10 +399,67 @@ def test_all_backends_down(weir, fail_open):
         r.read()
         c.close()
         statuses.append(r.status)
-    # The first requests find out (502: connect refused, on both); after that both backends
-    # are ejected: fail closed answers 503 at once, fail open keeps trying them (502).
-    assert statuses[0] == 502
-    assert statuses[-3:] == ([502] * 3 if fail_open else [503] * 3), statuses
+    # The first requests find out (502: connect refused, on both). Passive ejection takes out
+    # one, never the last usable one (panic mode), so every request is tried (502) and none
+    # is refused with 503, whatever fail_open says; fail_open matters when active health
+    # checks or draining leave nothing (test_fail_open_with_active_health_checks).
+    assert statuses == [502] * 6, statuses
+
+
+def test_panic_mode_keeps_the_last_backend_in(weir, raw_origin):
+    """A group's only backend failing every request is never ejected (nginx's single-server
+    rule, Envoy's panic threshold): each request still reaches it, and the log says it was
+    kept in, once, instead of a stream of 503s from a backend that may only be slow."""
+    hits = []
+
+    def handler(c):
+        while c.read_until(b"\r\n\r\n") is not None:
+            hits.append(1)
+            c.send(b"garbage\r\n\r\n")
+            return  # an invalid response: the backend's fault
+
+    o = raw_origin(handler)
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 60s\n"
+           f"    backends:\n      - 127.0.0.1:{o.port}\n")
+    port, w = start_weir_w(weir, ups)
+    statuses = []
+    for i in range(5):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", f"/p/{i}")
+        try:
+            r = c.getresponse()
+            r.read()
+            statuses.append(r.status)
+        except (http.client.HTTPException, OSError):
+            statuses.append("cut")
+        c.close()
+    assert statuses == [502] * 5, statuses
+    assert len(hits) == 5, "a request did not reach the only backend"
+    w.stop()
+    err = w.stderr()
+    assert "ejected" not in err
+    assert err.count("kept in after 1 failure in a row (InvalidHTTP") == 1, err
+    assert err.count("(panic mode)") == 1, err
+    assert "last usable backend of its group (panic mode)" in err
+
+
+def test_panic_mode_ejects_all_but_one(weir, raw_origin):
+    """Two failing backends: the first to fail is ejected, the other is kept in."""
+    def handler(c):
+        while c.read_until(b"\r\n\r\n") is not None:
+            c.send(b"garbage\r\n\r\n")
+            return
+
+    a, b = raw_origin(handler), raw_origin(handler)
+    ups = (f"  backend:\n    max_fails: 1\n    eject: 60s\n"
+           f"    backends:\n      - 127.0.0.1:{a.port}\n      - 127.0.0.1:{b.port}\n")
+    port, w = start_weir_w(weir, ups)
+    for i in range(6):
+        assert status_of(port, f"/q/{i}") == 502
+    w.stop()
+    err = w.stderr()
+    assert err.count(" ejected for 60s") == 1, err
+    assert err.count("(panic mode)") == 1, err
 
 
 class CountingOrigin(HttpOrigin):
