@@ -171,6 +171,15 @@ int harness_start(struct harness *h);
  */
 int harness_run(struct harness *h, unsigned logs, uint32_t timeout_ms);
 
+/**
+ * Steps the loop without waiting and without the safety timer, turn by turn, until a turn runs
+ * no callback (quiescent: every byte written has been read and acted on), at most max_turns
+ * turns. Then reads what is left on the test's sockets. The number of turns run, or
+ * WEIR_ETIMEDOUT when the loop was still busy after max_turns (a livelock), or -errno.
+ * Deterministic: nothing depends on time passing (see weir__loop_skew_clock for timeouts).
+ */
+int harness_settle(struct harness *h, unsigned max_turns);
+
 /** The harness a session's hook runs under. */
 struct harness *harness_of(struct weir_session *s);
 
