@@ -451,6 +451,10 @@ static void check_client(void)
             if (!r->err) {
                 FAIL("request %u ended without a response and without an error", F.order[k]);
             }
+            struct resp_info ri = walk_response(p, end, false);
+            if (ri.end != NULL && ri.status == 100) {
+                p = ri.end; /* the 100 Continue it had before it failed */
+            }
             continue;
         }
         if (closed) {

@@ -21,6 +21,9 @@
  *
  * Everything runs on the calling thread; nothing blocks (sockets are non-blocking and the
  * scripted bytes are small enough for a socket buffer).
+ *
+ * fuzz/fuzz_proxy.c drives the same harness without timers: it writes from either end itself
+ * and calls harness_settle between writes, so a run depends on its input alone.
  */
 #ifndef WEIR_TESTS_PROXY_HARNESS_H
 #define WEIR_TESTS_PROXY_HARNESS_H
