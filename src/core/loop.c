@@ -29,6 +29,7 @@ struct weir_loop {
     struct weir_io wake;
     bool stop;
     uint64_t now_ms;
+    uint64_t skew_ms; /* added to the monotonic clock (tests: weir__loop_skew_clock) */
     int64_t wall_s;
 
     struct weir_timer **heap;
@@ -61,7 +62,8 @@ void weir__loop_update_time(struct weir_loop *loop)
      */
     struct timespec ts;
     if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
-        loop->now_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+        loop->now_ms =
+            (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u + loop->skew_ms;
     }
     if (clock_gettime(CLOCK_REALTIME_COARSE, &ts) == 0) {
         loop->wall_s = ts.tv_sec;
@@ -69,7 +71,7 @@ void weir__loop_update_time(struct weir_loop *loop)
 }
 
 static void drain_posts(struct weir_loop *loop, struct weir_io *io, uint32_t events);
-static void run_deferred(struct weir_loop *loop);
+static unsigned run_deferred(struct weir_loop *loop);
 
 struct weir_loop *weir__loop_new(uint32_t post_cap)
 {
@@ -243,19 +245,34 @@ size_t weir__loop_timer_count(const struct weir_loop *loop)
     return loop->nheap;
 }
 
-void weir__loop_run_timers(struct weir_loop *loop)
+void weir__loop_skew_clock(struct weir_loop *loop, uint64_t ms)
+{
+    loop->skew_ms += ms;
+    weir__loop_update_time(loop);
+}
+
+/* Fires the timers due; returns how many. */
+static unsigned run_timers(struct weir_loop *loop)
 {
     /*
      * Timers armed by callbacks during this pass wait for the next one (as libuv does), so a
      * callback re-arming itself with 0 ms cannot keep the turn from ending.
      */
     uint64_t pass = loop->timer_seq;
+    unsigned fired = 0;
     while (loop->nheap > 0 && loop->heap[0]->deadline_ms <= loop->now_ms &&
            loop->heap[0]->start_seq <= pass) {
         struct weir_timer *t = loop->heap[0];
         weir_timer_stop(loop, t);
         t->cb(loop, t);
+        fired++;
     }
+    return fired;
+}
+
+void weir__loop_run_timers(struct weir_loop *loop)
+{
+    (void)run_timers(loop);
 }
 
 static int next_timeout(const struct weir_loop *loop)
@@ -403,13 +420,14 @@ void weir__loop_defer_cancel(struct weir_loop *loop, struct weir__defer *d)
     d->next = NULL;
 }
 
-static void run_deferred(struct weir_loop *loop)
+static unsigned run_deferred(struct weir_loop *loop)
 {
     /*
      * Calls deferred while running belong to the next round, so one turn stays bounded. The
      * queue stays live while it runs, so a call may cancel any other still queued.
      */
     uint64_t round = loop->defer_round++;
+    unsigned ran = 0;
     while (loop->defer_head != NULL && loop->defer_head->round <= round) {
         struct weir__defer *d = loop->defer_head;
         loop->defer_head = d->next;
@@ -419,7 +437,9 @@ static void run_deferred(struct weir_loop *loop)
         d->queued = false;
         d->next = NULL;
         d->fn(loop, d);
+        ran++;
     }
+    return ran;
 }
 
 /* ---- running ---- */
@@ -445,35 +465,52 @@ void weir__loop_stop(struct weir_loop *loop)
     loop->stop = true;
 }
 
-int weir__loop_run(struct weir_loop *loop)
+/*
+ * One turn: wait up to timeout ms (-1: as long as the next timer allows) for events, run them,
+ * the due timers, the deferred calls and the turn hook. Returns the callbacks run, or -errno.
+ */
+static int run_turn(struct weir_loop *loop, int timeout)
 {
     struct epoll_event evs[MAX_EVENTS];
+    if (timeout < 0) {
+        timeout = next_timeout(loop);
+    }
+    /* A reader blocked here must not hold up a grace period (see core/rcu.h). */
+    if (timeout != 0) {
+        weir__rcu_offline();
+    }
+    int n = epoll_wait(loop->epfd, evs, MAX_EVENTS, timeout);
+    if (timeout != 0) {
+        weir__rcu_online();
+    }
+    if (n < 0) {
+        return errno == EINTR ? 0 : -errno;
+    }
+    weir__loop_update_time(loop);
+    for (int i = 0; i < n; i++) {
+        struct weir_io *io = evs[i].data.ptr;
+        io->cb(loop, io, evs[i].events);
+    }
+    unsigned ran = (unsigned)n + run_timers(loop);
+    ran += run_deferred(loop);
+    if (loop->turn_fn) {
+        loop->turn_fn(loop, loop->turn_arg);
+    }
+    return (int)ran;
+}
+
+int weir__loop_run_once(struct weir_loop *loop)
+{
+    return run_turn(loop, 0);
+}
+
+int weir__loop_run(struct weir_loop *loop)
+{
     loop->stop = false;
     while (!loop->stop) {
-        int timeout = next_timeout(loop);
-        /* A reader blocked here must not hold up a grace period (see core/rcu.h). */
-        if (timeout != 0) {
-            weir__rcu_offline();
-        }
-        int n = epoll_wait(loop->epfd, evs, MAX_EVENTS, timeout);
-        if (timeout != 0) {
-            weir__rcu_online();
-        }
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        weir__loop_update_time(loop);
-        for (int i = 0; i < n; i++) {
-            struct weir_io *io = evs[i].data.ptr;
-            io->cb(loop, io, evs[i].events);
-        }
-        weir__loop_run_timers(loop);
-        run_deferred(loop);
-        if (loop->turn_fn) {
-            loop->turn_fn(loop, loop->turn_arg);
+        int rc = run_turn(loop, -1);
+        if (rc < 0) {
+            return rc;
         }
     }
     pthread_mutex_lock(&loop->post_lock);

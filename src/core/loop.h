@@ -21,6 +21,12 @@ void weir__loop_free(struct weir_loop *loop);
 
 /** Runs until weir__loop_stop is called on the loop's thread. 0 or -errno. */
 int weir__loop_run(struct weir_loop *loop);
+/**
+ * One turn without waiting: the events ready now, the due timers, the deferred calls and the
+ * turn hook. Returns how many callbacks ran (0: the loop is quiescent at this instant), or
+ * -errno. For tests and fuzz drivers that step the loop themselves.
+ */
+int weir__loop_run_once(struct weir_loop *loop);
 /** Makes weir__loop_run return after the current turn (loop's thread). */
 void weir__loop_stop(struct weir_loop *loop);
 
@@ -38,6 +44,9 @@ size_t weir__loop_timer_count(const struct weir_loop *loop);
 void weir__loop_update_time(struct weir_loop *loop);
 /* The deadline weir_timer_start(loop, t, ms) would give t now. */
 uint64_t weir__loop_deadline(const struct weir_loop *loop, uint64_t ms);
+
+/** Moves the loop's monotonic clock ms forward, for good (tests: timeouts without waiting). */
+void weir__loop_skew_clock(struct weir_loop *loop, uint64_t ms);
 
 /** Fires every timer due at the cached time (tests; the loop does it each turn). */
 void weir__loop_run_timers(struct weir_loop *loop);

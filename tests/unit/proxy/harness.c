@@ -591,6 +591,24 @@ int harness_run(struct harness *h, unsigned logs, uint32_t timeout_ms)
     return logs && h->timed_out ? WEIR_ETIMEDOUT : 0;
 }
 
+int harness_settle(struct harness *h, unsigned max_turns)
+{
+    for (unsigned turn = 1; turn <= max_turns; turn++) {
+        int ran = weir__loop_run_once(h->loop);
+        if (ran < 0) {
+            return ran;
+        }
+        if (ran == 0) {
+            end_read(&h->client);
+            for (unsigned i = 0; i < h->nends; i++) {
+                end_read(&h->ends[i]);
+            }
+            return (int)turn;
+        }
+    }
+    return WEIR_ETIMEDOUT;
+}
+
 void harness_free(struct harness *h)
 {
     if (h == NULL) {

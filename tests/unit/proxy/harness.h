@@ -21,6 +21,9 @@
  *
  * Everything runs on the calling thread; nothing blocks (sockets are non-blocking and the
  * scripted bytes are small enough for a socket buffer).
+ *
+ * fuzz/fuzz_proxy.c drives the same harness without timers: it writes from either end itself
+ * and calls harness_settle between writes, so a run depends on its input alone.
  */
 #ifndef WEIR_TESTS_PROXY_HARNESS_H
 #define WEIR_TESTS_PROXY_HARNESS_H
@@ -170,6 +173,15 @@ int harness_start(struct harness *h);
  * reads what is left on the test's sockets without running any callback.
  */
 int harness_run(struct harness *h, unsigned logs, uint32_t timeout_ms);
+
+/**
+ * Steps the loop without waiting and without the safety timer, turn by turn, until a turn runs
+ * no callback (quiescent: every byte written has been read and acted on), at most max_turns
+ * turns. Then reads what is left on the test's sockets. The number of turns run, or
+ * WEIR_ETIMEDOUT when the loop was still busy after max_turns (a livelock), or -errno.
+ * Deterministic: nothing depends on time passing (see weir__loop_skew_clock for timeouts).
+ */
+int harness_settle(struct harness *h, unsigned max_turns);
 
 /** The harness a session's hook runs under. */
 struct harness *harness_of(struct weir_session *s);
