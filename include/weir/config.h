@@ -78,16 +78,18 @@ struct weir_cfg_limits {
 
 /** Timeouts in milliseconds (server.timeouts). */
 struct weir_cfg_timeouts {
-    uint32_t client_header_ms;    /**< whole request head; default 60000 */
-    uint32_t client_body_ms;      /**< between two reads of a request body; default 60000 */
-    uint32_t client_keepalive_ms; /**< idle between requests; default 75000 */
-    uint32_t client_write_ms;     /**< between two writes making progress; default 60000 */
-    uint32_t upstream_connect_ms; /**< default 5000 */
-    uint32_t upstream_read_ms;    /**< between two reads from the origin; default 60000 */
-    uint32_t upstream_write_ms;   /**< between two writes to the origin; default 60000 */
-    uint32_t upstream_idle_ms;    /**< an idle pooled upstream connection; default 60000 */
-    uint32_t linger_ms;           /**< a lingering close (after an error response), whole; 30000 */
-    uint32_t linger_idle_ms;      /**< a lingering close, between two reads; default 5000 */
+    uint32_t client_header_ms;          /**< whole request head; default 60000 */
+    uint32_t client_body_ms;            /**< between two reads of a request body; default 60000 */
+    uint32_t client_keepalive_ms;       /**< idle between requests; default 75000 */
+    uint32_t client_write_ms;           /**< between two writes making progress; default 60000 */
+    uint32_t upstream_connect_ms;       /**< default 5000 */
+    uint32_t upstream_read_ms;          /**< between two reads from the origin; default 60000 */
+    uint32_t upstream_write_ms;         /**< between two writes to the origin; default 60000 */
+    uint32_t upstream_idle_ms;          /**< an idle pooled upstream connection; default 60000 */
+    uint32_t client_min_rate;           /**< bytes/s a client must read at; 0 (default): off */
+    uint32_t client_min_rate_window_ms; /**< the rate is averaged over this; default 10000 */
+    uint32_t linger_ms;      /**< a lingering close (after an error response), whole; 30000 */
+    uint32_t linger_idle_ms; /**< a lingering close, between two reads; default 5000 */
 };
 
 /** server.resolver: how upstream backends given by DNS name are resolved. */

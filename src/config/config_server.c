@@ -62,6 +62,9 @@ static const struct weir__cfg_key timeouts_keys[] = {
     WEIR__CFG_DURATION("upstream_read", TMO(upstream_read_ms), 1, UINT32_MAX, 60000),
     WEIR__CFG_DURATION("upstream_write", TMO(upstream_write_ms), 1, UINT32_MAX, 60000),
     WEIR__CFG_DURATION("upstream_idle", TMO(upstream_idle_ms), 1, UINT32_MAX, 60000),
+    WEIR__CFG_SIZE32("client_min_rate", TMO(client_min_rate), 0, 1u << 30, 0),
+    WEIR__CFG_DURATION("client_min_rate_window", TMO(client_min_rate_window_ms), 1000, 3600000,
+                       10000),
     WEIR__CFG_DURATION("linger", TMO(linger_ms), 1, UINT32_MAX, 30000),
     WEIR__CFG_DURATION("linger_idle", TMO(linger_idle_ms), 1, UINT32_MAX, 5000),
 };

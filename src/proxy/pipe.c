@@ -102,6 +102,7 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
                     return WEIR_PIPE_ERR_DST;
                 }
                 io->write_progress |= n > 0;
+                io->written += (uint64_t)n;
             }
             if (!weir__outq_empty(io->q)) {
                 return WEIR_PIPE_BLOCKED;

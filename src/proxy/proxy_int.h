@@ -227,8 +227,9 @@ struct weir__pipe_io {
     struct weir__stream *dst;
     struct weir__outq *q;
     weir__body_filter_fn filter;
-    uint64_t limit; /* max body bytes, 0 = none */
-    bool discard;   /* dst is gone: what would be written is dropped (ignore_client_abort) */
+    uint64_t limit;   /* max body bytes, 0 = none */
+    bool discard;     /* dst is gone: what would be written is dropped (ignore_client_abort) */
+    uint64_t written; /* bytes written to dst in this step */
     bool read_progress;
     bool write_progress;
 };
@@ -355,6 +356,10 @@ struct weir_session {
      * exchange going, its response thrown away once the client cannot take it. */
     bool ignore_client_abort;
     bool client_gone;
+    /* timeouts.client_min_rate: bytes the client read over the time weir waited on it */
+    uint64_t rate_bytes;
+    uint64_t rate_waited_ms; /* waiting time of the current window, before rate_since */
+    uint64_t rate_since_ms;  /* 0, or since when weir has been waiting on the client */
 
     int64_t start_wall;
     uint64_t start_ms;

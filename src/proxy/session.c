@@ -632,6 +632,12 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
 void weir__session_client_timeout(struct weir_session *s)
 {
     WEIR_SESSION_CHECK(s);
+    const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
+    if (s->phase == PH_UPSTREAM && t->client_min_rate != 0 && s->rate_since_ms != 0 &&
+        weir_loop_now_ms(s->w->loop) < s->client_progress_ms + t->client_write_ms) {
+        weir__session_run(s); /* a client_min_rate window ends: the exchange judges it */
+        return;
+    }
     if (s->phase == PH_UPSTREAM && !s->resp_started && !s->reqp.in_done) {
         /* The client stopped sending its body. */
         s->close_after = true;

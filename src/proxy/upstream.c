@@ -208,8 +208,11 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
                                        uint64_t limit, bool discard)
 {
     uint64_t now = weir_loop_now_ms(s->w->loop);
-    struct weir__pipe_io io = {src, dst, q, filter, limit, discard, false, false};
+    struct weir__pipe_io io = {src, dst, q, filter, limit, discard, 0, false, false};
     enum weir__pipe_status st = weir__pipe_step(s, p, &io);
+    if (dst == &s->c->st) {
+        s->rate_bytes += io.written;
+    }
     if (io.read_progress) {
         *src_progress_ms = now;
     }
@@ -326,6 +329,40 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 
 /* ---- timeouts ---- */
 
+/*
+ * timeouts.client_min_rate: over each window of time spent waiting on the client (response
+ * bytes queued, the socket full), it must have read client_min_rate bytes a second. Time weir
+ * spends waiting on the origin does not count, so a slow origin never fails a client. Returns
+ * nonzero when the client is too slow; else sets *deadline to when the window ends (0: not
+ * waiting on the client).
+ */
+static int check_min_rate(struct weir_session *s, uint64_t now, uint64_t *deadline)
+{
+    const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
+    bool waiting = !weir__outq_empty(&s->out_client) && !s->client_gone;
+    if (s->rate_since_ms != 0) {
+        s->rate_waited_ms += now - s->rate_since_ms;
+        s->rate_since_ms = 0;
+    }
+    if (s->rate_waited_ms >= t->client_min_rate_window_ms) {
+        uint64_t need = (uint64_t)t->client_min_rate * s->rate_waited_ms / 1000u;
+        if (s->rate_bytes < need) {
+            weir_log(WEIR_LOG_INFO,
+                     "client %s read %llu bytes in %llu ms, under client_min_rate (%u/s): closed",
+                     s->c->ip, (unsigned long long)s->rate_bytes,
+                     (unsigned long long)s->rate_waited_ms, t->client_min_rate);
+            return -1;
+        }
+        s->rate_bytes = 0;
+        s->rate_waited_ms = 0;
+    }
+    if (waiting) {
+        s->rate_since_ms = now;
+        *deadline = now + (t->client_min_rate_window_ms - s->rate_waited_ms);
+    }
+    return 0;
+}
+
 /* Checks deadlines on both sides and arms the timers for the next one. */
 static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *o)
 {
@@ -371,8 +408,15 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
     } else if (!s->req_sent && u != NULL && u->connected && weir__outq_empty(&s->ux.out)) {
         ctmo = t->client_body_ms;
     }
+    uint64_t rate_deadline = 0;
+    if (t->client_min_rate != 0 && check_min_rate(s, now, &rate_deadline) != 0) {
+        return client_abort(s, o, WEIR_ERR_WRITE_TIMEOUT, "client_min_rate");
+    }
     if (ctmo) {
         uint64_t deadline = s->client_progress_ms + ctmo;
+        if (rate_deadline != 0 && rate_deadline < deadline) {
+            deadline = rate_deadline;
+        }
         weir__conn_set_deadline(s->c, deadline > now ? deadline - now : 1);
     } else {
         weir__conn_set_deadline(s->c, 0);

@@ -307,3 +307,88 @@ def test_slow_readers_never_get_a_healthy_backend_ejected(weir, raw_origin, tmp_
     w.stop()
     err = w.stderr()
     assert "ejected" not in err and "kept in" not in err, err
+
+
+# ---- a slow but steady reader (issue 10, defect 3) ----
+
+def big_origin(raw_origin, size, pace=None):
+    """An origin answering /big with size bytes (in 64 KiB sends, pace seconds apart)."""
+    def handler(c):
+        while True:
+            head = c.read_until(b"\r\n\r\n")
+            if head is None:
+                return
+            if b"/big" not in head:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                continue
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            block = 16384 if pace else 65536
+            for _ in range(size // block):
+                c.send(b"m" * block)
+                if pace:
+                    time.sleep(pace)
+
+    return raw_origin(handler)
+
+
+def rate_config(port, backend, log):
+    return config(port, [backend], log, server_extra="  timeouts:\n    client_min_rate: 200k\n"
+                  "    client_min_rate_window: 1s\n")
+
+
+def test_slow_steady_reader_is_cut_off_by_client_min_rate(weir, raw_origin, tmp_path):
+    o = big_origin(raw_origin, 64 << 20)
+    port = free_port()
+    log = str(tmp_path / "access.log")
+    w = weir(rate_config(port, o.port, log), port=port)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(LOG_WAIT)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    stop = threading.Event()
+
+    def read_slowly():  # 2 KiB every 20 ms: ~100 KB/s, steady progress
+        try:
+            while not stop.is_set() and s.recv(2048):
+                time.sleep(0.02)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=read_slowly, daemon=True)
+    t.start()
+    # What the kernel already buffered still reaches the client after the close (seconds of
+    # it at this pace): the access log says when weir cut it off.
+    entries = log_entries(log, 1, lambda e: e["target"] == "/big")
+    stop.set()
+    t.join(LOG_WAIT)
+    s.close()
+    assert entries, "a reader at half client_min_rate was never cut off"
+    e = entries[0]
+    assert (e["error"], e["termination"]) == ("WriteTimeout", "client"), e
+    assert e["body_bytes_sent"] < (64 << 20)
+    assert get_ok(port) == 200
+    w.stop()
+    assert "under client_min_rate" in w.stderr()
+    assert "ejected" not in w.stderr()
+
+
+def test_client_min_rate_spares_fast_readers_and_slow_origins(weir, raw_origin, tmp_path):
+    """The rate counts only time spent waiting on the client: a client reading at full speed
+    from an origin that trickles (16 KiB per 50 ms, ~320 KB/s in bursts) keeps its response."""
+    size = 512 << 10
+    o = big_origin(raw_origin, size, pace=0.05)
+    port = free_port()
+    log = str(tmp_path / "access.log")
+    weir(rate_config(port, o.port, log), port=port)
+    with socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT) as s:
+        s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            data += b
+    assert data.endswith(b"m" * 100) and len(data.partition(b"\r\n\r\n")[2]) == size
+    e, = log_entries(log, 1, lambda e: e["target"] == "/big")
+    assert e["error"] == "", e

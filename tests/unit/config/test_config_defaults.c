@@ -63,6 +63,8 @@ static void check_server(const struct weir_cfg_server *s)
     assert_int_equal(t->upstream_read_ms, 60000);
     assert_int_equal(t->upstream_write_ms, 60000);
     assert_int_equal(t->upstream_idle_ms, 60000);
+    assert_int_equal(t->client_min_rate, 0);
+    assert_int_equal(t->client_min_rate_window_ms, 10000);
     assert_int_equal(t->linger_ms, 30000);
     assert_int_equal(t->linger_idle_ms, 5000);
 
