@@ -392,3 +392,191 @@ def test_client_min_rate_spares_fast_readers_and_slow_origins(weir, raw_origin, 
     assert data.endswith(b"m" * 100) and len(data.partition(b"\r\n\r\n")[2]) == size
     e, = log_entries(log, 1, lambda e: e["target"] == "/big")
     assert e["error"] == "", e
+
+
+# ---- one fault at a time, beside a well-behaved client ----
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class GoodClient:
+    """Keep-alive GETs to /good in a thread until stopped: counts requests and failures."""
+
+    def __init__(self, port):
+        self.port = port
+        self.ok = 0
+        self.failures = []
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=LOG_WAIT)
+        i = 0
+        deadline = time.monotonic() + 120  # a bound even if never stopped
+        while not self.stop_ev.is_set() and time.monotonic() < deadline:
+            try:
+                c.request("GET", f"/good/{i}")
+                r = c.getresponse()
+                body = r.read()
+                if r.status != 200 or body != b"ok":
+                    self.failures.append((r.status, body[:50]))
+                else:
+                    self.ok += 1
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append(repr(e))
+                c.close()
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=LOG_WAIT)
+            i += 1
+            time.sleep(0.005)
+        c.close()
+
+    def stop(self):
+        self.stop_ev.set()
+        self.t.join(LOG_WAIT)
+        return self.ok, self.failures
+
+
+def raw_get(port, path, timeout=LOG_WAIT):
+    """One GET on a new connection: every byte until weir closes (Connection: close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                data += b
+        except (ConnectionResetError, socket.timeout):
+            pass
+    return data
+
+
+def faulty_handler(kind):
+    """An origin misbehaving as kind (see FAULTS)."""
+    def handler(c):
+        if kind == "reset_on_accept":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                              b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            return
+        head = c.read_until(b"\r\n\r\n")
+        if head is None:
+            return
+        if kind == "killed_mid_length":
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"k" * 30000)
+        elif kind == "killed_mid_chunked":
+            c.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"4000\r\n" + b"k" * 0x4000 + b"\r\n" + b"100\r\n" + b"k" * 50)
+        elif kind == "garbage":
+            c.send(b"SPDY/9 what\r\n\x00\x01\x02\r\n\r\n")
+        elif kind == "hangs":
+            c.sock.settimeout(5)
+            try:
+                c.sock.recv(1)
+            except OSError:
+                pass
+
+    return handler
+
+
+FAULTS = ["killed_mid_length", "killed_mid_chunked", "reset_on_accept", "garbage", "hangs"]
+
+
+def fault_config(port, good_port, bad_port, spare_port):
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n"
+            f"  timeouts:\n    upstream_read: 1s\n    linger_idle: 500ms\n"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            f"routes:\n  - match: {{path_prefix: /good}}\n    upstream: good\n"
+            f"  - upstream: mixed\n"
+            f"upstreams:\n  good:\n    backends: [127.0.0.1:{good_port}]\n"
+            f"  mixed:\n    max_fails: 1\n    eject: 1s\n"
+            f"    backends: [127.0.0.1:{bad_port}, 127.0.0.1:{spare_port}]\n")
+
+
+def ok_handler(c):
+    while c.read_until(b"\r\n\r\n") is not None:
+        c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def settle(pid, baseline):
+    """Waits (bounded) for weir's fd count to come back to baseline; returns the last count."""
+    deadline = time.monotonic() + LOG_WAIT
+    n = fd_count(pid)
+    while n > baseline and time.monotonic() < deadline:
+        time.sleep(0.1)
+        n = fd_count(pid)
+    return n
+
+
+def test_one_fault_at_a_time(weir, raw_origin):
+    good, spare = raw_origin(ok_handler), raw_origin(ok_handler)
+    bad_kind = {"kind": "garbage"}
+    bad = raw_origin(lambda c: faulty_handler(bad_kind["kind"])(c))
+    port = free_port()
+    w = weir(fault_config(port, good.port, bad.port, spare.port), port=port)
+    client = GoodClient(port)
+    time.sleep(0.2)
+    baseline_fds = fd_count(w.pid)
+    baseline_rss = w.rss_kb()
+    for kind in FAULTS:
+        bad_kind["kind"] = kind
+        for i in range(6):
+            data = raw_get(port, f"/f/{kind}/{i}")
+            head, _, body = data.partition(b"\r\n\r\n")
+            if kind == "killed_mid_length" and head.startswith(b"HTTP/1.1 200"):
+                assert len(body) < 100000, "a cut response reached the client as complete"
+            if kind == "killed_mid_chunked" and head.startswith(b"HTTP/1.1 200"):
+                assert not body.endswith(b"0\r\n\r\n"), "weir forged the last chunk"
+        # Passive ejection took the bad backend out; the spare answers.
+        time.sleep(1.1)  # the 1 s ejection ends: the bad one is tried again
+        n = settle(w.pid, baseline_fds + 2)
+        assert n <= baseline_fds + 2, f"{kind}: {n} fds open, {baseline_fds} before"
+    ok, failures = client.stop()
+    assert failures == [] and ok > 0, failures[:5]
+    # No worker is stuck: fresh connections (spread over both workers) all succeed.
+    for i in range(16):
+        assert raw_get(port, f"/good/after/{i}").startswith(b"HTTP/1.1 200")
+    if not os.environ.get("WEIR_SANITIZED") and not os.environ.get("WEIR_WRAPPER"):
+        assert w.rss_kb() < baseline_rss + 16 * 1024, (baseline_rss, w.rss_kb())
+    w.stop()
+    err = w.stderr()
+    assert f"backend 127.0.0.1:{good.port} ejected" not in err
+    assert f"backend 127.0.0.1:{spare.port} ejected" not in err
+
+
+def test_client_faults_at_every_phase(weir, raw_origin):
+    """Clients that give up at every phase, and bursts of connections that close at once: the
+    good client sees none of it, and weir's fds come back."""
+    good, other, spare = raw_origin(ok_handler), raw_origin(ok_handler), raw_origin(ok_handler)
+    port = free_port()
+    w = weir(fault_config(port, good.port, other.port, spare.port), port=port)
+    client = GoodClient(port)
+    time.sleep(0.2)
+    baseline = fd_count(w.pid)
+    for i in range(100):  # a burst of connections closing at once, some with half a head
+        s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+        if i % 3 == 1:
+            s.sendall(b"GET /good/partial HTTP/1.1\r\nHo")
+        if i % 3 == 2:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    for i in range(10):  # during an upload
+        s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+        s.sendall(b"POST /good/up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" +
+                  b"u" * 1000)
+        s.close()
+    for i in range(10):  # right after a small response was asked for, and half-closed
+        s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+        s.sendall(b"GET /good/small HTTP/1.1\r\nHost: t\r\n\r\n")
+        if i % 2:
+            s.shutdown(socket.SHUT_WR)
+        s.close()
+    n = settle(w.pid, baseline)
+    ok, failures = client.stop()
+    assert failures == [] and ok > 0, failures[:5]
+    assert n <= baseline, f"{n} fds open, {baseline} before"
+    w.stop()
+    assert "ejected" not in w.stderr()
