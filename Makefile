@@ -1,6 +1,6 @@
 # weir's front door. `make run` and `make test` work on a fresh Debian 12 machine as root.
 .PHONY: all deps build build-asan run test test-release test-asan bench bench-callgrind fuzz-build fuzz-smoke clean format \
-	build-tsan test-tsan build-memcheck memcheck build-failmalloc failmalloc
+	build-tsan test-tsan build-memcheck memcheck build-failmalloc failmalloc soak
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DWEIR_WERROR=ON
@@ -95,6 +95,11 @@ failmalloc: build-failmalloc
 	@echo "== allocation failure: every allocation of startup and of a request fails once =="
 	cd tests/integration && WEIR_BIN=$(CURDIR)/build-failmalloc/weir WEIR_SANITIZED=1 WEIR_FAILMALLOC_GATE=1 \
 	  $(PYTEST) test_failmalloc.py
+
+# A long soak under mixed traffic and backend faults (tests/soak/soak.py); ctest runs 120 s of it.
+SOAK_SECONDS ?= 600
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) WEIR_BIN=$(CURDIR)/build/weir /usr/bin/python3 tests/soak/soak.py
 
 bench: build
 	bash bench/run.sh
