@@ -13,7 +13,8 @@
  * ones and notes the fields we care about, instead of one scan per name.
  */
 
-#define MAX_CONN_TOKENS 8
+/* Connection fields whose names are stripped; real messages have one. */
+#define MAX_CONN_FIELDS 8
 
 /* What the header policy does with a field, by its name. */
 enum field_class {
@@ -73,34 +74,44 @@ struct field_scan {
     int content_length; /* index after compaction, -1 when absent */
     int x_forwarded_for;
     bool host;
-    struct weir_iov conn_tokens[MAX_CONN_TOKENS]; /* extra names Connection listed */
-    unsigned nconn_tokens;
-    bool conn_overflow;
+    /* The Connection fields' values that list names beyond close/keep-alive (any number) */
+    struct weir_iov conn_values[MAX_CONN_FIELDS];
+    unsigned nconn_values;
 };
 
-/* Notes the names a Connection field lists beyond the usual close/keep-alive. */
-static void note_connection_tokens(struct field_scan *fs, struct weir_iov value)
+/* Whether tok is a name a Connection field lists for stripping (not close, keep-alive or a
+   field stripped anyway). */
+static bool names_a_field(struct weir_iov tok)
+{
+    return !weir_iov_ieq(tok, WEIR_IOV_LIT("close")) &&
+           !weir_iov_ieq(tok, WEIR_IOV_LIT("keep-alive")) && !is_hop_by_hop(tok);
+}
+
+/* Notes a Connection field that lists names beyond the usual close/keep-alive. */
+static void note_connection_field(struct field_scan *fs, struct weir_iov value)
 {
     size_t pos = 0;
     struct weir_iov tok;
     while (weir__http_next_token(value, &pos, &tok)) {
-        if (weir_iov_ieq(tok, WEIR_IOV_LIT("close")) ||
-            weir_iov_ieq(tok, WEIR_IOV_LIT("keep-alive")) || is_hop_by_hop(tok)) {
-            continue;
-        }
-        if (fs->nconn_tokens < MAX_CONN_TOKENS) {
-            fs->conn_tokens[fs->nconn_tokens++] = tok;
-        } else {
-            fs->conn_overflow = true;
+        if (names_a_field(tok)) {
+            if (fs->nconn_values < MAX_CONN_FIELDS) {
+                fs->conn_values[fs->nconn_values++] = value;
+            }
+            /* More Connection fields than that: their names stay (SECURITY.md's bound). */
+            return;
         }
     }
 }
 
 static bool named_by_connection(const struct field_scan *fs, struct weir_iov name)
 {
-    for (unsigned i = 0; i < fs->nconn_tokens; i++) {
-        if (weir_iov_ieq(name, fs->conn_tokens[i])) {
-            return true;
+    for (unsigned i = 0; i < fs->nconn_values; i++) {
+        size_t pos = 0;
+        struct weir_iov tok;
+        while (weir__http_next_token(fs->conn_values[i], &pos, &tok)) {
+            if (weir_iov_ieq(name, tok) && names_a_field(tok)) {
+                return true;
+            }
         }
     }
     return false;
@@ -113,13 +124,13 @@ static bool named_by_connection(const struct field_scan *fs, struct weir_iov nam
 static void strip_fields(struct weir_headers *h, bool request, struct field_scan *fs)
 {
     fs->content_length = fs->x_forwarded_for = -1;
-    fs->host = fs->conn_overflow = false;
-    fs->nconn_tokens = 0; /* conn_tokens[] is read only below nconn_tokens */
+    fs->host = false;
+    fs->nconn_values = 0; /* conn_values[] is read only below nconn_values */
     uint32_t w = 0;
     for (uint32_t r = 0; r < h->n; r++) {
         switch (classify(h->v[r].name)) {
         case F_CONNECTION:
-            note_connection_tokens(fs, h->v[r].value);
+            note_connection_field(fs, h->v[r].value);
             continue;
         case F_HOP:
             continue;
@@ -146,7 +157,7 @@ static void strip_fields(struct weir_headers *h, bool request, struct field_scan
         h->v[w++] = h->v[r];
     }
     h->n = w;
-    if (fs->nconn_tokens > 0) {
+    if (fs->nconn_values > 0) {
         /* Rare: Connection named other fields, which may have come before it. */
         fs->content_length = fs->x_forwarded_for = -1;
         w = 0;

@@ -309,6 +309,24 @@ def test_request_headers_order_case_and_hop_by_hop(weir, origin):
     assert header_values(got, "Via") == ["1.1 weir"]
 
 
+def test_connection_naming_many_fields_strips_them_all(weir, origin):
+    """Connection may list any number of names: every one is hop-by-hop (RFC 9110 7.6.1).
+    Only the first 8 were stripped before; the 9th and later reached the origin."""
+    w = start_proxy(weir, [origin.port])
+    names = [f"X-Hop-{i}" for i in range(20)]
+    req = (b"GET /many-hops HTTP/1.1\r\nHost: t\r\n"
+           b"Connection: " + ", ".join(names[:12]).encode() + b"\r\n"
+           b"Connection: keep-alive, " + ", ".join(names[12:]).encode() + b"\r\n" +
+           b"".join(f"{n}: v\r\n".encode() for n in names) + b"X-Kept: 1\r\n\r\n")
+    with RawClient(w.listen_port) as c:
+        c.send(req)
+        assert c.read_response().status == 200
+    _, got = head_lines(origin.requests[0].raw_head)
+    leaked = [k for k, _ in got if k.lower().startswith("x-hop-")]
+    assert leaked == [], f"fields Connection named reached the origin: {leaked}"
+    assert header_values(got, "X-Kept") == ["1"]
+
+
 def test_forwarded_headers_added_without_client_values(weir, origin):
     w = start_proxy(weir, [origin.port])
     with RawClient(w.listen_port) as c:
