@@ -4,7 +4,7 @@
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DWEIR_WERROR=ON
-FUZZ_SECONDS ?= 60
+FUZZ_SECONDS ?= 40
 
 all: build
 
