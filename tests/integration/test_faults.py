@@ -580,3 +580,38 @@ def test_client_faults_at_every_phase(weir, raw_origin):
     assert n <= baseline, f"{n} fds open, {baseline} before"
     w.stop()
     assert "ejected" not in w.stderr()
+
+
+def test_origin_restarted_under_load(weir, raw_origin):
+    """One of two origins stopped and started again on its port, three times, while the good
+    client keeps going: its pooled connections die (retried on fresh ones, not blamed), its
+    refused connects go to the other backend (retry_idempotent), and the good client never
+    sees a failure."""
+    from origin import Origin
+    a = raw_origin(ok_handler)
+    b = Origin(ok_handler).start()
+    port = free_port()
+    w = weir(f"server:\n  threads: 2\n  grace_period: 5s\n  max_retries: 2\n"
+             f"listeners:\n  - 127.0.0.1:{port}\n"
+             f"routes:\n  - upstream: app\n    retry_idempotent: true\n"
+             f"upstreams:\n  app:\n    max_fails: 2\n    eject: 500ms\n"
+             f"    backends: [127.0.0.1:{a.port}, 127.0.0.1:{b.port}]\n", port=port)
+    client = GoodClient(port)
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            b.stop()
+            time.sleep(0.3)
+            for _ in range(50):
+                try:
+                    b = Origin(ok_handler, port=b.port).start()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        time.sleep(1.0)  # the ejection ends and b serves again
+        ok, failures = client.stop()
+    finally:
+        b.stop()
+    assert failures == [] and ok > 0, failures[:5]
+    w.stop()
+    assert f"backend 127.0.0.1:{a.port} ejected" not in w.stderr()
