@@ -183,6 +183,15 @@ struct weir_cfg_upstream {
     size_t nbackends;
 };
 
+/** A route's buffer_responses (nginx's proxy_buffering, proxy_temp_path, proxy_max_temp_file_size)
+ */
+struct weir_cfg_buffering {
+    bool enabled;      /**< the key is present (and not false); default off */
+    uint64_t memory;   /**< bytes held in memory per response; default 1m */
+    const char *spill; /**< directory for the temporary file past memory; NULL: memory only */
+    uint64_t max;      /**< most bytes of temporary file per response; default 1g */
+};
+
 struct weir_cfg_route {
     const char *name;         /**< "" when absent */
     const char *const *hosts; /**< exact names or "*.suffix"; none = any host */
@@ -200,6 +209,8 @@ struct weir_cfg_route {
     /** Keep the upstream exchange going when the client goes away (nginx's
         proxy_ignore_client_abort); default false: cancel it, log 499 */
     bool ignore_client_abort;
+    /** Read responses at the origin's pace into memory, then a file; default off */
+    struct weir_cfg_buffering buffer_responses;
 };
 
 /** A whole loaded configuration. Immutable; free with weir_config_free. */

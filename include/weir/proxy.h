@@ -187,6 +187,19 @@ WEIR_EXTERN void weir_session_set_error(struct weir_session *s, enum weir_error_
 WEIR_EXTERN void weir_session_set_ignore_client_abort(struct weir_session *s, bool ignore);
 
 /**
+ * Buffers this request's response (a route's buffer_responses; nginx's proxy_buffering): weir
+ * reads the origin at the origin's pace and holds what the client cannot take yet, in memory
+ * up to b->memory and then in an unnamed temporary file in b->spill up to b->max bytes, so a
+ * slow client does not hold the origin's worker; the origin's connection goes back to the pool
+ * as soon as its response is in. Past those bounds (or when the file cannot be written) weir
+ * stops reading the origin until the client catches up, as without buffering. NULL, or
+ * b->enabled false, turns it off (the default). Strings are copied. Any hook before the
+ * response head arrives may call it (the router does in request_filter). 0 or WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_session_set_response_buffering(struct weir_session *s,
+                                                    const struct weir_cfg_buffering *b);
+
+/**
  * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would
  * have returned. Worker thread only; the session continues at the end of the current loop
  * turn, never inside this call.

@@ -1,9 +1,12 @@
 /*
  * The routes: section: a sequence of routes, each naming an upstream group (so it is checked
  * after upstreams:), with an optional match (hosts, path prefix), header edits for the request
- * and the response, and its retry settings.
+ * and the response, its retry settings and its response buffering.
  */
+#include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "config/config_int.h"
 
@@ -287,6 +290,56 @@ static void route_upstream(struct weir__cfg_ctx *c, const struct weir__cfg_frame
     }
 }
 
+/* --- routes[].buffer_responses -------------------------------------------------------- */
+
+/* spill: an absolute path to a directory weir can create files in, checked at load. */
+static bool spill_dir_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *dir)
+{
+    struct stat st;
+    if (dir[0] != '/') {
+        weir__cfg_err(c, v, "expected an absolute directory path, got '%s'", dir);
+        return false;
+    }
+    if (strlen(dir) > 3000) {
+        weir__cfg_err(c, v, "a spill directory path may be at most 3000 bytes long");
+        return false;
+    }
+    if (stat(dir, &st) != 0) {
+        weir__cfg_err(c, v, "cannot use '%s' as a directory: %s", dir, strerror(errno));
+        return false;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        weir__cfg_err(c, v, "'%s' is not a directory", dir);
+        return false;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        weir__cfg_err(c, v, "cannot create files in '%s': %s", dir, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+#define BUF(f) WEIR__CFG_AT(struct weir_cfg_buffering, f)
+
+static const struct weir__cfg_key buffering_keys[] = {
+    WEIR__CFG_SIZE("memory", BUF(memory), 4096, UINT64_C(1) << 30, UINT64_C(1) << 20),
+    {"spill", WEIR__CFG_T_STRING, 0, BUF(spill), .what = "a directory path", .sdef = NULL,
+     .valid = spill_dir_ok},
+    WEIR__CFG_SIZE("max", BUF(max), 0, UINT64_C(1) << 50, UINT64_C(1) << 30),
+};
+
+static const struct weir__cfg_section buffering_section = WEIR__CFG_TABLE(
+    "a mapping of response buffering settings (memory, spill, max)", buffering_keys, NULL);
+
+static void buffering_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                            const struct ynode *v)
+{
+    struct weir_cfg_buffering *b = &((struct weir_cfg_route *)f->obj)->buffer_responses;
+    b->enabled = true;
+    weir__cfg_defaults(&buffering_section, b);
+    weir__cfg_walk(c, v, &buffering_section, b);
+}
+
 #define RT(f) WEIR__CFG_AT(struct weir_cfg_route, f)
 
 static const struct weir__cfg_key route_keys[] = {
@@ -298,6 +351,8 @@ static const struct weir__cfg_key route_keys[] = {
     WEIR__CFG_BOOL("retry_idempotent", RT(retry_idempotent), false),
     WEIR__CFG_PERCENT("retry_budget", RT(retry_budget_percent), 0, 100, 20),
     WEIR__CFG_BOOL("ignore_client_abort", RT(ignore_client_abort), false),
+    {"buffer_responses", WEIR__CFG_T_CUSTOM, 0, .parse = buffering_value,
+     .sub = &buffering_section},
 };
 
 const struct weir__cfg_section weir__cfg_route =

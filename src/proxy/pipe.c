@@ -82,6 +82,28 @@ static ssize_t pipe_decode(struct weir_session *s, struct weir__pipe *p, struct 
     return WEIR_EINVAL;
 }
 
+/* Writes the queue: DONE once it is empty (its source bytes may go), BLOCKED, or ERR_DST. */
+static enum weir__pipe_status pipe_flush(struct weir__pipe_io *io)
+{
+    ssize_t n = 0;
+    if (io->discard) {
+        weir__outq_reset(io->q); /* nobody to write to: as if written */
+    } else if (io->spool != NULL) {
+        /* Buffering: what the client cannot take now is held, and the origin read on. */
+        n = weir__spool_take(io->spool, io->dst, io->q);
+    } else if (!io->dst->writable) {
+        return WEIR_PIPE_BLOCKED;
+    } else {
+        n = weir__stream_flush(io->dst, io->q);
+    }
+    if (n < 0) {
+        return WEIR_PIPE_ERR_DST;
+    }
+    io->write_progress |= n > 0;
+    io->written += (uint64_t)n;
+    return weir__outq_empty(io->q) ? WEIR_PIPE_DONE : WEIR_PIPE_BLOCKED;
+}
+
 enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe *p,
                                        struct weir__pipe_io *io)
 {
@@ -92,20 +114,9 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
     bool coalesce = io->q->n == 1 && io->q->i == 0 && p->pending_consume == 0 && !p->out_done;
     for (;;) {
         if (!weir__outq_empty(io->q) && !coalesce) {
-            if (io->discard) {
-                weir__outq_reset(io->q); /* nobody to write to: as if written */
-            } else if (!io->dst->writable) {
-                return WEIR_PIPE_BLOCKED;
-            } else {
-                ssize_t n = weir__stream_flush(io->dst, io->q);
-                if (n < 0) {
-                    return WEIR_PIPE_ERR_DST;
-                }
-                io->write_progress |= n > 0;
-                io->written += (uint64_t)n;
-            }
-            if (!weir__outq_empty(io->q)) {
-                return WEIR_PIPE_BLOCKED;
+            enum weir__pipe_status st = pipe_flush(io);
+            if (st != WEIR_PIPE_DONE) {
+                return st;
             }
             weir__buf_consume(&io->src->in, p->pending_consume);
             p->pending_consume = 0;

@@ -69,6 +69,7 @@ struct weir__proxy_worker {
     struct weir_rate *ip_rate;      /* requests per client address, 1 s windows */
     uint64_t refused;               /* connections refused by a cap on this worker */
     uint64_t refused_warn_ms;       /* next time a refusal may be logged as a warning */
+    uint64_t spill_warn_ms;         /* next time a spill file failure may be a warning */
     /*
      * Where a head parse puts its fields before weir__head_adopt copies them into the
      * request's arena: WEIR_MAX_HEADERS_PARSED entries on the heap (320 KB of address space,
@@ -143,6 +144,7 @@ enum weir__up_state {
     UP_CONNECTED,  /* connected: connected_to_upstream, queue the request head */
     UP_HEAD,       /* waiting for the final response head (1xx are dropped) */
     UP_BODY,       /* the response head went to the client; streaming the body */
+    UP_DRAIN,      /* the origin is done (its connection released); the spool drains */
     UP_COMPLETE,   /* the response is complete */
 };
 
@@ -192,6 +194,10 @@ struct weir__outcome {
 #define WEIR_ACCESS_FLUSH_MS 1000
 /** At most one warning per worker per this long for refused connections (then debug). */
 #define WEIR_REFUSED_WARN_MS 10000
+/** Bytes per memory chunk of a response spool (buffer_responses), or memory if smaller. */
+#define WEIR_SPOOL_CHUNK (16u << 10)
+/** Bytes of a spool's temporary file read back per read. */
+#define WEIR_SPOOL_READ (64u << 10)
 
 /** One direction of body transfer: decode from a source buffer, re-frame, write. */
 struct weir__pipe {
@@ -227,9 +233,10 @@ struct weir__pipe_io {
     struct weir__stream *dst;
     struct weir__outq *q;
     weir__body_filter_fn filter;
-    uint64_t limit;   /* max body bytes, 0 = none */
-    bool discard;     /* dst is gone: what would be written is dropped (ignore_client_abort) */
-    uint64_t written; /* bytes written to dst in this step */
+    uint64_t limit; /* max body bytes, 0 = none */
+    bool discard;   /* dst is gone: what would be written is dropped (ignore_client_abort) */
+    struct weir__spool *spool; /* non-NULL: what dst cannot take now is held there */
+    uint64_t written;          /* bytes written to dst in this step */
     bool read_progress;
     bool write_progress;
 };
@@ -360,6 +367,10 @@ struct weir_session {
     uint64_t rate_bytes;
     uint64_t rate_waited_ms; /* waiting time of the current window, before rate_since */
     uint64_t rate_since_ms;  /* 0, or since when weir has been waiting on the client */
+    /* buffer_responses (weir_session_set_response_buffering): memory 0 = off */
+    uint64_t buf_memory, buf_max;
+    const char *buf_spill;     /* in the arena; NULL: memory only */
+    struct weir__spool *spool; /* the response's, from its head on (spool.c) */
 
     int64_t start_wall;
     uint64_t start_ms;
@@ -515,6 +526,35 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
 /** Sets p up for a source body of kind (and length) with a fresh chunked decoder. */
 void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir__h1_body kind,
                        uint64_t length);
+
+/*
+ * spool.c: response buffering. A spool holds, in order, the response bytes the client cannot
+ * take yet: in memory up to `memory`, then in an unnamed temporary file in dir up to `max`.
+ */
+struct weir__spool;
+/** A spool in s's arena (NULL without memory); dir NULL or "": memory only. */
+struct weir__spool *weir__spool_new(struct weir_session *s, uint64_t memory, const char *dir,
+                                    uint64_t max);
+/** Frees what sp holds (chunks, file); sp itself lives in the arena. NULL is fine. */
+void weir__spool_free(struct weir__spool *sp);
+/** Bytes held (0 for NULL). */
+uint64_t weir__spool_held(const struct weir__spool *sp);
+/** Bytes that went through the temporary file (0 for NULL). */
+uint64_t weir__spool_spilled(const struct weir__spool *sp);
+/** Appends what fits of data; returns the bytes taken (fewer when full or failing). */
+size_t weir__spool_put(struct weir__spool *sp, const void *data, size_t n);
+/**
+ * A pipe's flush through sp: with nothing held, q is written straight to dst; what remains of
+ * q is copied into sp as far as it fits (q keeps the rest). Bytes written to dst, or -errno.
+ */
+ssize_t weir__spool_take(struct weir__spool *sp, struct weir__stream *dst, struct weir__outq *q);
+/**
+ * Writes held bytes to dst: DONE when none is left, BLOCKED, ERR_DST (a write failed), or
+ * ERR_SRC (the file could not be read back). discard: drop them all (the client is gone).
+ * Adds the bytes written to *written.
+ */
+enum weir__pipe_status weir__spool_drain(struct weir__spool *sp, struct weir__stream *dst,
+                                         bool discard, uint64_t *written);
 
 /* forward.c: what crosses the proxy (hop-by-hop fields, X-Forwarded-*, Via, framing) */
 /** Builds the upstream request head once (hooks run once even if the request is retried). */

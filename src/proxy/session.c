@@ -730,7 +730,8 @@ static void session_end(struct weir_session *s)
     struct weir__proxy_worker *w = s->w;
     weir__loop_defer_cancel(w->loop, &s->resume);
     weir__upstream_release(s, !s->failed);
-    weir__session_wait_end(s); /* only a worker's forced end of a suspended session waits */
+    weir__spool_free(s->spool); /* its chunks and temporary file; the arena has the rest */
+    weir__session_wait_end(s);  /* only a worker's forced end of a suspended session waits */
     if (s->status == 0 && s->has_err && s->err.source == WEIR_SRC_DOWNSTREAM) {
         s->status = 499; /* nginx's "client closed request": it left before any answer */
     }

@@ -79,6 +79,25 @@ void weir_session_set_ignore_client_abort(struct weir_session *s, bool ignore)
     s->ignore_client_abort = ignore;
 }
 
+int weir_session_set_response_buffering(struct weir_session *s, const struct weir_cfg_buffering *b)
+{
+    if (b == NULL || !b->enabled || b->memory == 0) {
+        s->buf_memory = 0;
+        return 0;
+    }
+    const char *spill = NULL;
+    if (b->spill != NULL && b->spill[0] != '\0') {
+        spill = weir_arena_strndup(s->arena, b->spill, strlen(b->spill));
+        if (spill == NULL) {
+            return WEIR_ENOMEM;
+        }
+    }
+    s->buf_memory = b->memory;
+    s->buf_max = b->max;
+    s->buf_spill = spill;
+    return 0;
+}
+
 struct weir_req *weir_session_req(struct weir_session *s)
 {
     return &s->req;

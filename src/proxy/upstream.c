@@ -205,10 +205,10 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
                                        struct weir__stream *src, uint64_t *src_progress_ms,
                                        struct weir__stream *dst, uint64_t *dst_progress_ms,
                                        struct weir__outq *q, weir__body_filter_fn filter,
-                                       uint64_t limit, bool discard)
+                                       uint64_t limit, bool discard, struct weir__spool *spool)
 {
     uint64_t now = weir_loop_now_ms(s->w->loop);
-    struct weir__pipe_io io = {src, dst, q, filter, limit, discard, 0, false, false};
+    struct weir__pipe_io io = {src, dst, q, filter, limit, discard, spool, 0, false, false};
     enum weir__pipe_status st = weir__pipe_step(s, p, &io);
     if (dst == &s->c->st) {
         s->rate_bytes += io.written;
@@ -227,9 +227,10 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
 static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
 {
     weir__down_send_continue(s);
-    enum weir__pipe_status st = run_pipe(
-        s, &s->reqp, &s->c->st, &s->client_progress_ms, &s->ux.conn->st, &s->ux.progress_ms,
-        &s->ux.out, s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes, false);
+    enum weir__pipe_status st =
+        run_pipe(s, &s->reqp, &s->c->st, &s->client_progress_ms, &s->ux.conn->st,
+                 &s->ux.progress_ms, &s->ux.out, s->w->hooks->request_body_filter,
+                 s->cfg->server.limits.max_body_bytes, false, NULL);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
@@ -284,19 +285,69 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
         return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response head");
     }
     s->client_progress_ms = weir_loop_now_ms(s->w->loop);
+    if (s->buf_memory != 0 && s->spool == NULL && s->respp.in_kind != WEIR_H1_BODY_NONE &&
+        !s->client_gone) {
+        /* buffer_responses; without the memory for it, the response is streamed as always. */
+        s->spool = weir__spool_new(s, s->buf_memory, s->buf_spill, s->buf_max);
+    }
     s->ux.state = UP_BODY;
     return WEIR_STEP_DONE;
 }
 
 /* ---- UP_BODY ---- */
 
+/* Writes what the spool holds to the client (buffer_responses). */
+static enum weir__pipe_status drain_spool(struct weir_session *s)
+{
+    uint64_t written = 0;
+    enum weir__pipe_status st = weir__spool_drain(s->spool, &s->c->st, s->client_gone, &written);
+    if (written > 0) {
+        s->rate_bytes += written;
+        s->client_progress_ms = weir_loop_now_ms(s->w->loop);
+    }
+    return st;
+}
+
+static enum weir__step spool_failed(struct weir__outcome *o)
+{
+    /* The response is cut short: the client sees a close before its end. */
+    return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "buffer_responses file");
+}
+
 static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 {
-    enum weir__pipe_status st = run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms,
-                                         &s->c->st, &s->client_progress_ms, &s->out_client,
-                                         s->w->hooks->response_body_filter, 0, s->client_gone);
+    enum weir__pipe_status st;
+    for (;;) {
+        st = run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms, &s->c->st,
+                      &s->client_progress_ms, &s->out_client, s->w->hooks->response_body_filter, 0,
+                      s->client_gone, s->spool);
+        if (s->spool == NULL || (st != WEIR_PIPE_DONE && st != WEIR_PIPE_BLOCKED)) {
+            break;
+        }
+        uint64_t held = weir__spool_held(s->spool);
+        enum weir__pipe_status d = drain_spool(s);
+        if (d == WEIR_PIPE_ERR_SRC) {
+            return spool_failed(o);
+        }
+        if (d == WEIR_PIPE_ERR_DST) {
+            st = d;
+            break;
+        }
+        if (st != WEIR_PIPE_BLOCKED || weir__outq_empty(&s->out_client) ||
+            weir__spool_held(s->spool) >= held) {
+            break;
+        }
+        /* The spool was full and the client made room in it: the pipe goes on. */
+    }
     switch (st) {
     case WEIR_PIPE_DONE:
+        if (weir__spool_held(s->spool) > 0) {
+            /* The origin is done with: its connection goes back to the pool now, and the
+               client takes the rest at its own pace. */
+            weir__upstream_release(s, true);
+            s->ux.state = UP_DRAIN;
+            return WEIR_STEP_DONE;
+        }
         s->ux.state = UP_COMPLETE;
         return WEIR_STEP_DONE;
     case WEIR_PIPE_BLOCKED:
@@ -327,7 +378,34 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
     return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response_body_filter");
 }
 
+/* ---- UP_DRAIN ---- */
+
+static enum weir__step up_drain(struct weir_session *s, struct weir__outcome *o)
+{
+    switch (drain_spool(s)) {
+    case WEIR_PIPE_DONE:
+        s->ux.state = UP_COMPLETE;
+        return WEIR_STEP_DONE;
+    case WEIR_PIPE_BLOCKED:
+        return WEIR_STEP_BLOCKED;
+    case WEIR_PIPE_ERR_DST:
+        if (s->ignore_client_abort) {
+            weir__client_abandon(s); /* the origin finished long ago: nothing left to do */
+            return up_drain(s, o);
+        }
+        return client_abort(s, o, WEIR_ERR_WRITE_ERROR, "client write");
+    default:
+        return spool_failed(o);
+    }
+}
+
 /* ---- timeouts ---- */
+
+/* Response bytes are waiting for the client: queued, or held by buffer_responses. */
+static bool waiting_on_client(const struct weir_session *s)
+{
+    return !weir__outq_empty(&s->out_client) || weir__spool_held(s->spool) > 0;
+}
 
 /*
  * timeouts.client_min_rate: over each window of time spent waiting on the client (response
@@ -339,7 +417,7 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 static int check_min_rate(struct weir_session *s, uint64_t now, uint64_t *deadline)
 {
     const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
-    bool waiting = !weir__outq_empty(&s->out_client) && !s->client_gone;
+    bool waiting = waiting_on_client(s) && !s->client_gone;
     if (s->rate_since_ms != 0) {
         s->rate_waited_ms += now - s->rate_since_ms;
         s->rate_since_ms = 0;
@@ -403,7 +481,7 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
     }
     const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
     uint64_t ctmo = 0;
-    if (!weir__outq_empty(&s->out_client)) {
+    if (waiting_on_client(s)) {
         ctmo = t->client_write_ms;
     } else if (!s->req_sent && u != NULL && u->connected && weir__outq_empty(&s->ux.out)) {
         ctmo = t->client_body_ms;
@@ -463,6 +541,9 @@ enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome 
             if (st == WEIR_STEP_DONE) {
                 st = was == UP_HEAD ? up_head(s, o) : up_body(s, o);
             }
+            break;
+        case UP_DRAIN:
+            st = up_drain(s, o);
             break;
         case UP_COMPLETE:
             return WEIR_STEP_DONE;

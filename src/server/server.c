@@ -794,6 +794,8 @@ int weir_server_run(struct weir_server *srv)
     /* Threads inherit the mask: signals reach only the main thread's sigwait. */
     pthread_sigmask(SIG_BLOCK, &set, &old);
     (void)signal(SIGPIPE, SIG_IGN);
+    /* A response spill file past RLIMIT_FSIZE fails its write (EFBIG), not the process. */
+    (void)signal(SIGXFSZ, SIG_IGN);
 
     rc = weir__log_open(sc->error_log, sc->log_level);
     if (rc != 0) {

@@ -617,7 +617,7 @@ class HoldingOrigin(HttpOrigin):
 
 def test_least_conn_prefers_less_loaded_backend(weir, origins):
     """One request held in flight on a backend: with two backends least_conn compares both
-    every time, so every new request goes to the other one (round robin would send it half).
+    every time, so new requests go to the other one (round robin would send it half).
     Catches an in-flight count that is not kept, not shared across the workers (the requests
     come on separate connections), or not read by the choice."""
     backends = origins(2, HoldingOrigin)
@@ -631,7 +631,10 @@ def test_least_conn_prefers_less_loaded_backend(weir, origins):
             o.requests.clear()
         statuses = [status_of(port, f"/lc/{i}") for i in range(30)]
         assert statuses == [200] * 30, statuses
-        assert [len(o.requests) for o in backends][busy] == 0, \
+        # Not 0: a response reaches the client just before its worker releases the backend's
+        # count, so the next request (on another worker, the other core) can see a tie now and
+        # then. Round robin, or a count not kept, would send about 15 of 30 to the busy one.
+        assert [len(o.requests) for o in backends][busy] <= 3, \
             [len(o.requests) for o in backends]
     finally:
         for o in backends:

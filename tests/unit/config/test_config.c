@@ -167,6 +167,10 @@ static void test_full_file(void **state)
     assert_string_equal(h->v[4].value, "true");
     assert_int_equal(r->response_headers.n, 1);
     assert_string_equal(r->response_headers.v[0].name, "Server");
+    assert_true(r->buffer_responses.enabled);
+    assert_int_equal(r->buffer_responses.memory, 256 << 10);
+    assert_string_equal(r->buffer_responses.spill, "/tmp");
+    assert_int_equal(r->buffer_responses.max, UINT64_C(1) << 30);
 
     r = &cfg->routes[1];
     assert_string_equal(r->name, "");
@@ -174,6 +178,7 @@ static void test_full_file(void **state)
     assert_string_equal(r->path_prefix, "/");
     assert_ptr_equal(r->upstream, &cfg->upstreams[1]);
     assert_int_equal(r->request_headers.n, 0);
+    assert_false(r->buffer_responses.enabled); /* off unless asked for */
     weir_config_free(cfg);
 }
 
