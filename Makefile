@@ -48,20 +48,20 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(
 # Plus the load balancer (sets shared by workers, updated under RCU), the shared pool tier,
 # the health-check and discovery threads.
 # And the abuse limits (counters shared by every worker), timeouts, rejections (lingering
-# closes) and the fault suite (client aborts, panic mode).
+# closes), the fault suite (client aborts, panic mode) and response buffering.
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py test_abuse.py \
-	test_timeouts.py test_rejections.py test_faults.py
+	test_timeouts.py test_rejections.py test_faults.py test_buffering.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
 MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py \
-	test_rejections.py test_faults.py test_defaults.py
+	test_rejections.py test_faults.py test_defaults.py test_buffering.py
 MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
 	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
 	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
 	get_through_config or graceful_signal or sigterm_with_idle or sigint_exits or \
 	killing_a_backend or backup_used or consistent_hash_missing or failing_backend_out_and_back or \
-	test_rejections or test_faults or test_defaults or panic_mode
+	test_rejections or test_faults or test_defaults or panic_mode or test_buffering
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -35,10 +35,10 @@ struct weir__spool_chunk {
 
 struct weir__spool {
     struct weir__proxy_worker *w;
-    uint64_t memory;  /* most bytes of chunks held */
-    uint64_t max;     /* most bytes of file */
-    const char *dir;  /* NULL: memory only */
-    uint32_t chunk;   /* bytes per chunk */
+    uint64_t memory; /* most bytes of chunks held */
+    uint64_t max;    /* most bytes of file */
+    const char *dir; /* NULL: memory only */
+    uint32_t chunk;  /* bytes per chunk */
     struct weir__spool_chunk *head, *tail;
     uint64_t mem_held; /* bytes of chunks allocated */
     int fd;            /* -1: no file yet */
@@ -123,8 +123,8 @@ static int open_spill(struct weir__spool *sp)
         for (int attempt = 0; attempt < 8 && fd < 0; attempt++) {
             uint64_t r = weir_loop_now_ms(sp->w->loop) ^ ((uint64_t)(uintptr_t)sp << 7) ^
                          (uint64_t)attempt * 0x9e3779b97f4a7c15ull;
-            int n = snprintf(path, sizeof(path), "%s/weir-spill-%d-%016llx", sp->dir,
-                             (int)getpid(), (unsigned long long)r);
+            int n = snprintf(path, sizeof(path), "%s/weir-spill-%d-%016llx", sp->dir, (int)getpid(),
+                             (unsigned long long)r);
             if (n < 0 || (size_t)n >= sizeof(path)) {
                 errno = ENAMETOOLONG;
                 break;

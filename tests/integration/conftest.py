@@ -392,6 +392,95 @@ def parse_responses(data):
     return out
 
 
+def stalled_client(port, target, rcvbuf=4096, timeout=10.0, source=None):
+    """A client that sends one keep-alive GET for target and then reads nothing: its receive
+    window (SO_RCVBUF, set before connecting so the handshake advertises it) fills and stays
+    full. source: an address to connect from (another 127.0.0.0/8 address)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(timeout)
+        if source is not None:
+            s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class RawResponse:
+    """One response read off a raw socket: status, headers (lower-case names), body (decoded
+    from chunked), head (the bytes before the blank line), trailers (raw), extra (bytes read
+    past the response: the start of a pipelined one)."""
+
+    def __init__(self, status, headers, body, head, trailers, extra):
+        self.status, self.headers, self.body = status, headers, body
+        self.head, self.trailers, self.extra = head, trailers, extra
+
+
+def recv_response(sock, timeout=10.0):
+    """Reads exactly one response framed by Content-Length or chunked (no body for 1xx, 204,
+    304; not close-delimited), leaving a keep-alive connection usable. Raises ConnectionError
+    when the peer closes first; the whole read is bounded by timeout."""
+    deadline = time.monotonic() + timeout
+    data = bytearray()
+
+    def more(what):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"timed out waiting for {what}")
+        sock.settimeout(left)
+        b = sock.recv(1 << 20)
+        if not b:
+            raise ConnectionError(f"closed {what}: {bytes(data[:200])!r}")
+        data.extend(b)
+
+    while b"\r\n\r\n" not in data:
+        more("before a response head")
+    end = data.index(b"\r\n\r\n")
+    head = bytes(data[:end])
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers.setdefault(k.strip().lower().decode(), v.strip().decode())
+    pos = end + 4
+    body, trailers = b"", b""
+    if status < 200 or status in (204, 304):
+        pass
+    elif "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(data) < pos + n:
+            more("inside a response body")
+        body, pos = bytes(data[pos:pos + n]), pos + n
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        parts = []
+        while True:
+            while data.find(b"\r\n", pos) < 0:
+                more("inside a chunk size line")
+            eol = data.index(b"\r\n", pos)
+            size = int(bytes(data[pos:eol]).split(b";")[0], 16)
+            pos = eol + 2
+            if size == 0:
+                while data.find(b"\r\n\r\n", pos - 2) < 0:
+                    more("inside the trailers")
+                tend = data.index(b"\r\n\r\n", pos - 2)
+                trailers = bytes(data[pos:tend]) if tend > pos else b""
+                pos = tend + 4
+                break
+            while len(data) < pos + size + 2:
+                more("inside a chunk")
+            parts.append(bytes(data[pos:pos + size]))
+            pos += size + 2
+        body = b"".join(parts)
+    else:
+        raise AssertionError(f"a response without a length: {head[:200]!r}")
+    return RawResponse(status, headers, body, head, trailers, bytes(data[pos:]))
+
+
 def run_in_thread(fn, *args):
     """Runs fn(*args) in a daemon thread; returns (thread, result holder dict)."""
     result = {}

@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 
-from conftest import SANITIZED, free_port, parse_responses, proxy_config
+from conftest import (SANITIZED, free_port, parse_responses, proxy_config, recv_response,
+                      stalled_client)
 
 ATTACKER = "127.0.0.2"
 GOOD = "127.0.0.1"
@@ -43,26 +44,9 @@ def request(path, close=False):
 
 
 def read_response(sock, limit=10.0):
-    """One Content-Length-framed response: (status, headers dict lower-cased, body)."""
-    sock.settimeout(limit)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        b = sock.recv(65536)
-        if not b:
-            raise ConnectionError(f"closed before a response head: {data[:200]!r}")
-        data += b
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            length = int(v)
-    while len(rest) < length:
-        b = sock.recv(65536)
-        if not b:
-            raise ConnectionError("closed inside a response body")
-        rest += b
-    return parse_responses(head + b"\r\n\r\n" + rest[:length])[0]
+    """One response: (status, headers dict lower-cased, body)."""
+    r = recv_response(sock, limit)
+    return r.status, r.headers, r.body
 
 
 def complete_responses(data):
@@ -458,13 +442,7 @@ def test_slow_readers_under_attack(weir, origin):
     readers = []
     try:
         for _ in range(20):
-            # A small receive window (set before connecting) so the reader stalls early.
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-            s.bind((ATTACKER, 0))
-            s.connect(("127.0.0.1", port))
-            s.sendall(request("/bytes/8388608"))
-            readers.append(s)
+            readers.append(stalled_client(port, "/bytes/8388608", rcvbuf=65536, source=ATTACKER))
         time.sleep(4.0)  # past client_write: each stalled reader is dropped
         good.finish()
         rss.check()

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from conftest import free_port
+from conftest import free_port, recv_response, stalled_client
 
 WAIT = 10.0  # seconds: bounds every wait on an origin or a client
 
@@ -76,53 +76,13 @@ def route_config(port, backend, buffering, server_extra=""):
 
 
 def slow_client(port, path="/big"):
-    """A connected client with a small receive window that has sent its GET and reads nothing."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(WAIT)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    return s
+    return stalled_client(port, path, timeout=WAIT)
 
 
-def read_response(s, deadline):
-    """Reads one response to its end (Content-Length or chunked); returns (head, body, trailers)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        b = s.recv(65536)
-        assert b, "closed before the head"
-        data += b
-    head, rest = data.split(b"\r\n\r\n", 1)
-    fields = {k.strip().lower(): v.strip() for k, v in
-              (line.split(b":", 1) for line in head.split(b"\r\n")[1:])}
-    if b"content-length" in fields:
-        n = int(fields[b"content-length"])
-        while len(rest) < n and time.monotonic() < deadline:
-            b = s.recv(1 << 20)
-            assert b, f"closed after {len(rest)} of {n} body bytes"
-            rest += b
-        return head, rest[:n], b""
-    body = b""
-    while True:
-        while b"\r\n" not in rest:
-            b = s.recv(1 << 20)
-            assert b, "closed inside a chunked body"
-            rest += b
-        line, rest = rest.split(b"\r\n", 1)
-        size = int(line.split(b";")[0], 16)
-        if size == 0:
-            while b"\r\n\r\n" not in b"\r\n" + rest:
-                b = s.recv(65536)
-                assert b, "closed inside the trailers"
-                rest += b
-            return head, body, (b"\r\n" + rest).split(b"\r\n\r\n")[0].strip()
-        while len(rest) < size + 2:
-            b = s.recv(1 << 20)
-            assert b, "closed inside a chunk"
-            rest += b
-        body += rest[:size]
-        rest = rest[size + 2:]
-        assert time.monotonic() < deadline
+def read_response(s, timeout):
+    """One whole response: (head, body, trailers)."""
+    r = recv_response(s, timeout)
+    return r.head, r.body, r.trailers
 
 
 def fd_count(pid):
@@ -193,13 +153,13 @@ def test_buffering_frees_the_origin_from_slow_clients(weir, raw_origin, tmp_path
     assert list(spill.iterdir()) == [], "a spill file has a name someone could find"
     assert b"200 OK" in get_small(port)  # weir answers others meanwhile
     for s in clients:
-        head, body, _ = read_response(s, time.monotonic() + 2 * WAIT)
+        head, body, _ = read_response(s, 2 * WAIT)
         assert head.startswith(b"HTTP/1.1 200"), head
         assert body == o.body
     # The same connections carry the next requests: each went back to the pool early.
     for s in clients:
         s.sendall(b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n")
-        head, body, _ = read_response(s, time.monotonic() + WAIT)
+        head, body, _ = read_response(s, WAIT)
         assert body == b"ok"
         s.close()
     assert o.connections <= 4 + 1, o.connections
@@ -221,7 +181,7 @@ def test_chunked_response_with_trailers_buffers_intact(weir, raw_origin, tmp_pat
     while not o.finished and not o.gave_up and time.monotonic() < deadline:
         time.sleep(0.05)
     assert o.finished and not o.gave_up
-    head, body, trailers = read_response(s, time.monotonic() + 2 * WAIT)
+    head, body, trailers = read_response(s, 2 * WAIT)
     assert b"chunked" in head.lower()
     assert body == o.body
     assert trailers.lower() == b"x-sum: %d" % len(o.body)
@@ -267,7 +227,7 @@ def test_spill_write_failure_falls_back_to_backpressure(weir, raw_origin, tmp_pa
     resource.prlimit(w.pid, resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
     s = slow_client(port)
     time.sleep(1.0)  # the file fills to the limit while the client reads nothing
-    head, body, _ = read_response(s, time.monotonic() + 2 * WAIT)
+    head, body, _ = read_response(s, 2 * WAIT)
     assert body == o.body
     s.close()
     assert w.alive()
@@ -276,7 +236,7 @@ def test_spill_write_failure_falls_back_to_backpressure(weir, raw_origin, tmp_pa
     # The directory vanishes under weir: the next response is buffered in memory only.
     spill.rmdir()
     s = slow_client(port)
-    head, body, _ = read_response(s, time.monotonic() + 2 * WAIT)
+    head, body, _ = read_response(s, 2 * WAIT)
     assert body == o.body
     s.close()
     w.stop()
@@ -331,7 +291,7 @@ def test_keep_alive_client_gets_every_response_whole(weir, raw_origin, tmp_path)
         with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
             for _ in range(10):
                 s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
-                _, body, _ = read_response(s, time.monotonic() + WAIT)
+                _, body, _ = read_response(s, WAIT)
                 done.append(body == o.body)
 
     t = threading.Thread(target=fetch)

@@ -10,30 +10,15 @@ import socket
 
 import pytest
 
-from conftest import free_port, proxy_config
+from conftest import free_port, proxy_config, recv_response
 
 
 def one_exchange(port, request, timeout=10.0):
     """Sends request on a fresh connection; returns (status, body, head) of the response."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            b = s.recv(65536)
-            assert b, f"closed before a response head: {data[:200]!r}"
-            data += b
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            k, _, v = line.partition(b":")
-            if k.strip().lower() == b"content-length":
-                length = int(v)
-        while len(body) < length:
-            b = s.recv(65536)
-            assert b, "closed inside the body"
-            body += b
-        return status, body[:length], head
+        r = recv_response(s, timeout)
+        return r.status, r.body, r.head
 
 
 def many_fields(n, width=4):

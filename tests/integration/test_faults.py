@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from conftest import free_port
+from conftest import free_port, stalled_client
 
 LOG_WAIT = 10.0  # seconds: bounds every wait on the access log or on an origin's event
 
@@ -282,12 +282,7 @@ def test_slow_readers_never_get_a_healthy_backend_ejected(weir, raw_origin, tmp_
              f"upstreams:\n  backend:\n    max_fails: 2\n    backends: {ups}\n", port=port)
     slow = []
     for i in range(nslow):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-        s.settimeout(LOG_WAIT)
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"GET /big/{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        slow.append(s)
+        slow.append(stalled_client(port, f"/big/{i}", timeout=LOG_WAIT))
     deadline = time.monotonic() + 2 * LOG_WAIT
     while len(gave_up) < nslow and time.monotonic() < deadline:
         assert get_ok(port) == 200
@@ -341,11 +336,7 @@ def test_slow_steady_reader_is_cut_off_by_client_min_rate(weir, raw_origin, tmp_
     port = free_port()
     log = str(tmp_path / "access.log")
     w = weir(rate_config(port, o.port, log), port=port)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(LOG_WAIT)
-    s.connect(("127.0.0.1", port))
-    s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    s = stalled_client(port, "/big", timeout=LOG_WAIT)
     stop = threading.Event()
 
     def read_slowly():  # 2 KiB every 20 ms: ~100 KB/s, steady progress

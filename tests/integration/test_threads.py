@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, free_port, proxy_config
+from conftest import SANITIZED, free_port, proxy_config, recv_response
 
 
 def config(port, backends, threads, work_stealing, extra=""):
@@ -64,26 +64,10 @@ def test_concurrent_keepalive_clients(weir, origin, stealing):
 
 
 def raw_get(sock, target):
-    """Sends one keep-alive GET and reads its Content-Length response: (status, body)."""
+    """Sends one keep-alive GET and reads its response: (status, body)."""
     sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        b = sock.recv(65536)
-        if not b:
-            raise ConnectionError(f"closed before a response to {target}")
-        data += b
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            length = int(v)
-    while len(body) < length:
-        b = sock.recv(65536)
-        if not b:
-            raise ConnectionError(f"closed inside the response to {target}")
-        body += b
-    return int(head.split()[1]), body
+    r = recv_response(sock)
+    return r.status, r.body
 
 
 @pytest.mark.parametrize("stealing", [False, True], ids=["reuseport", "work_stealing"])

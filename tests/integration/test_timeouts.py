@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import SANITIZED, free_port, parse_responses, proxy_config, skip_unless_ci
+from conftest import (SANITIZED, free_port, parse_responses, proxy_config, recv_response,
+                      skip_unless_ci)
 
 SLACK = 8.0 if SANITIZED else 4.0  # how late a timeout may fire (seconds past the deadline)
 
@@ -46,25 +47,10 @@ def wait_closed(sock, limit):
 
 
 def read_one_response(sock, limit=10.0):
-    """Reads exactly one response with Content-Length framing (keep-alive safe)."""
-    sock.settimeout(limit)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        b = sock.recv(65536)
-        assert b, f"connection closed before a response head: {data!r}"
-        data += b
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            length = int(v)
-    while len(rest) < length:
-        b = sock.recv(65536)
-        assert b, "connection closed inside a response body"
-        rest += b
-    assert len(rest) == length, "unexpected bytes after the response"
-    return parse_responses(head + b"\r\n\r\n" + rest)[0]
+    """Reads exactly one response (keep-alive safe): (status, headers, body)."""
+    r = recv_response(sock, limit)
+    assert r.extra == b"", "unexpected bytes after the response"
+    return r.status, r.headers, r.body
 
 
 def get(path, host="t"):

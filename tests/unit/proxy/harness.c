@@ -556,6 +556,13 @@ int harness_start(struct harness *h)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) {
         return -errno;
     }
+    if (h->client_sndbuf > 0 && setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &h->client_sndbuf,
+                                           sizeof(h->client_sndbuf)) != 0) {
+        int err = errno;
+        close(sv[0]);
+        close(sv[1]);
+        return -err;
+    }
     end_init(h, &h->client, sv[0], NULL);
     if (weir_loop_io_add(h->loop, &h->client.io, WEIR_IO_READ | WEIR_IO_RDHUP) != 0) {
         close(sv[1]);

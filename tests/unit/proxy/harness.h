@@ -134,6 +134,9 @@ struct harness {
     struct harness_log logs[HARNESS_LOGS_MAX];
     unsigned nlogs;                  /* logging calls so far (may exceed HARNESS_LOGS_MAX) */
     char dir[WEIR_TEST_DIR_MAX + 1]; /* the temporary directory of the origins' sockets */
+    /** SO_SNDBUF of weir's end of the client connection, set before harness_start (0: the
+        system's): a small one makes weir's writes to the client block early. */
+    int client_sndbuf;
     /* private */
     struct weir_proxy_hooks run_hooks;
     struct weir__snapshot_slot slot;
