@@ -606,3 +606,134 @@ def test_origin_restarted_under_load(weir, raw_origin):
     assert failures == [] and ok > 0, failures[:5]
     w.stop()
     assert f"backend 127.0.0.1:{a.port} ejected" not in w.stderr()
+
+
+def test_all_faults_together(weir, raw_origin):
+    """Every fault above at once, for a few seconds: five misbehaving origins and one that is
+    restarted, beside a healthy spare, in one group; clients giving up at every phase; slow
+    readers in front of an origin with a send timeout. The good client on its own group sees
+    none of it, no healthy backend is ejected, and afterwards weir's fds and RSS come back
+    and every worker answers."""
+    from origin import Origin
+    good, spare = raw_origin(ok_handler), raw_origin(ok_handler)
+    bad = [raw_origin(faulty_handler(kind)) for kind in FAULTS]
+    restarted = Origin(ok_handler).start()
+
+    def slow_handler(c):
+        while True:
+            head = c.read_until(b"\r\n\r\n")
+            if head is None:
+                return
+            c.sock.settimeout(0.3)  # an application server's send timeout
+            try:
+                c.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (32 << 20))
+                for _ in range(512):
+                    c.send(b"s" * 65536)
+            except OSError:
+                return
+
+    slow = raw_origin(slow_handler)
+    mixed = ", ".join(f"127.0.0.1:{o.port}" for o in bad + [spare])
+    port = free_port()
+    w = weir(f"server:\n  threads: 2\n  grace_period: 5s\n"
+             f"  timeouts:\n    upstream_read: 1s\n    linger_idle: 500ms\n"
+             f"listeners:\n  - 127.0.0.1:{port}\n"
+             f"routes:\n  - match: {{path_prefix: /good}}\n    upstream: good\n"
+             f"  - match: {{path_prefix: /big}}\n    upstream: slow\n"
+             f"  - upstream: mixed\n"
+             f"upstreams:\n  good:\n    backends: [127.0.0.1:{good.port}]\n"
+             f"  slow:\n    max_fails: 2\n    backends: [127.0.0.1:{slow.port}]\n"
+             f"  mixed:\n    max_fails: 1\n    eject: 1s\n"
+             f"    backends: [{mixed}, 127.0.0.1:{restarted.port}]\n", port=port)
+    for i in range(4):
+        raw_get(port, f"/good/warm/{i}")
+    time.sleep(0.3)
+    baseline_fds = fd_count(w.pid)
+    baseline_rss = w.rss_kb()
+    client = GoodClient(port)
+    stop = threading.Event()
+    errors = []
+
+    def guarded(fn):
+        def run():
+            try:
+                while not stop.is_set():
+                    fn()
+            except Exception as e:  # a helper that broke would silently test less
+                errors.append(f"{fn.__name__}: {e!r}")
+        return threading.Thread(target=run, daemon=True)
+
+    n = {"i": 0}
+
+    def origin_faults():
+        n["i"] += 1
+        data = raw_get(port, f"/f/{n['i']}")
+        head, _, body = data.partition(b"\r\n\r\n")
+        if head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100000" in head:
+            assert len(body) < 100000, "a cut response reached the client as complete"
+        if head.startswith(b"HTTP/1.1 200") and b"chunked" in head:
+            assert body == b"ok" or not body.endswith(b"0\r\n\r\n"), "weir forged the last chunk"
+
+    def client_faults():
+        for i in range(6):
+            s = socket.create_connection(("127.0.0.1", port), timeout=LOG_WAIT)
+            if i == 1:
+                s.sendall(b"GET /good/partial HTTP/1.1\r\nHo")
+            elif i == 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            elif i == 3:
+                s.sendall(b"POST /f/up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" +
+                          b"u" * 1000)
+            elif i == 4:
+                s.sendall(b"GET /f/wait HTTP/1.1\r\nHost: t\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+            elif i == 5:
+                s.sendall(b"GET /big/leave HTTP/1.1\r\nHost: t\r\n\r\n")
+                s.recv(1000)
+            s.close()
+        time.sleep(0.02)
+
+    def slow_readers():
+        readers = [stalled_client(port, f"/big/{i}", timeout=LOG_WAIT) for i in range(3)]
+        stop.wait(1.0)
+        for s in readers:
+            s.close()
+
+    def restarts():
+        nonlocal restarted
+        if stop.wait(0.7):
+            return
+        restarted.stop()
+        time.sleep(0.2)
+        for _ in range(50):
+            try:
+                restarted = Origin(ok_handler, port=restarted.port).start()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+    workers = [guarded(f) for f in (origin_faults, client_faults, slow_readers, restarts)]
+    for t in workers:
+        t.start()
+    try:
+        time.sleep(4.0)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(2 * LOG_WAIT)
+        ok, failures = client.stop()
+        restarted.stop()
+    assert errors == [], errors
+    assert failures == [] and ok > 0, failures[:5]
+    for i in range(16):  # no worker is stuck
+        assert raw_get(port, f"/good/after/{i}").startswith(b"HTTP/1.1 200")
+    # What is left: at most a pooled connection per healthy backend and worker.
+    n_fds = settle(w.pid, baseline_fds + 4)
+    assert n_fds <= baseline_fds + 4, f"{n_fds} fds open, {baseline_fds} before"
+    if not os.environ.get("WEIR_SANITIZED") and not os.environ.get("WEIR_WRAPPER"):
+        assert w.rss_kb() < baseline_rss + 16 * 1024, (baseline_rss, w.rss_kb())
+    w.stop()
+    err = w.stderr()
+    for o in (good, spare, slow):
+        assert f"backend 127.0.0.1:{o.port} ejected" not in err, err[-3000:]
