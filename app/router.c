@@ -433,7 +433,8 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
     }
     earn_budget(rc);
     weir_session_set_ignore_client_abort(s, rc->route->ignore_client_abort);
-    if (weir_session_set_response_buffering(s, &rc->route->buffer_responses) != 0) {
+    if (rc->route->buffer_responses.enabled &&
+        weir_session_set_response_buffering(s, &rc->route->buffer_responses) != 0) {
         return WEIR_HOOK_ERROR;
     }
     return apply_edits(weir_req_headers(req), &rc->route->request_headers) == 0 ? WEIR_HOOK_CONTINUE

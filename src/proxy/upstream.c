@@ -341,7 +341,7 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
     }
     switch (st) {
     case WEIR_PIPE_DONE:
-        if (weir__spool_held(s->spool) > 0) {
+        if (s->spool != NULL && weir__spool_held(s->spool) > 0) {
             /* The origin is done with: its connection goes back to the pool now, and the
                client takes the rest at its own pace. */
             weir__upstream_release(s, true);
@@ -404,7 +404,8 @@ static enum weir__step up_drain(struct weir_session *s, struct weir__outcome *o)
 /* Response bytes are waiting for the client: queued, or held by buffer_responses. */
 static bool waiting_on_client(const struct weir_session *s)
 {
-    return !weir__outq_empty(&s->out_client) || weir__spool_held(s->spool) > 0;
+    return !weir__outq_empty(&s->out_client) ||
+           (s->spool != NULL && weir__spool_held(s->spool) > 0);
 }
 
 /*

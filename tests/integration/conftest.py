@@ -355,6 +355,17 @@ def raw_exchange(port, data, timeout=5.0, read_until_close=True, half_close=Fals
         return b"".join(chunks)
 
 
+def parse_head(head):
+    """A response head (without its blank line): (status, headers dict, lower-case names, the
+    first of each name)."""
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        headers.setdefault(k.strip().lower().decode(), v.strip().decode())
+    return int(lines[0].split()[1]), headers
+
+
 def parse_responses(data):
     """Splits raw bytes into [(status, headers(dict, lower-case keys), body)] using framing."""
     out = []
@@ -362,12 +373,7 @@ def parse_responses(data):
         head, sep, rest = data.partition(b"\r\n\r\n")
         if not sep:
             raise AssertionError(f"incomplete response head: {data[:200]!r}")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(b":")
-            headers.setdefault(k.strip().lower().decode(), v.strip().decode())
+        status, headers = parse_head(head)
         if status < 200:
             out.append((status, headers, b""))
             data = rest
@@ -441,12 +447,7 @@ def recv_response(sock, timeout=10.0):
         more("before a response head")
     end = data.index(b"\r\n\r\n")
     head = bytes(data[:end])
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        headers.setdefault(k.strip().lower().decode(), v.strip().decode())
+    status, headers = parse_head(head)
     pos = end + 4
     body, trailers = b"", b""
     if status < 200 or status in (204, 304):

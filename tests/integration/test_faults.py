@@ -573,6 +573,20 @@ def test_client_faults_at_every_phase(weir, raw_origin):
     assert "ejected" not in w.stderr()
 
 
+def restart(o, down_for):
+    """Stops origin o (an ok_handler Origin) and starts a new one on its port after down_for
+    seconds; returns the new one."""
+    from origin import Origin
+    o.stop()
+    time.sleep(down_for)
+    for _ in range(50):
+        try:
+            return Origin(ok_handler, port=o.port).start()
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"cannot listen on {o.port} again")
+
+
 def test_origin_restarted_under_load(weir, raw_origin):
     """One of two origins stopped and started again on its port, three times, while the good
     client keeps going: its pooled connections die (retried on fresh ones, not blamed), its
@@ -591,14 +605,7 @@ def test_origin_restarted_under_load(weir, raw_origin):
     try:
         for _ in range(3):
             time.sleep(0.5)
-            b.stop()
-            time.sleep(0.3)
-            for _ in range(50):
-                try:
-                    b = Origin(ok_handler, port=b.port).start()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            b = restart(b, 0.3)
         time.sleep(1.0)  # the ejection ends and b serves again
         ok, failures = client.stop()
     finally:
@@ -702,16 +709,8 @@ def test_all_faults_together(weir, raw_origin):
 
     def restarts():
         nonlocal restarted
-        if stop.wait(0.7):
-            return
-        restarted.stop()
-        time.sleep(0.2)
-        for _ in range(50):
-            try:
-                restarted = Origin(ok_handler, port=restarted.port).start()
-                break
-            except OSError:
-                time.sleep(0.1)
+        if not stop.wait(0.7):
+            restarted = restart(restarted, 0.2)
 
     workers = [guarded(f) for f in (origin_faults, client_faults, slow_readers, restarts)]
     for t in workers:
