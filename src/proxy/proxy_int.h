@@ -539,10 +539,6 @@ struct weir__spool *weir__spool_new(struct weir_session *s, uint64_t memory, con
 void weir__spool_free(struct weir__spool *sp);
 /** Bytes held (0 for NULL). */
 uint64_t weir__spool_held(const struct weir__spool *sp);
-/** Bytes that went through the temporary file (0 for NULL). */
-uint64_t weir__spool_spilled(const struct weir__spool *sp);
-/** Appends what fits of data; returns the bytes taken (fewer when full or failing). */
-size_t weir__spool_put(struct weir__spool *sp, const void *data, size_t n);
 /**
  * A pipe's flush through sp: with nothing held, q is written straight to dst; what remains of
  * q is copied into sp as far as it fits (q keeps the rest). Bytes written to dst, or -errno.

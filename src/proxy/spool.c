@@ -12,7 +12,8 @@
  * When the bounds are reached, or memory or the file cannot be had (an allocation fails, the
  * file cannot be opened or written: ENOSPC, EFBIG), the spool takes no more and the pipe falls
  * back to backpressure, as without buffering: nothing is lost, the response only stops being
- * buffered. A failure to read the file back is the one that loses bytes; the client's
+ * buffered (the buffer for reading the file back is taken before the file, so it cannot be
+ * missing later). A failure to read the file back is the one that loses bytes; the client's
  * connection is then closed short of the message's end.
  */
 #include "proxy/proxy_int.h"
@@ -50,7 +51,6 @@ struct weir__spool {
     uint32_t queued;     /* bytes of q taken from the spool, consumed once written */
     bool queued_file;    /* ... from rbuf (else from the head chunk) */
     uint64_t held;       /* bytes held in all, q's included */
-    uint64_t spilled;    /* bytes that went through the file */
 };
 
 struct weir__spool *weir__spool_new(struct weir_session *s, uint64_t memory, const char *dir,
@@ -93,11 +93,6 @@ void weir__spool_free(struct weir__spool *sp)
 uint64_t weir__spool_held(const struct weir__spool *sp)
 {
     return sp == NULL ? 0 : sp->held;
-}
-
-uint64_t weir__spool_spilled(const struct weir__spool *sp)
-{
-    return sp == NULL ? 0 : sp->spilled;
 }
 
 /* At most one warning per worker per WEIR_REFUSED_WARN_MS; the rest at debug level. */
@@ -149,8 +144,19 @@ static int open_spill(struct weir__spool *sp)
 /* Appends to the file what fits under max; returns bytes taken. */
 static size_t put_file(struct weir__spool *sp, const char *p, size_t n)
 {
-    if (sp->dir == NULL || sp->no_file || (sp->fd < 0 && open_spill(sp) != 0)) {
+    if (sp->dir == NULL || sp->no_file) {
         return 0;
+    }
+    if (sp->fd < 0) {
+        /* The read-back buffer first: a spool that could not read its file back would lose
+           the bytes it took, so without one it takes none (backpressure, as when full). */
+        if (sp->rbuf == NULL && (sp->rbuf = weir__malloc(WEIR_SPOOL_READ)) == NULL) {
+            sp->no_file = true;
+            return 0;
+        }
+        if (open_spill(sp) != 0) {
+            return 0;
+        }
     }
     uint64_t room = sp->max > sp->file_w ? sp->max - sp->file_w : 0;
     if (n > room) {
@@ -170,7 +176,6 @@ static size_t put_file(struct weir__spool *sp, const char *p, size_t n)
         done += (size_t)k;
     }
     sp->file_w += done;
-    sp->spilled += done;
     return done;
 }
 
@@ -213,7 +218,8 @@ static bool file_holds(const struct weir__spool *sp)
     return sp->file_r < sp->file_w || sp->rpos < sp->rlen;
 }
 
-size_t weir__spool_put(struct weir__spool *sp, const void *data, size_t n)
+/* Appends what fits of data; returns the bytes taken (fewer when full or failing). */
+static size_t spool_put(struct weir__spool *sp, const void *data, size_t n)
 {
     const char *p = data;
     size_t done = 0;
@@ -239,7 +245,7 @@ ssize_t weir__spool_take(struct weir__spool *sp, struct weir__stream *dst, struc
     }
     while (!weir__outq_empty(q)) {
         struct iovec *v = &q->v[q->i];
-        size_t k = weir__spool_put(sp, v->iov_base, v->iov_len);
+        size_t k = spool_put(sp, v->iov_base, v->iov_len);
         v->iov_base = (char *)v->iov_base + k;
         v->iov_len -= k;
         if (v->iov_len > 0) {
@@ -283,7 +289,8 @@ static void consume(struct weir__spool *sp)
     }
 }
 
-/* Queues the next held bytes in sp->q. 0, or -errno when the file cannot be read back. */
+/* Queues the next held bytes in sp->q. 0, or -errno when the file cannot be read back (rbuf
+   exists whenever the file does: put_file made it first). */
 static int queue_next(struct weir__spool *sp)
 {
     struct weir__spool_chunk *c = sp->head;
@@ -294,9 +301,6 @@ static int queue_next(struct weir__spool *sp)
         return 0;
     }
     if (sp->rpos == sp->rlen && sp->file_r < sp->file_w) {
-        if (sp->rbuf == NULL && (sp->rbuf = weir__malloc(WEIR_SPOOL_READ)) == NULL) {
-            return WEIR_ENOMEM;
-        }
         uint64_t want = sp->file_w - sp->file_r;
         if (want > WEIR_SPOOL_READ) {
             want = WEIR_SPOOL_READ;
