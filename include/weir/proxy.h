@@ -194,7 +194,8 @@ WEIR_EXTERN void weir_session_set_ignore_client_abort(struct weir_session *s, bo
  * as soon as its response is in. Past those bounds (or when the file cannot be written) weir
  * stops reading the origin until the client catches up, as without buffering. NULL, or
  * b->enabled false, turns it off (the default). Strings are copied. Any hook before the
- * response head arrives may call it (the router does in request_filter). 0 or WEIR_ENOMEM.
+ * response head arrives may call it (the router does in request_filter); a later call replaces
+ * the earlier one. 0, WEIR_ENOMEM, or WEIR_EINVAL once the response is under way.
  */
 WEIR_EXTERN int weir_session_set_response_buffering(struct weir_session *s,
                                                     const struct weir_cfg_buffering *b);

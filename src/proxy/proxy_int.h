@@ -367,10 +367,9 @@ struct weir_session {
     uint64_t rate_bytes;
     uint64_t rate_waited_ms; /* waiting time of the current window, before rate_since */
     uint64_t rate_since_ms;  /* 0, or since when weir has been waiting on the client */
-    /* buffer_responses (weir_session_set_response_buffering): memory 0 = off */
-    uint64_t buf_memory, buf_max;
-    const char *buf_spill;     /* in the arena; NULL: memory only */
-    struct weir__spool *spool; /* the response's, from its head on (spool.c) */
+    /* buffer_responses (weir_session_set_response_buffering, spool.c): NULL = off. It holds
+       nothing until the client falls behind; with nothing held the pipe writes straight on. */
+    struct weir__spool *spool;
 
     int64_t start_wall;
     uint64_t start_ms;
@@ -532,7 +531,8 @@ void weir__pipe_source(struct weir_session *s, struct weir__pipe *p, enum weir__
  * take yet: in memory up to `memory`, then in an unnamed temporary file in dir up to `max`.
  */
 struct weir__spool;
-/** A spool in s's arena (NULL without memory); dir NULL or "": memory only. */
+/** A spool in s's arena holding nothing yet (NULL: the arena is out of memory); dir NULL or
+    "": memory only. dir must live as long as the session. */
 struct weir__spool *weir__spool_new(struct weir_session *s, uint64_t memory, const char *dir,
                                     uint64_t max);
 /** Frees what sp holds (chunks, file); sp itself lives in the arena. NULL is fine. */

@@ -81,8 +81,13 @@ void weir_session_set_ignore_client_abort(struct weir_session *s, bool ignore)
 
 int weir_session_set_response_buffering(struct weir_session *s, const struct weir_cfg_buffering *b)
 {
+    if (s->ux.state >= UP_BODY) {
+        return WEIR_EINVAL; /* the response is under way: its spool, if any, stays */
+    }
+    /* Nothing is allocated before the response needs it: the spool is a few words in the
+       arena, so the one set before is simply dropped. */
+    s->spool = NULL;
     if (b == NULL || !b->enabled || b->memory == 0) {
-        s->buf_memory = 0;
         return 0;
     }
     const char *spill = NULL;
@@ -92,10 +97,8 @@ int weir_session_set_response_buffering(struct weir_session *s, const struct wei
             return WEIR_ENOMEM;
         }
     }
-    s->buf_memory = b->memory;
-    s->buf_max = b->max;
-    s->buf_spill = spill;
-    return 0;
+    s->spool = weir__spool_new(s, b->memory, spill, b->max);
+    return s->spool != NULL ? 0 : WEIR_ENOMEM;
 }
 
 struct weir_req *weir_session_req(struct weir_session *s)

@@ -285,11 +285,6 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
         return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response head");
     }
     s->client_progress_ms = weir_loop_now_ms(s->w->loop);
-    if (s->buf_memory != 0 && s->spool == NULL && s->respp.in_kind != WEIR_H1_BODY_NONE &&
-        !s->client_gone) {
-        /* buffer_responses; without the memory for it, the response is streamed as always. */
-        s->spool = weir__spool_new(s, s->buf_memory, s->buf_spill, s->buf_max);
-    }
     s->ux.state = UP_BODY;
     return WEIR_STEP_DONE;
 }
