@@ -398,6 +398,11 @@ def parse_responses(data):
     return out
 
 
+def fd_count(pid):
+    """How many file descriptors process pid has open (/proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def stalled_client(port, target, rcvbuf=4096, timeout=10.0, source=None):
     """A client that sends one keep-alive GET for target and then reads nothing: its receive
     window (SO_RCVBUF, set before connecting so the handshake advertises it) fills and stays

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from conftest import free_port, recv_response, stalled_client
+from conftest import fd_count, free_port, recv_response, stalled_client
 
 WAIT = 10.0  # seconds: bounds every wait on an origin or a client
 
@@ -83,10 +83,6 @@ def read_response(s, timeout):
     """One whole response: (head, body, trailers)."""
     r = recv_response(s, timeout)
     return r.head, r.body, r.trailers
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def baseline_fds(pid):

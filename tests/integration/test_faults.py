@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from conftest import free_port, stalled_client
+from conftest import fd_count, free_port, stalled_client
 
 LOG_WAIT = 10.0  # seconds: bounds every wait on the access log or on an origin's event
 
@@ -386,10 +386,6 @@ def test_client_min_rate_spares_fast_readers_and_slow_origins(weir, raw_origin, 
 
 
 # ---- one fault at a time, beside a well-behaved client ----
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
 
 class GoodClient:
     """Keep-alive GETs to /good in a thread until stopped: counts requests and failures."""
