@@ -51,17 +51,18 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(
 # closes), the fault suite (client aborts, panic mode) and response buffering.
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py test_abuse.py \
-	test_timeouts.py test_rejections.py test_faults.py test_buffering.py
+	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
 MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py \
-	test_rejections.py test_faults.py test_defaults.py test_buffering.py
+	test_rejections.py test_faults.py test_defaults.py test_buffering.py test_tls.py
 MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
 	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
 	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
 	get_through_config or graceful_signal or sigterm_with_idle or sigint_exits or \
 	killing_a_backend or backup_used or consistent_hash_missing or failing_backend_out_and_back or \
-	test_rejections or test_faults or test_defaults or panic_mode or test_buffering
+	test_rejections or test_faults or test_defaults or panic_mode or test_buffering or \
+	forwarded_as_https or sni_picks_the or plain_http_on or bad_handshake_closes
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
@@ -70,7 +71,7 @@ build-tsan: deps
 
 test-tsan: build-tsan
 	@echo "== ThreadSanitizer build: unit + multi-threaded integration tests =="
-	cd build-tsan && $(TSAN_ENV) ctest --output-on-failure -j 2 -E '^integration$$'
+	cd build-tsan && $(TSAN_ENV) ctest --output-on-failure -j 2 -E '^(integration|soak)$$'
 	cd tests/integration && $(TSAN_ENV) WEIR_BIN=$(CURDIR)/build-tsan/weir \
 	  WEIR_EXAMPLES_DIR=$(CURDIR)/build-tsan/examples WEIR_SANITIZED=1 $(PYTEST) $(TSAN_TESTS)
 

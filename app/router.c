@@ -441,6 +441,17 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
                                                                                 : WEIR_HOOK_ERROR;
 }
 
+/* The group's TLS settings onto the peer (names are checked to fit when loaded). */
+static void set_peer_tls(struct weir_peer *peer, const struct weir_cfg_upstream_tls *t)
+{
+    peer->tls = true;
+    peer->tls_no_verify = !t->verify;
+    peer->tls_client = t->client;
+    (void)snprintf(peer->sni, sizeof(peer->sni), "%s", t->sni != NULL ? t->sni : "");
+    (void)snprintf(peer->verify_name, sizeof(peer->verify_name), "%s",
+                   t->verify_name != NULL ? t->verify_name : "");
+}
+
 static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
                                            struct weir_peer *peer)
 {
@@ -453,6 +464,9 @@ static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
     const struct weir_cfg_upstream *up = &cfg->upstreams[idx];
     struct weir_iov key =
         up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up) : (struct weir_iov){"", 0};
+    if (up->tls.enabled) {
+        set_peer_tls(peer, &up->tls);
+    }
     return weir_session_select_backend(s, rc->router->lbs[idx], key, peer);
 }
 

@@ -130,10 +130,39 @@ struct weir_cfg_server {
     struct weir_cfg_resolver resolver;
 };
 
+/** One of a TLS listener's certificates (listeners[].tls.certificates[]). */
+struct weir_cfg_tls_certificate {
+    const char *cert; /**< PEM file: the leaf first, then its intermediates */
+    const char *key;  /**< PEM file: its private key */
+};
+
+/** Protocol versions, as a set (listeners[].tls.protocols). */
+#define WEIR_TLS_PROTO_12 1u /**< TLSv1.2 */
+#define WEIR_TLS_PROTO_13 2u /**< TLSv1.3 */
+
+struct weir__tls_server;
+
+/** listeners[].tls: TLS termination. */
+struct weir_cfg_listener_tls {
+    bool enabled; /**< the key is present */
+    const struct weir_cfg_tls_certificate *certificates;
+    size_t ncertificates;
+    const char *default_certificate; /**< a certificates[].cert; NULL: the first */
+    bool reject_unknown_sni;         /**< refuse clients naming no certificate; default false */
+    uint32_t protocols;              /**< WEIR_TLS_PROTO_* set; default both */
+    const char *ciphers;             /**< TLS 1.2 cipher list; NULL: Mozilla intermediate */
+    const char *ciphersuites;        /**< TLS 1.3 suites; NULL: OpenSSL's defaults */
+    const char *curves;              /**< key exchange groups; NULL: X25519:P-256:P-384 */
+    bool session_tickets;            /**< stateless resumption; default true */
+    /** The context built from the above when the config was loaded (private to weir). */
+    struct weir__tls_server *server;
+};
+
 struct weir_cfg_listener {
     const char *address;      /**< "host:port" as written, IPv6 as "[::1]:8080" */
     const char *name;         /**< optional label, "" when absent */
     uint32_t max_connections; /**< open connections on this listener, all workers; 0 = no cap */
+    struct weir_cfg_listener_tls tls;
 };
 
 struct weir_cfg_backend {
@@ -167,6 +196,21 @@ struct weir_cfg_health {
     uint32_t fall;           /**< default 3 */
 };
 
+struct weir_tls_client;
+
+/** upstreams.*.tls: TLS to the group's backends. */
+struct weir_cfg_upstream_tls {
+    bool enabled;            /**< the key is present */
+    const char *sni;         /**< server name sent and verified; NULL: none (the IP is verified) */
+    const char *verify_name; /**< the name the certificate must have, when not the sni */
+    bool verify;             /**< verify chain and name; default true */
+    const char *ca;          /**< PEM CA bundle; NULL: the system store */
+    const char *client_cert; /**< PEM client certificate chain for mTLS; NULL: none */
+    const char *client_key;
+    /** The context built from the above when the config was loaded (private to weir). */
+    struct weir_tls_client *client;
+};
+
 struct weir_cfg_upstream {
     const char *name;
     enum weir_balance balance;
@@ -181,6 +225,7 @@ struct weir_cfg_upstream {
     uint32_t queue_timeout_ms; /**< how long one may wait; default 5000 */
     const struct weir_cfg_backend *backends;
     size_t nbackends;
+    struct weir_cfg_upstream_tls tls;
 };
 
 /** A route's buffer_responses (nginx's proxy_buffering, proxy_temp_path, proxy_max_temp_file_size)

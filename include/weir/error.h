@@ -21,6 +21,7 @@ enum weir_errcode {
     WEIR_ETIMEDOUT = -10006,    /**< a timeout fired */
     WEIR_ECONFIG = -10007,      /**< configuration error */
     WEIR_EUNAVAILABLE = -10008, /**< no backend may be used (all down or drained): 503 */
+    WEIR_ETLS = -10009,         /**< a TLS handshake failed (verification, protocol) */
     /* HTTP/1 framing and syntax errors, each mapping to one response status. */
     WEIR_EH1_BAD = -10100,           /**< malformed message: 400 */
     WEIR_EH1_URI_TOO_LONG = -10101,  /**< request line over the limit: 414 */
@@ -51,11 +52,12 @@ enum weir_error_type {
     WEIR_ERR_READ_ERROR,
     WEIR_ERR_WRITE_ERROR,
     WEIR_ERR_CONNECTION_CLOSED,
-    WEIR_ERR_INVALID_HTTP, /**< the peer sent a message we refuse */
-    WEIR_ERR_NO_PEER,      /**< upstream_peer chose nothing */
-    WEIR_ERR_NO_BACKEND,   /**< no healthy backend (weir_lb_select failed): 503 */
-    WEIR_ERR_HOOK,         /**< a hook returned an error */
-    WEIR_ERR_INTERNAL,     /**< resource exhaustion or a bug */
+    WEIR_ERR_INVALID_HTTP,  /**< the peer sent a message we refuse */
+    WEIR_ERR_NO_PEER,       /**< upstream_peer chose nothing */
+    WEIR_ERR_NO_BACKEND,    /**< no healthy backend (weir_lb_select failed): 503 */
+    WEIR_ERR_HOOK,          /**< a hook returned an error */
+    WEIR_ERR_INTERNAL,      /**< resource exhaustion or a bug */
+    WEIR_ERR_TLS_HANDSHAKE, /**< the TLS handshake with the peer failed (verification...) */
 };
 
 /** The error a failed request carries into fail_to_proxy and logging (Pingora's model). */

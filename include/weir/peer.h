@@ -13,14 +13,25 @@ WEIR_BEGIN_DECLS
  * (already zeroed, timeouts preset to the server's defaults). The address and the options
  * together are the connection pool's key.
  */
+struct weir_tls_client;
+
 struct weir_peer {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint32_t connect_timeout_ms; /**< 0: the server default */
     uint32_t read_timeout_ms;    /**< 0: the server default */
     uint32_t write_timeout_ms;   /**< 0: the server default */
-    bool tls;                    /**< reserved for the TLS issue; must be false for now */
-    char name[64];               /**< "ip:port" text for logs; set by weir_peer_set_address */
+    bool tls;                    /**< TLS to the peer */
+    /** TLS: the server name sent as SNI and, unless verify_name says otherwise, the name the
+        certificate must be valid for; "" sends no SNI and verifies the address's IP instead */
+    char sni[256];
+    char verify_name[256]; /**< TLS: the name to verify when it differs from sni; "": sni */
+    /** TLS: true accepts any certificate (verification is on unless this is set) */
+    bool tls_no_verify;
+    /** TLS: the CA store and client certificate (upstreams.NAME.tls builds one); NULL: the
+        system's CA store and no client certificate */
+    struct weir_tls_client *tls_client;
+    char name[64]; /**< "ip:port" text for logs; set by weir_peer_set_address */
     /** The load balancer's backend behind this peer (weir_lb_select sets it), through which
         the proxy reports the request's outcome; NULL for a peer set by hand. */
     struct weir_backend *backend;

@@ -323,6 +323,13 @@ void weir__config_keys_foreach(weir__cfg_key_cb *cb, void *arg);
 extern const struct weir__cfg_section weir__cfg_server;
 /* config_listeners.c: listeners: */
 extern const struct weir__cfg_section weir__cfg_listener;
+/* config_tls.c: listeners[].tls */
+extern const struct weir__cfg_section weir__cfg_tls;
+extern const struct weir__cfg_section weir__cfg_upstream_tls;
+void weir__cfg_upstream_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                                  const struct ynode *v);
+void weir__cfg_listener_tls(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                            const struct ynode *v);
 void weir__cfg_listeners(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                          const struct ynode *v);
 /* config_routes.c: routes: (after upstreams: a route names its group) */

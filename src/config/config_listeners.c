@@ -1,6 +1,6 @@
 /*
  * The listeners: section: a sequence of addresses or mappings (address, name,
- * max_connections), each address used once.
+ * max_connections, tls), each address used once.
  */
 #include <string.h>
 
@@ -19,10 +19,12 @@ static const struct weir__cfg_key listener_keys[] = {
     WEIR__CFG_CUSTOM("address", WEIR__CFG_REQUIRED, listener_address),
     WEIR__CFG_STRING("name", LST(name), "a name", ""),
     WEIR__CFG_U32("max_connections", LST(max_connections), 0, 10000000, 0),
+    {"tls", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE, .parse = weir__cfg_listener_tls,
+     .sub = &weir__cfg_tls},
 };
 
 const struct weir__cfg_section weir__cfg_listener = WEIR__CFG_TABLE(
-    "host:port or a mapping with address, name, max_connections", listener_keys, NULL);
+    "host:port or a mapping with address, name, max_connections, tls", listener_keys, NULL);
 
 static void listener_item(struct weir__cfg_ctx *c, const struct ynode *n,
                           struct weir_cfg_listener *l)

@@ -405,12 +405,26 @@ static const struct weir__cfg_key upstream_keys[] = {
      .sub = &health_section},
     WEIR__CFG_U32("queue_size", UPS(queue_size), 0, 1000000, 128),
     WEIR__CFG_DURATION("queue_timeout", UPS(queue_timeout_ms), 1, UINT32_MAX, 5000),
+    {"tls", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE, .parse = weir__cfg_upstream_tls_value,
+     .sub = &weir__cfg_upstream_tls},
     {"backends", WEIR__CFG_T_CUSTOM, WEIR__CFG_REQUIRED | WEIR__CFG_LATE | WEIR__CFG_SEQ,
      .parse = backends_value, .sub = &backend_section},
 };
 
+/* HTTP health checks speak cleartext: over a TLS group they would fail every backend. */
+static void tls_health(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    const struct weir_cfg_upstream *up = f->obj;
+    if (up->tls.enabled && up->health.enabled && !up->health.tcp) {
+        size_t old = weir__cfg_path_key(c, "health_check");
+        weir__cfg_err(c, weir__cfg_value(f, "health_check"),
+                      "an HTTP health check of a TLS group is not supported yet; use type: tcp");
+        weir__cfg_path_pop(c, old);
+    }
+}
+
 const struct weir__cfg_section weir__cfg_upstream =
-    WEIR__CFG_TABLE("a mapping with balance and backends", upstream_keys, NULL);
+    WEIR__CFG_TABLE("a mapping with balance and backends", upstream_keys, tls_health);
 
 /* A group name: printable, no spaces; NULL after an error. */
 static const char *upstream_name(struct weir__cfg_ctx *c, const struct ynode *k)

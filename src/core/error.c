@@ -26,6 +26,8 @@ const char *weir_strerror(int code)
         return "configuration error";
     case WEIR_EUNAVAILABLE:
         return "no backend available";
+    case WEIR_ETLS:
+        return "TLS handshake failed";
     case WEIR_EH1_BAD:
         return "malformed HTTP message";
     case WEIR_EH1_URI_TOO_LONG:
@@ -66,6 +68,7 @@ const char *weir_error_type_str(enum weir_error_type type)
         [WEIR_ERR_NO_BACKEND] = "NoBackend",
         [WEIR_ERR_HOOK] = "HookError",
         [WEIR_ERR_INTERNAL] = "InternalError",
+        [WEIR_ERR_TLS_HANDSHAKE] = "TLSHandshakeFailure",
     };
     if ((size_t)type < sizeof(names) / sizeof(names[0]) && names[type]) {
         return names[type];

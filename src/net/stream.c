@@ -8,6 +8,7 @@
 
 #include "core/alloc.h"
 #include "core/assert.h"
+#include "tls/tls.h"
 #include "weir/error.h"
 
 void weir__outq_push(struct weir__outq *q, const void *base, size_t len)
@@ -45,6 +46,13 @@ ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool)
             return 0;
         }
     }
+    if (st->ssl != NULL) {
+        ssize_t n = weir__tls_read(st, st->in.data + st->in.wpos, weir__buf_space(&st->in));
+        if (n > 0) {
+            st->in.wpos += (uint32_t)n;
+        }
+        return n;
+    }
     for (;;) {
         ssize_t n = read(st->io.fd, st->in.data + st->in.wpos, weir__buf_space(&st->in));
         if (n > 0) {
@@ -69,6 +77,9 @@ ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool)
 
 ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q)
 {
+    if (st->ssl != NULL) {
+        return weir__tls_flush(st, q);
+    }
     size_t total = 0;
     while (q->i < q->n) {
         ssize_t n = writev(st->io.fd, q->v + q->i, q->n - q->i);
@@ -95,6 +106,13 @@ ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q)
     }
     weir__outq_reset(q);
     return (ssize_t)total;
+}
+
+ssize_t weir__stream_write(struct weir__stream *st, const void *buf, size_t len)
+{
+    struct weir__outq q = {0};
+    weir__outq_push(&q, buf, len);
+    return weir__stream_flush(st, &q);
 }
 
 int weir__stream_grow_for_head(struct weir__stream *st, struct weir__bufpool *pool, uint32_t max)

@@ -11,6 +11,9 @@
 #include "core/buf.h"
 #include "weir/loop.h"
 
+struct ssl_st;
+struct weir__tls_server;
+
 struct weir__stream {
     struct weir_io io;
     struct weir__buf in;
@@ -19,6 +22,12 @@ struct weir__stream {
     bool eof;    /* the peer half-closed: no more bytes will arrive */
     bool rdhup;  /* an event said the peer shut its write side (EPOLLRDHUP: a FIN arrived) */
     bool hangup; /* an event said the connection is broken (EPOLLHUP or EPOLLERR: a reset) */
+    /* TLS (src/tls/): reads and writes go through ssl when it is set */
+    struct ssl_st *ssl;
+    struct weir__tls_server *tls_srv; /* the listener context a server session holds */
+    const char *tls_err;              /* OpenSSL's reason for the last failure (static) */
+    bool tls_rwant_w;                 /* a read waits for the socket to be writable */
+    bool tls_wwant_r;                 /* a write waits for the socket to be readable */
 };
 
 /** Notes what an edge-triggered event says: readable (data, hang-up, error), writable. */
@@ -32,6 +41,14 @@ static inline void weir__stream_note_events(struct weir__stream *st, uint32_t ev
     }
     if (events & WEIR_IO_RDHUP) {
         st->rdhup = true;
+    }
+    if (st->tls_rwant_w && (events & (WEIR_IO_WRITE | WEIR_IO_HUP | WEIR_IO_ERROR))) {
+        st->tls_rwant_w = false;
+        st->readable = true;
+    }
+    if (st->tls_wwant_r && (events & (WEIR_IO_READ | WEIR_IO_HUP | WEIR_IO_ERROR))) {
+        st->tls_wwant_r = false;
+        st->writable = true;
     }
     if (events & (WEIR_IO_HUP | WEIR_IO_ERROR)) {
         st->hangup = true;
@@ -79,6 +96,11 @@ ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool);
  * Clears st->writable when blocked.
  */
 ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q);
+
+/**
+ * Writes len bytes of buf (or what the socket takes now). Bytes written (>= 0) or -errno.
+ */
+ssize_t weir__stream_write(struct weir__stream *st, const void *buf, size_t len);
 
 /**
  * Makes room to read more of a message head: compacts st->in and, when it is full and smaller

@@ -4,6 +4,7 @@
  * and in total, and kept on a list of every idle connection of the tier, oldest last.
  */
 #include "pool/pool.h"
+#include "tls/tls.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -22,9 +23,7 @@
 
 struct keylist {
     struct keylist *next; /* bucket chain */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    uint64_t hash;
+    struct weir__upkey key;
     uint32_t count;
     /* hot tier only: when this worker last looked for a connection to this peer, and the gap
        before that; a small gap means the peer is in demand here, so its connections stay hot */
@@ -68,34 +67,63 @@ struct weir__pool_shared {
     struct weir__pool_stats stats;
 };
 
-static uint64_t addr_hash(const struct sockaddr *sa, socklen_t len)
+static uint64_t fnv(uint64_t h, const void *data, size_t len)
 {
-    /* FNV-1a over the address bytes that identify the peer. */
-    const unsigned char *p = (const unsigned char *)sa;
-    uint64_t h = 1469598103934665603ull;
-    for (socklen_t i = 0; i < len; i++) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < len; i++) {
         h ^= p[i];
         h *= 1099511628211ull;
     }
     return h;
 }
 
-static struct keylist *find_key(struct keylist **buckets, const struct sockaddr *sa, socklen_t len,
-                                uint64_t hash)
+void weir__upkey_of(const struct weir_peer *peer, struct weir__upkey *k)
 {
-    for (struct keylist *k = buckets[hash % NBUCKETS]; k; k = k->next) {
-        if (k->hash == hash && k->addrlen == len &&
-            weir__addr_equal((const struct sockaddr *)&k->addr, sa)) {
+    memcpy(&k->addr, &peer->addr, peer->addrlen);
+    k->addrlen = peer->addrlen;
+    /* FNV-1a over the address bytes that identify the peer, then its TLS identity. */
+    uint64_t h = fnv(1469598103934665603ull, &peer->addr, peer->addrlen);
+    k->tls = peer->tls;
+    if (peer->tls) {
+        k->no_verify = peer->tls_no_verify;
+        k->ctx = weir__tls_client_ctx(peer);
+        size_t n = strnlen(peer->sni, sizeof(k->sni) - 1);
+        memcpy(k->sni, peer->sni, n);
+        k->sni[n] = '\0';
+        size_t m = strnlen(peer->verify_name, sizeof(k->verify_name) - 1);
+        memcpy(k->verify_name, peer->verify_name, m);
+        k->verify_name[m] = '\0';
+        h = fnv(h, &k->ctx, sizeof(k->ctx));
+        h = fnv(h, &k->no_verify, 1);
+        h = fnv(h, k->sni, n + 1);
+        h = fnv(h, k->verify_name, m + 1);
+    }
+    k->hash = h;
+}
+
+static bool key_equal(const struct weir__upkey *a, const struct weir__upkey *b)
+{
+    if (a->hash != b->hash || a->addrlen != b->addrlen || a->tls != b->tls ||
+        !weir__addr_equal((const struct sockaddr *)&a->addr, (const struct sockaddr *)&b->addr)) {
+        return false;
+    }
+    return !a->tls || (a->ctx == b->ctx && a->no_verify == b->no_verify &&
+                       strcmp(a->sni, b->sni) == 0 && strcmp(a->verify_name, b->verify_name) == 0);
+}
+
+static struct keylist *find_key(struct keylist **buckets, const struct weir__upkey *key)
+{
+    for (struct keylist *k = buckets[key->hash % NBUCKETS]; k; k = k->next) {
+        if (key_equal(&k->key, key)) {
             return k;
         }
     }
     return NULL;
 }
 
-static struct keylist *get_key(struct keylist **buckets, const struct sockaddr *sa, socklen_t len,
-                               uint64_t hash)
+static struct keylist *get_key(struct keylist **buckets, const struct weir__upkey *key)
 {
-    struct keylist *k = find_key(buckets, sa, len, hash);
+    struct keylist *k = find_key(buckets, key);
     if (k != NULL) {
         return k;
     }
@@ -103,11 +131,9 @@ static struct keylist *get_key(struct keylist **buckets, const struct sockaddr *
     if (k == NULL) {
         return NULL;
     }
-    memcpy(&k->addr, sa, len);
-    k->addrlen = len;
-    k->hash = hash;
-    k->next = buckets[hash % NBUCKETS];
-    buckets[hash % NBUCKETS] = k;
+    k->key = *key;
+    k->next = buckets[key->hash % NBUCKETS];
+    buckets[key->hash % NBUCKETS] = k;
     return k;
 }
 
@@ -186,7 +212,7 @@ static void all_unlink(struct idlelist *l, struct weir__upconn *u)
 
 static void shared_unlink(struct weir__pool_shared *sh, struct weir__upconn *u)
 {
-    struct keylist *k = find_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+    struct keylist *k = find_key(sh->buckets, &u->key);
     if (k != NULL) {
         key_unlink(k, u);
     }
@@ -201,6 +227,7 @@ static void shared_evict(struct weir__pool_shared *sh, struct weir__upconn *u, u
 {
     shared_unlink(sh, u);
     (*counter)++;
+    weir__tls_free(&u->st);
     close(u->st.io.fd);
     u->magic = 0;
     weir__free(u); /* in no loop: no event can still be queued for it */
@@ -228,7 +255,7 @@ static void shared_maintain(struct weir__pool_shared *sh, uint64_t now)
 /* Takes ownership of u (idle, in no loop); closes it when it cannot be kept. */
 static void shared_insert(struct weir__pool_shared *sh, struct weir__upconn *u)
 {
-    struct keylist *k = get_key(sh->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+    struct keylist *k = get_key(sh->buckets, &u->key);
     if (k != NULL && k->count >= sh->max_per_key && k->tail != NULL) {
         shared_evict(sh, k->tail, &sh->stats.evict_full); /* keep the most recent */
     }
@@ -239,6 +266,7 @@ static void shared_insert(struct weir__pool_shared *sh, struct weir__upconn *u)
     if (k == NULL || sh->max_per_key == 0 || sh->nidle >= sh->max_total ||
         epoll_ctl(sh->wfd, EPOLL_CTL_ADD, u->st.io.fd, &ev) != 0) {
         sh->stats.evict_full++;
+        weir__tls_free(&u->st);
         close(u->st.io.fd);
         u->magic = 0;
         weir__free(u);
@@ -339,7 +367,7 @@ static void unlink_idle(struct weir__pool *p, struct keylist *k, struct weir__up
 
 static void evict(struct weir__pool *p, struct weir__upconn *u, uint64_t *counter)
 {
-    struct keylist *k = find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+    struct keylist *k = find_key(p->buckets, &u->key);
     if (k != NULL) {
         unlink_idle(p, k, u);
     }
@@ -417,8 +445,7 @@ static void sweep(struct weir_loop *loop, struct weir_timer *t)
     shared_maintain(p->sh, now);
     while (p->all.tail && now - p->all.tail->idle_since_ms >= p->share_after_ms) {
         struct weir__upconn *u = p->all.tail;
-        struct keylist *k =
-            find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+        struct keylist *k = find_key(p->buckets, &u->key);
         if (k == NULL) {
             break; /* cannot happen: every idle connection is on its key's list */
         }
@@ -445,6 +472,7 @@ static struct weir__upconn *adopt(struct weir__pool *p, struct weir__upconn *u)
     u->st.writable = true;
     weir_timer_init(&u->idle_timer, idle_timeout, u);
     if (weir_loop_io_add(p->loop, &u->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP) != 0) {
+        weir__tls_free(&u->st);
         close(u->st.io.fd);
         u->magic = 0;
         weir__free(u);
@@ -456,10 +484,10 @@ static struct weir__upconn *adopt(struct weir__pool *p, struct weir__upconn *u)
 
 struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_peer *peer)
 {
-    const struct sockaddr *sa = (const struct sockaddr *)&peer->addr;
-    uint64_t hash = addr_hash(sa, peer->addrlen);
+    struct weir__upkey key;
+    weir__upkey_of(peer, &key);
     uint64_t now = weir_loop_now_ms(p->loop);
-    struct keylist *k = get_key(p->buckets, sa, peer->addrlen, hash);
+    struct keylist *k = get_key(p->buckets, &key);
     if (k != NULL) {
         k->take_gap_ms = k->last_take_ms ? now - k->last_take_ms : UINT64_MAX;
         k->last_take_ms = now;
@@ -481,7 +509,7 @@ struct weir__upconn *weir__pool_take(struct weir__pool *p, const struct weir_pee
     struct weir__upconn *u = NULL;
     pthread_mutex_lock(&sh->lock);
     shared_maintain(sh, now);
-    k = find_key(sh->buckets, sa, peer->addrlen, hash);
+    k = find_key(sh->buckets, &key);
     if (k != NULL && k->head != NULL) {
         u = k->head;
         shared_unlink(sh, u);
@@ -495,7 +523,7 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
     if (p->max_idle_per_key == 0 || u->st.eof || weir__buf_len(&u->st.in) != 0) {
         return false;
     }
-    struct keylist *k = get_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+    struct keylist *k = get_key(p->buckets, &u->key);
     if (k == NULL) {
         return false;
     }
@@ -523,10 +551,7 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
         }
         /* Keep the warm one just released; the oldest goes to the shared tier or away. */
         if (p->sh != NULL) {
-            struct keylist *ok = old == k->tail
-                                     ? k
-                                     : find_key(p->buckets, (struct sockaddr *)&old->addr,
-                                                old->addrlen, old->key_hash);
+            struct keylist *ok = old == k->tail ? k : find_key(p->buckets, &old->key);
             pthread_mutex_lock(&p->sh->lock);
             move_to_shared(p, ok, old);
             pthread_mutex_unlock(&p->sh->lock);
@@ -570,8 +595,7 @@ void weir__pool_close_idle(struct weir__pool *p)
     weir_timer_stop(p->loop, &p->sweep);
     while (p->all.head) {
         struct weir__upconn *u = p->all.head;
-        struct keylist *k =
-            find_key(p->buckets, (struct sockaddr *)&u->addr, u->addrlen, u->key_hash);
+        struct keylist *k = find_key(p->buckets, &u->key);
         if (k == NULL) {
             break; /* cannot happen */
         }
@@ -616,9 +640,7 @@ int weir__upconn_connect(struct weir__pool *p, const struct weir_peer *peer,
     u->st.io.fd = fd;
     u->st.io.cb = noop_event;
     u->st.io.data = u;
-    memcpy(&u->addr, &peer->addr, peer->addrlen);
-    u->addrlen = peer->addrlen;
-    u->key_hash = addr_hash((const struct sockaddr *)&peer->addr, peer->addrlen);
+    weir__upkey_of(peer, &u->key);
     u->pool = p;
     weir_timer_init(&u->idle_timer, idle_timeout, u);
     int rc = weir_loop_io_add(p->loop, &u->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
@@ -636,6 +658,7 @@ void weir__upconn_close(struct weir__pool *p, struct weir__upconn *u)
 {
     weir_timer_stop(p->loop, &u->idle_timer);
     weir_loop_io_del(p->loop, &u->st.io);
+    weir__tls_free(&u->st);
     if (u->st.io.fd >= 0) {
         close(u->st.io.fd);
         u->st.io.fd = -1;

@@ -26,13 +26,31 @@
 
 struct weir__pool;
 
+/**
+ * What a pooled connection can be reused for: the peer's address and, for TLS, the identity
+ * the connection was made with (context, SNI, verification). Connections made with different
+ * identities are never shared. ctx is the OpenSSL context, which the connection's session
+ * keeps alive, so a pointer compare is exact.
+ */
+struct weir__upkey {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint64_t hash;
+    bool tls;
+    bool no_verify;
+    const void *ctx;
+    char sni[256];
+    char verify_name[256];
+};
+
+/** The key of connections to peer. */
+void weir__upkey_of(const struct weir_peer *peer, struct weir__upkey *k);
+
 /** One connection to an upstream peer. */
 struct weir__upconn {
     uint32_t magic;
     struct weir__stream st; /* socket, bytes read from the peer, readiness */
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
-    uint64_t key_hash;
+    struct weir__upkey key;
     uint32_t requests; /* requests completed on this connection */
     bool connected;
     /* while idle in the pool */

@@ -13,6 +13,7 @@
 
 #include "core/alloc.h"
 #include "net/sock.h"
+#include "tls/tls.h"
 #include "weir/log.h"
 
 static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t events);
@@ -200,7 +201,7 @@ static void release_counts(struct weir__conn *c)
 }
 
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
-                       socklen_t len, struct weir__listener_count *lc)
+                       socklen_t len, struct weir__listener_count *lc, struct weir__tls_server *tls)
 {
     struct weir__conn probe = {.w = w};
     probe.ipkeylen = (uint8_t)ip_key(sa, len, probe.ipkey);
@@ -236,12 +237,23 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     }
     int n = weir__addr_format_ip(sa, c->ip, sizeof(c->ip));
     c->iplen = n > 0 ? (uint8_t)n : 0;
+    if (tls != NULL) {
+        if (weir__tls_accept(tls, &c->st) != 0) {
+            release_counts(c);
+            close(fd);
+            weir__free(c);
+            return WEIR_ENOMEM;
+        }
+        c->tls = true;
+        c->tls_check = true;
+    }
     weir_timer_init(&c->timer, conn_timer, c);
     c->reap.fn = conn_reap;
     c->kick.fn = conn_kick;
     c->doom.fn = conn_doom;
     rc = weir_loop_io_add(w->loop, &c->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP);
     if (rc != 0) {
+        weir__tls_free(&c->st);
         release_counts(c);
         close(fd);
         weir__free(c);
@@ -336,6 +348,12 @@ void weir__conn_close(struct weir__conn *c)
     weir__loop_defer_cancel(w->loop, &c->kick);
     weir__loop_defer_cancel(w->loop, &c->doom);
     weir_loop_io_del(w->loop, &c->st.io);
+    if (c->st.ssl != NULL) {
+        if (!c->st.hangup && !c->shut) {
+            (void)weir__tls_shutdown(&c->st); /* close_notify, if the socket takes it now */
+        }
+        weir__tls_free(&c->st);
+    }
     if (c->st.io.fd >= 0) {
         close(c->st.io.fd);
         c->st.io.fd = -1;
@@ -424,20 +442,16 @@ static void linger_arm(struct weir__conn *c)
 static bool linger_write(struct weir__conn *c)
 {
     while (c->reply_off < c->reply_len) {
-        ssize_t n = write(c->st.io.fd, c->reply + c->reply_off, c->reply_len - c->reply_off);
-        if (n > 0) {
-            c->reply_off = (uint16_t)(c->reply_off + n);
-            continue;
-        }
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            c->st.writable = false;
+        ssize_t n =
+            weir__stream_write(&c->st, c->reply + c->reply_off, c->reply_len - c->reply_off);
+        if (n < 0) {
+            weir__conn_close(c); /* the client is gone: nobody to answer */
             return false;
         }
-        weir__conn_close(c); /* the client is gone: nobody to answer */
-        return false;
+        c->reply_off = (uint16_t)(c->reply_off + n);
+        if (c->reply_off < c->reply_len) {
+            return false; /* st.writable is cleared */
+        }
     }
     weir__free(c->reply);
     c->reply = NULL;
@@ -456,7 +470,7 @@ static void linger_step(struct weir__conn *c)
         }
         progress = c->reply_off != before;
         if (all_out) {
-            if (shutdown(c->st.io.fd, SHUT_WR) != 0) {
+            if (!weir__tls_shutdown(&c->st) || shutdown(c->st.io.fd, SHUT_WR) != 0) {
                 weir__conn_close(c);
                 return;
             }
@@ -500,15 +514,12 @@ static void linger_with(struct weir__conn *c, const char *reply, size_t len)
     c->shut = false;
     c->linger_end_ms = weir_loop_now_ms(c->w->loop) + c->w->cfg->server.timeouts.linger_ms;
     if (len > 0) {
-        ssize_t n;
-        do {
-            n = write(c->st.io.fd, reply, len);
-        } while (n < 0 && errno == EINTR);
-        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+        ssize_t n = weir__stream_write(&c->st, reply, len);
+        if (n < 0) {
             weir__conn_close(c);
             return;
         }
-        size_t done = n > 0 ? (size_t)n : 0;
+        size_t done = (size_t)n;
         if (done < len) {
             /* A full socket buffer (a pipelining client that does not read): keep the rest. */
             c->reply = weir__malloc(len - done);
@@ -549,6 +560,41 @@ static void reject_head(struct weir__conn *c, int code)
     linger_with(c, buf, n > 0 && (size_t)n < sizeof(buf) ? (size_t)n : 0);
 }
 
+/*
+ * A TLS listener's first byte: a handshake record (22) goes on to TLS; anything else is most
+ * likely plain HTTP sent to the HTTPS port, which gets a clear answer in plain text (nginx
+ * answers 400 with its code 497) instead of a TLS alert the client cannot show. true when the
+ * connection may go on now.
+ */
+static bool tls_first_byte(struct weir__conn *c)
+{
+    unsigned char b;
+    ssize_t n = recv(c->st.io.fd, &b, 1, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        c->st.readable = errno == EINTR;
+        return false;
+    }
+    if (n <= 0) {
+        weir__conn_close(c);
+        return false;
+    }
+    c->tls_check = false;
+    if (b == 22) {
+        return true;
+    }
+    static const char msg[] = "The plain HTTP request was sent to HTTPS port\n";
+    char buf[WEIR_REJECT_MAX];
+    int len = snprintf(buf, sizeof(buf),
+                       "HTTP/1.1 400 Bad Request\r\nServer: weir\r\nContent-Type: text/plain\r\n"
+                       "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                       sizeof(msg) - 1, msg);
+    weir__tls_free(&c->st);
+    weir__access_log_reject(c, 400, sizeof(msg) - 1);
+    weir_log(WEIR_LOG_DEBUG, "client %s: plain HTTP on a TLS listener (400)", c->ip);
+    linger_with(c, buf, len > 0 && (size_t)len < sizeof(buf) ? (size_t)len : 0);
+    return false;
+}
+
 static void conn_idle_step(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
@@ -586,6 +632,12 @@ static void conn_idle_step(struct weir__conn *c)
         if (!c->st.readable) {
             break;
         }
+        if (c->tls_check && !tls_first_byte(c)) {
+            if (c->state != CONN_IDLE) {
+                return; /* closed, or answered as plain HTTP */
+            }
+            break;
+        }
         /* A head bigger than the I/O buffer is allowed up to max_header_bytes. */
         int grow = weir__stream_grow_for_head(&c->st, &w->bufs,
                                               lim->max_header_bytes + lim->max_request_line);
@@ -599,6 +651,9 @@ static void conn_idle_step(struct weir__conn *c)
         }
         ssize_t r = weir__stream_read(&c->st, &w->bufs);
         if (r < 0) {
+            if (c->st.tls_err != NULL) {
+                weir_log(WEIR_LOG_DEBUG, "client %s: TLS: %s", c->ip, c->st.tls_err);
+            }
             weir__conn_close(c);
             return;
         }

@@ -217,7 +217,8 @@ static int add_forwarded(struct weir_session *s, struct weir_headers *h,
         }
     }
     if (rc == 0 && sc->x_forwarded_proto) {
-        rc = weir__push_field(h, WEIR_IOV_LIT("X-Forwarded-Proto"), WEIR_IOV_LIT("http"));
+        rc = weir__push_field(h, WEIR_IOV_LIT("X-Forwarded-Proto"),
+                              s->c->tls ? WEIR_IOV_LIT("https") : WEIR_IOV_LIT("http"));
     }
     if (rc == 0 && sc->via) {
         rc =

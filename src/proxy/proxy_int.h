@@ -117,6 +117,8 @@ struct weir__conn {
     uint16_t reply_len, reply_off;
     bool shut;              /* our write side is shut down */
     uint64_t linger_end_ms; /* timeouts.linger from the start of lingering */
+    bool tls;               /* accepted on a TLS listener */
+    bool tls_check;         /* TLS: the first byte is still to be checked (plain HTTP?) */
 };
 
 /*
@@ -434,11 +436,13 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   struct weir__pool_shared *shared_pool);
 void weir__proxy_worker_free(struct weir__proxy_worker *w);
 /**
- * Takes an accepted socket from a listener counted in lc (NULL: none). 0; WEIR_ELIMIT when a
+ * Takes an accepted socket from a listener counted in lc (NULL: none), TLS with tls (NULL:
+ * cleartext). 0; WEIR_ELIMIT when a
  * connection cap refused it; or an error. The fd is closed on any failure.
  */
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
-                       socklen_t len, struct weir__listener_count *lc);
+                       socklen_t len, struct weir__listener_count *lc,
+                       struct weir__tls_server *tls);
 /** Graceful: close idle connections, let active ones finish their request then close. */
 void weir__proxy_drain(struct weir__proxy_worker *w);
 /** Immediate: close every connection. */

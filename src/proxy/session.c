@@ -580,6 +580,7 @@ static int default_status(enum weir_error_type t)
         return 504;
     case WEIR_ERR_CONNECT_REFUSED:
     case WEIR_ERR_CONNECT_ERROR:
+    case WEIR_ERR_TLS_HANDSHAKE:
     case WEIR_ERR_READ_ERROR:
     case WEIR_ERR_WRITE_ERROR:
     case WEIR_ERR_CONNECTION_CLOSED:

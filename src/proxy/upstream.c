@@ -13,6 +13,7 @@
 #include <sys/ioctl.h>
 
 #include "net/sock.h"
+#include "tls/tls.h"
 #include "weir/log.h"
 
 void weir__upstream_init(struct weir_session *s)
@@ -167,15 +168,55 @@ static enum weir__step up_idle(struct weir_session *s, struct weir__outcome *o)
 
 /* ---- UP_CONNECTING ---- */
 
+/*
+ * The TLS handshake with the peer, under the connect timeout (as nginx's proxy_connect_timeout
+ * covers its SSL handshake). A failure is a connect failure: nothing was sent, another backend
+ * may be tried, and passive health counts it against this one.
+ */
+static enum weir__step tls_handshake(struct weir_session *s, struct weir__outcome *o)
+{
+    struct weir__upconn *u = s->ux.conn;
+    char why[WEIR_TLS_ERRMAX];
+    if (u->st.ssl == NULL) {
+        int rc = weir__tls_connect(&s->peer, &u->st);
+        if (rc != 0) {
+            (void)snprintf(why, sizeof(why), "%s", weir_strerror(rc));
+            goto failed;
+        }
+    }
+    int rc = weir__tls_handshake(&u->st, why);
+    if (rc == WEIR_EAGAIN) {
+        return WEIR_STEP_BLOCKED;
+    }
+    if (rc == 0) {
+        return WEIR_STEP_DONE;
+    }
+failed:
+    weir_log(WEIR_LOG_WARN, "upstream %s: TLS with %s%s failed: %s", s->peer.name,
+             s->peer.sni[0] ? "SNI " : "no SNI", s->peer.sni, why);
+    connect_failed(o, WEIR_ETLS);
+    o->err.type = WEIR_ERR_TLS_HANDSHAKE;
+    o->err.context = "TLS handshake";
+    return WEIR_STEP_FAILED;
+}
+
 static enum weir__step up_connecting(struct weir_session *s, struct weir__outcome *o)
 {
     struct weir__upconn *u = s->ux.conn;
-    if (!u->st.writable) {
-        return WEIR_STEP_BLOCKED;
+    if (u->st.ssl == NULL) {
+        if (!u->st.writable) {
+            return WEIR_STEP_BLOCKED;
+        }
+        int rc = weir__connect_result(u->st.io.fd);
+        if (rc != 0) {
+            return connect_failed(o, rc);
+        }
     }
-    int rc = weir__connect_result(u->st.io.fd);
-    if (rc != 0) {
-        return connect_failed(o, rc);
+    if (s->peer.tls) {
+        enum weir__step st = tls_handshake(s, o);
+        if (st != WEIR_STEP_DONE) {
+            return st;
+        }
     }
     u->connected = true;
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);

@@ -41,6 +41,7 @@ struct listener {
     socklen_t len;
     int shared_fd;                     /* work_stealing: one socket for every worker */
     struct weir__listener_count count; /* listeners[].max_connections, across workers */
+    struct weir__tls_server *tls;      /* listeners[].tls, owned by the first snapshot */
 };
 
 struct worker;
@@ -67,6 +68,7 @@ struct worker_listener {
     struct weir_io io;
     struct worker *wk;
     struct weir__listener_count *count;
+    struct weir__tls_server *tls;
     bool own_fd;
     bool watching;
 };
@@ -219,6 +221,7 @@ int weir_service_add_listener_cfg(struct weir_service *svc, const struct weir_cf
     int rc = weir_service_add_listener(svc, l->address);
     if (rc == 0) {
         svc->listeners[svc->nlisteners - 1].count.max = l->max_connections;
+        svc->listeners[svc->nlisteners - 1].tls = l->tls.server;
     }
     return rc;
 }
@@ -343,7 +346,7 @@ static void listener_event(struct weir_loop *loop, struct weir_io *io, uint32_t 
             }
             return;
         }
-        int rc = weir__proxy_accept(wk->pw, fd, (struct sockaddr *)&ss, len, wl->count);
+        int rc = weir__proxy_accept(wk->pw, fd, (struct sockaddr *)&ss, len, wl->count, wl->tls);
         if (rc != 0 && rc != WEIR_ELIMIT) { /* refusals by a cap are logged sparingly */
             weir_log(WEIR_LOG_ERROR, "accept: %s", weir_strerror(rc));
         }
@@ -502,6 +505,7 @@ static int bind_listeners(struct weir_service *svc)
             struct worker_listener *wl = &svc->workers[w].ls[i];
             wl->wk = &svc->workers[w];
             wl->count = &l->count;
+            wl->tls = l->tls;
             wl->io.cb = listener_event;
             wl->io.data = wl;
             if (stealing) {

@@ -1,0 +1,330 @@
+/*
+ * listeners[].tls: certificates read and checked when the config is loaded (each error at
+ * the key naming the file, with OpenSSL's reason), the protocol and cipher settings checked
+ * as OpenSSL would take them, and the listener's server context built into the snapshot,
+ * which frees it with everything else.
+ */
+#include <string.h>
+
+#include "config/config_int.h"
+#include "tls/tls.h"
+#include "weir/error.h"
+
+/* Certificates loaded while the section is read; they move into the server context. */
+struct loaded {
+    struct weir__tls_cert **v;
+    size_t n;
+};
+
+static void free_loaded(void *data)
+{
+    struct loaded *l = data;
+    for (size_t i = 0; i < l->n; i++) {
+        weir__tls_cert_free(l->v[i]);
+        l->v[i] = NULL;
+    }
+}
+
+static void free_server(void *data)
+{
+    weir__tls_server_free(data);
+}
+
+/* The value node of key name in mapping m, or NULL. */
+static const struct ynode *map_value(const struct ynode *m, const char *name)
+{
+    m = weir__ynode_deref(m);
+    if (m == NULL || m->type != YN_MAP) {
+        return NULL;
+    }
+    for (const struct ynode *k = m->first; k != NULL && k->next != NULL; k = k->next->next) {
+        const struct ynode *kd = weir__ynode_deref(k);
+        if (kd->type == YN_SCALAR && strcmp(kd->text, name) == 0) {
+            return k->next;
+        }
+    }
+    return NULL;
+}
+
+#define CRT(f) WEIR__CFG_AT(struct weir_cfg_tls_certificate, f)
+
+static const struct weir__cfg_key cert_keys[] = {
+    {"cert", WEIR__CFG_T_STRING, WEIR__CFG_REQUIRED, CRT(cert), .what = "a PEM file path"},
+    {"key", WEIR__CFG_T_STRING, WEIR__CFG_REQUIRED, CRT(key), .what = "a PEM file path"},
+};
+
+static const struct weir__cfg_section cert_section =
+    WEIR__CFG_TABLE("a mapping with cert and key", cert_keys, NULL);
+
+static void certificates_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                               const struct ynode *v)
+{
+    struct weir_cfg_listener_tls *t = f->obj;
+    const struct ynode *seq = weir__cfg_sequence(c, v, "a sequence of certificates");
+    if (seq == NULL) {
+        return;
+    }
+    if (seq->n == 0) {
+        weir__cfg_err(c, v, "expected at least one certificate");
+        return;
+    }
+    struct weir_cfg_tls_certificate *certs = weir__cfg_keep_array(c, seq->n, sizeof(*certs));
+    struct loaded *l = weir_arena_calloc(c->tmp, sizeof(*l));
+    struct weir__tls_cert **cv = weir_arena_calloc(c->tmp, seq->n * sizeof(struct weir__tls_cert *));
+    if (certs == NULL || l == NULL || cv == NULL ||
+        weir_arena_cleanup_add(c->tmp, free_loaded, l) != 0) {
+        c->oom = true;
+        return;
+    }
+    l->v = cv;
+    size_t i = 0;
+    for (const struct ynode *it = seq->first; it != NULL; it = it->next, i++) {
+        size_t old = weir__cfg_path_index(c, i);
+        weir__cfg_defaults(&cert_section, &certs[i]);
+        if (weir__cfg_walk(c, it, &cert_section, &certs[i]) && certs[i].cert != NULL &&
+            certs[i].key != NULL) {
+            enum weir__tls_cert_part part = WEIR_TLS_PART_CERT;
+            char why[WEIR_TLS_ERRMAX];
+            int rc = weir__tls_cert_load(certs[i].cert, certs[i].key, &cv[l->n], &part, why);
+            if (rc == 0) {
+                l->n++;
+            } else if (rc == WEIR_ENOMEM) {
+                c->oom = true;
+            } else {
+                const char *key = part == WEIR_TLS_PART_CERT ? "cert" : "key";
+                size_t o2 = weir__cfg_path_key(c, key);
+                weir__cfg_err(c, map_value(it, key), "%s", why);
+                weir__cfg_path_pop(c, o2);
+            }
+        }
+        weir__cfg_path_pop(c, old);
+    }
+    t->certificates = certs;
+    t->ncertificates = seq->n;
+    /* Handed to the tls check below through the (otherwise unset) server pointer's slot. */
+    t->server = (struct weir__tls_server *)(void *)l;
+}
+
+static void protocols_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                            const struct ynode *v)
+{
+    struct weir_cfg_listener_tls *t = f->obj;
+    const struct ynode *d = weir__ynode_deref(v);
+    const struct ynode *one = d->type == YN_SEQ ? d->first : v;
+    uint32_t set = 0;
+    size_t i = 0;
+    for (const struct ynode *it = one; it != NULL; it = d->type == YN_SEQ ? it->next : NULL, i++) {
+        size_t old = d->type == YN_SEQ ? weir__cfg_path_index(c, i) : c->plen;
+        const struct ynode *s = weir__cfg_scalar(c, it, "TLSv1.2 or TLSv1.3");
+        if (s != NULL) {
+            if (strcmp(s->text, "TLSv1.2") == 0) {
+                set |= WEIR_TLS_PROTO_12;
+            } else if (strcmp(s->text, "TLSv1.3") == 0) {
+                set |= WEIR_TLS_PROTO_13;
+            } else if (strncmp(s->text, "TLSv1", 5) == 0 || strncmp(s->text, "SSLv", 4) == 0) {
+                weir__cfg_err(c, it, "%s is not supported (it is broken): use TLSv1.2 or TLSv1.3",
+                              s->text);
+            } else {
+                char shown[WEIR__CFG_DESCRIBE_MAX];
+                weir__cfg_err(c, it, "expected TLSv1.2 or TLSv1.3, got %s",
+                              weir__cfg_describe(s, shown, sizeof(shown)));
+            }
+        }
+        weir__cfg_path_pop(c, old);
+    }
+    if (set != 0) {
+        t->protocols = set;
+    }
+}
+
+static bool list_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *kind,
+                    const char *s)
+{
+    char why[WEIR_TLS_ERRMAX];
+    if (weir__tls_check_list(kind, s, why)) {
+        return true;
+    }
+    weir__cfg_err(c, v, "%s", why);
+    return false;
+}
+
+static bool ciphers_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *s)
+{
+    return list_ok(c, v, "ciphers", s);
+}
+
+static bool suites_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *s)
+{
+    return list_ok(c, v, "ciphersuites", s);
+}
+
+static bool curves_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *s)
+{
+    return list_ok(c, v, "curves", s);
+}
+
+/* After every key: the default certificate, then the server context. */
+static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    struct weir_cfg_listener_tls *t = f->obj;
+    struct loaded *l = (struct loaded *)(void *)t->server;
+    t->server = NULL;
+    struct weir__tls_server_opts o = {
+        .min_version = (t->protocols & WEIR_TLS_PROTO_12) ? WEIR_TLS_V12 : WEIR_TLS_V13,
+        .max_version = (t->protocols & WEIR_TLS_PROTO_13) ? WEIR_TLS_V13 : WEIR_TLS_V12,
+        .ciphers = t->ciphers,
+        .ciphersuites = t->ciphersuites,
+        .curves = t->curves,
+        .session_tickets = t->session_tickets,
+        .reject_unknown_sni = t->reject_unknown_sni,
+    };
+    if (t->default_certificate != NULL) {
+        size_t i = 0;
+        while (i < t->ncertificates && (t->certificates[i].cert == NULL ||
+                                        strcmp(t->certificates[i].cert, t->default_certificate))) {
+            i++;
+        }
+        if (i == t->ncertificates) {
+            size_t old = weir__cfg_path_key(c, "default_certificate");
+            weir__cfg_err(c, weir__cfg_value(f, "default_certificate"),
+                          "'%s' is not the cert of any of certificates[]", t->default_certificate);
+            weir__cfg_path_pop(c, old);
+            return;
+        }
+        o.default_cert = i;
+    }
+    if (l == NULL || l->n != t->ncertificates || weir_config_errors_count(c->errs) > 0) {
+        return; /* errors were reported; nothing to build */
+    }
+    char why[WEIR_TLS_ERRMAX];
+    int rc = weir__tls_server_new(l->v, l->n, &o, &t->server, why);
+    for (size_t i = 0; i < l->n; i++) {
+        l->v[i] = NULL; /* the server owns them now, even on failure */
+    }
+    l->n = 0;
+    if (rc == WEIR_ENOMEM) {
+        c->oom = true;
+    } else if (rc != 0) {
+        weir__cfg_err(c, f->m, "%s", why);
+    } else if (weir_arena_cleanup_add(c->a, free_server, t->server) != 0) {
+        weir__tls_server_free(t->server);
+        t->server = NULL;
+        c->oom = true;
+    }
+}
+
+#define LT(f) WEIR__CFG_AT(struct weir_cfg_listener_tls, f)
+
+static const struct weir__cfg_key tls_keys[] = {
+    {"certificates", WEIR__CFG_T_CUSTOM, WEIR__CFG_REQUIRED, .parse = certificates_value,
+     .sub = &cert_section},
+    WEIR__CFG_STRING("default_certificate", LT(default_certificate), "a certificates[].cert",
+                     NULL),
+    WEIR__CFG_BOOL("reject_unknown_sni", LT(reject_unknown_sni), false),
+    WEIR__CFG_CUSTOM("protocols", WEIR__CFG_VALUE, protocols_value),
+    {"ciphers", WEIR__CFG_T_STRING, 0, LT(ciphers), .what = "an OpenSSL cipher list",
+     .valid = ciphers_ok},
+    {"ciphersuites", WEIR__CFG_T_STRING, 0, LT(ciphersuites), .what = "TLS 1.3 suites",
+     .valid = suites_ok},
+    {"curves", WEIR__CFG_T_STRING, 0, LT(curves), .what = "a list of groups",
+     .valid = curves_ok},
+    WEIR__CFG_BOOL("session_tickets", LT(session_tickets), true),
+};
+
+const struct weir__cfg_section weir__cfg_tls = WEIR__CFG_TABLE(
+    "a mapping of TLS settings (certificates, protocols, ciphers...)", tls_keys, tls_build);
+
+/* --- upstreams.*.tls ---------------------------------------------------------------- */
+
+static void free_client(void *data)
+{
+    weir__tls_client_free(data);
+}
+
+static void client_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    struct weir_cfg_upstream_tls *t = f->obj;
+    if ((t->client_cert == NULL) != (t->client_key == NULL)) {
+        const char *have = t->client_cert != NULL ? "client_cert" : "client_key";
+        size_t old = weir__cfg_path_key(c, have);
+        weir__cfg_err(c, weir__cfg_value(f, have), "client_cert and client_key go together");
+        weir__cfg_path_pop(c, old);
+        return;
+    }
+    struct weir__tls_client_opts o = {t->ca, t->client_cert, t->client_key};
+    enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
+    char why[WEIR_TLS_ERRMAX];
+    int rc = weir__tls_client_new(&o, &t->client, &part, why);
+    if (rc == WEIR_ENOMEM) {
+        c->oom = true;
+        return;
+    }
+    if (rc != 0) {
+        const char *key = part == WEIR_TLS_CPART_CA     ? "ca"
+                          : part == WEIR_TLS_CPART_CERT ? "client_cert"
+                                                        : "client_key";
+        const struct ynode *at = weir__cfg_value(f, key);
+        size_t old = at != NULL ? weir__cfg_path_key(c, key) : c->plen;
+        weir__cfg_err(c, at != NULL ? at : f->m, "%s", why);
+        weir__cfg_path_pop(c, old);
+        return;
+    }
+    if (weir_arena_cleanup_add(c->a, free_client, t->client) != 0) {
+        weir__tls_client_free(t->client);
+        t->client = NULL;
+        c->oom = true;
+    }
+}
+
+/* An SNI or verification name: a host name (letters, digits, '-', '.'), at most 253 bytes. */
+static bool server_name_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *s)
+{
+    size_t n = strlen(s);
+    bool ok = n > 0 && n <= 253 && s[0] != '.' && s[n - 1] != '.';
+    for (size_t i = 0; ok && i < n; i++) {
+        char ch = s[i];
+        ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+             ch == '-' || ch == '.' || ch == '_';
+    }
+    if (!ok) {
+        char shown[WEIR__CFG_DESCRIBE_MAX];
+        weir__cfg_err(c, v, "expected a host name, got %s",
+                      weir__cfg_describe(v, shown, sizeof(shown)));
+    }
+    return ok;
+}
+
+#define UT(f) WEIR__CFG_AT(struct weir_cfg_upstream_tls, f)
+
+static const struct weir__cfg_key client_keys[] = {
+    {"sni", WEIR__CFG_T_STRING, 0, UT(sni), .what = "a host name", .valid = server_name_ok},
+    {"verify_name", WEIR__CFG_T_STRING, 0, UT(verify_name), .what = "a host name",
+     .valid = server_name_ok},
+    WEIR__CFG_BOOL("verify", UT(verify), true),
+    WEIR__CFG_STRING("ca", UT(ca), "a PEM file path", NULL),
+    WEIR__CFG_STRING("client_cert", UT(client_cert), "a PEM file path", NULL),
+    WEIR__CFG_STRING("client_key", UT(client_key), "a PEM file path", NULL),
+};
+
+const struct weir__cfg_section weir__cfg_upstream_tls = WEIR__CFG_TABLE(
+    "a mapping of upstream TLS settings (sni, verify, ca, client_cert...)", client_keys,
+    client_build);
+
+void weir__cfg_upstream_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                                  const struct ynode *v)
+{
+    struct weir_cfg_upstream_tls *t = &((struct weir_cfg_upstream *)f->obj)->tls;
+    weir__cfg_defaults(&weir__cfg_upstream_tls, t);
+    t->enabled = true;
+    weir__cfg_walk(c, v, &weir__cfg_upstream_tls, t);
+}
+
+void weir__cfg_listener_tls(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                            const struct ynode *v)
+{
+    struct weir_cfg_listener_tls *t = &((struct weir_cfg_listener *)f->obj)->tls;
+    weir__cfg_defaults(&weir__cfg_tls, t);
+    t->protocols = WEIR_TLS_PROTO_12 | WEIR_TLS_PROTO_13;
+    t->enabled = true;
+    weir__cfg_walk(c, v, &weir__cfg_tls, t);
+}

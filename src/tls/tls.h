@@ -1,0 +1,156 @@
+/*
+ * TLS for weir (OpenSSL 3), kept behind this header so nothing else includes OpenSSL: the
+ * contexts a config snapshot owns (a listener's server context with its certificates, an
+ * upstream group's client context), and the per-connection TLS that a struct weir__stream
+ * reads and writes through when st->ssl is set.
+ *
+ * Contexts are built on the loading thread, never on a worker, and are reference counted by
+ * OpenSSL: a connection holds its context for as long as it lives, so a snapshot can be freed
+ * (a reload) while connections made under it go on.
+ */
+#ifndef WEIR_TLS_TLS_H
+#define WEIR_TLS_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct weir__stream;
+struct weir__outq;
+struct weir_peer;
+struct weir_tls_client;
+
+/* A reason for an error message: what failed and OpenSSL's words for it. */
+#define WEIR_TLS_ERRMAX 256
+
+/** Protocol versions (TLS 1.2 and 1.3 only: 1.0 and 1.1 are refused by the config). */
+enum weir__tls_version {
+    WEIR_TLS_V12 = 0,
+    WEIR_TLS_V13,
+};
+
+/* ---- certificates (a listener's certificates[] entries) ---- */
+
+/** A certificate chain with its key, loaded and checked, and the names it is valid for. */
+struct weir__tls_cert;
+
+/** Which part of a certificate entry an error is about (so the config points at its key). */
+enum weir__tls_cert_part {
+    WEIR_TLS_PART_CERT = 0,
+    WEIR_TLS_PART_KEY,
+};
+
+/**
+ * Reads a PEM chain (leaf first) and its PEM private key, and checks them: the files can be
+ * read and parsed, the key matches the leaf, the leaf is within its validity. On failure
+ * *part says which file the error is about and why holds the reason. Blocks on file I/O.
+ * 0, WEIR_EINVAL (why and part set), WEIR_ENOMEM.
+ */
+int weir__tls_cert_load(const char *cert_file, const char *key_file, struct weir__tls_cert **out,
+                        enum weir__tls_cert_part *part, char why[WEIR_TLS_ERRMAX]);
+void weir__tls_cert_free(struct weir__tls_cert *c);
+
+/* ---- server contexts (listeners[].tls) ---- */
+
+struct weir__tls_server_opts {
+    enum weir__tls_version min_version, max_version;
+    const char *ciphers;      /* TLS 1.2 cipher list; NULL: Mozilla intermediate */
+    const char *ciphersuites; /* TLS 1.3; NULL: OpenSSL's (AES-GCM and ChaCha20) */
+    const char *curves;       /* groups; NULL: X25519:P-256:P-384 */
+    bool session_tickets;     /* stateless resumption */
+    bool reject_unknown_sni;  /* a client naming no configured certificate is refused */
+    size_t default_cert;      /* index of the certificate for no or an unknown SNI */
+};
+
+/** A listener's TLS: every certificate, chosen per handshake by SNI. */
+struct weir__tls_server;
+
+/**
+ * Builds a server context from certs (ownership of each moves to it, even on failure) and
+ * opts. Certificates whose names are the same (an RSA and an ECDSA one) share a context so
+ * OpenSSL picks the one the client supports. 0, WEIR_EINVAL (why set), WEIR_ENOMEM.
+ */
+int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
+                         const struct weir__tls_server_opts *opts, struct weir__tls_server **out,
+                         char why[WEIR_TLS_ERRMAX]);
+void weir__tls_server_free(struct weir__tls_server *srv);
+
+/**
+ * Checks a cipher list, TLS 1.3 suite list or group list as OpenSSL would take it
+ * (kind: "ciphers", "ciphersuites", "curves"). true when usable; else why says what is wrong.
+ */
+bool weir__tls_check_list(const char *kind, const char *list, char why[WEIR_TLS_ERRMAX]);
+
+/**
+ * Starts server-side TLS on st (an accepted socket that sent a handshake record). The
+ * handshake runs inside the first weir__stream_read. 0 or WEIR_ENOMEM.
+ */
+int weir__tls_accept(struct weir__tls_server *srv, struct weir__stream *st);
+
+/* ---- client contexts (upstreams.NAME.tls, struct weir_peer) ---- */
+
+struct weir__tls_client_opts {
+    const char *ca;          /* PEM bundle; NULL: the system store */
+    const char *client_cert; /* NULL: no client certificate */
+    const char *client_key;
+};
+
+/** What a client context failed on, for the config to point at the key that names it. */
+enum weir__tls_client_part {
+    WEIR_TLS_CPART_CA = 0,
+    WEIR_TLS_CPART_CERT,
+    WEIR_TLS_CPART_KEY,
+};
+
+/**
+ * Builds a client context (TLS 1.2 and 1.3, ALPN http/1.1). Blocks on file I/O. 0,
+ * WEIR_EINVAL (part and why set), WEIR_ENOMEM.
+ */
+int weir__tls_client_new(const struct weir__tls_client_opts *opts, struct weir_tls_client **out,
+                         enum weir__tls_client_part *part, char why[WEIR_TLS_ERRMAX]);
+void weir__tls_client_free(struct weir_tls_client *cli);
+
+/**
+ * The OpenSSL context a connection to peer uses (peer->tls_client's, else the process's
+ * default with the system store, made on first use): part of the pool key. NULL when the
+ * default cannot be made.
+ */
+const void *weir__tls_client_ctx(const struct weir_peer *peer);
+
+/**
+ * Starts client-side TLS on st (connected) to peer: SNI, and the name (or IP) verified unless
+ * peer->tls_no_verify. The handshake is driven by weir__tls_handshake. 0, WEIR_ENOMEM, or
+ * WEIR_ETLS (no context).
+ */
+int weir__tls_connect(const struct weir_peer *peer, struct weir__stream *st);
+
+/**
+ * Drives st's client handshake. 0 when done, WEIR_EAGAIN while it waits for the socket (st's
+ * readable or writable cleared), or WEIR_ETLS with why set (the verification result when the
+ * certificate was refused, else OpenSSL's reason).
+ */
+int weir__tls_handshake(struct weir__stream *st, char why[WEIR_TLS_ERRMAX]);
+
+/* ---- per-connection I/O (net/stream.c calls these when st->ssl is set) ---- */
+
+/** As weir__stream_read, into buf (len > 0). */
+ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len);
+/** As weir__stream_flush. */
+ssize_t weir__tls_flush(struct weir__stream *st, struct weir__outq *q);
+/** Bytes decrypted and not yet read (SSL_pending). */
+size_t weir__tls_pending(const struct weir__stream *st);
+/**
+ * Sends close_notify (best effort, never blocks). Returns true when it was written whole, so
+ * the caller may shut the socket's write side.
+ */
+bool weir__tls_shutdown(struct weir__stream *st);
+/** Frees st's TLS state (st->ssl becomes NULL). */
+void weir__tls_free(struct weir__stream *st);
+
+/** The protocol name of st's connection ("TLSv1.3"), or "". */
+const char *weir__tls_protocol(const struct weir__stream *st);
+/** The SNI the client sent on st, or NULL. */
+const char *weir__tls_sni(const struct weir__stream *st);
+
+#endif

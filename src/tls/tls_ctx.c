@@ -1,0 +1,606 @@
+/*
+ * TLS contexts built when a config is loaded: certificates read and checked, a listener's
+ * server context (one OpenSSL context per set of names, chosen by SNI), and the lists
+ * (ciphers, suites, groups) checked before a snapshot is accepted.
+ */
+#include "tls/tls_int.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "core/alloc.h"
+#include "weir/error.h"
+#include "weir/peer.h"
+
+/* Mozilla's "intermediate" TLS 1.2 ciphers (forward secret AEAD only). */
+static const char DEFAULT_CIPHERS[] =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
+static const char DEFAULT_SUITES[] =
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+static const char DEFAULT_CURVES[] = "X25519:prime256v1:secp384r1";
+
+void weir__tls_why(char why[WEIR_TLS_ERRMAX], const char *what)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e != 0) {
+        char r[160];
+        ERR_error_string_n(e, r, sizeof(r));
+        const char *reason = ERR_reason_error_string(e);
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s: %s", what, reason != NULL ? reason : r);
+    } else {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s", what);
+    }
+    ERR_clear_error();
+}
+
+/* ---- certificates ---- */
+
+static int add_name(struct weir__tls_cert *c, const char *s, size_t len)
+{
+    if (len == 0 || len > 253 || memchr(s, '\0', len) != NULL || c->nnames >= WEIR_TLS_MAX_NAMES) {
+        return 0; /* not a usable host name: never matched */
+    }
+    char *n = weir__malloc(len + 1);
+    if (n == NULL) {
+        return WEIR_ENOMEM;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        n[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
+    }
+    n[len] = '\0';
+    c->names[c->nnames++] = n;
+    return 0;
+}
+
+/* The names a leaf is valid for: its SAN DNS names, or its CN when it has no SAN. */
+static int collect_names(struct weir__tls_cert *c)
+{
+    GENERAL_NAMES *sans = X509_get_ext_d2i(c->leaf, NID_subject_alt_name, NULL, NULL);
+    if (sans != NULL) {
+        int rc = 0;
+        for (int i = 0; rc == 0 && i < sk_GENERAL_NAME_num(sans); i++) {
+            const GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
+            if (g->type == GEN_DNS) {
+                const ASN1_IA5STRING *d = g->d.dNSName;
+                rc = add_name(c, (const char *)ASN1_STRING_get0_data(d),
+                              (size_t)ASN1_STRING_length(d));
+            }
+        }
+        GENERAL_NAMES_free(sans);
+        return rc;
+    }
+    const X509_NAME *subj = X509_get_subject_name(c->leaf);
+    int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+    if (idx < 0) {
+        return 0;
+    }
+    const ASN1_STRING *cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx));
+    return add_name(c, (const char *)ASN1_STRING_get0_data(cn), (size_t)ASN1_STRING_length(cn));
+}
+
+static int read_chain(const char *file, struct weir__tls_cert *c, char why[WEIR_TLS_ERRMAX])
+{
+    BIO *b = BIO_new_file(file, "r");
+    if (b == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
+        ERR_clear_error();
+        return WEIR_EINVAL;
+    }
+    int rc = 0;
+    c->leaf = PEM_read_bio_X509(b, NULL, NULL, NULL);
+    if (c->leaf == NULL) {
+        char what[WEIR_TLS_ERRMAX];
+        (void)snprintf(what, sizeof(what), "%s holds no PEM certificate", file);
+        weir__tls_why(why, what);
+        rc = WEIR_EINVAL;
+        goto out;
+    }
+    c->chain = sk_X509_new_null();
+    if (c->chain == NULL) {
+        rc = WEIR_ENOMEM;
+        goto out;
+    }
+    X509 *x;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (sk_X509_push(c->chain, x) <= 0) {
+            X509_free(x);
+            rc = WEIR_ENOMEM;
+            goto out;
+        }
+    }
+    ERR_clear_error(); /* the end of the file */
+out:
+    BIO_free(b);
+    return rc;
+}
+
+static int read_key(const char *file, struct weir__tls_cert *c, char why[WEIR_TLS_ERRMAX])
+{
+    BIO *b = BIO_new_file(file, "r");
+    if (b == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
+        ERR_clear_error();
+        return WEIR_EINVAL;
+    }
+    c->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+    BIO_free(b);
+    if (c->key == NULL) {
+        char what[WEIR_TLS_ERRMAX];
+        (void)snprintf(what, sizeof(what), "%s holds no usable PEM private key", file);
+        weir__tls_why(why, what);
+        return WEIR_EINVAL;
+    }
+    return 0;
+}
+
+int weir__tls_cert_load(const char *cert_file, const char *key_file, struct weir__tls_cert **out,
+                        enum weir__tls_cert_part *part, char why[WEIR_TLS_ERRMAX])
+{
+    struct weir__tls_cert *c = weir__calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return WEIR_ENOMEM;
+    }
+    *part = WEIR_TLS_PART_CERT;
+    int rc = read_chain(cert_file, c, why);
+    if (rc != 0) {
+        goto fail;
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(c->leaf)) <= 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "the certificate in %s has expired", cert_file);
+        rc = WEIR_EINVAL;
+        goto fail;
+    }
+    if (X509_cmp_current_time(X509_get0_notBefore(c->leaf)) >= 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "the certificate in %s is not valid yet", cert_file);
+        rc = WEIR_EINVAL;
+        goto fail;
+    }
+    *part = WEIR_TLS_PART_KEY;
+    rc = read_key(key_file, c, why);
+    if (rc != 0) {
+        goto fail;
+    }
+    if (X509_check_private_key(c->leaf, c->key) != 1) {
+        char what[WEIR_TLS_ERRMAX];
+        (void)snprintf(what, sizeof(what), "the key in %s does not match the certificate in %s",
+                       key_file, cert_file);
+        weir__tls_why(why, what);
+        rc = WEIR_EINVAL;
+        goto fail;
+    }
+    c->key_type = EVP_PKEY_get_base_id(c->key);
+    rc = collect_names(c);
+    if (rc != 0) {
+        goto fail;
+    }
+    *out = c;
+    return 0;
+fail:
+    weir__tls_cert_free(c);
+    return rc;
+}
+
+void weir__tls_cert_free(struct weir__tls_cert *c)
+{
+    if (c == NULL) {
+        return;
+    }
+    X509_free(c->leaf);
+    sk_X509_pop_free(c->chain, X509_free);
+    EVP_PKEY_free(c->key);
+    for (size_t i = 0; i < c->nnames; i++) {
+        weir__free(c->names[i]);
+    }
+    weir__free(c);
+}
+
+/* ---- lists ---- */
+
+bool weir__tls_check_list(const char *kind, const char *list, char why[WEIR_TLS_ERRMAX])
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        weir__tls_why(why, "cannot make a TLS context");
+        return false;
+    }
+    int ok;
+    if (strcmp(kind, "ciphers") == 0) {
+        ok = SSL_CTX_set_cipher_list(ctx, list);
+    } else if (strcmp(kind, "ciphersuites") == 0) {
+        ok = SSL_CTX_set_ciphersuites(ctx, list);
+    } else {
+        ok = SSL_CTX_set1_groups_list(ctx, list);
+    }
+    SSL_CTX_free(ctx);
+    if (ok != 1) {
+        char what[WEIR_TLS_ERRMAX];
+        (void)snprintf(what, sizeof(what), "OpenSSL takes no %s from this list", kind);
+        weir__tls_why(why, what);
+        return false;
+    }
+    return true;
+}
+
+/* ---- server contexts ---- */
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    static const unsigned char h1[] = "\x08http/1.1";
+    unsigned char *sel = NULL;
+    if (SSL_select_next_proto(&sel, outlen, h1, sizeof(h1) - 1, in, inlen) ==
+        OPENSSL_NPN_NEGOTIATED) {
+        *out = sel;
+        return SSL_TLSEXT_ERR_OK;
+    }
+    /* RFC 7301: nothing in common is a no_application_protocol alert. */
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/* The context of the certificate matching name: exact names first, then *. wildcards. */
+static SSL_CTX *find_ctx(const struct weir__tls_server *srv, const char *name)
+{
+    for (size_t i = 0; i < srv->nnames; i++) {
+        if (!srv->names[i].wild && strcasecmp(srv->names[i].name, name) == 0) {
+            return srv->ctx[srv->names[i].ctx];
+        }
+    }
+    const char *dot = strchr(name, '.');
+    if (dot == NULL || dot == name) {
+        return NULL;
+    }
+    for (size_t i = 0; i < srv->nnames; i++) {
+        /* "*.example.com" stored as ".example.com": one label only, as RFC 6125 says */
+        if (srv->names[i].wild && strcasecmp(srv->names[i].name, dot) == 0) {
+            return srv->ctx[srv->names[i].ctx];
+        }
+    }
+    return NULL;
+}
+
+static int servername_cb(SSL *ssl, int *alert, void *arg)
+{
+    struct weir__tls_server *srv = arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (name == NULL) {
+        *alert = SSL_AD_UNRECOGNIZED_NAME;
+        return srv->reject_unknown ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_OK;
+    }
+    SSL_CTX *ctx = find_ctx(srv, name);
+    if (ctx == NULL) {
+        if (srv->reject_unknown) {
+            *alert = SSL_AD_UNRECOGNIZED_NAME;
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        }
+        return SSL_TLSEXT_ERR_OK; /* the default certificate */
+    }
+    if (ctx != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, ctx) == NULL) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static const int VERSIONS[] = {TLS1_2_VERSION, TLS1_3_VERSION};
+
+static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_server_opts *o,
+                           char why[WEIR_TLS_ERRMAX])
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        weir__tls_why(why, "cannot make a TLS context");
+        return NULL;
+    }
+    uint64_t opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
+    if (!o->session_tickets) {
+        opts |= SSL_OP_NO_TICKET;
+    }
+    (void)SSL_CTX_set_options(ctx, opts);
+    (void)SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* No server-side cache (a lock every worker would take): resumption is by ticket. */
+    (void)SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    if (!o->session_tickets && SSL_CTX_set_num_tickets(ctx, 0) != 1) {
+        goto fail;
+    }
+    static const unsigned char sid[] = "weir";
+    if (SSL_CTX_set_min_proto_version(ctx, VERSIONS[o->min_version]) != 1 ||
+        SSL_CTX_set_max_proto_version(ctx, VERSIONS[o->max_version]) != 1 ||
+        SSL_CTX_set_cipher_list(ctx, o->ciphers ? o->ciphers : DEFAULT_CIPHERS) != 1 ||
+        SSL_CTX_set_ciphersuites(ctx, o->ciphersuites ? o->ciphersuites : DEFAULT_SUITES) != 1 ||
+        SSL_CTX_set1_groups_list(ctx, o->curves ? o->curves : DEFAULT_CURVES) != 1 ||
+        SSL_CTX_set_dh_auto(ctx, 1) != 1 ||
+        SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1) != 1) {
+        goto fail;
+    }
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
+    SSL_CTX_set_tlsext_servername_arg(ctx, srv);
+    return ctx;
+fail:
+    weir__tls_why(why, "cannot set the TLS settings");
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+static bool same_names(const struct weir__tls_cert *a, const struct weir__tls_cert *b)
+{
+    if (a->nnames != b->nnames) {
+        return false;
+    }
+    for (size_t i = 0; i < a->nnames; i++) {
+        bool found = false;
+        for (size_t j = 0; !found && j < b->nnames; j++) {
+            found = strcmp(a->names[i], b->names[j]) == 0;
+        }
+        if (!found) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The context certs[i] goes into: one with the same names and no key of its type yet. */
+static long group_of(const struct weir__tls_server *srv, size_t i, const long *ctx_of)
+{
+    for (size_t j = 0; j < i; j++) {
+        if (!same_names(srv->certs[j], srv->certs[i])) {
+            continue;
+        }
+        bool taken = false;
+        for (size_t k = 0; k < i; k++) {
+            taken |= ctx_of[k] == ctx_of[j] && srv->certs[k]->key_type == srv->certs[i]->key_type;
+        }
+        if (!taken) {
+            return ctx_of[j];
+        }
+    }
+    return -1;
+}
+
+static int add_names(struct weir__tls_server *srv, const struct weir__tls_cert *c, size_t ctx)
+{
+    for (size_t i = 0; i < c->nnames; i++) {
+        const char *n = c->names[i];
+        bool wild = n[0] == '*' && n[1] == '.';
+        struct weir__tls_name *e = &srv->names[srv->nnames++];
+        e->name = wild ? n + 1 : n;
+        e->wild = wild;
+        e->ctx = ctx;
+    }
+    return 0;
+}
+
+static int build_contexts(struct weir__tls_server *srv, const struct weir__tls_server_opts *o,
+                          char why[WEIR_TLS_ERRMAX])
+{
+    size_t total = 0;
+    for (size_t i = 0; i < srv->ncerts; i++) {
+        total += srv->certs[i]->nnames;
+    }
+    long *ctx_of = weir__calloc(srv->ncerts, sizeof(*ctx_of));
+    srv->ctx = weir__calloc(srv->ncerts, sizeof(SSL_CTX *));
+    srv->names = weir__calloc(total + 1, sizeof(*srv->names));
+    int rc = WEIR_ENOMEM;
+    if (ctx_of == NULL || srv->ctx == NULL || srv->names == NULL) {
+        goto out;
+    }
+    rc = WEIR_EINVAL;
+    for (size_t i = 0; i < srv->ncerts; i++) {
+        struct weir__tls_cert *c = srv->certs[i];
+        long g = group_of(srv, i, ctx_of);
+        if (g < 0) {
+            g = (long)srv->nctx;
+            if ((srv->ctx[g] = server_ctx(srv, o, why)) == NULL) {
+                goto out;
+            }
+            srv->nctx++;
+            add_names(srv, c, (size_t)g);
+        }
+        ctx_of[i] = g;
+        if (SSL_CTX_use_cert_and_key(srv->ctx[g], c->leaf, c->key, c->chain, 1) != 1) {
+            weir__tls_why(why, "cannot use the certificate");
+            goto out;
+        }
+    }
+    srv->main = srv->ctx[ctx_of[o->default_cert]];
+    rc = 0;
+out:
+    weir__free(ctx_of);
+    return rc;
+}
+
+int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
+                         const struct weir__tls_server_opts *opts, struct weir__tls_server **out,
+                         char why[WEIR_TLS_ERRMAX])
+{
+    struct weir__tls_server *srv = weir__calloc(1, sizeof(*srv));
+    struct weir__tls_cert **mine = weir__calloc(ncerts ? ncerts : 1, sizeof(struct weir__tls_cert *));
+    if (srv == NULL || mine == NULL) {
+        weir__free(srv);
+        weir__free(mine);
+        for (size_t i = 0; i < ncerts; i++) {
+            weir__tls_cert_free(certs[i]);
+        }
+        return WEIR_ENOMEM;
+    }
+    memcpy(mine, certs, ncerts * sizeof(struct weir__tls_cert *));
+    srv->certs = mine;
+    srv->ncerts = ncerts;
+    srv->reject_unknown = opts->reject_unknown_sni;
+    atomic_init(&srv->refs, 1);
+    if (ncerts == 0 || opts->default_cert >= ncerts) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "no certificate");
+        weir__tls_server_free(srv);
+        return WEIR_EINVAL;
+    }
+    int rc = build_contexts(srv, opts, why);
+    if (rc != 0) {
+        weir__tls_server_free(srv);
+        return rc;
+    }
+    *out = srv;
+    return 0;
+}
+
+void weir__tls_server_free(struct weir__tls_server *srv)
+{
+    if (srv == NULL || atomic_fetch_sub_explicit(&srv->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    for (size_t i = 0; i < srv->nctx; i++) {
+        SSL_CTX_free(srv->ctx[i]);
+    }
+    for (size_t i = 0; i < srv->ncerts; i++) {
+        weir__tls_cert_free(srv->certs[i]);
+    }
+    weir__free(srv->ctx);
+    weir__free(srv->names);
+    weir__free(srv->certs);
+    weir__free(srv);
+}
+
+/* ---- client contexts ---- */
+
+struct weir_tls_client {
+    SSL_CTX *ctx;
+};
+
+static SSL_CTX *client_ctx_new(char why[WEIR_TLS_ERRMAX])
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        weir__tls_why(why, "cannot make a TLS context");
+        return NULL;
+    }
+    static const unsigned char alpn[] = "\x08http/1.1";
+    (void)SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    (void)SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
+        SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1) != 0) {
+        weir__tls_why(why, "cannot set the TLS settings");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* Loads a CA bundle into ctx's store; a file with no certificate is an error. */
+static int load_ca(SSL_CTX *ctx, const char *file, char why[WEIR_TLS_ERRMAX])
+{
+    BIO *b = BIO_new_file(file, "r");
+    if (b == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
+        ERR_clear_error();
+        return WEIR_EINVAL;
+    }
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    int n = 0;
+    X509 *x;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        int ok = X509_STORE_add_cert(store, x);
+        X509_free(x);
+        if (ok != 1) {
+            BIO_free(b);
+            weir__tls_why(why, "cannot add a CA certificate");
+            return WEIR_EINVAL;
+        }
+        n++;
+    }
+    ERR_clear_error();
+    BIO_free(b);
+    if (n == 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM certificate", file);
+        return WEIR_EINVAL;
+    }
+    return 0;
+}
+
+int weir__tls_client_new(const struct weir__tls_client_opts *opts, struct weir_tls_client **out,
+                         enum weir__tls_client_part *part, char why[WEIR_TLS_ERRMAX])
+{
+    struct weir_tls_client *cli = weir__calloc(1, sizeof(*cli));
+    if (cli == NULL) {
+        return WEIR_ENOMEM;
+    }
+    int rc = WEIR_EINVAL;
+    *part = WEIR_TLS_CPART_CA;
+    if ((cli->ctx = client_ctx_new(why)) == NULL) {
+        goto fail;
+    }
+    if (opts->ca != NULL) {
+        if ((rc = load_ca(cli->ctx, opts->ca, why)) != 0) {
+            goto fail;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(cli->ctx) != 1) {
+        weir__tls_why(why, "cannot use the system CA store");
+        rc = WEIR_EINVAL;
+        goto fail;
+    }
+    if (opts->client_cert != NULL) {
+        struct weir__tls_cert *c = NULL;
+        enum weir__tls_cert_part cp = WEIR_TLS_PART_CERT;
+        rc = weir__tls_cert_load(opts->client_cert, opts->client_key, &c, &cp, why);
+        if (rc != 0) {
+            *part = cp == WEIR_TLS_PART_CERT ? WEIR_TLS_CPART_CERT : WEIR_TLS_CPART_KEY;
+            goto fail;
+        }
+        int ok = SSL_CTX_use_cert_and_key(cli->ctx, c->leaf, c->key, c->chain, 1);
+        weir__tls_cert_free(c);
+        if (ok != 1) {
+            *part = WEIR_TLS_CPART_CERT;
+            weir__tls_why(why, "cannot use the client certificate");
+            rc = WEIR_EINVAL;
+            goto fail;
+        }
+    }
+    *out = cli;
+    return 0;
+fail:
+    weir__tls_client_free(cli);
+    return rc;
+}
+
+void weir__tls_client_free(struct weir_tls_client *cli)
+{
+    if (cli != NULL) {
+        SSL_CTX_free(cli->ctx);
+        weir__free(cli);
+    }
+}
+
+static SSL_CTX *default_client;
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+
+static void default_client_new(void)
+{
+    char why[WEIR_TLS_ERRMAX];
+    SSL_CTX *ctx = client_ctx_new(why);
+    if (ctx != NULL && SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        ctx = NULL;
+    }
+    default_client = ctx; /* lives as long as the process */
+}
+
+const void *weir__tls_client_ctx(const struct weir_peer *peer)
+{
+    if (peer->tls_client != NULL) {
+        return peer->tls_client->ctx;
+    }
+    (void)pthread_once(&default_once, default_client_new);
+    return default_client;
+}

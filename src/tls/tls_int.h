@@ -1,0 +1,46 @@
+/* Private to src/tls/: the structures behind tls.h's opaque types. */
+#ifndef WEIR_TLS_TLS_INT_H
+#define WEIR_TLS_TLS_INT_H
+
+#include <stdatomic.h>
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "tls/tls.h"
+
+/* Names kept per certificate (SAN DNS entries past this are ignored for SNI). */
+#define WEIR_TLS_MAX_NAMES 256
+
+struct weir__tls_cert {
+    X509 *leaf;
+    STACK_OF(X509) * chain; /* intermediates, leaf excluded */
+    EVP_PKEY *key;
+    int key_type; /* EVP_PKEY_RSA, EVP_PKEY_EC, ... */
+    char *names[WEIR_TLS_MAX_NAMES]; /* lower case; "*.x" for a wildcard */
+    size_t nnames;
+};
+
+/* One SNI name and the context of its certificates. */
+struct weir__tls_name {
+    const char *name; /* exact, or ".suffix" for a "*.suffix" wildcard */
+    bool wild;
+    size_t ctx;
+};
+
+struct weir__tls_server {
+    _Atomic uint32_t refs; /* the snapshot's, plus one per connection in its handshake */
+    SSL_CTX *main;         /* the default certificate's: every connection starts on it */
+    SSL_CTX **ctx;         /* one per set of names */
+    size_t nctx;
+    struct weir__tls_name *names;
+    size_t nnames;
+    bool reject_unknown;
+    struct weir__tls_cert **certs;
+    size_t ncerts;
+};
+
+/* why = "what: OpenSSL's reason for its last error" (the error queue is cleared). */
+void weir__tls_why(char why[WEIR_TLS_ERRMAX], const char *what);
+
+#endif

@@ -1,0 +1,473 @@
+"""TLS on listeners (issue 11): certificates chosen by SNI from their own names (exact,
+wildcard, CN without SAN), RSA and ECDSA for the same names, the default certificate and
+reject_unknown_sni, protocol versions, session tickets, plain HTTP on a TLS port, bodies over
+TLS, and config errors that point at the key naming the file. Certificates are made here with
+the openssl command line.
+"""
+import hashlib
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from conftest import check_refuses, free_port
+from origin import pattern_bytes
+
+WAIT = 10.0
+
+
+def run(*args, cwd):
+    subprocess.run(args, cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+class Pki:
+    """A CA and certificates signed by it, in one directory; attribute paths are str."""
+
+    def __init__(self, d):
+        self.d = str(d)
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "30", "-subj", "/CN=weir test CA",
+            cwd=self.d)
+        self.ca = self.path("ca.pem")
+        self.main = self.leaf("main", "DNS:localhost,DNS:weir.test,IP:127.0.0.1")
+        self.main_rsa = self.leaf("main_rsa", "DNS:localhost,DNS:weir.test,IP:127.0.0.1", rsa=True)
+        self.other = self.leaf("other", "DNS:other.test")
+        self.wild = self.leaf("wild", "DNS:*.wild.test")
+        self.cn_only = self.leaf("cn_only", None, cn="cn-only.test")
+        self.expired = self.leaf("expired", "DNS:localhost", days=-1)
+        self.upstream = self.leaf("upstream", "DNS:secure.api.endpoint")
+        self.client = self.leaf("client", None, cn="client-admin")
+
+    def path(self, name):
+        return os.path.join(self.d, name)
+
+    def leaf(self, name, san, rsa=False, cn=None, days=30):
+        key = ["-newkey", "rsa:2048"] if rsa else ["-newkey", "ec", "-pkeyopt",
+                                                     "ec_paramgen_curve:P-256"]
+        run("openssl", "req", "-new", *key, "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={cn or name}", cwd=self.d)
+        ext = self.path(f"{name}.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+        validity = ["-days", str(days)] if days > 0 else ["-days", "1"]
+        run("openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-extfile", ext, *validity, cwd=self.d)
+        if days <= 0:
+            # Re-sign with a validity entirely in the past (openssl ca takes explicit dates).
+            run("openssl", "x509", "-in", f"{name}.pem", "-out", f"{name}.pem", "-signkey",
+                f"{name}.key", "-days", "1", cwd=self.d)
+            self._backdate(name)
+        return (self.path(f"{name}.pem"), self.path(f"{name}.key"))
+
+    def _backdate(self, name):
+        cnf = self.path("ca.cnf")
+        with open(cnf, "w") as f:
+            f.write("[ca]\ndefault_ca=d\n[d]\ndatabase=index.txt\nnew_certs_dir=.\n"
+                    "serial=serial\ndefault_md=sha256\npolicy=p\nunique_subject=no\n"
+                    "[p]\ncommonName=supplied\n[x]\nsubjectAltName=DNS:localhost\n")
+        open(self.path("index.txt"), "w").close()
+        with open(self.path("serial"), "w") as f:
+            f.write("1000\n")
+        run("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile",
+            "ca.key", "-in", f"{name}.csr", "-out", f"{name}.pem", "-startdate",
+            "20200101000000Z", "-enddate", "20200201000000Z", "-extensions", "x", "-notext",
+            cwd=self.d)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def der(pem_path):
+    with open(pem_path) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def tls_config(port, backend, certs, extra=""):
+    items = "".join(f"        - cert: {c}\n          key: {k}\n" for c, k in certs)
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n"
+            f"listeners:\n  - address: 127.0.0.1:{port}\n    tls:\n      certificates:\n{items}"
+            f"{extra}"
+            f"routes:\n  - upstream: b\n"
+            f"upstreams:\n  b:\n    backends: [127.0.0.1:{backend}]\n")
+
+
+def client_ctx(pki, verify=True):
+    ctx = ssl.create_default_context(cafile=pki.ca)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def handshake(port, ctx, sni):
+    """The server's certificate (DER) and the protocol, for a handshake naming sni."""
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+        with ctx.wrap_socket(raw, server_hostname=sni) as s:
+            return s.getpeercert(binary_form=True), s.version()
+
+
+def get(port, ctx, path="/", host="localhost", conn=None):
+    c = conn or http.client.HTTPSConnection(host, port, context=ctx, timeout=WAIT)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read(), c
+
+
+@pytest.fixture
+def tls_weir(weir, pki, origin):
+    def start(certs=None, extra=""):
+        port = free_port()
+        w = weir(tls_config(port, origin.port, certs or [pki.main], extra), port=port)
+        w.tls_port = port
+        return w
+    return start
+
+
+def test_request_over_tls_is_forwarded_as_https(tls_weir, pki, origin):
+    w = tls_weir()
+    status, body, c = get(w.tls_port, client_ctx(pki), "/headers")
+    assert status == 200
+    head = json.loads(body)
+    fields = {k.lower(): v for k, v in head["headers"]} if isinstance(head.get("headers"), list) \
+        else {k.lower(): v for k, v in head.get("headers", head).items()}
+    assert fields.get("x-forwarded-proto") == "https"
+    # keep-alive over the same TLS connection, and a 1 MiB body whose bytes arrive intact
+    for _ in range(5):
+        status, body, c = get(w.tls_port, None, "/bytes/1048576", conn=c)
+        assert status == 200 and body == pattern_bytes(1048576)
+    c.close()
+
+
+def test_upload_over_tls(tls_weir, pki):
+    w = tls_weir()
+    data = os.urandom(3 << 20)
+    c = http.client.HTTPSConnection("localhost", w.tls_port, context=client_ctx(pki),
+                                    timeout=WAIT)
+    c.request("POST", "/upload", body=data)
+    r = c.getresponse()
+    summary = json.loads(r.read())
+    assert r.status == 200
+    assert summary["body_len"] == len(data)
+    assert summary["body_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_sni_picks_the_certificate_by_its_names(tls_weir, pki):
+    w = tls_weir([pki.main, pki.other, pki.wild, pki.cn_only])
+    ctx = client_ctx(pki)
+    assert handshake(w.tls_port, ctx, "weir.test")[0] == der(pki.main[0])
+    assert handshake(w.tls_port, ctx, "OTHER.test")[0] == der(pki.other[0])
+    assert handshake(w.tls_port, ctx, "a.wild.test")[0] == der(pki.wild[0])
+    assert handshake(w.tls_port, ctx, "cn-only.test")[0] == der(pki.cn_only[0])
+    loose = client_ctx(pki, verify=False)
+    # a wildcard covers one label only; unknown names and no SNI get the first certificate
+    assert handshake(w.tls_port, loose, "a.b.wild.test")[0] == der(pki.main[0])
+    assert handshake(w.tls_port, loose, "unknown.test")[0] == der(pki.main[0])
+    assert handshake(w.tls_port, loose, None)[0] == der(pki.main[0])
+
+
+def test_default_certificate_and_reject_unknown_sni(tls_weir, pki):
+    w = tls_weir([pki.main, pki.other], extra=f"      default_certificate: {pki.other[0]}\n")
+    loose = client_ctx(pki, verify=False)
+    assert handshake(w.tls_port, loose, "unknown.test")[0] == der(pki.other[0])
+    assert handshake(w.tls_port, loose, "weir.test")[0] == der(pki.main[0])
+    r = tls_weir([pki.main], extra="      reject_unknown_sni: true\n")
+    assert handshake(r.tls_port, client_ctx(pki), "weir.test")[0] == der(pki.main[0])
+    for name in ("unknown.test", None):
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME|unrecognized name"):
+            handshake(r.tls_port, loose, name)
+
+
+def test_rsa_and_ecdsa_for_the_same_names(tls_weir, pki):
+    w = tls_weir([pki.main_rsa, pki.main])
+    for cipher, want in (("ECDHE-ECDSA-AES128-GCM-SHA256", pki.main),
+                         ("ECDHE-RSA-AES128-GCM-SHA256", pki.main_rsa)):
+        ctx = client_ctx(pki)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
+        assert handshake(w.tls_port, ctx, "weir.test")[0] == der(want[0]), cipher
+
+
+def test_protocols_and_defaults(tls_weir, pki):
+    w = tls_weir()
+    ctx = client_ctx(pki)
+    assert handshake(w.tls_port, ctx, "weir.test")[1] == "TLSv1.3"
+    ctx12 = client_ctx(pki)
+    ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+    assert handshake(w.tls_port, ctx12, "weir.test")[1] == "TLSv1.2"
+    only13 = tls_weir(extra="      protocols: [TLSv1.3]\n")
+    with pytest.raises(ssl.SSLError):
+        handshake(only13.tls_port, ctx12, "weir.test")
+    # a TLS 1.2 cipher outside the default policy (no forward secrecy) is refused
+    weak = client_ctx(pki)
+    weak.maximum_version = ssl.TLSVersion.TLSv1_2
+    weak.set_ciphers("AES128-GCM-SHA256")
+    with pytest.raises(ssl.SSLError):
+        handshake(w.tls_port, weak, "weir.test")
+
+
+def test_session_tickets_resume_unless_turned_off(tls_weir, pki):
+    for extra, resumed in (("", True), ("      session_tickets: false\n", False)):
+        w = tls_weir(extra=extra)
+        ctx = client_ctx(pki)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is known right after it
+        with socket.create_connection(("127.0.0.1", w.tls_port), timeout=WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="weir.test") as s:
+                session = s.session
+        with socket.create_connection(("127.0.0.1", w.tls_port), timeout=WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="weir.test", session=session) as s:
+                assert s.session_reused is resumed, extra
+
+
+def test_plain_http_on_a_tls_port_gets_a_clear_400(tls_weir, pki):
+    w = tls_weir()
+    with socket.create_connection(("127.0.0.1", w.tls_port), timeout=WAIT) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            part = s.recv(4096)
+            if not part:
+                break
+            data += part
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"plain HTTP request was sent to HTTPS port" in data
+    # and the listener still serves TLS
+    assert get(w.tls_port, client_ctx(pki))[0] == 200
+
+
+def test_a_bad_handshake_closes_only_that_connection(tls_weir, pki):
+    w = tls_weir()
+    with socket.create_connection(("127.0.0.1", w.tls_port), timeout=WAIT) as s:
+        s.sendall(b"\x16\x03\x01\x00\x05garbagegarbage")
+        s.settimeout(WAIT)
+        try:
+            while s.recv(4096):
+                pass
+        except ConnectionResetError:
+            pass
+    assert get(w.tls_port, client_ctx(pki))[0] == 200
+
+
+def config_error(tmp_path, pki, certs_yaml, extra=""):
+    text = ("listeners:\n  - address: 127.0.0.1:1\n    tls:\n      certificates:\n"
+            f"{certs_yaml}{extra}"
+            "routes:\n  - upstream: b\nupstreams:\n  b:\n    backends: [127.0.0.1:2]\n")
+    path, err = check_refuses(tmp_path, text)
+    return err.replace(str(path), "bad.yaml")
+
+
+def test_config_errors_point_at_the_key(tmp_path, pki):
+    main_c, main_k = pki.main
+    err = config_error(tmp_path, pki, f"        - cert: {pki.expired[0]}\n          key: {pki.expired[1]}\n")
+    assert "bad.yaml:5:17: error: listeners[0].tls.certificates[0].cert:" in err
+    assert "has expired" in err
+    err = config_error(tmp_path, pki, f"        - cert: {main_c}\n          key: {pki.other[1]}\n")
+    assert "bad.yaml:6:16: error: listeners[0].tls.certificates[0].key:" in err
+    assert "does not match" in err
+    err = config_error(tmp_path, pki, f"        - cert: /nonexistent/c.pem\n          key: {main_k}\n")
+    assert "listeners[0].tls.certificates[0].cert: cannot read /nonexistent/c.pem" in err
+    err = config_error(tmp_path, pki, f"        - cert: {main_k}\n          key: {main_k}\n")
+    assert "holds no PEM certificate" in err
+    good = f"        - cert: {main_c}\n          key: {main_k}\n"
+    err = config_error(tmp_path, pki, good, "      protocols: [TLSv1.1, TLSv1.2]\n")
+    assert "bad.yaml:7:19: error: listeners[0].tls.protocols[0]: TLSv1.1 is not supported" in err
+    err = config_error(tmp_path, pki, good, "      ciphers: NOSUCHCIPHER\n")
+    assert "bad.yaml:7:16: error: listeners[0].tls.ciphers: OpenSSL takes no ciphers" in err
+    err = config_error(tmp_path, pki, good, "      curves: P-999\n")
+    assert "listeners[0].tls.curves:" in err
+    err = config_error(tmp_path, pki, good, "      default_certificate: /x.pem\n")
+    assert "listeners[0].tls.default_certificate: '/x.pem' is not the cert of any" in err
+    err = config_error(tmp_path, pki, "", "")
+    assert "listeners[0].tls.certificates" in err
+
+
+# ---- upstream TLS ----
+
+class TlsOrigin:
+    """An HTTPS origin (Python ssl, one thread per connection, keep-alive): answers every
+    request with a JSON object of the SNI it was sent, the client certificate's subject CN
+    (when one was presented) and the connection's number, so tests see what weir presented."""
+
+    def __init__(self, cert, key, client_ca=None, require_client=False):
+        import threading
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        if client_ca:
+            self.ctx.load_verify_locations(client_ca)
+            self.ctx.verify_mode = ssl.CERT_REQUIRED if require_client else ssl.CERT_OPTIONAL
+        self.snis = []
+        self.ctx.sni_callback = lambda s, name, c: self.snis.append(name)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.handshake_errors = []
+        self.stopping = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.stopping:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, raw):
+        raw.settimeout(WAIT)
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            self.handshake_errors.append(str(e))
+            raw.close()
+            return
+        self.connections += 1
+        n = self.connections
+        cert = s.getpeercert()
+        cn = ""
+        for rdn in (cert or {}).get("subject", ()):
+            for k, v in rdn:
+                if k == "commonName":
+                    cn = v
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    part = s.recv(65536)
+                    if not part:
+                        return
+                    buf += part
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                hdrs = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+                body = json.dumps({"sni": s.server_hostname if hasattr(s, "server_hostname")
+                                   else None, "snis": self.snis[-1:], "client_cn": cn,
+                                   "conn": n, "target": lines[0].split(" ")[1],
+                                   "host": hdrs.get("host")}).encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            s.close()
+
+    def stop(self):
+        self.stopping = True
+        self.sock.close()
+
+
+@pytest.fixture
+def tls_origin(pki):
+    started = []
+
+    def start(cert=None, **kw):
+        c, k = cert or pki.upstream
+        o = TlsOrigin(c, k, **kw)
+        started.append(o)
+        return o
+    yield start
+    for o in started:
+        o.stop()
+
+
+def upstream_config(port, origin_port, tls_yaml, routes=None):
+    routes = routes or "  - upstream: b\n"
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            f"routes:\n{routes}"
+            f"upstreams:\n  b:\n    backends: [127.0.0.1:{origin_port}]\n    tls:\n{tls_yaml}")
+
+
+def plain_get(port, path="/"):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def test_upstream_tls_sends_the_sni_independent_of_the_address(weir, pki, tls_origin):
+    o = tls_origin()
+    port = free_port()
+    w = weir(upstream_config(port, o.port, f"      sni: secure.api.endpoint\n      ca: {pki.ca}\n"),
+             port=port)
+    for _ in range(3):
+        status, body = plain_get(port, "/x")
+        assert status == 200, body
+        got = json.loads(body)
+        assert got["snis"] == ["secure.api.endpoint"]
+        assert got["target"] == "/x"
+    # the TLS connection was pooled and reused
+    assert o.connections <= 2
+    assert "failed" not in w.stderr()
+
+
+def test_upstream_verification_failures_are_502s_with_the_reason(weir, pki, tls_origin):
+    cases = [
+        # the certificate is for secure.api.endpoint, the SNI asks for another name
+        (pki.upstream, f"      sni: wrong.test\n      ca: {pki.ca}\n", "hostname mismatch"),
+        # a CA that did not sign it
+        (pki.upstream, f"      sni: secure.api.endpoint\n      ca: {pki.other[0]}\n",
+         "unable to get local issuer certificate"),
+        # no SNI: the address itself must be in the certificate
+        (pki.upstream, f"      ca: {pki.ca}\n", "IP address mismatch"),
+    ]
+    for cert, tls_yaml, reason in cases:
+        o = tls_origin(cert)
+        port = free_port()
+        w = weir(upstream_config(port, o.port, tls_yaml), port=port)
+        status, _ = plain_get(port)
+        assert status == 502, tls_yaml
+        assert reason in w.stderr(), w.stderr()
+        assert "certificate verify failed" in w.stderr()
+
+
+def test_upstream_verify_name_and_verify_off(weir, pki, tls_origin):
+    o = tls_origin()
+    port = free_port()
+    weir(upstream_config(port, o.port, f"      sni: other.name\n      verify_name: "
+                                       f"secure.api.endpoint\n      ca: {pki.ca}\n"), port=port)
+    status, body = plain_get(port)
+    assert status == 200 and json.loads(body)["snis"] == ["other.name"]
+    port2 = free_port()
+    weir(upstream_config(port2, o.port, "      sni: wrong.test\n      verify: false\n"),
+         port=port2)
+    assert plain_get(port2)[0] == 200
+
+
+def test_upstream_client_certificate(weir, pki, tls_origin):
+    o = tls_origin(client_ca=pki.ca, require_client=True)
+    port = free_port()
+    weir(upstream_config(port, o.port, f"      sni: secure.api.endpoint\n      ca: {pki.ca}\n"
+                                       f"      client_cert: {pki.client[0]}\n"
+                                       f"      client_key: {pki.client[1]}\n"), port=port)
+    status, body = plain_get(port)
+    assert status == 200, body
+    assert json.loads(body)["client_cn"] == "client-admin"
+    # without it the origin refuses the handshake: 502
+    port2 = free_port()
+    weir(upstream_config(port2, o.port, f"      sni: secure.api.endpoint\n      ca: {pki.ca}\n"),
+         port=port2)
+    assert plain_get(port2)[0] == 502
+
+
+def test_upstream_tls_config_errors(tmp_path, pki):
+    def refuse(tls_yaml):
+        path, err = check_refuses(tmp_path, upstream_config(1, 2, tls_yaml))
+        return err.replace(str(path), "bad.yaml")
+    err = refuse("      ca: /nonexistent.pem\n")
+    assert "upstreams.b.tls.ca: cannot read /nonexistent.pem" in err
+    err = refuse(f"      ca: {pki.upstream[1]}\n")
+    assert "upstreams.b.tls.ca:" in err and "holds no PEM certificate" in err
+    err = refuse(f"      client_cert: {pki.client[0]}\n")
+    assert "upstreams.b.tls.client_cert: client_cert and client_key go together" in err
+    err = refuse(f"      client_cert: {pki.client[0]}\n      client_key: {pki.other[1]}\n")
+    assert "upstreams.b.tls.client_key:" in err and "does not match" in err
+    err = refuse("      sni: 'bad name'\n")
+    assert "upstreams.b.tls.sni: expected a host name" in err
