@@ -70,7 +70,8 @@ static void certificates_value(struct weir__cfg_ctx *c, const struct weir__cfg_f
     }
     struct weir_cfg_tls_certificate *certs = weir__cfg_keep_array(c, seq->n, sizeof(*certs));
     struct loaded *l = weir_arena_calloc(c->tmp, sizeof(*l));
-    struct weir__tls_cert **cv = weir_arena_calloc(c->tmp, seq->n * sizeof(struct weir__tls_cert *));
+    struct weir__tls_cert **cv =
+        weir_arena_calloc(c->tmp, seq->n * sizeof(struct weir__tls_cert *));
     if (certs == NULL || l == NULL || cv == NULL ||
         weir_arena_cleanup_add(c->tmp, free_loaded, l) != 0) {
         c->oom = true;
@@ -137,8 +138,7 @@ static void protocols_value(struct weir__cfg_ctx *c, const struct weir__cfg_fram
     }
 }
 
-static bool list_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *kind,
-                    const char *s)
+static bool list_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *kind, const char *s)
 {
     char why[WEIR_TLS_ERRMAX];
     if (weir__tls_check_list(kind, s, why)) {
@@ -218,16 +218,14 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
 static const struct weir__cfg_key tls_keys[] = {
     {"certificates", WEIR__CFG_T_CUSTOM, WEIR__CFG_REQUIRED, .parse = certificates_value,
      .sub = &cert_section},
-    WEIR__CFG_STRING("default_certificate", LT(default_certificate), "a certificates[].cert",
-                     NULL),
+    WEIR__CFG_STRING("default_certificate", LT(default_certificate), "a certificates[].cert", NULL),
     WEIR__CFG_BOOL("reject_unknown_sni", LT(reject_unknown_sni), false),
     WEIR__CFG_CUSTOM("protocols", WEIR__CFG_VALUE, protocols_value),
     {"ciphers", WEIR__CFG_T_STRING, 0, LT(ciphers), .what = "an OpenSSL cipher list",
      .valid = ciphers_ok},
     {"ciphersuites", WEIR__CFG_T_STRING, 0, LT(ciphersuites), .what = "TLS 1.3 suites",
      .valid = suites_ok},
-    {"curves", WEIR__CFG_T_STRING, 0, LT(curves), .what = "a list of groups",
-     .valid = curves_ok},
+    {"curves", WEIR__CFG_T_STRING, 0, LT(curves), .what = "a list of groups", .valid = curves_ok},
     WEIR__CFG_BOOL("session_tickets", LT(session_tickets), true),
 };
 
@@ -306,9 +304,9 @@ static const struct weir__cfg_key client_keys[] = {
     WEIR__CFG_STRING("client_key", UT(client_key), "a PEM file path", NULL),
 };
 
-const struct weir__cfg_section weir__cfg_upstream_tls = WEIR__CFG_TABLE(
-    "a mapping of upstream TLS settings (sni, verify, ca, client_cert...)", client_keys,
-    client_build);
+const struct weir__cfg_section weir__cfg_upstream_tls =
+    WEIR__CFG_TABLE("a mapping of upstream TLS settings (sni, verify, ca, client_cert...)",
+                    client_keys, client_build);
 
 void weir__cfg_upstream_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                                   const struct ynode *v)

@@ -426,7 +426,8 @@ int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
                          char why[WEIR_TLS_ERRMAX])
 {
     struct weir__tls_server *srv = weir__calloc(1, sizeof(*srv));
-    struct weir__tls_cert **mine = weir__calloc(ncerts ? ncerts : 1, sizeof(struct weir__tls_cert *));
+    struct weir__tls_cert **mine =
+        weir__calloc(ncerts ? ncerts : 1, sizeof(struct weir__tls_cert *));
     if (srv == NULL || mine == NULL) {
         weir__free(srv);
         weir__free(mine);

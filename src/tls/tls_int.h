@@ -16,7 +16,7 @@ struct weir__tls_cert {
     X509 *leaf;
     STACK_OF(X509) * chain; /* intermediates, leaf excluded */
     EVP_PKEY *key;
-    int key_type; /* EVP_PKEY_RSA, EVP_PKEY_EC, ... */
+    int key_type;                    /* EVP_PKEY_RSA, EVP_PKEY_EC, ... */
     char *names[WEIR_TLS_MAX_NAMES]; /* lower case; "*.x" for a wildcard */
     size_t nnames;
 };
