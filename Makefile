@@ -48,7 +48,8 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(
 # Plus the load balancer (sets shared by workers, updated under RCU), the shared pool tier,
 # the health-check and discovery threads.
 # And the abuse limits (counters shared by every worker), timeouts, rejections (lingering
-# closes), the fault suite (client aborts, panic mode) and response buffering.
+# closes), the fault suite (client aborts, panic mode), response buffering, and TLS (contexts
+# shared by every worker, pooled TLS connections moving between workers through the shared tier).
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py test_abuse.py \
 	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py
@@ -62,7 +63,8 @@ MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_uploa
 	get_through_config or graceful_signal or sigterm_with_idle or sigint_exits or \
 	killing_a_backend or backup_used or consistent_hash_missing or failing_backend_out_and_back or \
 	test_rejections or test_faults or test_defaults or panic_mode or test_buffering or \
-	forwarded_as_https or sni_picks_the or plain_http_on or bad_handshake_closes
+	forwarded_as_https or sni_picks_the or plain_http_on or bad_handshake_closes or \
+	upstream_tls_sends_the_sni or upstream_client_certificate or upstream_verification
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -62,7 +62,8 @@ static void make_cert(const char *san, char *cert_path, char *key_path)
     FILE *cf = fdopen(cfd, "w");
     FILE *kf = fdopen(kfd, "w");
     trap_if(cf == NULL || kf == NULL);
-    trap_if(PEM_write_X509(cf, x) != 1 || PEM_write_PrivateKey(kf, key, NULL, NULL, 0, NULL, NULL) != 1);
+    trap_if(PEM_write_X509(cf, x) != 1 ||
+            PEM_write_PrivateKey(kf, key, NULL, NULL, 0, NULL, NULL) != 1);
     fclose(cf);
     fclose(kf);
     X509_free(x);
@@ -81,8 +82,8 @@ static void setup(void)
         char why[WEIR_TLS_ERRMAX];
         trap_if(weir__tls_cert_load(c1, k1, &certs[0], &part, why) != 0);
         trap_if(weir__tls_cert_load(c2, k2, &certs[1], &part, why) != 0);
-        struct weir__tls_server_opts o = {WEIR_TLS_V12, WEIR_TLS_V13, NULL, NULL, NULL,
-                                          true,         r == 1,       0};
+        struct weir__tls_server_opts o = {WEIR_TLS_V12, WEIR_TLS_V13, NULL,   NULL,
+                                          NULL,         true,         r == 1, 0};
         trap_if(weir__tls_server_new(certs, 2, &o, &servers[r], why) != 0);
     }
     unlink(c1);

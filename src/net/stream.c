@@ -23,6 +23,18 @@ void weir__outq_push(struct weir__outq *q, const void *base, size_t len)
     q->n++;
 }
 
+void weir__outq_consume(struct weir__outq *q, size_t n)
+{
+    while (q->i < q->n && n >= q->v[q->i].iov_len) {
+        n -= q->v[q->i].iov_len;
+        q->i++;
+    }
+    if (q->i < q->n) {
+        q->v[q->i].iov_base = (char *)q->v[q->i].iov_base + n;
+        q->v[q->i].iov_len -= n;
+    }
+}
+
 size_t weir__outq_len(const struct weir__outq *q)
 {
     size_t n = 0;
@@ -94,15 +106,7 @@ ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q)
             return -errno;
         }
         total += (size_t)n;
-        size_t left = (size_t)n;
-        while (q->i < q->n && left >= q->v[q->i].iov_len) {
-            left -= q->v[q->i].iov_len;
-            q->i++;
-        }
-        if (q->i < q->n) {
-            q->v[q->i].iov_base = (char *)q->v[q->i].iov_base + left;
-            q->v[q->i].iov_len -= left;
-        }
+        weir__outq_consume(q, (size_t)n);
     }
     weir__outq_reset(q);
     return (ssize_t)total;

@@ -81,6 +81,9 @@ static inline void weir__outq_reset(struct weir__outq *q)
  */
 void weir__outq_push(struct weir__outq *q, const void *base, size_t len);
 
+/** Marks the first n bytes of q written. */
+void weir__outq_consume(struct weir__outq *q, size_t n);
+
 /** Bytes still to write. */
 size_t weir__outq_len(const struct weir__outq *q);
 

@@ -170,19 +170,6 @@ ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len)
     }
 }
 
-/* Advances q past n written bytes. */
-static void consume(struct weir__outq *q, size_t n)
-{
-    while (q->i < q->n && n >= q->v[q->i].iov_len) {
-        n -= q->v[q->i].iov_len;
-        q->i++;
-    }
-    if (q->i < q->n) {
-        q->v[q->i].iov_base = (char *)q->v[q->i].iov_base + n;
-        q->v[q->i].iov_len -= n;
-    }
-}
-
 /*
  * The bytes to hand SSL_write next: a large first range as it is, else the first COALESCE
  * bytes of the queue copied into tmp. A retry after a blocked write sees the same queue (it only
@@ -216,7 +203,7 @@ ssize_t weir__tls_flush(struct weir__stream *st, struct weir__outq *q)
         int ok = SSL_write_ex(st->ssl, p, len, &wrote);
         if (ok == 1) {
             total += wrote;
-            consume(q, wrote);
+            weir__outq_consume(q, wrote);
             continue;
         }
         switch (SSL_get_error(st->ssl, ok)) {
