@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -42,6 +43,30 @@ void weir__tls_why(char why[WEIR_TLS_ERRMAX], const char *what)
 }
 
 /* ---- certificates ---- */
+
+/*
+ * Opens a PEM file for reading: a regular file of at most WEIR_TLS_PEM_MAX bytes (a device
+ * or a FIFO named by mistake would block the loader, a huge file would eat its memory).
+ */
+static BIO *open_pem(const char *file, char why[WEIR_TLS_ERRMAX])
+{
+    struct stat stt;
+    if (stat(file, &stt) != 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
+        return NULL;
+    }
+    if (!S_ISREG(stt.st_mode) || stt.st_size > WEIR_TLS_PEM_MAX) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s is not a regular file of at most %d MiB", file,
+                       WEIR_TLS_PEM_MAX >> 20);
+        return NULL;
+    }
+    BIO *b = BIO_new_file(file, "r");
+    if (b == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
+        ERR_clear_error();
+    }
+    return b;
+}
 
 static int add_name(struct weir__tls_cert *c, const char *s, size_t len)
 {
@@ -89,10 +114,8 @@ static int collect_names(struct weir__tls_cert *c)
 
 static int read_chain(const char *file, struct weir__tls_cert *c, char why[WEIR_TLS_ERRMAX])
 {
-    BIO *b = BIO_new_file(file, "r");
+    BIO *b = open_pem(file, why);
     if (b == NULL) {
-        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
-        ERR_clear_error();
         return WEIR_EINVAL;
     }
     int rc = 0;
@@ -125,10 +148,8 @@ out:
 
 static int read_key(const char *file, struct weir__tls_cert *c, char why[WEIR_TLS_ERRMAX])
 {
-    BIO *b = BIO_new_file(file, "r");
+    BIO *b = open_pem(file, why);
     if (b == NULL) {
-        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
-        ERR_clear_error();
         return WEIR_EINVAL;
     }
     c->key = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
@@ -501,10 +522,8 @@ static SSL_CTX *client_ctx_new(char why[WEIR_TLS_ERRMAX])
 /* Loads a CA bundle into ctx's store; a file with no certificate is an error. */
 static int load_ca(SSL_CTX *ctx, const char *file, char why[WEIR_TLS_ERRMAX])
 {
-    BIO *b = BIO_new_file(file, "r");
+    BIO *b = open_pem(file, why);
     if (b == NULL) {
-        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
-        ERR_clear_error();
         return WEIR_EINVAL;
     }
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);

@@ -9,6 +9,9 @@
 
 #include "tls/tls.h"
 
+/* The largest PEM file (certificate chain, key, CA bundle) weir reads. */
+#define WEIR_TLS_PEM_MAX (16 << 20)
+
 /* Names kept per certificate (SAN DNS entries past this are ignored for SNI). */
 #define WEIR_TLS_MAX_NAMES 256
 

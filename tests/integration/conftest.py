@@ -17,6 +17,7 @@ import time
 import pytest
 
 from origin import Origin, HttpOrigin  # noqa: F401  (re-exported for tests)
+import tls_pki
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEIR_BIN = os.environ.get("WEIR_BIN", os.path.join(ROOT, "build", "weir"))
@@ -330,6 +331,154 @@ def nginx_origin(tmp_path):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+
+@pytest.fixture(scope="session")
+def session_pki(tmp_path_factory):
+    """The test PKI (tls_pki.build_pki), built once per session: attributes are file paths."""
+    return tls_pki.build_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def pki(session_pki):
+    """session_pki under its short name (a module may define its own `pki`; fixtures here use
+    session_pki so such an override does not reach them)."""
+    return session_pki
+
+
+NGINX_TLS_CONF = """
+daemon off;
+user {user};
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        server_name secure.api.endpoint;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+{client_auth}
+        # Inherited by every location that sets no add_header of its own; `always` keeps them
+        # on the 403s too.
+        add_header X-SNI $ssl_server_name always;
+        add_header X-Client-DN $ssl_client_s_dn always;
+        add_header X-Client-Verify $ssl_client_verify always;
+        add_header X-Proto $ssl_protocol always;
+        client_max_body_size 0;
+        location / {{
+            return 200 "nginx-tls $request_method $request_uri\\n";
+        }}
+{locations}
+    }}
+}}
+"""
+
+NGINX_TLS_CLIENT_AUTH = """
+        ssl_client_certificate {client_ca};
+        ssl_verify_client {verify_client};
+        ssl_verify_depth 2;
+        location /secure_admin {{
+            if ($ssl_client_s_dn !~ "(^|,)CN=admin(,|$)") {{
+                return 403 "nginx-tls forbidden $request_uri\\n";
+            }}
+            return 200 "nginx-tls admin $request_method $request_uri\\n";
+        }}
+        location /need_cert {{
+            if ($ssl_client_verify != SUCCESS) {{
+                return 403 "nginx-tls no client cert $request_uri\\n";
+            }}
+            return 200 "nginx-tls cert $request_method $request_uri\\n";
+        }}
+"""
+
+
+@pytest.fixture
+def nginx_tls_origin(tmp_path, session_pki):
+    """A factory start(client_ca=None, cert=None, key=None, locations=None,
+    verify_client="optional") that launches nginx with `listen 127.0.0.1:PORT ssl` and returns
+    an object with .port, .prefix and .error_log(); every nginx started is stopped at teardown.
+
+    The default certificate is upstream_cert/key of session_pki (SAN secure.api.endpoint, signed
+    by its ca). Every response is `nginx-tls $request_method $request_uri` with the headers X-SNI
+    ($ssl_server_name), X-Client-DN ($ssl_client_s_dn), X-Client-Verify ($ssl_client_verify)
+    and X-Proto ($ssl_protocol). With client_ca (a CA file): ssl_verify_client verify_client
+    (optional: a client may send no cert, but one that fails verification gets nginx's 400 "The
+    SSL certificate error"; optional_no_ca lets it through with X-Client-Verify FAILED:...),
+    /secure_admin is 403 unless the client DN has CN=admin, /need_cert is 403 unless
+    $ssl_client_verify is SUCCESS. locations: extra nginx text inside the server block (more
+    location blocks; `location /` is already there).
+    """
+    nginx = "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        pytest.fail("nginx is not installed (scripts/deps.sh installs nginx-light)")
+    import pwd
+    user = pwd.getpwuid(os.getuid()).pw_name
+    pki = session_pki
+    started = []
+
+    def start(client_ca=None, cert=None, key=None, locations=None, verify_client="optional"):
+        prefix = tmp_path / f"nginx-tls-{len(started)}"
+        prefix.mkdir()
+        port = free_port()
+        client_auth = ""
+        if client_ca:
+            client_auth = NGINX_TLS_CLIENT_AUTH.format(client_ca=client_ca,
+                                                       verify_client=verify_client)
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_TLS_CONF.format(
+            prefix=prefix, port=port, user=user, cert=cert or pki.upstream_cert,
+            key=key or pki.upstream_key, client_auth=client_auth, locations=locations or ""))
+        proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        class N:
+            def error_log(self):
+                path = prefix / "error.log"
+                return path.read_text(errors="replace") if path.exists() else ""
+
+        n = N()
+        n.port, n.prefix, n.proc = port, prefix, proc
+        started.append(n)
+
+        def listening():
+            if proc.poll() is not None:
+                return True
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        # Bounded, and a config nginx refuses fails at once instead of after the timeout.
+        if not wait_for(listening, 10) or proc.poll() is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise AssertionError("nginx (tls) did not start: " + proc.stderr.read().decode()
+                                 + n.error_log())
+        return n
+
+    yield start
+    for n in started:
+        if n.proc.poll() is None:
+            n.proc.terminate()
+        try:
+            n.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            n.proc.kill()
+            n.proc.wait()
+        n.proc.stderr.close()
 
 
 def raw_exchange(port, data, timeout=5.0, read_until_close=True, half_close=False):

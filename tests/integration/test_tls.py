@@ -273,6 +273,8 @@ def test_config_errors_point_at_the_key(tmp_path, pki):
     assert "listeners[0].tls.certificates[0].cert: cannot read /nonexistent/c.pem" in err
     err = config_error(tmp_path, pki, f"        - cert: {main_k}\n          key: {main_k}\n")
     assert "holds no PEM certificate" in err
+    err = config_error(tmp_path, pki, f"        - cert: /dev/zero\n          key: {main_k}\n")
+    assert "/dev/zero is not a regular file" in err
     good = f"        - cert: {main_c}\n          key: {main_k}\n"
     err = config_error(tmp_path, pki, good, "      protocols: [TLSv1.1, TLSv1.2]\n")
     assert "bad.yaml:7:19: error: listeners[0].tls.protocols[0]: TLSv1.1 is not supported" in err
@@ -471,3 +473,29 @@ def test_upstream_tls_config_errors(tmp_path, pki):
     assert "upstreams.b.tls.client_key:" in err and "does not match" in err
     err = refuse("      sni: 'bad name'\n")
     assert "upstreams.b.tls.sni: expected a host name" in err
+
+
+def test_upstream_tls_to_nginx_sni_and_client_certificate(weir, session_pki, nginx_tls_origin):
+    """nginx as the TLS origin: it sees the SNI weir was told to send (not the address weir
+    connects to) and the client certificate weir presents, and enforces both."""
+    p = session_pki
+    n = nginx_tls_origin(client_ca=p.client_ca)
+    port = free_port()
+    weir(upstream_config(port, n.port, f"      sni: secure.api.endpoint\n      ca: {p.ca}\n"
+                                       f"      client_cert: {p.client_admin_cert}\n"
+                                       f"      client_key: {p.client_admin_key}\n"), port=port)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    c.request("GET", "/secure_admin")
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200, body
+    assert r.getheader("X-SNI") == "secure.api.endpoint"
+    assert r.getheader("X-Client-Verify") == "SUCCESS"
+    assert "CN=admin" in r.getheader("X-Client-DN")
+    # another identity (the user certificate) is refused by nginx's rule, not by weir
+    port2 = free_port()
+    weir(upstream_config(port2, n.port, f"      sni: secure.api.endpoint\n      ca: {p.ca}\n"
+                                        f"      client_cert: {p.client_user_cert}\n"
+                                        f"      client_key: {p.client_user_key}\n"), port=port2)
+    assert plain_get(port2, "/secure_admin")[0] == 403
+    assert plain_get(port2, "/need_cert")[0] == 200
