@@ -52,11 +52,11 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(
 # shared by every worker, pooled TLS connections moving between workers through the shared tier).
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py test_abuse.py \
-	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py
+	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py test_mtls.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
 MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py \
-	test_rejections.py test_faults.py test_defaults.py test_buffering.py test_tls.py
+	test_rejections.py test_faults.py test_defaults.py test_buffering.py test_tls.py test_mtls.py
 MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
 	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
 	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
@@ -64,7 +64,8 @@ MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_uploa
 	killing_a_backend or backup_used or consistent_hash_missing or failing_backend_out_and_back or \
 	test_rejections or test_faults or test_defaults or panic_mode or test_buffering or \
 	forwarded_as_https or sni_picks_the or plain_http_on or bad_handshake_closes or \
-	upstream_tls_sends_the_sni or upstream_client_certificate or upstream_verification
+	upstream_tls_sends_the_sni or upstream_client_certificate or upstream_verification or \
+	required_lets_in or forged_certificate or resumed_session_keeps or hooks_see_the
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -82,9 +82,14 @@ static void setup(void)
         char why[WEIR_TLS_ERRMAX];
         trap_if(weir__tls_cert_load(c1, k1, &certs[0], &part, why) != 0);
         trap_if(weir__tls_cert_load(c2, k2, &certs[1], &part, why) != 0);
-        struct weir__tls_server_opts o = {WEIR_TLS_V12, WEIR_TLS_V13, NULL,   NULL,
-                                          NULL,         true,         r == 1, 0};
-        trap_if(weir__tls_server_new(certs, 2, &o, &servers[r], why) != 0);
+        struct weir__tls_server_opts o = {
+            .min_version = WEIR_TLS_V12,
+            .max_version = WEIR_TLS_V13,
+            .session_tickets = true,
+            .reject_unknown_sni = r == 1,
+        };
+        enum weir__tls_server_part sp;
+        trap_if(weir__tls_server_new(certs, 2, &o, &servers[r], &sp, why) != 0);
     }
     unlink(c1);
     unlink(k1);

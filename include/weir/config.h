@@ -104,6 +104,23 @@ struct weir_cfg_resolver {
     uint32_t retry_ms;   /**< a failed lookup is tried again after this; default 5000 */
 };
 
+/**
+ * server.forwarded_headers.client_cert_headers: which header carries which part of a TLS
+ * client's certificate upstream. The names are stripped from every request first, on every
+ * listener, so a client cannot forge them; the identity fields are sent only for a
+ * certificate that verified.
+ */
+struct weir_cfg_client_cert_headers {
+    const char *verify;      /**< SUCCESS, FAILED:reason or NONE (any TLS connection) */
+    const char *subject;     /**< the subject DN, RFC 2253 */
+    const char *issuer;      /**< the issuer DN, RFC 2253 */
+    const char *sans;        /**< subject alternative names, "DNS:a, URI:b, ..." */
+    const char *serial;      /**< the serial number, hex */
+    const char *fingerprint; /**< SHA-256 of the DER certificate, hex */
+    const char *cert;        /**< the PEM certificate, URL-encoded (nginx's escaped cert) */
+    unsigned n;              /**< how many of the above are set */
+};
+
 /** server: section. */
 struct weir_cfg_server {
     uint32_t threads;      /**< workers per proxy service; default = online cores */
@@ -125,6 +142,9 @@ struct weir_cfg_server {
     bool x_forwarded_for;             /**< add X-Forwarded-For (default true) */
     bool x_forwarded_proto;           /**< add X-Forwarded-Proto (default true) */
     bool via;                         /**< add Via (default true) */
+    /** forwarded_headers.client_cert_headers: the header names (NULL: not sent) that carry a
+        TLS client's certificate upstream; every one is removed from every incoming request */
+    struct weir_cfg_client_cert_headers client_cert_headers;
     struct weir_cfg_limits limits;
     struct weir_cfg_timeouts timeouts;
     struct weir_cfg_resolver resolver;
@@ -142,6 +162,24 @@ struct weir_cfg_tls_certificate {
 
 struct weir__tls_server;
 
+/** listeners[].tls.client_auth.mode: whether clients are asked for a certificate (mTLS). */
+enum weir_cfg_client_auth_mode {
+    WEIR_CLIENT_AUTH_OFF = 0,  /**< not asked (the default) */
+    WEIR_CLIENT_AUTH_OPTIONAL, /**< asked; a client without one, or with one that fails
+                                    verification, is let in and its result recorded */
+    WEIR_CLIENT_AUTH_REQUIRED, /**< a verified certificate or no handshake */
+};
+
+/** listeners[].tls.client_auth: client certificates (mTLS). */
+struct weir_cfg_tls_client_auth {
+    enum weir_cfg_client_auth_mode mode;
+    const char *ca;        /**< PEM bundle of the CAs client certificates must chain to */
+    const char *crl;       /**< PEM file of revocation lists checked for the client's
+                                certificate; NULL: none */
+    uint32_t verify_depth; /**< intermediate CAs allowed between the client's certificate and
+                                a CA of ca (0: signed by one directly); default 1 */
+};
+
 /** listeners[].tls: TLS termination. */
 struct weir_cfg_listener_tls {
     bool enabled; /**< the key is present */
@@ -154,6 +192,7 @@ struct weir_cfg_listener_tls {
     const char *ciphersuites;        /**< TLS 1.3 suites; NULL: OpenSSL's defaults */
     const char *curves;              /**< key exchange groups; NULL: X25519:P-256:P-384 */
     bool session_tickets;            /**< stateless resumption; default true */
+    struct weir_cfg_tls_client_auth client_auth;
     /** The context built from the above when the config was loaded (private to weir). */
     struct weir__tls_server *server;
 };

@@ -18,6 +18,7 @@
 #include "weir/loop.h"
 #include "weir/mem.h"
 #include "weir/peer.h"
+#include "weir/tls.h"
 
 WEIR_BEGIN_DECLS
 
@@ -117,6 +118,13 @@ WEIR_EXTERN const struct weir_config *weir_session_config(const struct weir_sess
 WEIR_EXTERN const struct sockaddr *weir_session_client_addr(const struct weir_session *s);
 /** The client's IP as text. */
 WEIR_EXTERN struct weir_iov weir_session_client_ip(const struct weir_session *s);
+/**
+ * The client connection's TLS parameters and client certificate (computed on the first call
+ * for a connection, then kept with it), or NULL for a connection without TLS. When they
+ * cannot be had (out of memory, or the client closed while the request was suspended before
+ * any call) the result says so: verify "FAILED:unavailable", no certificate, empty strings.
+ */
+WEIR_EXTERN const struct weir_tls_info *weir_session_tls(struct weir_session *s);
 /** The ctx new_ctx returned. */
 WEIR_EXTERN void *weir_session_ctx(const struct weir_session *s);
 /** The peer chosen by upstream_peer (NULL before). */

@@ -14,6 +14,7 @@
 #include "weir/peer.h"
 #include "weir/proxy.h"
 #include "weir/server.h"
+#include "weir/tls.h"
 #include "weir/version.h"
 
 #endif

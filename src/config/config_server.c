@@ -4,21 +4,106 @@
  * (access_log's "off", the resolver's server list, min_ttl against max_ttl).
  */
 #include <string.h>
+#include <strings.h>
 
 #include "config/config_int.h"
+#include "http/head.h"
 
 /* --- server.forwarded_headers, server.upstream_pool: fields of struct weir_cfg_server --- */
 
 #define SRV(f) WEIR__CFG_AT(struct weir_cfg_server, f)
 
+/* --- server.forwarded_headers.client_cert_headers: header names --- */
+
+/* Fields weir itself writes or that frame the message: never a certificate header. */
+static const char *const reserved_names[] = {
+    "Host",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Keep-Alive",
+    "TE",
+    "Trailer",
+    "Upgrade",
+    "Expect",
+    "Via",
+    "Cookie",
+    "Authorization",
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+};
+
+static bool header_name_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 128 || !weir__http_is_token((struct weir_iov){s, n})) {
+        char shown[WEIR__CFG_DESCRIBE_MAX];
+        weir__cfg_err(c, v, "expected a header name (letters, digits, '-'), got %s",
+                      weir__cfg_describe(v, shown, sizeof(shown)));
+        return false;
+    }
+    for (size_t i = 0; i < sizeof(reserved_names) / sizeof(reserved_names[0]); i++) {
+        if (strcasecmp(s, reserved_names[i]) == 0 || strncasecmp(s, "Proxy-", 6) == 0) {
+            weir__cfg_err(c, v, "%s is not for client certificates (weir or HTTP itself sets it)",
+                          s);
+            return false;
+        }
+    }
+    return true;
+}
+
+#define CCH(f) WEIR__CFG_AT(struct weir_cfg_client_cert_headers, f)
+#define CERT_HEADER(key, f)                                                                        \
+    {                                                                                              \
+        (key), WEIR__CFG_T_STRING, 0, CCH(f), .what = "a header name", .valid = header_name_ok     \
+    }
+
+static const struct weir__cfg_key cert_header_keys[] = {
+    CERT_HEADER("verify", verify), CERT_HEADER("subject", subject),
+    CERT_HEADER("issuer", issuer), CERT_HEADER("sans", sans),
+    CERT_HEADER("serial", serial), CERT_HEADER("fingerprint", fingerprint),
+    CERT_HEADER("cert", cert),
+};
+
+/* The names in use, each once (one header cannot carry two fields). */
+static void cert_headers_check(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    struct weir_cfg_client_cert_headers *h = f->obj;
+    const char *v[] = {h->verify, h->subject,     h->issuer, h->sans,
+                       h->serial, h->fingerprint, h->cert};
+    h->n = 0;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        if (v[i] == NULL) {
+            continue;
+        }
+        h->n++;
+        for (size_t j = 0; j < i; j++) {
+            if (v[j] != NULL && strcasecmp(v[i], v[j]) == 0) {
+                const char *key = cert_header_keys[i].name;
+                size_t old = weir__cfg_path_key(c, key);
+                weir__cfg_err(c, weir__cfg_value(f, key), "%s is already the header of %s", v[i],
+                              cert_header_keys[j].name);
+                weir__cfg_path_pop(c, old);
+            }
+        }
+    }
+}
+
+static const struct weir__cfg_section cert_headers_section = WEIR__CFG_TABLE(
+    "a mapping of certificate fields (verify, subject, issuer, sans, serial, fingerprint, cert) "
+    "to header names",
+    cert_header_keys, cert_headers_check);
+
 static const struct weir__cfg_key forwarded_keys[] = {
     WEIR__CFG_BOOL("x_forwarded_for", SRV(x_forwarded_for), true),
     WEIR__CFG_BOOL("x_forwarded_proto", SRV(x_forwarded_proto), true),
     WEIR__CFG_BOOL("via", SRV(via), true),
+    WEIR__CFG_SECTION("client_cert_headers", SRV(client_cert_headers), &cert_headers_section),
 };
 
 static const struct weir__cfg_section forwarded_section =
-    WEIR__CFG_TABLE("a mapping of x_forwarded_for, x_forwarded_proto, via", forwarded_keys, NULL);
+    WEIR__CFG_TABLE("a mapping of x_forwarded_for, x_forwarded_proto, via, client_cert_headers",
+                    forwarded_keys, NULL);
 
 static const struct weir__cfg_key pool_keys[] = {
     WEIR__CFG_U32("shared_per_peer", SRV(upstream_shared_per_peer), 0, 65535, 256),

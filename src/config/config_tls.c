@@ -10,7 +10,7 @@
 #include "tls/tls.h"
 #include "weir/error.h"
 
-/* Certificates loaded while the section is read; they move into the server context. */
+/* Certificates loaded by tls_build; they move into the server context. */
 struct loaded {
     struct weir__tls_cert **v;
     size_t n;
@@ -56,6 +56,7 @@ static const struct weir__cfg_key cert_keys[] = {
 static const struct weir__cfg_section cert_section =
     WEIR__CFG_TABLE("a mapping with cert and key", cert_keys, NULL);
 
+/* certificates: the file names only; tls_build reads the files once every key is known. */
 static void certificates_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                                const struct ynode *v)
 {
@@ -69,42 +70,90 @@ static void certificates_value(struct weir__cfg_ctx *c, const struct weir__cfg_f
         return;
     }
     struct weir_cfg_tls_certificate *certs = weir__cfg_keep_array(c, seq->n, sizeof(*certs));
-    struct loaded *l = weir_arena_calloc(c->tmp, sizeof(*l));
-    struct weir__tls_cert **cv =
-        weir_arena_calloc(c->tmp, seq->n * sizeof(struct weir__tls_cert *));
-    if (certs == NULL || l == NULL || cv == NULL ||
-        weir_arena_cleanup_add(c->tmp, free_loaded, l) != 0) {
+    if (certs == NULL) {
         c->oom = true;
         return;
     }
-    l->v = cv;
     size_t i = 0;
     for (const struct ynode *it = seq->first; it != NULL; it = it->next, i++) {
         size_t old = weir__cfg_path_index(c, i);
         weir__cfg_defaults(&cert_section, &certs[i]);
-        if (weir__cfg_walk(c, it, &cert_section, &certs[i]) && certs[i].cert != NULL &&
-            certs[i].key != NULL) {
-            enum weir__tls_cert_part part = WEIR_TLS_PART_CERT;
-            char why[WEIR_TLS_ERRMAX];
-            int rc = weir__tls_cert_load(certs[i].cert, certs[i].key, &cv[l->n], &part, why);
-            if (rc == 0) {
-                l->n++;
-            } else if (rc == WEIR_ENOMEM) {
-                c->oom = true;
-            } else {
-                const char *key = part == WEIR_TLS_PART_CERT ? "cert" : "key";
-                size_t o2 = weir__cfg_path_key(c, key);
-                weir__cfg_err(c, map_value(it, key), "%s", why);
-                weir__cfg_path_pop(c, o2);
-            }
-        }
+        (void)weir__cfg_walk(c, it, &cert_section, &certs[i]);
         weir__cfg_path_pop(c, old);
     }
     t->certificates = certs;
     t->ncertificates = seq->n;
-    /* Handed to the tls check below through the (otherwise unset) server pointer's slot. */
-    t->server = (struct weir__tls_server *)(void *)l;
 }
+
+/*
+ * Reads and checks every certificate and key, each error at the key naming the file. Returns
+ * the loaded ones (all of them, or NULL after reporting).
+ */
+static struct loaded *load_certificates(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                                        const struct weir_cfg_listener_tls *t)
+{
+    struct loaded *l = weir_arena_calloc(c->tmp, sizeof(*l));
+    struct weir__tls_cert **cv =
+        weir_arena_calloc(c->tmp, (t->ncertificates + 1) * sizeof(struct weir__tls_cert *));
+    if (l == NULL || cv == NULL || weir_arena_cleanup_add(c->tmp, free_loaded, l) != 0) {
+        c->oom = true;
+        return NULL;
+    }
+    l->v = cv;
+    const struct ynode *seq = weir__ynode_deref(weir__cfg_value(f, "certificates"));
+    const struct ynode *it = seq != NULL ? seq->first : NULL;
+    size_t o1 = weir__cfg_path_key(c, "certificates");
+    for (size_t i = 0; i < t->ncertificates && it != NULL; i++, it = it->next) {
+        const struct weir_cfg_tls_certificate *e = &t->certificates[i];
+        if (e->cert == NULL || e->key == NULL) {
+            continue; /* reported by the walk */
+        }
+        enum weir__tls_cert_part part = WEIR_TLS_PART_CERT;
+        char why[WEIR_TLS_ERRMAX];
+        int rc = weir__tls_cert_load(e->cert, e->key, &cv[l->n], &part, why);
+        if (rc == 0) {
+            l->n++;
+        } else if (rc == WEIR_ENOMEM) {
+            c->oom = true;
+        } else {
+            const char *key = part == WEIR_TLS_PART_CERT ? "cert" : "key";
+            size_t o2 = weir__cfg_path_index(c, i);
+            size_t o3 = weir__cfg_path_key(c, key);
+            weir__cfg_err(c, map_value(it, key), "%s", why);
+            weir__cfg_path_pop(c, o3);
+            weir__cfg_path_pop(c, o2);
+        }
+    }
+    weir__cfg_path_pop(c, o1);
+    return l->n == t->ncertificates ? l : NULL;
+}
+
+/* --- listeners[].tls.client_auth ---------------------------------------------------- */
+
+static const char *const auth_modes[] = {"off", "optional", "required"};
+
+/* optional and required need a ca; the files themselves are read by tls_build. */
+static void client_auth_check(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    const struct weir_cfg_tls_client_auth *a = f->obj;
+    if (a->mode != WEIR_CLIENT_AUTH_OFF && a->ca == NULL) {
+        weir__cfg_err(c, f->m, "mode %s needs a ca: the CAs client certificates must chain to",
+                      auth_modes[a->mode]);
+    }
+}
+
+#define CA(f) WEIR__CFG_AT(struct weir_cfg_tls_client_auth, f)
+
+static const struct weir__cfg_key client_auth_keys[] = {
+    WEIR__CFG_ENUM("mode", CA(mode), auth_modes, WEIR_CLIENT_AUTH_OFF),
+    WEIR__CFG_STRING("ca", CA(ca), "a PEM file path", NULL),
+    WEIR__CFG_U32("verify_depth", CA(verify_depth), 0, 100, 1),
+    WEIR__CFG_STRING("crl", CA(crl), "a PEM file path", NULL),
+};
+
+static const struct weir__cfg_section client_auth_section =
+    WEIR__CFG_TABLE("a mapping of mode (off, optional, required), ca, verify_depth, crl",
+                    client_auth_keys, client_auth_check);
 
 static void protocols_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                             const struct ynode *v)
@@ -163,12 +212,24 @@ static bool curves_ok(struct weir__cfg_ctx *c, const struct ynode *v, const char
     return list_ok(c, v, "curves", s);
 }
 
-/* After every key: the default certificate, then the server context. */
+/* An error about a client_auth file, at its key. */
+static void client_auth_err(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                            const char *key, const char *why)
+{
+    const struct ynode *sec = weir__cfg_value(f, "client_auth");
+    const struct ynode *at = map_value(sec, key);
+    size_t o1 = weir__cfg_path_key(c, "client_auth");
+    size_t o2 = at != NULL ? weir__cfg_path_key(c, key) : c->plen;
+    weir__cfg_err(c, at != NULL ? at : sec != NULL ? sec : f->m, "%s", why);
+    weir__cfg_path_pop(c, o2);
+    weir__cfg_path_pop(c, o1);
+}
+
+/* After every key: the default certificate, the files, then the server context. */
 static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
 {
     struct weir_cfg_listener_tls *t = f->obj;
-    struct loaded *l = (struct loaded *)(void *)t->server;
-    t->server = NULL;
+    const struct weir_cfg_tls_client_auth *ca = &t->client_auth;
     struct weir__tls_server_opts o = {
         .min_version = (t->protocols & WEIR_TLS_PROTO_12) ? WEIR_TLS_V12 : WEIR_TLS_V13,
         .max_version = (t->protocols & WEIR_TLS_PROTO_13) ? WEIR_TLS_V13 : WEIR_TLS_V12,
@@ -177,6 +238,12 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
         .curves = t->curves,
         .session_tickets = t->session_tickets,
         .reject_unknown_sni = t->reject_unknown_sni,
+        .client_auth = ca->mode == WEIR_CLIENT_AUTH_REQUIRED   ? WEIR_TLS_AUTH_REQUIRED
+                       : ca->mode == WEIR_CLIENT_AUTH_OPTIONAL ? WEIR_TLS_AUTH_OPTIONAL
+                                                               : WEIR_TLS_AUTH_OFF,
+        .client_ca = ca->ca,
+        .client_crl = ca->crl,
+        .verify_depth = ca->verify_depth,
     };
     if (t->default_certificate != NULL) {
         size_t i = 0;
@@ -193,17 +260,24 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
         }
         o.default_cert = i;
     }
-    if (l == NULL || l->n != t->ncertificates || weir_config_errors_count(c->errs) > 0) {
+    if (t->ncertificates == 0 || weir_config_errors_count(c->errs) > 0) {
         return; /* errors were reported; nothing to build */
     }
+    struct loaded *l = load_certificates(c, f, t);
+    if (l == NULL) {
+        return;
+    }
     char why[WEIR_TLS_ERRMAX];
-    int rc = weir__tls_server_new(l->v, l->n, &o, &t->server, why);
+    enum weir__tls_server_part part = WEIR_TLS_SPART_TLS;
+    int rc = weir__tls_server_new(l->v, l->n, &o, &t->server, &part, why);
     for (size_t i = 0; i < l->n; i++) {
         l->v[i] = NULL; /* the server owns them now, even on failure */
     }
     l->n = 0;
     if (rc == WEIR_ENOMEM) {
         c->oom = true;
+    } else if (rc != 0 && part != WEIR_TLS_SPART_TLS) {
+        client_auth_err(c, f, part == WEIR_TLS_SPART_CA ? "ca" : "crl", why);
     } else if (rc != 0) {
         weir__cfg_err(c, f->m, "%s", why);
     } else if (weir_arena_cleanup_add(c->a, free_server, t->server) != 0) {
@@ -227,6 +301,7 @@ static const struct weir__cfg_key tls_keys[] = {
      .valid = suites_ok},
     {"curves", WEIR__CFG_T_STRING, 0, LT(curves), .what = "a list of groups", .valid = curves_ok},
     WEIR__CFG_BOOL("session_tickets", LT(session_tickets), true),
+    WEIR__CFG_SECTION("client_auth", LT(client_auth), &client_auth_section),
 };
 
 const struct weir__cfg_section weir__cfg_tls = WEIR__CFG_TABLE(

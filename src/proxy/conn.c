@@ -391,6 +391,7 @@ static void conn_reap(struct weir_loop *loop, struct weir__defer *d)
     WEIR_CHECK_OBJ(c, WEIR_CONN_MAGIC);
     WEIR_DEBUG_ASSERT(c->state == CONN_CLOSED && c->s == NULL);
     c->magic = 0;
+    weir__free(c->tls_info);
     weir__free(c);
 }
 

@@ -117,11 +117,27 @@ static bool named_by_connection(const struct field_scan *fs, struct weir_iov nam
     return false;
 }
 
+/* Whether n is one of the names client_cert_headers gives (which weir alone may send). */
+static bool is_cert_header(const struct weir_cfg_client_cert_headers *ch, struct weir_iov n)
+{
+    const char *names[] = {ch->verify, ch->serial,      ch->subject, ch->issuer,
+                           ch->sans,   ch->fingerprint, ch->cert};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (names[i] != NULL && strlen(names[i]) == n.len &&
+            weir_iov_ieq(n, weir_iov_cstr(names[i]))) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /*
- * Removes hop-by-hop fields, the fields Connection names, and for requests Expect and
- * X-Forwarded-Proto (we answer 100-continue ourselves and set the protocol). Fills *fs.
+ * Removes hop-by-hop fields, the fields Connection names, and for requests Expect,
+ * X-Forwarded-Proto (we answer 100-continue ourselves and set the protocol) and the names of
+ * ch, the client certificate headers (NULL: none). Fills *fs.
  */
-static void strip_fields(struct weir_headers *h, bool request, struct field_scan *fs)
+static void strip_fields(struct weir_headers *h, bool request,
+                         const struct weir_cfg_client_cert_headers *ch, struct field_scan *fs)
 {
     fs->content_length = fs->x_forwarded_for = -1;
     fs->host = false;
@@ -152,6 +168,9 @@ static void strip_fields(struct weir_headers *h, bool request, struct field_scan
             fs->host = fs->host || request;
             break;
         case F_OTHER:
+            if (ch != NULL && is_cert_header(ch, h->v[r].name)) {
+                continue; /* only weir may say who the client's certificate names */
+            }
             break;
         }
         h->v[w++] = h->v[r];
@@ -190,6 +209,65 @@ int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_i
     return weir_headers_add_iov(h, name, value);
 }
 
+/* The PEM certificate as one header value: everything but RFC 3986's unreserved as %XX. */
+static struct weir_iov escape_pem(struct weir_arena *a, const char *pem)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = strlen(pem);
+    char *v = weir_arena_alloc(a, n * 3 + 1);
+    if (v == NULL) {
+        return (struct weir_iov){NULL, 0};
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)pem[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+            ch == '-' || ch == '.' || ch == '_' || ch == '~') {
+            v[o++] = (char)ch;
+        } else {
+            v[o++] = '%';
+            v[o++] = hex[ch >> 4];
+            v[o++] = hex[ch & 15];
+        }
+    }
+    return (struct weir_iov){v, o};
+}
+
+/* One client certificate header, when it is configured and the value is not empty. */
+static int push_cert_field(struct weir_headers *h, const char *name, const char *value)
+{
+    if (name == NULL || value[0] == '\0') {
+        return 0;
+    }
+    return weir__push_field(h, weir_iov_cstr(name), weir_iov_cstr(value));
+}
+
+/*
+ * client_cert_headers on a TLS connection: the verification result always, the identity
+ * only for a certificate that verified. The values live with the connection.
+ */
+static int add_cert_headers(struct weir_session *s, struct weir_headers *h)
+{
+    const struct weir_cfg_client_cert_headers *ch = &s->cfg->server.client_cert_headers;
+    const struct weir_tls_info *ti = weir_session_tls(s);
+    int rc = push_cert_field(h, ch->verify, ti->verify);
+    if (rc != 0 || !ti->client_verified) {
+        return rc;
+    }
+    if ((rc = push_cert_field(h, ch->subject, ti->subject)) != 0 ||
+        (rc = push_cert_field(h, ch->issuer, ti->issuer)) != 0 ||
+        (rc = push_cert_field(h, ch->sans, ti->sans)) != 0 ||
+        (rc = push_cert_field(h, ch->serial, ti->serial)) != 0 ||
+        (rc = push_cert_field(h, ch->fingerprint, ti->fingerprint)) != 0) {
+        return rc;
+    }
+    if (ch->cert != NULL && ti->cert_pem[0] != '\0') {
+        struct weir_iov v = escape_pem(s->arena, ti->cert_pem);
+        rc = v.base == NULL ? WEIR_ENOMEM : weir__push_field(h, weir_iov_cstr(ch->cert), v);
+    }
+    return rc;
+}
+
 static int add_forwarded(struct weir_session *s, struct weir_headers *h,
                          const struct field_scan *fs)
 {
@@ -225,6 +303,9 @@ static int add_forwarded(struct weir_session *s, struct weir_headers *h,
             weir__push_field(h, WEIR_IOV_LIT("Via"),
                              s->client_minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
     }
+    if (rc == 0 && sc->client_cert_headers.n > 0 && s->c->tls) {
+        rc = add_cert_headers(s, h);
+    }
     return rc;
 }
 
@@ -253,7 +334,8 @@ int weir__forward_request_head(struct weir_session *s)
     if (s->ux.head != NULL) {
         return 0;
     }
-    strip_fields(h, true, &fs);
+    const struct weir_cfg_client_cert_headers *ch = &s->cfg->server.client_cert_headers;
+    strip_fields(h, true, ch->n > 0 ? ch : NULL, &fs);
     int rc = add_forwarded(s, h, &fs);
     if (rc == 0 && !fs.host) {
         /* An HTTP/1.0 client may omit Host; what we send up is HTTP/1.1, which needs one.
@@ -290,7 +372,7 @@ int weir__forward_response_head(struct weir_session *s)
     struct weir_resp *r = s->resp;
     const struct weir_proxy_hooks *hk = s->w->hooks;
     struct field_scan fs;
-    strip_fields(&r->headers, false, &fs);
+    strip_fields(&r->headers, false, NULL, &fs);
     if (hk->upstream_response_filter || hk->response_filter) {
         if ((hk->upstream_response_filter &&
              hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) ||

@@ -115,10 +115,11 @@ struct weir__conn {
      * socket would not take it at once, and when lingering must end regardless. */
     char *reply;
     uint16_t reply_len, reply_off;
-    bool shut;              /* our write side is shut down */
-    uint64_t linger_end_ms; /* timeouts.linger from the start of lingering */
-    bool tls;               /* accepted on a TLS listener */
-    bool tls_check;         /* TLS: the first byte is still to be checked (plain HTTP?) */
+    bool shut;                      /* our write side is shut down */
+    uint64_t linger_end_ms;         /* timeouts.linger from the start of lingering */
+    bool tls;                       /* accepted on a TLS listener */
+    bool tls_check;                 /* TLS: the first byte is still to be checked (plain HTTP?) */
+    struct weir_tls_info *tls_info; /* weir_session_tls's answer, made on its first call */
 };
 
 /*

@@ -3,6 +3,7 @@
  * and weir_session_select_backend with its bounded wait for a backend under max_conns.
  */
 #include "proxy/proxy_int.h"
+#include "tls/tls.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -134,6 +135,33 @@ const struct sockaddr *weir_session_client_addr(const struct weir_session *s)
 struct weir_iov weir_session_client_ip(const struct weir_session *s)
 {
     return (struct weir_iov){s->c->ip, s->c->iplen};
+}
+
+const struct weir_tls_info *weir_session_tls(struct weir_session *s)
+{
+    /* A connection whose parameters cannot be had (out of memory, or closed while its
+       session was suspended): nothing to trust. */
+    static const struct weir_tls_info unknown = {
+        .protocol = "",
+        .cipher = "",
+        .sni = "",
+        .alpn = "",
+        .verify = "FAILED:unavailable",
+        .subject = "",
+        .issuer = "",
+        .sans = "",
+        .serial = "",
+        .fingerprint = "",
+        .cert_pem = "",
+    };
+    struct weir__conn *c = s->c;
+    if (!c->tls) {
+        return NULL;
+    }
+    if (c->tls_info == NULL && c->st.ssl != NULL) {
+        c->tls_info = weir__tls_info_new(&c->st);
+    }
+    return c->tls_info != NULL ? c->tls_info : &unknown;
 }
 
 void *weir_session_ctx(const struct weir_session *s)

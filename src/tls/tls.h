@@ -53,6 +53,13 @@ void weir__tls_cert_free(struct weir__tls_cert *c);
 
 /* ---- server contexts (listeners[].tls) ---- */
 
+/** listeners[].tls.client_auth.mode, as the config's enum weir_cfg_client_auth_mode. */
+enum weir__tls_auth {
+    WEIR_TLS_AUTH_OFF = 0,
+    WEIR_TLS_AUTH_OPTIONAL,
+    WEIR_TLS_AUTH_REQUIRED,
+};
+
 struct weir__tls_server_opts {
     enum weir__tls_version min_version, max_version;
     const char *ciphers;      /* TLS 1.2 cipher list; NULL: Mozilla intermediate */
@@ -61,6 +68,17 @@ struct weir__tls_server_opts {
     bool session_tickets;     /* stateless resumption */
     bool reject_unknown_sni;  /* a client naming no configured certificate is refused */
     size_t default_cert;      /* index of the certificate for no or an unknown SNI */
+    enum weir__tls_auth client_auth;
+    const char *client_ca;  /* client_auth: PEM bundle the client's certificate must chain to */
+    const char *client_crl; /* PEM revocation lists; NULL: none */
+    unsigned verify_depth;  /* intermediate CAs allowed (SSL_CTX_set_verify_depth) */
+};
+
+/** Which file a server context failed on, for the config to point at the key naming it. */
+enum weir__tls_server_part {
+    WEIR_TLS_SPART_TLS = 0, /* the settings, or no file in particular */
+    WEIR_TLS_SPART_CA,
+    WEIR_TLS_SPART_CRL,
 };
 
 /** A listener's TLS: every certificate, chosen per handshake by SNI. */
@@ -68,12 +86,13 @@ struct weir__tls_server;
 
 /**
  * Builds a server context from certs (ownership of each moves to it, even on failure) and
- * opts. Certificates whose names are the same (an RSA and an ECDSA one) share a context so
- * OpenSSL picks the one the client supports. 0, WEIR_EINVAL (why set), WEIR_ENOMEM.
+ * opts, reading the client CA and CRL files. Certificates whose names are the same (an RSA
+ * and an ECDSA one) share a context so OpenSSL picks the one the client supports. Blocks on
+ * file I/O. 0, WEIR_EINVAL (part and why set), WEIR_ENOMEM.
  */
 int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
                          const struct weir__tls_server_opts *opts, struct weir__tls_server **out,
-                         char why[WEIR_TLS_ERRMAX]);
+                         enum weir__tls_server_part *part, char why[WEIR_TLS_ERRMAX]);
 void weir__tls_server_free(struct weir__tls_server *srv);
 
 /**
@@ -138,8 +157,6 @@ int weir__tls_handshake(struct weir__stream *st, char why[WEIR_TLS_ERRMAX]);
 ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len);
 /** As weir__stream_flush. */
 ssize_t weir__tls_flush(struct weir__stream *st, struct weir__outq *q);
-/** Bytes decrypted and not yet read (SSL_pending). */
-size_t weir__tls_pending(const struct weir__stream *st);
 /**
  * Sends close_notify (best effort, never blocks). Returns true when it was written whole, so
  * the caller may shut the socket's write side.
@@ -152,5 +169,13 @@ void weir__tls_free(struct weir__stream *st);
 const char *weir__tls_protocol(const struct weir__stream *st);
 /** The SNI the client sent on st, or NULL. */
 const char *weir__tls_sni(const struct weir__stream *st);
+
+struct weir_tls_info;
+
+/**
+ * st's TLS parameters and client certificate (include/weir/tls.h), in one allocation to
+ * free with weir__free. NULL on out of memory.
+ */
+struct weir_tls_info *weir__tls_info_new(const struct weir__stream *st);
 
 #endif

@@ -251,6 +251,103 @@ bool weir__tls_check_list(const char *kind, const char *list, char why[WEIR_TLS_
     return true;
 }
 
+/* ---- CA bundles and revocation lists ---- */
+
+/* After a PEM read loop: true when it stopped at the end of the file, not at bad bytes. */
+static bool pem_end(void)
+{
+    unsigned long e = ERR_peek_last_error();
+    bool end =
+        e == 0 || (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE);
+    if (end) {
+        ERR_clear_error();
+    }
+    return end;
+}
+
+/*
+ * Reads every certificate of a PEM bundle into store and, when names is not NULL, their
+ * subjects into names (the CA list a server sends in its CertificateRequest). A file with
+ * no certificate, or with one that does not parse, is an error.
+ */
+static int load_certs(X509_STORE *store, STACK_OF(X509_NAME) * names, const char *file,
+                      char why[WEIR_TLS_ERRMAX])
+{
+    BIO *b = open_pem(file, why);
+    if (b == NULL) {
+        return WEIR_EINVAL;
+    }
+    int n = 0;
+    int rc = 0;
+    X509 *x;
+    while (rc == 0 && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (X509_STORE_add_cert(store, x) != 1) {
+            weir__tls_why(why, "cannot add a CA certificate");
+            rc = WEIR_EINVAL;
+        } else if (names != NULL) {
+            X509_NAME *nm = X509_NAME_dup(X509_get_subject_name(x));
+            if (nm == NULL || sk_X509_NAME_push(names, nm) <= 0) {
+                X509_NAME_free(nm);
+                ERR_clear_error();
+                rc = WEIR_ENOMEM;
+            }
+        }
+        X509_free(x);
+        n++;
+    }
+    BIO_free(b);
+    if (rc == 0 && !pem_end()) {
+        weir__tls_why(why, file);
+        rc = WEIR_EINVAL;
+    } else if (rc == 0 && n == 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM certificate", file);
+        rc = WEIR_EINVAL;
+    }
+    return rc;
+}
+
+/*
+ * Reads the revocation lists of a PEM file into store and turns on checking the client's
+ * certificate against them. A list past its nextUpdate would fail every client, so it is
+ * refused here, where the operator sees it.
+ */
+static int load_crls(X509_STORE *store, const char *file, char why[WEIR_TLS_ERRMAX])
+{
+    BIO *b = open_pem(file, why);
+    if (b == NULL) {
+        return WEIR_EINVAL;
+    }
+    int n = 0;
+    int rc = 0;
+    X509_CRL *crl;
+    while (rc == 0 && (crl = PEM_read_bio_X509_CRL(b, NULL, NULL, NULL)) != NULL) {
+        const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+        if (next != NULL && X509_cmp_current_time(next) < 0) {
+            (void)snprintf(why, WEIR_TLS_ERRMAX,
+                           "%s: a revocation list has expired (its next update is past)", file);
+            rc = WEIR_EINVAL;
+        } else if (X509_STORE_add_crl(store, crl) != 1) {
+            weir__tls_why(why, "cannot add a revocation list");
+            rc = WEIR_EINVAL;
+        }
+        X509_CRL_free(crl);
+        n++;
+    }
+    BIO_free(b);
+    if (rc == 0 && !pem_end()) {
+        weir__tls_why(why, file);
+        rc = WEIR_EINVAL;
+    } else if (rc == 0 && n == 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM revocation list", file);
+        rc = WEIR_EINVAL;
+    }
+    if (rc == 0 && X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK) != 1) {
+        weir__tls_why(why, "cannot turn on revocation checks");
+        rc = WEIR_EINVAL;
+    }
+    return rc;
+}
+
 /* ---- server contexts ---- */
 
 static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
@@ -315,6 +412,36 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 
 static const int VERSIONS[] = {TLS1_2_VERSION, TLS1_3_VERSION};
 
+/* client_auth optional: a certificate that fails verification is recorded, not refused. */
+static int verify_optional(int ok, X509_STORE_CTX *x)
+{
+    (void)ok;
+    (void)x;
+    return 1;
+}
+
+/* Asks for a client certificate on ctx: the store to verify it against, the CA names. */
+static int set_client_auth(SSL_CTX *ctx, const struct weir__tls_server *srv,
+                           const struct weir__tls_server_opts *o)
+{
+    if (srv->client_store == NULL) {
+        return 1;
+    }
+    STACK_OF(X509_NAME) *names = SSL_dup_CA_list(srv->client_names);
+    if (names == NULL || SSL_CTX_set1_verify_cert_store(ctx, srv->client_store) != 1) {
+        sk_X509_NAME_pop_free(names, X509_NAME_free);
+        return 0;
+    }
+    SSL_CTX_set_client_CA_list(ctx, names);
+    if (o->client_auth == WEIR_TLS_AUTH_REQUIRED) {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, verify_optional);
+    }
+    SSL_CTX_set_verify_depth(ctx, (int)o->verify_depth);
+    return 1;
+}
+
 static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_server_opts *o,
                            char why[WEIR_TLS_ERRMAX])
 {
@@ -342,7 +469,8 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
         SSL_CTX_set_ciphersuites(ctx, o->ciphersuites ? o->ciphersuites : DEFAULT_SUITES) != 1 ||
         SSL_CTX_set1_groups_list(ctx, o->curves ? o->curves : DEFAULT_CURVES) != 1 ||
         SSL_CTX_set_dh_auto(ctx, 1) != 1 ||
-        SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1) != 1) {
+        SSL_CTX_set_session_id_context(ctx, sid, sizeof(sid) - 1) != 1 ||
+        set_client_auth(ctx, srv, o) != 1) {
         goto fail;
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
@@ -442,10 +570,37 @@ out:
     return rc;
 }
 
+/* client_auth: the store of CAs (and CRLs) client certificates are verified against. */
+static int client_store_new(struct weir__tls_server *srv, const struct weir__tls_server_opts *o,
+                            enum weir__tls_server_part *part, char why[WEIR_TLS_ERRMAX])
+{
+    *part = WEIR_TLS_SPART_CA;
+    if (o->client_ca == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "client_auth needs a ca");
+        return WEIR_EINVAL;
+    }
+    srv->client_store = X509_STORE_new();
+    srv->client_names = sk_X509_NAME_new_null();
+    if (srv->client_store == NULL || srv->client_names == NULL) {
+        ERR_clear_error();
+        return WEIR_ENOMEM;
+    }
+    int rc = load_certs(srv->client_store, srv->client_names, o->client_ca, why);
+    if (rc == 0 && o->client_crl != NULL) {
+        *part = WEIR_TLS_SPART_CRL;
+        rc = load_crls(srv->client_store, o->client_crl, why);
+    }
+    if (rc == 0) {
+        *part = WEIR_TLS_SPART_TLS;
+    }
+    return rc;
+}
+
 int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
                          const struct weir__tls_server_opts *opts, struct weir__tls_server **out,
-                         char why[WEIR_TLS_ERRMAX])
+                         enum weir__tls_server_part *part, char why[WEIR_TLS_ERRMAX])
 {
+    *part = WEIR_TLS_SPART_TLS;
     struct weir__tls_server *srv = weir__calloc(1, sizeof(*srv));
     struct weir__tls_cert **mine =
         weir__calloc(ncerts ? ncerts : 1, sizeof(struct weir__tls_cert *));
@@ -467,7 +622,13 @@ int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
         weir__tls_server_free(srv);
         return WEIR_EINVAL;
     }
-    int rc = build_contexts(srv, opts, why);
+    int rc = 0;
+    if (opts->client_auth != WEIR_TLS_AUTH_OFF) {
+        rc = client_store_new(srv, opts, part, why);
+    }
+    if (rc == 0) {
+        rc = build_contexts(srv, opts, why);
+    }
     if (rc != 0) {
         weir__tls_server_free(srv);
         return rc;
@@ -487,6 +648,8 @@ void weir__tls_server_free(struct weir__tls_server *srv)
     for (size_t i = 0; i < srv->ncerts; i++) {
         weir__tls_cert_free(srv->certs[i]);
     }
+    X509_STORE_free(srv->client_store);
+    sk_X509_NAME_pop_free(srv->client_names, X509_NAME_free);
     weir__free(srv->ctx);
     weir__free(srv->names);
     weir__free(srv->certs);
@@ -522,30 +685,7 @@ static SSL_CTX *client_ctx_new(char why[WEIR_TLS_ERRMAX])
 /* Loads a CA bundle into ctx's store; a file with no certificate is an error. */
 static int load_ca(SSL_CTX *ctx, const char *file, char why[WEIR_TLS_ERRMAX])
 {
-    BIO *b = open_pem(file, why);
-    if (b == NULL) {
-        return WEIR_EINVAL;
-    }
-    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
-    int n = 0;
-    X509 *x;
-    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
-        int ok = X509_STORE_add_cert(store, x);
-        X509_free(x);
-        if (ok != 1) {
-            BIO_free(b);
-            weir__tls_why(why, "cannot add a CA certificate");
-            return WEIR_EINVAL;
-        }
-        n++;
-    }
-    ERR_clear_error();
-    BIO_free(b);
-    if (n == 0) {
-        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM certificate", file);
-        return WEIR_EINVAL;
-    }
-    return 0;
+    return load_certs(SSL_CTX_get_cert_store(ctx), NULL, file, why);
 }
 
 int weir__tls_client_new(const struct weir__tls_client_opts *opts, struct weir_tls_client **out,

@@ -131,6 +131,10 @@ static ssize_t ssl_failed(struct weir__stream *st)
         return 0;
     }
     const char *r = ERR_reason_error_string(e);
+    long v = st->tls_srv != NULL ? SSL_get_verify_result(st->ssl) : X509_V_OK;
+    if (v != X509_V_OK) {
+        r = X509_verify_cert_error_string(v); /* a client certificate refused: say why */
+    }
     st->tls_err = r != NULL ? r : "TLS protocol error";
     ERR_clear_error();
     return -EPROTO;
@@ -225,12 +229,6 @@ ssize_t weir__tls_flush(struct weir__stream *st, struct weir__outq *q)
     }
     weir__outq_reset(q);
     return (ssize_t)total;
-}
-
-size_t weir__tls_pending(const struct weir__stream *st)
-{
-    int n = SSL_pending(st->ssl);
-    return n > 0 ? (size_t)n : 0;
 }
 
 bool weir__tls_shutdown(struct weir__stream *st)

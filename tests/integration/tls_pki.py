@@ -23,6 +23,13 @@ Names:
   upstream_chain             upstream_cert + ca.pem
   client_admin_cert/_key     CN=admin, extendedKeyUsage clientAuth, signed by client_ca
   client_user_cert/_key      CN=user, extendedKeyUsage clientAuth, signed by client_ca
+  client_revoked_cert/_key   CN=revoked, signed by client_ca, revoked in client_crl
+  client_other_cert/_key     CN=stranger, a client cert signed by other_ca (unknown CA)
+  client_int_ca/_key         an intermediate CA signed by client_ca
+  client_deep_cert/_key      CN=deep, signed by client_int_ca; client_deep_chain = leaf + it
+  client_crl                 client_ca's CRL (PEM): client_revoked is revoked, next update in
+                             30 days
+  client_crl_expired         the same list with its next update in the past (2020-02-01)
   mismatch_cert, mismatch_key  server_cert with other_key: a pair that does not match
 """
 import os
@@ -89,6 +96,17 @@ unique_subject = no
 copy_extensions = none
 [policy_any]
 commonName = supplied
+
+# `openssl ca` for client_ca's revocation lists.
+[client_db]
+dir = ${ENV::WEIR_PKI_DIR}
+database = $dir/client-db/index.txt
+serial = $dir/client-db/serial
+crlnumber = $dir/client-db/crlnumber
+default_md = sha256
+default_crl_days = 30
+policy = policy_any
+unique_subject = no
 """
 
 
@@ -168,6 +186,36 @@ def build_pki(directory):
     make_leaf("upstream", "secure.api.endpoint", "ca", "server_ec", "DNS:secure.api.endpoint")
     make_leaf("client_admin", "admin", "client_ca", "client")
     make_leaf("client_user", "user", "client_ca", "client")
+    make_leaf("client_revoked", "revoked", "client_ca", "client")
+    make_leaf("client_other", "stranger", "other_ca", "client")
+
+    # An intermediate client CA and a leaf under it (verify_depth 2).
+    key = newkey("client_int_ca")
+    csr, cert = path("client_int_ca.csr"), path("client_int_ca.pem")
+    _run(["req", "-config", cnf, "-new", "-key", key, "-subj", "/CN=weir test client sub-CA",
+          "-out", csr], env)
+    serial[0] += 1
+    _run(["x509", "-req", "-in", csr, "-CA", p.client_ca, "-CAkey", p.client_ca_key,
+          "-set_serial", str(serial[0]), "-days", "3650", "-sha256", "-extfile", cnf,
+          "-extensions", "v3_ca", "-out", cert], env)
+    os.unlink(csr)
+    p.client_int_ca, p.client_int_ca_key = cert, key
+    make_leaf("client_deep", "deep", "client_int_ca", "client")
+
+    # client_ca's revocation lists: client_revoked revoked; one current, one expired.
+    os.makedirs(path("client-db"), exist_ok=True)
+    with open(path("client-db/index.txt"), "w"):
+        pass
+    with open(path("client-db/crlnumber"), "w") as f:
+        f.write("01\n")
+    ca_args = ["ca", "-config", cnf, "-name", "client_db", "-batch", "-cert", p.client_ca,
+               "-keyfile", p.client_ca_key]
+    _run(ca_args + ["-revoke", p.client_revoked_cert], env)
+    p.client_crl = path("client_crl.pem")
+    _run(ca_args + ["-gencrl", "-out", p.client_crl], env)
+    p.client_crl_expired = path("client_crl_expired.pem")
+    _run(ca_args + ["-gencrl", "-crl_lastupdate", "20200101000000Z", "-crl_nextupdate",
+                    "20200201000000Z", "-out", p.client_crl_expired], env)
 
     # Expired: `openssl ca` takes explicit dates on 3.0.
     key = newkey("expired")
@@ -195,6 +243,11 @@ def build_pki(directory):
 
     p.server_chain = chain("server_chain.pem", p.server_cert)
     p.upstream_chain = chain("upstream_chain.pem", p.upstream_cert)
+    p.client_deep_chain = path("client_deep_chain.pem")
+    with open(p.client_deep_chain, "w") as f:
+        for part in (p.client_deep_cert, p.client_int_ca):
+            with open(part) as src:
+                f.write(src.read())
     p.mismatch_cert, p.mismatch_key = p.server_cert, p.other_key
     return p
 

@@ -1,0 +1,41 @@
+/* What a hook can know about a client's TLS connection (weir_session_tls). */
+#ifndef WEIR_TLS_H
+#define WEIR_TLS_H
+
+#include <stdbool.h>
+
+#include "weir/common.h"
+
+WEIR_BEGIN_DECLS
+
+/**
+ * A TLS client connection's parameters and, with listeners[].tls.client_auth, its client
+ * certificate. Every string is NUL-terminated, printable ASCII (bytes outside it in names
+ * are escaped, as RFC 2253 and percent-encoding do), and "" when absent. It belongs to the
+ * connection: valid until the request's logging hook returns.
+ */
+struct weir_tls_info {
+    const char *protocol; /**< "TLSv1.3", "TLSv1.2" */
+    const char *cipher;   /**< "TLS_AES_128_GCM_SHA256" */
+    const char *sni;      /**< the server name the client sent */
+    const char *alpn;     /**< the protocol agreed by ALPN ("http/1.1") */
+    bool resumed;         /**< the session was resumed (a ticket) */
+    /** The client presented a certificate (possible only with client_auth optional or
+        required) */
+    bool client_cert;
+    /** ... and it verified against client_auth.ca (and crl). Only then are the identity
+        fields below worth trusting. */
+    bool client_verified;
+    /** nginx's $ssl_client_verify: "SUCCESS", "FAILED:reason" or "NONE" */
+    const char *verify;
+    const char *subject;     /**< the subject DN, RFC 2253 ("CN=alice,O=Example") */
+    const char *issuer;      /**< the issuer DN, RFC 2253 */
+    const char *sans;        /**< subject alternative names: "DNS:a.example, IP:10.0.0.1, ..." */
+    const char *serial;      /**< the serial number, upper-case hex */
+    const char *fingerprint; /**< SHA-256 of the DER certificate, lower-case hex */
+    const char *cert_pem;    /**< the certificate, PEM */
+};
+
+WEIR_END_DECLS
+
+#endif
