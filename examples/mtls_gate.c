@@ -90,8 +90,7 @@ static enum weir_hook_result upstream_request_filter(struct weir_session *s, voi
         return WEIR_HOOK_ERROR;
     }
     (void)snprintf(v, n, "%s%s%s", tls->subject, tls->sans[0] ? "; " : "", tls->sans);
-    return weir_headers_set(h, "X-Client-Identity", v) == 0 ? WEIR_HOOK_CONTINUE
-                                                            : WEIR_HOOK_ERROR;
+    return weir_headers_set(h, "X-Client-Identity", v) == 0 ? WEIR_HOOK_CONTINUE : WEIR_HOOK_ERROR;
 }
 
 static void usage(FILE *to)

@@ -201,6 +201,9 @@ struct weir_cfg_listener {
     const char *address;      /**< "host:port" as written, IPv6 as "[::1]:8080" */
     const char *name;         /**< optional label, "" when absent */
     uint32_t max_connections; /**< open connections on this listener, all workers; 0 = no cap */
+    /** cleartext only: every request is answered 308 to https://host[:port]/path?query on
+        this port (true: 443); 0: off */
+    uint16_t redirect_https;
     struct weir_cfg_listener_tls tls;
 };
 

@@ -201,11 +201,16 @@ static void release_counts(struct weir__conn *c)
 }
 
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
-                       socklen_t len, struct weir__listener_count *lc, struct weir__tls_server *tls)
+                       socklen_t len, const struct weir__listener_opts *lo)
 {
+    static const struct weir__listener_opts plain = {NULL, NULL, 0};
+    if (lo == NULL) {
+        lo = &plain;
+    }
+    struct weir__tls_server *tls = lo->tls;
     struct weir__conn probe = {.w = w};
     probe.ipkeylen = (uint8_t)ip_key(sa, len, probe.ipkey);
-    int rc = admit(w, &probe, sa, lc);
+    int rc = admit(w, &probe, sa, lo->count);
     if (rc != 0) {
         close(fd);
         return rc;
@@ -220,6 +225,7 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     c->ipkeylen = probe.ipkeylen;
     c->ip_counted = probe.ip_counted;
     c->lc = probe.lc;
+    c->redirect_https = tls == NULL ? lo->redirect_https : 0;
     int one = 1;
     /* Responses leave in whole writes; Nagle would only add delayed-ACK stalls. */
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {

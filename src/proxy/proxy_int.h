@@ -41,6 +41,14 @@ struct weir__listener_count {
     uint32_t max; /* 0: no cap (nothing is counted) */
 };
 
+/** What a connection takes from the listener that accepted it (the server owns it). */
+struct weir__listener_opts {
+    struct weir__listener_count *count; /* listeners[].max_connections; NULL: none */
+    struct weir__tls_server *tls;       /* listeners[].tls; NULL: cleartext */
+    uint16_t redirect_https;            /* cleartext: 308 every request to https on this
+                                           port (listeners[].redirect_https); 0: off */
+};
+
 /** Called when a client connection closes (the server resumes accepting below the cap). */
 typedef void (*weir__conn_closed_fn)(struct weir__proxy_worker *w, void *arg);
 
@@ -120,6 +128,7 @@ struct weir__conn {
     bool tls;                       /* accepted on a TLS listener */
     bool tls_check;                 /* TLS: the first byte is still to be checked (plain HTTP?) */
     struct weir_tls_info *tls_info; /* weir_session_tls's answer, made on its first call */
+    uint16_t redirect_https;        /* the listener's redirect_https port; 0: off */
 };
 
 /*
@@ -437,13 +446,12 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
                                                   struct weir__pool_shared *shared_pool);
 void weir__proxy_worker_free(struct weir__proxy_worker *w);
 /**
- * Takes an accepted socket from a listener counted in lc (NULL: none), TLS with tls (NULL:
- * cleartext). 0; WEIR_ELIMIT when a
- * connection cap refused it; or an error. The fd is closed on any failure.
+ * Takes an accepted socket from the listener lo describes (NULL: a plain one with no cap).
+ * 0; WEIR_ELIMIT when a connection cap refused it; or an error. The fd is closed on any
+ * failure.
  */
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
-                       socklen_t len, struct weir__listener_count *lc,
-                       struct weir__tls_server *tls);
+                       socklen_t len, const struct weir__listener_opts *lo);
 /** Graceful: close idle connections, let active ones finish their request then close. */
 void weir__proxy_drain(struct weir__proxy_worker *w);
 /** Immediate: close every connection. */

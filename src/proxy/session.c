@@ -249,6 +249,84 @@ static bool handle_result(struct weir_session *s, enum weir_hook_result r, enum 
     return true;
 }
 
+/*
+ * The host part of a Host value, without its port: a name of letters, digits, '-', '.' and
+ * '_', or a bracketed IPv6 address. false for anything else (nothing odd goes into Location).
+ */
+static bool redirect_host(struct weir_iov h, struct weir_iov *host)
+{
+    size_t n = 0;
+    if (h.len > 0 && h.base[0] == '[') {
+        while (n < h.len && h.base[n] != ']') {
+            char ch = h.base[n];
+            if (n > 0 && !((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'f') ||
+                           ch == ':' || ch == '.')) {
+                return false;
+            }
+            n++;
+        }
+        if (n == h.len || n < 3) {
+            return false;
+        }
+        n++; /* the ']' */
+    } else {
+        while (n < h.len && h.base[n] != ':') {
+            char ch = h.base[n];
+            if (!((ch >= '0' && ch <= '9') || ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z') ||
+                  ch == '-' || ch == '.' || ch == '_')) {
+                return false;
+            }
+            n++;
+        }
+        if (n == 0) {
+            return false;
+        }
+    }
+    for (size_t i = n + 1; i < h.len; i++) { /* the port, which the redirect replaces */
+        if (h.base[n] != ':' || h.base[i] < '0' || h.base[i] > '9') {
+            return false;
+        }
+    }
+    if (n < h.len && (h.base[n] != ':' || n + 1 == h.len)) {
+        return false;
+    }
+    *host = (struct weir_iov){h.base, n};
+    return true;
+}
+
+/* listeners[].redirect_https: 308 to the same host, path and query over https. */
+static void redirect_https(struct weir_session *s)
+{
+    struct weir_iov host;
+    if (!redirect_host(weir_req_host(&s->req), &host)) {
+        s->close_after = true;
+        if (weir_session_respond_text(s, 400, WEIR_IOV_LIT("Bad Request: no usable Host\n")) != 0) {
+            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        }
+        return;
+    }
+    struct weir_iov t = s->req.target;
+    if (t.len == 0 || t.base[0] != '/') {
+        t = WEIR_IOV_LIT("/"); /* "*" (OPTIONS) has no https equivalent but the root */
+    }
+    uint16_t port = s->c->redirect_https;
+    size_t cap = sizeof("https://:65535") + host.len + t.len;
+    char *loc = weir_arena_alloc(s->arena, cap);
+    struct weir_resp *r = weir_session_response_new(s, 308);
+    int n = loc == NULL   ? -1
+            : port == 443 ? snprintf(loc, cap, "https://%.*s%.*s", (int)host.len, host.base,
+                                     (int)t.len, t.base)
+                          : snprintf(loc, cap, "https://%.*s:%u%.*s", (int)host.len, host.base,
+                                     (unsigned)port, (int)t.len, t.base);
+    if (r == NULL || n < 0 || (size_t)n >= cap ||
+        weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Location"),
+                             (struct weir_iov){loc, (size_t)n}) != 0 ||
+        weir_headers_add(&r->headers, "Content-Type", "text/plain") != 0 ||
+        weir_session_respond(s, r, WEIR_IOV_LIT("Moved to https\n")) != 0) {
+        weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+    }
+}
+
 static bool phase_early(struct weir_session *s)
 {
     if (!s->have_result && normalize_absolute_form(s) != 0) {
@@ -257,6 +335,10 @@ static bool phase_early(struct weir_session *s)
             weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
         }
         return true; /* on to the local response */
+    }
+    if (!s->have_result && s->c->redirect_https != 0) {
+        redirect_https(s);
+        return true; /* before any hook, as nginx's return in a server block */
     }
     const struct weir_proxy_hooks *hk = s->w->hooks;
     enum weir_hook_result r = CALL_HOOK(s, hk->early_request_filter, s, s->ctx);

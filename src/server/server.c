@@ -42,6 +42,7 @@ struct listener {
     int shared_fd;                     /* work_stealing: one socket for every worker */
     struct weir__listener_count count; /* listeners[].max_connections, across workers */
     struct weir__tls_server *tls;      /* listeners[].tls, owned by the first snapshot */
+    uint16_t redirect_https;           /* listeners[].redirect_https's port; 0: off */
 };
 
 struct worker;
@@ -67,8 +68,7 @@ struct weir_service {
 struct worker_listener {
     struct weir_io io;
     struct worker *wk;
-    struct weir__listener_count *count;
-    struct weir__tls_server *tls;
+    struct weir__listener_opts opts;
     bool own_fd;
     bool watching;
 };
@@ -222,6 +222,7 @@ int weir_service_add_listener_cfg(struct weir_service *svc, const struct weir_cf
     if (rc == 0) {
         svc->listeners[svc->nlisteners - 1].count.max = l->max_connections;
         svc->listeners[svc->nlisteners - 1].tls = l->tls.server;
+        svc->listeners[svc->nlisteners - 1].redirect_https = l->redirect_https;
     }
     return rc;
 }
@@ -346,7 +347,7 @@ static void listener_event(struct weir_loop *loop, struct weir_io *io, uint32_t 
             }
             return;
         }
-        int rc = weir__proxy_accept(wk->pw, fd, (struct sockaddr *)&ss, len, wl->count, wl->tls);
+        int rc = weir__proxy_accept(wk->pw, fd, (struct sockaddr *)&ss, len, &wl->opts);
         if (rc != 0 && rc != WEIR_ELIMIT) { /* refusals by a cap are logged sparingly */
             weir_log(WEIR_LOG_ERROR, "accept: %s", weir_strerror(rc));
         }
@@ -504,8 +505,9 @@ static int bind_listeners(struct weir_service *svc)
         for (unsigned w = 0; w < svc->nworkers; w++) {
             struct worker_listener *wl = &svc->workers[w].ls[i];
             wl->wk = &svc->workers[w];
-            wl->count = &l->count;
-            wl->tls = l->tls;
+            wl->opts.count = &l->count;
+            wl->opts.tls = l->tls;
+            wl->opts.redirect_https = l->redirect_https;
             wl->io.cb = listener_event;
             wl->io.data = wl;
             if (stealing) {

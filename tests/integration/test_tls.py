@@ -499,3 +499,48 @@ def test_upstream_tls_to_nginx_sni_and_client_certificate(weir, session_pki, ngi
                                         f"      client_key: {p.client_user_key}\n"), port=port2)
     assert plain_get(port2, "/secure_admin")[0] == 403
     assert plain_get(port2, "/need_cert")[0] == 200
+
+
+def test_redirect_https_sends_clients_to_the_tls_port(weir, pki, origin, tmp_path):
+    plain, tls, plain443 = free_port(), free_port(), free_port()
+    c, k = pki.main
+    w = weir(f"server:\n  grace_period: 5s\n"
+             f"listeners:\n  - {{address: 127.0.0.1:{plain}, redirect_https: {tls}}}\n"
+             f"  - {{address: 127.0.0.1:{plain443}, redirect_https: true}}\n"
+             f"  - address: 127.0.0.1:{tls}\n    tls:\n"
+             f"      certificates: [{{cert: {c}, key: {k}}}]\n"
+             f"routes:\n  - upstream: b\nupstreams:\n  b:\n    backends: [127.0.0.1:{origin.port}]\n",
+             port=tls)
+    conn = http.client.HTTPConnection("127.0.0.1", plain, timeout=WAIT)
+    conn.request("POST", "/a/b?x=1&y=%20", body=b"ignored", headers={"Host": "weir.test:8080"})
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 308
+    assert r.getheader("Location") == f"https://weir.test:{tls}/a/b?x=1&y=%20"
+    # keep-alive survives the redirect; port 443 is left out of the Location
+    conn.request("GET", "/", headers={"Host": "[::1]"})
+    r = conn.getresponse()
+    r.read()
+    assert r.getheader("Location") == f"https://[::1]:{tls}/"
+    conn2 = http.client.HTTPConnection("127.0.0.1", plain443, timeout=WAIT)
+    conn2.request("GET", "/p?q", headers={"Host": "Weir.Test"})
+    r = conn2.getresponse()
+    r.read()
+    assert r.status == 308 and r.getheader("Location") == "https://Weir.Test/p?q"
+    # a Host that could not be put in a Location safely is refused
+    conn2.request("GET", "/", headers={"Host": "evil.test/x"})
+    r = conn2.getresponse()
+    assert r.status == 400
+    # curl follows it to the TLS listener, where the origin answers
+    out = subprocess.run(["curl", "-sS", "-L", "--cacert", pki.ca, "-o", "/dev/null", "-w",
+                          "%{http_code} %{url_effective}",
+                          "--resolve", f"weir.test:{tls}:127.0.0.1",
+                          "--resolve", f"weir.test:{plain}:127.0.0.1",
+                          f"http://weir.test:{plain}/headers"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout == f"200 https://weir.test:{tls}/headers", out.stderr
+    err = check_refuses(tmp_path, f"listeners:\n  - address: 127.0.0.1:1\n    redirect_https: yes\n"
+                        f"    tls:\n      certificates: [{{cert: {c}, key: {k}}}]\n")[1]
+    assert "listeners[0].redirect_https: a TLS listener already speaks https" in err
+    err = check_refuses(tmp_path, "listeners:\n  - {address: 127.0.0.1:1, redirect_https: 70000}\n")[1]
+    assert "listeners[0].redirect_https: expected true, false or a port (1..65535)" in err
