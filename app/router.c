@@ -466,6 +466,9 @@ static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
         up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up) : (struct weir_iov){"", 0};
     if (up->tls.enabled) {
         set_peer_tls(peer, &up->tls);
+        if (rc->route->upstream_tls.client != NULL) {
+            peer->tls_client = rc->route->upstream_tls.client; /* the route's own identity */
+        }
     }
     return weir_session_select_backend(s, rc->router->lbs[idx], key, peer);
 }

@@ -279,6 +279,15 @@ struct weir_cfg_buffering {
     uint64_t max;      /**< most bytes of temporary file per response; default 1g */
 };
 
+/** routes[].upstream_tls: the client identity this route presents to its upstream. */
+struct weir_cfg_route_upstream_tls {
+    const char *client_cert; /**< PEM client certificate chain; NULL: the group's */
+    const char *client_key;
+    /** The group's CA and verification with this certificate, built when the config was
+        loaded (private to weir); NULL without upstream_tls */
+    struct weir_tls_client *client;
+};
+
 struct weir_cfg_route {
     const char *name;         /**< "" when absent */
     const char *const *hosts; /**< exact names or "*.suffix"; none = any host */
@@ -298,6 +307,7 @@ struct weir_cfg_route {
     bool ignore_client_abort;
     /** Read responses at the origin's pace into memory, then a file; default off */
     struct weir_cfg_buffering buffer_responses;
+    struct weir_cfg_route_upstream_tls upstream_tls;
 };
 
 /** A whole loaded configuration. Immutable; free with weir_config_free. */

@@ -3,6 +3,7 @@
 #define WEIR_TLS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "weir/common.h"
 
@@ -35,6 +36,31 @@ struct weir_tls_info {
     const char *fingerprint; /**< SHA-256 of the DER certificate, lower-case hex */
     const char *cert_pem;    /**< the certificate, PEM */
 };
+
+/** A CA store and client identity for TLS to upstreams (struct weir_peer's tls_client). */
+struct weir_tls_client;
+
+/** What weir_tls_client_new builds a context from. */
+struct weir_tls_client_options {
+    const char *ca;          /**< PEM CA bundle to verify origins with; NULL: the system store */
+    const char *client_cert; /**< PEM certificate chain presented to origins (mTLS); NULL: none */
+    const char *client_key;  /**< its PEM private key (with client_cert) */
+};
+
+/**
+ * Builds a client context (TLS 1.2 and 1.3) from o for peers to use: set peer->tls_client in
+ * upstream_peer, as the weir binary does for upstreams.NAME.tls and routes[].upstream_tls.
+ * Peers with different contexts never share a pooled connection. Reads files: call it at
+ * start-up or from a control thread, never from a hook. Free it with weir_tls_client_free
+ * once no peer will name it (after weir_server_free is simplest; connections still open keep
+ * what they need). 0; WEIR_EINVAL with err saying which file and why (errlen bytes, may be
+ * 0); or WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_tls_client_new(const struct weir_tls_client_options *o,
+                                    struct weir_tls_client **out, char *err, size_t errlen);
+
+/** Frees a context from weir_tls_client_new. Accepts NULL. */
+WEIR_EXTERN void weir_tls_client_free(struct weir_tls_client *cli);
 
 WEIR_END_DECLS
 

@@ -326,6 +326,9 @@ extern const struct weir__cfg_section weir__cfg_listener;
 /* config_tls.c: listeners[].tls */
 extern const struct weir__cfg_section weir__cfg_tls;
 extern const struct weir__cfg_section weir__cfg_upstream_tls;
+extern const struct weir__cfg_section weir__cfg_route_tls;
+void weir__cfg_route_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                               const struct ynode *v);
 void weir__cfg_upstream_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                                   const struct ynode *v);
 void weir__cfg_listener_tls(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,

@@ -353,6 +353,8 @@ static const struct weir__cfg_key route_keys[] = {
     WEIR__CFG_BOOL("ignore_client_abort", RT(ignore_client_abort), false),
     {"buffer_responses", WEIR__CFG_T_CUSTOM, 0, .parse = buffering_value,
      .sub = &buffering_section},
+    {"upstream_tls", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE | WEIR__CFG_LATE,
+     .parse = weir__cfg_route_tls_value, .sub = &weir__cfg_route_tls},
 };
 
 const struct weir__cfg_section weir__cfg_route =

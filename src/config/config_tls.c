@@ -392,6 +392,62 @@ void weir__cfg_upstream_tls_value(struct weir__cfg_ctx *c, const struct weir__cf
     weir__cfg_walk(c, v, &weir__cfg_upstream_tls, t);
 }
 
+/* --- routes[].upstream_tls ------------------------------------------------------------ */
+
+#define RUT(f) WEIR__CFG_AT(struct weir_cfg_route_upstream_tls, f)
+
+static const struct weir__cfg_key route_tls_keys[] = {
+    {"client_cert", WEIR__CFG_T_STRING, WEIR__CFG_REQUIRED, RUT(client_cert),
+     .what = "a PEM file path"},
+    {"client_key", WEIR__CFG_T_STRING, WEIR__CFG_REQUIRED, RUT(client_key),
+     .what = "a PEM file path"},
+};
+
+const struct weir__cfg_section weir__cfg_route_tls = WEIR__CFG_TABLE(
+    "a mapping of client_cert and client_key (the route's identity to its upstream)",
+    route_tls_keys, NULL);
+
+/*
+ * After the route's upstream is known: a client context with the group's CA and
+ * verification and this route's certificate, so only this route presents it.
+ */
+void weir__cfg_route_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                               const struct ynode *v)
+{
+    struct weir_cfg_route *r = f->obj;
+    struct weir_cfg_route_upstream_tls *t = &r->upstream_tls;
+    weir__cfg_defaults(&weir__cfg_route_tls, t);
+    if (!weir__cfg_walk(c, v, &weir__cfg_route_tls, t) || t->client_cert == NULL ||
+        t->client_key == NULL || r->upstream == NULL) {
+        return; /* reported */
+    }
+    if (!r->upstream->tls.enabled) {
+        weir__cfg_err(c, v, "upstream '%s' has no tls: add upstreams.%s.tls first",
+                      r->upstream->name, r->upstream->name);
+        return;
+    }
+    struct weir__tls_client_opts o = {r->upstream->tls.ca, t->client_cert, t->client_key};
+    enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
+    char why[WEIR_TLS_ERRMAX];
+    int rc = weir__tls_client_new(&o, &t->client, &part, why);
+    if (rc == WEIR_ENOMEM) {
+        c->oom = true;
+        return;
+    }
+    if (rc != 0) {
+        const char *key = part == WEIR_TLS_CPART_KEY ? "client_key" : "client_cert";
+        size_t old = weir__cfg_path_key(c, key);
+        weir__cfg_err(c, map_value(v, key), "%s", why);
+        weir__cfg_path_pop(c, old);
+        return;
+    }
+    if (weir_arena_cleanup_add(c->a, free_client, t->client) != 0) {
+        weir__tls_client_free(t->client);
+        t->client = NULL;
+        c->oom = true;
+    }
+}
+
 void weir__cfg_listener_tls(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                             const struct ynode *v)
 {

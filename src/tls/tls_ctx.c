@@ -18,6 +18,7 @@
 #include "core/alloc.h"
 #include "weir/error.h"
 #include "weir/peer.h"
+#include "weir/tls.h"
 
 /* Mozilla's "intermediate" TLS 1.2 ciphers (forward secret AEAD only). */
 static const char DEFAULT_CIPHERS[] =
@@ -739,6 +740,31 @@ void weir__tls_client_free(struct weir_tls_client *cli)
         SSL_CTX_free(cli->ctx);
         weir__free(cli);
     }
+}
+
+int weir_tls_client_new(const struct weir_tls_client_options *o, struct weir_tls_client **out,
+                        char *err, size_t errlen)
+{
+    if (o == NULL || out == NULL || (o->client_cert == NULL) != (o->client_key == NULL)) {
+        if (errlen > 0) {
+            (void)snprintf(err, errlen, "client_cert and client_key go together");
+        }
+        return WEIR_EINVAL;
+    }
+    struct weir__tls_client_opts io = {o->ca, o->client_cert, o->client_key};
+    enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
+    char why[WEIR_TLS_ERRMAX];
+    int rc = weir__tls_client_new(&io, out, &part, why);
+    if (rc == WEIR_EINVAL && errlen > 0) {
+        static const char *const parts[] = {"ca", "client_cert", "client_key"};
+        (void)snprintf(err, errlen, "%s: %s", parts[part], why);
+    }
+    return rc;
+}
+
+void weir_tls_client_free(struct weir_tls_client *cli)
+{
+    weir__tls_client_free(cli);
 }
 
 static SSL_CTX *default_client;

@@ -7,6 +7,7 @@
  */
 #include "tls/tls_int.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 #include <openssl/bn.h>
@@ -132,16 +133,10 @@ static void put_sans(struct text *t, X509 *cert)
         const unsigned char *d = ASN1_STRING_get0_data(v);
         int len = ASN1_STRING_length(v);
         if (g->type == GEN_IPADD) {
-            char ip[64];
-            ip[0] = '\0';
-            if (len == 4) {
-                (void)snprintf(ip, sizeof(ip), "%u.%u.%u.%u", d[0], d[1], d[2], d[3]);
-            } else if (len == 16) {
-                size_t o = 0;
-                for (int k = 0; k < 16 && o + 6 < sizeof(ip); k += 2) {
-                    o += (size_t)snprintf(ip + o, sizeof(ip) - o, "%s%x", k ? ":" : "",
-                                          (unsigned)(d[k] << 8 | d[k + 1]));
-                }
+            char ip[INET6_ADDRSTRLEN] = "";
+            if ((len == 4 || len == 16) &&
+                inet_ntop(len == 4 ? AF_INET : AF_INET6, d, ip, sizeof(ip)) == NULL) {
+                ip[0] = '\0';
             }
             put_str(t, ip);
         } else if (len > 0) {

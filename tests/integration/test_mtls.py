@@ -326,3 +326,14 @@ def test_hooks_see_the_certificate_through_weir_session_tls(weir, session_pki, o
     status, body = fetch("/headers", stranger)
     seen = {k.lower(): v for k, v in json.loads(body)["headers"]}
     assert "x-client-identity" not in seen
+
+
+def test_names_are_sent_escaped_and_every_san_kind_is_listed(mtls_weir, session_pki):
+    pki = session_pki
+    w = mtls_weir(f"{{mode: required, ca: {pki.client_ca}}}")
+    seen, _ = upstream_headers(w.tls_port, ctx_for(pki, pki.client_san_cert,
+                                                   pki.client_san_key))
+    # RFC 2253: most specific first, ',' escaped, UTF-8 bytes as \XX: printable ASCII only
+    assert seen["x-client-subject"] == [r"CN=Jos\C3\A9,O=Ex\, Inc"]
+    assert seen["x-client-sans"] == ["DNS:svc.example, IP:10.0.0.1, IP:::1, "
+                                     "email:ops@example.com, URI:spiffe://example.org/ns/web"]

@@ -544,3 +544,49 @@ def test_redirect_https_sends_clients_to_the_tls_port(weir, pki, origin, tmp_pat
     assert "listeners[0].redirect_https: a TLS listener already speaks https" in err
     err = check_refuses(tmp_path, "listeners:\n  - {address: 127.0.0.1:1, redirect_https: 70000}\n")[1]
     assert "listeners[0].redirect_https: expected true, false or a port (1..65535)" in err
+
+
+def test_route_upstream_tls_presents_its_own_client_certificate(weir, session_pki,
+                                                                nginx_tls_origin, tmp_path):
+    """Only /secure_admin presents the admin certificate (routes[].upstream_tls); the rest of
+    the group's traffic presents the user's. nginx enforces CN=admin on /secure_admin."""
+    p = session_pki
+    n = nginx_tls_origin(client_ca=p.client_ca)
+    port = free_port()
+    weir(f"server:\n  grace_period: 5s\nlisteners: [127.0.0.1:{port}]\n"
+         f"routes:\n"
+         f"  - match: {{path_prefix: /secure_admin}}\n    upstream: b\n"
+         f"    upstream_tls: {{client_cert: {p.client_admin_cert}, client_key: {p.client_admin_key}}}\n"
+         f"  - upstream: b\n"
+         f"upstreams:\n  b:\n    backends: [127.0.0.1:{n.port}]\n"
+         f"    tls:\n      sni: secure.api.endpoint\n      ca: {p.ca}\n"
+         f"      client_cert: {p.client_user_cert}\n      client_key: {p.client_user_key}\n",
+         port=port)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    for _ in range(3):  # alternating, over pooled connections: identities never mix
+        c.request("GET", "/secure_admin")
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 200, body
+        assert "CN=admin" in r.getheader("X-Client-DN")
+        c.request("GET", "/need_cert")
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200
+        assert "CN=user" in r.getheader("X-Client-DN")
+    # config errors: the pair, the files, and a group without tls
+    base = (f"listeners: [127.0.0.1:1]\nroutes:\n  - upstream: {{g}}\n    upstream_tls: {{t}}\n"
+            f"upstreams:\n  b:\n    backends: [127.0.0.1:2]\n    tls: {{{{ca: {p.ca}}}}}\n"
+            f"  plain:\n    backends: [127.0.0.1:3]\n")
+
+    def refuse(g, t):
+        path, err = check_refuses(tmp_path, base.format(g=g, t=t))
+        return err.replace(str(path), "bad.yaml")
+    err = refuse("b", f"{{client_cert: {p.client_admin_cert}}}")
+    assert "bad.yaml:4:19: error: routes[0].upstream_tls: missing required key 'client_key'" in err
+    err = refuse("b", f"{{client_cert: {p.client_admin_cert}, client_key: {p.client_user_key}}}")
+    assert "bad.yaml:4:" in err and "routes[0].upstream_tls.client_key:" in err
+    err = refuse("b", f"{{client_cert: /nonexistent.pem, client_key: {p.client_user_key}}}")
+    assert "routes[0].upstream_tls.client_cert: cannot read /nonexistent.pem" in err
+    err = refuse("plain", f"{{client_cert: {p.client_admin_cert}, client_key: {p.client_admin_key}}}")
+    assert "routes[0].upstream_tls: upstream 'plain' has no tls" in err

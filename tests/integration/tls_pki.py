@@ -25,6 +25,8 @@ Names:
   client_user_cert/_key      CN=user, extendedKeyUsage clientAuth, signed by client_ca
   client_revoked_cert/_key   CN=revoked, signed by client_ca, revoked in client_crl
   client_other_cert/_key     CN=stranger, a client cert signed by other_ca (unknown CA)
+  client_san_cert/_key       subject O="Ex, Inc", CN=José (UTF-8), SAN DNS, IPv4, IPv6, email
+                             and URI names; signed by client_ca
   client_int_ca/_key         an intermediate CA signed by client_ca
   client_deep_cert/_key      CN=deep, signed by client_int_ca; client_deep_chain = leaf + it
   client_crl                 client_ca's CRL (PEM): client_revoked is revoked, next update in
@@ -81,6 +83,14 @@ keyUsage = critical, digitalSignature
 extendedKeyUsage = clientAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid, issuer
+
+[client_san]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+subjectAltName = ${ENV::WEIR_PKI_SAN}
 
 # `openssl ca`, only for the expired cert (x509 -req in 3.0 has no -not_before/-not_after).
 [ca]
@@ -159,11 +169,11 @@ def build_pki(directory):
         setattr(p, name, cert)
         setattr(p, f"{name}_key", key)
 
-    def make_leaf(name, cn, ca, ext, san=None, rsa=False):
+    def make_leaf(name, cn, ca, ext, san=None, rsa=False, subj=None):
         key = newkey(name, rsa=rsa)
         csr, cert = path(f"{name}.csr"), path(f"{name}.pem")
-        _run(["req", "-config", cnf, "-new", "-key", key, "-subj", f"/CN={cn}", "-out", csr],
-             env)
+        _run(["req", "-config", cnf, "-new", "-utf8", "-key", key, "-subj", subj or f"/CN={cn}",
+              "-out", csr], env)
         serial[0] += 1
         leaf_env = dict(env, WEIR_PKI_SAN=san or "DNS:unused")
         _run(["x509", "-req", "-in", csr, "-CA", getattr(p, ca), "-CAkey",
@@ -188,6 +198,9 @@ def build_pki(directory):
     make_leaf("client_user", "user", "client_ca", "client")
     make_leaf("client_revoked", "revoked", "client_ca", "client")
     make_leaf("client_other", "stranger", "other_ca", "client")
+    make_leaf("client_san", None, "client_ca", "client_san",
+              "DNS:svc.example,IP:10.0.0.1,IP:::1,email:ops@example.com,"
+              "URI:spiffe://example.org/ns/web", subj="/O=Ex, Inc/CN=Jos\u00e9")
 
     # An intermediate client CA and a leaf under it (verify_depth 2).
     key = newkey("client_int_ca")
