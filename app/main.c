@@ -32,7 +32,11 @@ static void usage(FILE *to)
         "\n"
         "Options of 'weir proxy':\n"
         "  --listen ADDR             address to listen on, ip:port (repeatable)\n"
-        "  --to ADDR[,ADDR...]       backends, ip:port, balanced round robin\n"
+        "  --to ADDR[,ADDR...]       backends, ip:port, balanced round robin; https://ip:port\n"
+        "                            speaks TLS to them (the certificate is verified)\n"
+        "  --tls-cert FILE --tls-key FILE   TLS on every --listen with this certificate\n"
+        "  --upstream-sni NAME       https backends: the name sent and verified (SNI)\n"
+        "  --upstream-ca FILE        https backends: the CAs to trust (default: the system's)\n"
         "  --threads N               worker threads (default: one per CPU)\n"
         "  --access-log PATH|stdout|off   access log (default: off)\n"
         "  --access-log-format combined|json   (default: combined)\n"
@@ -191,11 +195,15 @@ static int proxy_usage_error(const char *msg, const char *arg)
     return 1;
 }
 
-/* The flags of 'weir proxy'. Two 64 KiB texts: too big for the stack. */
+#define MAX_PROXY_LISTEN 64
+
+/* The flags of 'weir proxy'. A 64 KiB text: too big for the stack. */
 struct proxy_cmd {
     struct text yaml;
-    struct text listen;
+    const char *listen[MAX_PROXY_LISTEN];
+    unsigned nlisten;
     const char *to, *threads, *access, *format;
+    const char *tls_cert, *tls_key, *upstream_sni, *upstream_ca;
     bool stealing;
 };
 
@@ -213,6 +221,18 @@ static const char **proxy_slot(struct proxy_cmd *pc, const char *a)
     }
     if (strcmp(a, "--access-log-format") == 0) {
         return &pc->format;
+    }
+    if (strcmp(a, "--tls-cert") == 0) {
+        return &pc->tls_cert;
+    }
+    if (strcmp(a, "--tls-key") == 0) {
+        return &pc->tls_key;
+    }
+    if (strcmp(a, "--upstream-sni") == 0) {
+        return &pc->upstream_sni;
+    }
+    if (strcmp(a, "--upstream-ca") == 0) {
+        return &pc->upstream_ca;
     }
     return NULL;
 }
@@ -244,12 +264,16 @@ static int parse_proxy_args(int argc, char **argv, struct proxy_cmd *pc)
             return proxy_usage_error("--listen: expected ip:port (numeric, or localhost), got",
                                      next);
         }
-        put(&pc->listen, "  - ");
-        put_quoted(&pc->listen, next);
-        put(&pc->listen, "\n");
+        if (pc->nlisten == MAX_PROXY_LISTEN) {
+            return proxy_usage_error("too many --listen", NULL);
+        }
+        pc->listen[pc->nlisten++] = next;
     }
-    if (pc->listen.len == 0 || pc->to == NULL) {
+    if (pc->nlisten == 0 || pc->to == NULL) {
         return proxy_usage_error("--listen and --to are required", NULL);
+    }
+    if ((pc->tls_cert == NULL) != (pc->tls_key == NULL)) {
+        return proxy_usage_error("--tls-cert and --tls-key go together", NULL);
     }
     return 0;
 }
@@ -264,6 +288,57 @@ static void put_setting(struct text *t, const char *key, const char *value)
     }
 }
 
+/* "https://" or "http://" off the front of a backend; *tls says which (neither: http). */
+static const char *strip_scheme(const char *p, size_t *n, bool *tls)
+{
+    *tls = *n > 8 && strncmp(p, "https://", 8) == 0;
+    size_t skip = *tls ? 8 : *n > 7 && strncmp(p, "http://", 7) == 0 ? 7 : 0;
+    *n -= skip;
+    return p + skip;
+}
+
+/* upstreams.backends from --to (and its TLS from --upstream-*). 0, or 1 after the error. */
+static int write_backends(struct proxy_cmd *pc, struct text *t)
+{
+    put(t, "upstreams:\n  backends:\n    backends:\n");
+    int tls = -1; /* unknown until the first backend */
+    for (const char *p = pc->to; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        const char *next = p + n + (comma ? 1 : 0);
+        bool this_tls = false;
+        p = strip_scheme(p, &n, &this_tls);
+        char one[256];
+        if (n == 0 || n >= sizeof(one)) {
+            return proxy_usage_error("bad backend list", pc->to);
+        }
+        if (tls >= 0 && tls != (int)this_tls) {
+            return proxy_usage_error("--to: backends are all https:// or all not", pc->to);
+        }
+        tls = this_tls;
+        memcpy(one, p, n);
+        one[n] = '\0';
+        struct weir_peer check;
+        if (weir_peer_set_address(&check, one) != 0) {
+            return proxy_usage_error("--to: expected ip:port (numeric, or localhost), got", one);
+        }
+        put(t, "      - ");
+        put_quoted(t, one);
+        put(t, "\n");
+        p = next;
+    }
+    if (tls == 1) {
+        put(t, "    tls:\n");
+        put_setting(t, "      sni: ", pc->upstream_sni);
+        put_setting(t, "      ca: ", pc->upstream_ca);
+        put(t, "      verify: true\n");
+    } else if (pc->upstream_sni != NULL || pc->upstream_ca != NULL) {
+        return proxy_usage_error("--upstream-sni and --upstream-ca are for https:// backends",
+                                 NULL);
+    }
+    return 0;
+}
+
 /* The configuration the flags stand for, in pc->yaml. 0, or 1 after printing the error. */
 static int write_proxy_yaml(struct proxy_cmd *pc)
 {
@@ -276,30 +351,20 @@ static int write_proxy_yaml(struct proxy_cmd *pc)
     put_setting(t, "  access_log: ", pc->access);
     put_setting(t, "  access_log_format: ", pc->format);
     put(t, "listeners:\n");
-    put(t, pc->listen.buf);
-    put(t, "routes:\n  - upstream: backends\nupstreams:\n  backends:\n    backends:\n");
-    for (const char *p = pc->to; *p;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        char one[256];
-        if (n == 0 || n >= sizeof(one)) {
-            return proxy_usage_error("bad backend list", pc->to);
+    for (unsigned i = 0; i < pc->nlisten; i++) {
+        put_setting(t, "  - address: ", pc->listen[i]);
+        if (pc->tls_cert != NULL) {
+            put(t, "    tls:\n      certificates:\n");
+            put_setting(t, "        - cert: ", pc->tls_cert);
+            put_setting(t, "          key: ", pc->tls_key);
         }
-        memcpy(one, p, n);
-        one[n] = '\0';
-        struct weir_peer check;
-        if (weir_peer_set_address(&check, one) != 0) {
-            return proxy_usage_error("--to: expected ip:port (numeric, or localhost), got", one);
-        }
-        put(t, "      - ");
-        put_quoted(t, one);
-        put(t, "\n");
-        p += n + (comma ? 1 : 0);
     }
-    if (t->overflow || pc->listen.overflow) {
+    put(t, "routes:\n  - upstream: backends\n");
+    int rc = write_backends(pc, t);
+    if (rc == 0 && t->overflow) {
         return proxy_usage_error("arguments too long", NULL);
     }
-    return 0;
+    return rc;
 }
 
 static int run_proxy_command(int argc, char **argv)

@@ -590,3 +590,26 @@ def test_route_upstream_tls_presents_its_own_client_certificate(weir, session_pk
     assert "routes[0].upstream_tls.client_cert: cannot read /nonexistent.pem" in err
     err = refuse("plain", f"{{client_cert: {p.client_admin_cert}, client_key: {p.client_admin_key}}}")
     assert "routes[0].upstream_tls: upstream 'plain' has no tls" in err
+
+
+def test_one_liner_terminates_and_originates_tls(weir, session_pki, nginx_tls_origin):
+    """weir proxy --tls-cert/--tls-key --to https://... --upstream-sni --upstream-ca: TLS on
+    both sides from flags alone, to nginx checking the SNI."""
+    p = session_pki
+    n = nginx_tls_origin()
+    port = free_port()
+    weir.cli(["proxy", "--listen", f"127.0.0.1:{port}", "--tls-cert", p.server_cert,
+              "--tls-key", p.server_key, "--to", f"https://127.0.0.1:{n.port}",
+              "--upstream-sni", "secure.api.endpoint", "--upstream-ca", p.ca,
+              "--threads", "1"], port=port)
+    out = subprocess.run(["curl", "-sS", "-D", "-", "--cacert", p.ca,
+                          f"https://localhost:{port}/x?y=1"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "nginx-tls GET /x?y=1" in out.stdout
+    assert "X-SNI: secure.api.endpoint" in out.stdout
+    # without --upstream-ca the origin's private CA is unknown: weir refuses it, 502
+    port2 = free_port()
+    weir.cli(["proxy", "--listen", f"127.0.0.1:{port2}", "--to", f"https://127.0.0.1:{n.port}",
+              "--upstream-sni", "secure.api.endpoint", "--threads", "1"], port=port2)
+    assert plain_get(port2, "/")[0] == 502
