@@ -192,6 +192,11 @@ struct weir_cfg_listener_tls {
     const char *ciphersuites;        /**< TLS 1.3 suites; NULL: OpenSSL's defaults */
     const char *curves;              /**< key exchange groups; NULL: X25519:P-256:P-384 */
     bool session_tickets;            /**< stateless resumption; default true */
+    uint32_t session_timeout_ms;     /**< how long a session may be resumed; default 1h */
+    /** Ticket keys (48 or 80 bytes each), the first making tickets; none: generated and
+        rotated every session_timeout */
+    const char *const *ticket_key_files;
+    size_t nticket_key_files;
     struct weir_cfg_tls_client_auth client_auth;
     /** The context built from the above when the config was loaded (private to weir). */
     struct weir__tls_server *server;

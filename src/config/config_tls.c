@@ -155,6 +155,76 @@ static const struct weir__cfg_section client_auth_section =
     WEIR__CFG_TABLE("a mapping of mode (off, optional, required), ca, verify_depth, crl",
                     client_auth_keys, client_auth_check);
 
+static void ticket_files_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                               const struct ynode *v)
+{
+    struct weir_cfg_listener_tls *t = f->obj;
+    const struct ynode *seq = weir__cfg_sequence(c, v, "a sequence of key file paths");
+    if (seq == NULL) {
+        return;
+    }
+    const char **files = weir__cfg_keep_array(c, seq->n ? seq->n : 1, sizeof(char *));
+    if (files == NULL) {
+        c->oom = true;
+        return;
+    }
+    size_t i = 0;
+    for (const struct ynode *it = seq->first; it != NULL; it = it->next, i++) {
+        size_t old = weir__cfg_path_index(c, i);
+        files[i] = weir__cfg_string_value(c, it, "a key file path");
+        weir__cfg_path_pop(c, old);
+    }
+    t->ticket_key_files = files;
+    t->nticket_key_files = seq->n;
+}
+
+/* The ticket keys, each file's error at its entry. NULL after reporting (or without tickets). */
+static struct weir__tls_tickets *load_tickets(struct weir__cfg_ctx *c,
+                                              const struct weir__cfg_frame *f,
+                                              const struct weir_cfg_listener_tls *t, bool *ok)
+{
+    *ok = true;
+    const struct ynode *fv = weir__cfg_value(f, "ticket_key_files");
+    if (!t->session_tickets) {
+        if (t->nticket_key_files > 0) {
+            size_t old = weir__cfg_path_key(c, "ticket_key_files");
+            weir__cfg_err(c, fv, "session_tickets is false: no ticket is made or accepted");
+            weir__cfg_path_pop(c, old);
+            *ok = false;
+        }
+        return NULL;
+    }
+    for (size_t i = 0; i < t->nticket_key_files; i++) {
+        if (t->ticket_key_files[i] == NULL) {
+            *ok = false;
+            return NULL; /* reported */
+        }
+    }
+    struct weir__tls_tickets *tk = NULL;
+    size_t bad = 0;
+    char why[WEIR_TLS_ERRMAX];
+    uint32_t period = t->session_timeout_ms / 1000;
+    int rc =
+        weir__tls_tickets_new(t->ticket_key_files, t->nticket_key_files, period, &tk, &bad, why);
+    if (rc == WEIR_ENOMEM) {
+        c->oom = true;
+        *ok = false;
+    } else if (rc != 0) {
+        const struct ynode *seq = weir__ynode_deref(fv);
+        const struct ynode *at = seq != NULL ? seq->first : NULL;
+        for (size_t i = 0; at != NULL && i < bad; i++) {
+            at = at->next;
+        }
+        size_t o1 = weir__cfg_path_key(c, "ticket_key_files");
+        size_t o2 = weir__cfg_path_index(c, bad);
+        weir__cfg_err(c, at != NULL ? at : fv, "%s", why);
+        weir__cfg_path_pop(c, o2);
+        weir__cfg_path_pop(c, o1);
+        *ok = false;
+    }
+    return tk;
+}
+
 static void protocols_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                             const struct ynode *v)
 {
@@ -237,6 +307,7 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
         .ciphersuites = t->ciphersuites,
         .curves = t->curves,
         .session_tickets = t->session_tickets,
+        .session_timeout = t->session_timeout_ms / 1000,
         .reject_unknown_sni = t->reject_unknown_sni,
         .client_auth = ca->mode == WEIR_CLIENT_AUTH_REQUIRED   ? WEIR_TLS_AUTH_REQUIRED
                        : ca->mode == WEIR_CLIENT_AUTH_OPTIONAL ? WEIR_TLS_AUTH_OPTIONAL
@@ -263,8 +334,11 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
     if (t->ncertificates == 0 || weir_config_errors_count(c->errs) > 0) {
         return; /* errors were reported; nothing to build */
     }
+    bool tickets_ok = true;
+    o.tickets = load_tickets(c, f, t, &tickets_ok);
     struct loaded *l = load_certificates(c, f, t);
-    if (l == NULL) {
+    if (l == NULL || !tickets_ok) {
+        weir__tls_tickets_free(o.tickets);
         return;
     }
     char why[WEIR_TLS_ERRMAX];
@@ -301,6 +375,9 @@ static const struct weir__cfg_key tls_keys[] = {
      .valid = suites_ok},
     {"curves", WEIR__CFG_T_STRING, 0, LT(curves), .what = "a list of groups", .valid = curves_ok},
     WEIR__CFG_BOOL("session_tickets", LT(session_tickets), true),
+    WEIR__CFG_DURATION("session_timeout", LT(session_timeout_ms), 1000, 7u * 86400 * 1000,
+                       3600 * 1000),
+    WEIR__CFG_CUSTOM("ticket_key_files", WEIR__CFG_VALUE, ticket_files_value),
     WEIR__CFG_SECTION("client_auth", LT(client_auth), &client_auth_section),
 };
 

@@ -53,6 +53,21 @@ void weir__tls_cert_free(struct weir__tls_cert *c);
 
 /* ---- server contexts (listeners[].tls) ---- */
 
+/** A listener's session ticket keys: generated and rotated by the clock, or from files. */
+struct weir__tls_tickets;
+
+/**
+ * Ticket keys from files (nginx's ssl_session_ticket_key format, 80 or 48 bytes; the first
+ * makes tickets, the others are accepted), or with nfiles 0 generated keys that change every
+ * period_s seconds (a ticket is accepted for one to two periods). Blocks on file I/O. 0,
+ * WEIR_EINVAL (*bad_file is the index of the file and why says what is wrong with it),
+ * WEIR_ENOMEM.
+ */
+int weir__tls_tickets_new(const char *const *files, size_t nfiles, uint32_t period_s,
+                          struct weir__tls_tickets **out, size_t *bad_file,
+                          char why[WEIR_TLS_ERRMAX]);
+void weir__tls_tickets_free(struct weir__tls_tickets *t);
+
 /** listeners[].tls.client_auth.mode, as the config's enum weir_cfg_client_auth_mode. */
 enum weir__tls_auth {
     WEIR_TLS_AUTH_OFF = 0,
@@ -66,8 +81,12 @@ struct weir__tls_server_opts {
     const char *ciphersuites; /* TLS 1.3; NULL: OpenSSL's (AES-GCM and ChaCha20) */
     const char *curves;       /* groups; NULL: X25519:P-256:P-384 */
     bool session_tickets;     /* stateless resumption */
-    bool reject_unknown_sni;  /* a client naming no configured certificate is refused */
-    size_t default_cert;      /* index of the certificate for no or an unknown SNI */
+    uint32_t session_timeout; /* seconds a session may be resumed (and the key period) */
+    /* session_tickets: the keys (ownership moves to the server, even on failure); NULL:
+       OpenSSL's own, per context, never rotated (for tests) */
+    struct weir__tls_tickets *tickets;
+    bool reject_unknown_sni; /* a client naming no configured certificate is refused */
+    size_t default_cert;     /* index of the certificate for no or an unknown SNI */
     enum weir__tls_auth client_auth;
     const char *client_ca;  /* client_auth: PEM bundle the client's certificate must chain to */
     const char *client_crl; /* PEM revocation lists; NULL: none */

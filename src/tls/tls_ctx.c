@@ -463,6 +463,13 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
     if (!o->session_tickets && SSL_CTX_set_num_tickets(ctx, 0) != 1) {
         goto fail;
     }
+    if (o->session_tickets && srv->tickets != NULL &&
+        weir__tls_tickets_use(srv->tickets, ctx) != 0) {
+        goto fail;
+    }
+    if (o->session_timeout > 0) {
+        (void)SSL_CTX_set_timeout(ctx, (long)o->session_timeout);
+    }
     static const unsigned char sid[] = "weir";
     if (SSL_CTX_set_min_proto_version(ctx, VERSIONS[o->min_version]) != 1 ||
         SSL_CTX_set_max_proto_version(ctx, VERSIONS[o->max_version]) != 1 ||
@@ -608,6 +615,7 @@ int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
     if (srv == NULL || mine == NULL) {
         weir__free(srv);
         weir__free(mine);
+        weir__tls_tickets_free(opts->tickets);
         for (size_t i = 0; i < ncerts; i++) {
             weir__tls_cert_free(certs[i]);
         }
@@ -616,6 +624,7 @@ int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
     memcpy(mine, certs, ncerts * sizeof(struct weir__tls_cert *));
     srv->certs = mine;
     srv->ncerts = ncerts;
+    srv->tickets = opts->tickets;
     srv->reject_unknown = opts->reject_unknown_sni;
     atomic_init(&srv->refs, 1);
     if (ncerts == 0 || opts->default_cert >= ncerts) {
@@ -649,6 +658,7 @@ void weir__tls_server_free(struct weir__tls_server *srv)
     for (size_t i = 0; i < srv->ncerts; i++) {
         weir__tls_cert_free(srv->certs[i]);
     }
+    weir__tls_tickets_free(srv->tickets);
     X509_STORE_free(srv->client_store);
     sk_X509_NAME_pop_free(srv->client_names, X509_NAME_free);
     weir__free(srv->ctx);

@@ -41,9 +41,13 @@ struct weir__tls_server {
     bool reject_unknown;
     X509_STORE *client_store;           /* client_auth: CAs and CRLs; NULL: off */
     STACK_OF(X509_NAME) * client_names; /* the CA names sent to the client */
+    struct weir__tls_tickets *tickets;  /* session ticket keys; NULL: none or OpenSSL's */
     struct weir__tls_cert **certs;
     size_t ncerts;
 };
+
+/* Makes ctx's session tickets with t's keys. 0 or WEIR_EINVAL. */
+int weir__tls_tickets_use(struct weir__tls_tickets *t, SSL_CTX *ctx);
 
 /* why = "what: OpenSSL's reason for its last error" (the error queue is cleared). */
 void weir__tls_why(char why[WEIR_TLS_ERRMAX], const char *what);

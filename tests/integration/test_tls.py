@@ -613,3 +613,54 @@ def test_one_liner_terminates_and_originates_tls(weir, session_pki, nginx_tls_or
     weir.cli(["proxy", "--listen", f"127.0.0.1:{port2}", "--to", f"https://127.0.0.1:{n.port}",
               "--upstream-sni", "secure.api.endpoint", "--threads", "1"], port=port2)
     assert plain_get(port2, "/")[0] == 502
+
+
+def resume_from(port, ctx, session):
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as raw:
+        with ctx.wrap_socket(raw, server_hostname="weir.test", session=session) as s:
+            return s.session_reused, s.session
+
+
+def test_ticket_keys_shared_by_workers_and_by_nodes_through_key_files(tls_weir, pki, tmp_path):
+    ctx = client_ctx(pki)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is known right after it
+    # Generated keys: every worker of the process opens every other worker's tickets.
+    w = tls_weir()
+    _, session = resume_from(w.tls_port, ctx, None)
+    for _ in range(8):  # new connections land on either worker
+        assert resume_from(w.tls_port, ctx, session)[0]
+    # Key files: two processes with the same file resume each other's sessions; a node with
+    # a new key first and the old one second still accepts the old tickets.
+    old, new = tmp_path / "old.key", tmp_path / "new.key"
+    old.write_bytes(os.urandom(80))
+    new.write_bytes(os.urandom(48))  # the AES-128 format
+    a = tls_weir(extra=f"      ticket_key_files: [{old}]\n")
+    b = tls_weir(extra=f"      ticket_key_files: [{new}, {old}]\n")
+    c = tls_weir(extra=f"      ticket_key_files: [{new}]\n")
+    _, from_a = resume_from(a.tls_port, ctx, None)
+    reused, from_b = resume_from(b.tls_port, ctx, from_a)
+    assert reused  # and b sent a fresh ticket made with its first key
+    assert resume_from(c.tls_port, ctx, from_b)[0]
+    assert not resume_from(c.tls_port, ctx, from_a)[0]  # c never had the old key
+    assert not resume_from(w.tls_port, ctx, from_a)[0]  # generated keys know no file's
+
+
+def test_sessions_expire_after_session_timeout(tls_weir, pki):
+    import time
+    ctx = client_ctx(pki)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    w = tls_weir(extra="      session_timeout: 1s\n")
+    _, session = resume_from(w.tls_port, ctx, None)
+    time.sleep(2.2)  # past the ticket's period and the next: its key is gone
+    assert not resume_from(w.tls_port, ctx, session)[0]
+
+
+def test_ticket_key_file_errors(tmp_path, pki):
+    short = tmp_path / "short.key"
+    short.write_bytes(os.urandom(47))
+    err = config_error(tmp_path, pki, f"        - cert: {pki.main[0]}\n          key: {pki.main[1]}\n"
+                       f"      ticket_key_files: [{short}]\n")
+    assert "listeners[0].tls.ticket_key_files[0]:" in err and "exactly 80 bytes" in err
+    err = config_error(tmp_path, pki, f"        - cert: {pki.main[0]}\n          key: {pki.main[1]}\n"
+                       f"      session_tickets: false\n      ticket_key_files: [{short}]\n")
+    assert "listeners[0].tls.ticket_key_files: session_tickets is false" in err
