@@ -152,8 +152,9 @@ struct weir_cfg_server {
 
 /** One of a TLS listener's certificates (listeners[].tls.certificates[]). */
 struct weir_cfg_tls_certificate {
-    const char *cert; /**< PEM file: the leaf first, then its intermediates */
-    const char *key;  /**< PEM file: its private key */
+    const char *cert;          /**< PEM file: the leaf first, then its intermediates */
+    const char *key;           /**< PEM file: its private key */
+    const char *ocsp_response; /**< DER OCSP response stapled for it; NULL: none */
 };
 
 /** Protocol versions, as a set (listeners[].tls.protocols). */

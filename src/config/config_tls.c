@@ -51,10 +51,11 @@ static const struct ynode *map_value(const struct ynode *m, const char *name)
 static const struct weir__cfg_key cert_keys[] = {
     {"cert", WEIR__CFG_T_STRING, WEIR__CFG_REQUIRED, CRT(cert), .what = "a PEM file path"},
     {"key", WEIR__CFG_T_STRING, WEIR__CFG_REQUIRED, CRT(key), .what = "a PEM file path"},
+    WEIR__CFG_STRING("ocsp_response", CRT(ocsp_response), "a DER file path", NULL),
 };
 
 static const struct weir__cfg_section cert_section =
-    WEIR__CFG_TABLE("a mapping with cert and key", cert_keys, NULL);
+    WEIR__CFG_TABLE("a mapping with cert, key and ocsp_response", cert_keys, NULL);
 
 /* certificates: the file names only; tls_build reads the files once every key is known. */
 static void certificates_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
@@ -111,12 +112,22 @@ static struct loaded *load_certificates(struct weir__cfg_ctx *c, const struct we
         enum weir__tls_cert_part part = WEIR_TLS_PART_CERT;
         char why[WEIR_TLS_ERRMAX];
         int rc = weir__tls_cert_load(e->cert, e->key, &cv[l->n], &part, why);
+        if (rc == 0 && e->ocsp_response != NULL) {
+            rc = weir__tls_cert_ocsp(cv[l->n], e->ocsp_response, why);
+            if (rc != 0) {
+                weir__tls_cert_free(cv[l->n]);
+                cv[l->n] = NULL;
+                part = WEIR_TLS_PART_OCSP;
+            }
+        }
         if (rc == 0) {
             l->n++;
         } else if (rc == WEIR_ENOMEM) {
             c->oom = true;
         } else {
-            const char *key = part == WEIR_TLS_PART_CERT ? "cert" : "key";
+            const char *key = part == WEIR_TLS_PART_CERT  ? "cert"
+                              : part == WEIR_TLS_PART_KEY ? "key"
+                                                          : "ocsp_response";
             size_t o2 = weir__cfg_path_index(c, i);
             size_t o3 = weir__cfg_path_key(c, key);
             weir__cfg_err(c, map_value(it, key), "%s", why);

@@ -39,6 +39,7 @@ struct weir__tls_cert;
 enum weir__tls_cert_part {
     WEIR_TLS_PART_CERT = 0,
     WEIR_TLS_PART_KEY,
+    WEIR_TLS_PART_OCSP, /* the certificate's ocsp_response */
 };
 
 /**
@@ -50,6 +51,13 @@ enum weir__tls_cert_part {
 int weir__tls_cert_load(const char *cert_file, const char *key_file, struct weir__tls_cert **out,
                         enum weir__tls_cert_part *part, char why[WEIR_TLS_ERRMAX]);
 void weir__tls_cert_free(struct weir__tls_cert *c);
+
+/**
+ * Reads a DER OCSP response to staple for c and checks it: it parses, its status is
+ * successful, it answers for c's serial number with "good", and it has not expired. Blocks on
+ * file I/O. 0, WEIR_EINVAL (why set), WEIR_ENOMEM.
+ */
+int weir__tls_cert_ocsp(struct weir__tls_cert *c, const char *file, char why[WEIR_TLS_ERRMAX]);
 
 /* ---- server contexts (listeners[].tls) ---- */
 

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <openssl/err.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -211,6 +212,93 @@ fail:
     return rc;
 }
 
+/* The largest OCSP response read (real ones are a few KiB). */
+#define OCSP_MAX (1 << 20)
+
+/* The response for c's serial in bs: its status checked (good, not expired). */
+static int check_ocsp_status(const struct weir__tls_cert *c, OCSP_BASICRESP *bs, const char *file,
+                             char why[WEIR_TLS_ERRMAX])
+{
+    const ASN1_INTEGER *serial = X509_get0_serialNumber(c->leaf);
+    for (int i = 0; i < OCSP_resp_count(bs); i++) {
+        OCSP_SINGLERESP *one = OCSP_resp_get0(bs, i);
+        ASN1_INTEGER *sn = NULL;
+        if (OCSP_id_get0_info(NULL, NULL, NULL, &sn, (OCSP_CERTID *)OCSP_SINGLERESP_get0_id(one)) !=
+                1 ||
+            ASN1_INTEGER_cmp(sn, serial) != 0) {
+            continue;
+        }
+        int reason = 0;
+        ASN1_GENERALIZEDTIME *rev = NULL, *thisupd = NULL, *nextupd = NULL;
+        int st = OCSP_single_get0_status(one, &reason, &rev, &thisupd, &nextupd);
+        if (st != V_OCSP_CERTSTATUS_GOOD) {
+            (void)snprintf(why, WEIR_TLS_ERRMAX, "%s says the certificate is %s", file,
+                           OCSP_cert_status_str(st));
+            return WEIR_EINVAL;
+        }
+        if (OCSP_check_validity(thisupd, nextupd, 300, -1) != 1) {
+            ERR_clear_error();
+            (void)snprintf(why, WEIR_TLS_ERRMAX, "%s has expired (or is not valid yet)", file);
+            return WEIR_EINVAL;
+        }
+        return 0;
+    }
+    (void)snprintf(why, WEIR_TLS_ERRMAX, "%s is not a response about this certificate", file);
+    return WEIR_EINVAL;
+}
+
+int weir__tls_cert_ocsp(struct weir__tls_cert *c, const char *file, char why[WEIR_TLS_ERRMAX])
+{
+    struct stat st;
+    if (stat(file, &st) != 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s: %s", file, strerror(errno));
+        return WEIR_EINVAL;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > OCSP_MAX) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s is not a regular file of at most 1 MiB", file);
+        return WEIR_EINVAL;
+    }
+    unsigned char *der = weir__malloc((size_t)st.st_size);
+    if (der == NULL) {
+        return WEIR_ENOMEM;
+    }
+    FILE *f = fopen(file, "rb");
+    size_t n = f != NULL ? fread(der, 1, (size_t)st.st_size, f) : 0;
+    if (f != NULL) {
+        (void)fclose(f);
+    }
+    if (n != (size_t)st.st_size) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "cannot read %s", file);
+        weir__free(der);
+        return WEIR_EINVAL;
+    }
+    const unsigned char *p = der;
+    OCSP_RESPONSE *resp = d2i_OCSP_RESPONSE(NULL, &p, (long)n);
+    OCSP_BASICRESP *bs = NULL;
+    int rc = WEIR_EINVAL;
+    if (resp == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s is not a DER OCSP response", file);
+    } else if (OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s: the responder answered %s", file,
+                       OCSP_response_status_str(OCSP_response_status(resp)));
+    } else if ((bs = OCSP_response_get1_basic(resp)) == NULL) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no basic OCSP response", file);
+    } else {
+        rc = check_ocsp_status(c, bs, file, why);
+    }
+    OCSP_BASICRESP_free(bs);
+    OCSP_RESPONSE_free(resp);
+    ERR_clear_error();
+    if (rc != 0) {
+        weir__free(der);
+        return rc;
+    }
+    weir__free(c->ocsp);
+    c->ocsp = der;
+    c->ocsp_len = n;
+    return 0;
+}
+
 void weir__tls_cert_free(struct weir__tls_cert *c)
 {
     if (c == NULL) {
@@ -222,6 +310,7 @@ void weir__tls_cert_free(struct weir__tls_cert *c)
     for (size_t i = 0; i < c->nnames; i++) {
         weir__free(c->names[i]);
     }
+    weir__free(c->ocsp);
     weir__free(c);
 }
 
@@ -413,6 +502,26 @@ static int servername_cb(SSL *ssl, int *alert, void *arg)
 
 static const int VERSIONS[] = {TLS1_2_VERSION, TLS1_3_VERSION};
 
+/* OCSP stapling: the response of the certificate the handshake chose, if it has one. */
+static int status_cb(SSL *ssl, void *arg)
+{
+    const struct weir__tls_server *srv = arg;
+    const X509 *x = SSL_get_certificate(ssl);
+    for (size_t i = 0; x != NULL && i < srv->ncerts; i++) {
+        const struct weir__tls_cert *c = srv->certs[i];
+        if (c->leaf == x && c->ocsp != NULL) {
+            unsigned char *copy = OPENSSL_memdup(c->ocsp, c->ocsp_len); /* OpenSSL frees it */
+            if (copy == NULL ||
+                SSL_set_tlsext_status_ocsp_resp(ssl, copy, (long)c->ocsp_len) != 1) {
+                OPENSSL_free(copy);
+                return SSL_TLSEXT_ERR_NOACK;
+            }
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
 /* client_auth optional: a certificate that fails verification is recorded, not refused. */
 static int verify_optional(int ok, X509_STORE_CTX *x)
 {
@@ -482,6 +591,10 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
         goto fail;
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    if (SSL_CTX_set_tlsext_status_cb(ctx, status_cb) != 1 ||
+        SSL_CTX_set_tlsext_status_arg(ctx, srv) != 1) {
+        goto fail;
+    }
     SSL_CTX_set_tlsext_servername_callback(ctx, servername_cb);
     SSL_CTX_set_tlsext_servername_arg(ctx, srv);
     return ctx;

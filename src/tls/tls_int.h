@@ -22,6 +22,8 @@ struct weir__tls_cert {
     int key_type;                    /* EVP_PKEY_RSA, EVP_PKEY_EC, ... */
     char *names[WEIR_TLS_MAX_NAMES]; /* lower case; "*.x" for a wildcard */
     size_t nnames;
+    unsigned char *ocsp; /* the DER OCSP response stapled for it; NULL: none */
+    size_t ocsp_len;
 };
 
 /* One SNI name and the context of its certificates. */

@@ -30,7 +30,7 @@
 #include "core/alloc.h"
 #include "weir/error.h"
 
-#define NAME_LEN 16
+#define NAME_LEN  16
 #define MAX_FILES 16
 
 struct ticket_key {
@@ -69,15 +69,13 @@ static bool derive(const struct weir__tls_tickets *t, uint64_t p, struct ticket_
     memcpy(k->name + sizeof(t->prefix), msg + 1, 8);
     unsigned len = 0;
     msg[0] = 'h';
-    if (HMAC(EVP_sha256(), t->secret, sizeof(t->secret), msg, sizeof(msg), k->hmac, &len) ==
-        NULL) {
+    if (HMAC(EVP_sha256(), t->secret, sizeof(t->secret), msg, sizeof(msg), k->hmac, &len) == NULL) {
         return false;
     }
     k->hmac_len = len;
     msg[0] = 'a';
     k->aes128 = false;
-    return HMAC(EVP_sha256(), t->secret, sizeof(t->secret), msg, sizeof(msg), k->aes, &len) !=
-           NULL;
+    return HMAC(EVP_sha256(), t->secret, sizeof(t->secret), msg, sizeof(msg), k->aes, &len) != NULL;
 }
 
 static int use_key(const struct ticket_key *k, unsigned char *iv, EVP_CIPHER_CTX *cctx,

@@ -337,3 +337,37 @@ def test_names_are_sent_escaped_and_every_san_kind_is_listed(mtls_weir, session_
     assert seen["x-client-subject"] == [r"CN=Jos\C3\A9,O=Ex\, Inc"]
     assert seen["x-client-sans"] == ["DNS:svc.example, IP:10.0.0.1, IP:::1, "
                                      "email:ops@example.com, URI:spiffe://example.org/ns/web"]
+
+
+def test_ocsp_response_is_stapled_for_its_certificate(weir, session_pki, origin, tmp_path):
+    pki = session_pki
+    port = free_port()
+    weir(f"server:\n  grace_period: 5s\n"
+         f"listeners:\n  - address: 127.0.0.1:{port}\n    tls:\n      certificates:\n"
+         f"        - {{cert: {pki.server_ec_cert}, key: {pki.server_ec_key}, "
+         f"ocsp_response: {pki.server_ec_ocsp}}}\n"
+         f"        - {{cert: {pki.other_cert}, key: {pki.other_key}}}\n"
+         f"routes:\n  - upstream: b\nupstreams:\n  b:\n    backends: [127.0.0.1:{origin.port}]\n",
+         port=port)
+
+    def s_client(sni):
+        r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-status",
+                            "-servername", sni, "-CAfile", pki.ca, "-verify_return_error"],
+                           input="", capture_output=True, text=True, timeout=30)
+        return r.stdout
+    out = s_client("localhost")
+    assert "OCSP Response Status: successful" in out
+    assert "Cert Status: good" in out
+    out = s_client("other.test")  # a certificate without a response staples nothing
+    assert "OCSP response: no response sent" in out
+    # errors at the key: not OCSP at all, revoked, about another certificate
+    for resp, words in ((pki.server_ec_cert, "is not a DER OCSP response"),
+                        (pki.server_ec_ocsp_revoked, "says the certificate is revoked")):
+        path, err = check_refuses(tmp_path, mtls_config(pki, 1, 2, "{mode: off}").replace(
+            f"key: {pki.server_ec_key}}}", f"key: {pki.server_ec_key}, ocsp_response: {resp}}}"))
+        assert "listeners[0].tls.certificates[0].ocsp_response:" in err and words in err, err
+    text = (f"listeners:\n  - address: 127.0.0.1:1\n    tls:\n      certificates:\n"
+            f"        - {{cert: {pki.other_cert}, key: {pki.other_key}, "
+            f"ocsp_response: {pki.server_ec_ocsp}}}\n")
+    err = check_refuses(tmp_path, text)[1]
+    assert "is not a response about this certificate" in err

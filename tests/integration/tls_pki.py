@@ -32,6 +32,8 @@ Names:
   client_crl                 client_ca's CRL (PEM): client_revoked is revoked, next update in
                              30 days
   client_crl_expired         the same list with its next update in the past (2020-02-01)
+  server_ec_ocsp             a DER OCSP response from ca: server_ec_cert is good, for 7 days
+  server_ec_ocsp_revoked     the same, saying it is revoked
   mismatch_cert, mismatch_key  server_cert with other_key: a pair that does not match
 """
 import os
@@ -253,6 +255,23 @@ def build_pki(directory):
                 with open(part) as src:
                     f.write(src.read())
         return out
+
+    # OCSP responses for server_ec_cert, signed by ca itself (openssl ocsp as the responder).
+    sn = subprocess.run(["openssl", "x509", "-in", p.server_ec_cert, "-noout", "-serial"],
+                        capture_output=True, text=True, check=True, timeout=30,
+                        env=env).stdout.strip().split("=", 1)[1]
+    req = path("ocsp-req.der")
+    _run(["ocsp", "-issuer", p.ca, "-cert", p.server_ec_cert, "-no_nonce", "-reqout", req], env)
+    for name, line in (("server_ec_ocsp", f"V\t301231235959Z\t\t{sn}\tunknown\t/CN=localhost\n"),
+                       ("server_ec_ocsp_revoked",
+                        f"R\t301231235959Z\t260101000000Z\t{sn}\tunknown\t/CN=localhost\n")):
+        index = path(f"{name}.index")
+        with open(index, "w") as f:
+            f.write(line)
+        out = path(f"{name}.der")
+        _run(["ocsp", "-index", index, "-CA", p.ca, "-rsigner", p.ca, "-rkey", p.ca_key,
+              "-reqin", req, "-respout", out, "-ndays", "7"], env)
+        setattr(p, name, out)
 
     p.server_chain = chain("server_chain.pem", p.server_cert)
     p.upstream_chain = chain("upstream_chain.pem", p.upstream_cert)
