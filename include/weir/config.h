@@ -255,6 +255,7 @@ struct weir_cfg_upstream_tls {
     const char *ca;          /**< PEM CA bundle; NULL: the system store */
     const char *client_cert; /**< PEM client certificate chain for mTLS; NULL: none */
     const char *client_key;
+    bool session_reuse; /**< resume sessions with the origins; default true */
     /** The context built from the above when the config was loaded (private to weir). */
     struct weir_tls_client *client;
 };

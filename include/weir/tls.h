@@ -45,12 +45,14 @@ struct weir_tls_client_options {
     const char *ca;          /**< PEM CA bundle to verify origins with; NULL: the system store */
     const char *client_cert; /**< PEM certificate chain presented to origins (mTLS); NULL: none */
     const char *client_key;  /**< its PEM private key (with client_cert) */
+    bool no_session_reuse;   /**< true: no resumption, every connection a full handshake */
 };
 
 /**
  * Builds a client context (TLS 1.2 and 1.3) from o for peers to use: set peer->tls_client in
  * upstream_peer, as the weir binary does for upstreams.NAME.tls and routes[].upstream_tls.
- * Peers with different contexts never share a pooled connection. Reads files: call it at
+ * Peers with different contexts never share a pooled connection, nor a resumed session
+ * (sessions are kept per context, address, SNI and verification). Reads files: call it at
  * start-up or from a control thread, never from a hook. Free it with weir_tls_client_free
  * once no peer will name it (after weir_server_free is simplest; connections still open keep
  * what they need). 0; WEIR_EINVAL with err saying which file and why (errlen bytes, may be

@@ -412,7 +412,12 @@ static void client_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *
         weir__cfg_path_pop(c, old);
         return;
     }
-    struct weir__tls_client_opts o = {t->ca, t->client_cert, t->client_key};
+    struct weir__tls_client_opts o = {
+        .ca = t->ca,
+        .client_cert = t->client_cert,
+        .client_key = t->client_key,
+        .no_session_reuse = !t->session_reuse,
+    };
     enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
     char why[WEIR_TLS_ERRMAX];
     int rc = weir__tls_client_new(&o, &t->client, &part, why);
@@ -465,6 +470,7 @@ static const struct weir__cfg_key client_keys[] = {
     WEIR__CFG_STRING("ca", UT(ca), "a PEM file path", NULL),
     WEIR__CFG_STRING("client_cert", UT(client_cert), "a PEM file path", NULL),
     WEIR__CFG_STRING("client_key", UT(client_key), "a PEM file path", NULL),
+    WEIR__CFG_BOOL("session_reuse", UT(session_reuse), true),
 };
 
 const struct weir__cfg_section weir__cfg_upstream_tls =
@@ -514,7 +520,12 @@ void weir__cfg_route_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_f
                       r->upstream->name, r->upstream->name);
         return;
     }
-    struct weir__tls_client_opts o = {r->upstream->tls.ca, t->client_cert, t->client_key};
+    struct weir__tls_client_opts o = {
+        .ca = r->upstream->tls.ca,
+        .client_cert = t->client_cert,
+        .client_key = t->client_key,
+        .no_session_reuse = !r->upstream->tls.session_reuse,
+    };
     enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
     char why[WEIR_TLS_ERRMAX];
     int rc = weir__tls_client_new(&o, &t->client, &part, why);

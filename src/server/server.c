@@ -25,6 +25,7 @@
 #include "core/snapshot.h"
 #include "net/sock.h"
 #include "proxy/proxy_int.h"
+#include "tls/tls.h"
 #include "weir/log.h"
 
 #define MAX_LISTENERS  64
@@ -281,6 +282,7 @@ void weir_server_free(struct weir_server *srv)
     struct weir__snapshot *snap = srv->slot.current;
     srv->slot.current = NULL;
     weir__snapshot_release(snap);
+    weir__tls_sessions_clear(); /* the upstream sessions kept for resumption */
     weir__free(srv);
 }
 

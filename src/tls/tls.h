@@ -140,6 +140,7 @@ struct weir__tls_client_opts {
     const char *ca;          /* PEM bundle; NULL: the system store */
     const char *client_cert; /* NULL: no client certificate */
     const char *client_key;
+    bool no_session_reuse; /* true: every connection a full handshake */
 };
 
 /** What a client context failed on, for the config to point at the key that names it. */
@@ -156,6 +157,9 @@ enum weir__tls_client_part {
 int weir__tls_client_new(const struct weir__tls_client_opts *opts, struct weir_tls_client **out,
                          enum weir__tls_client_part *part, char why[WEIR_TLS_ERRMAX]);
 void weir__tls_client_free(struct weir_tls_client *cli);
+
+/** Frees the upstream sessions kept for resumption (at exit, for leak checkers). */
+void weir__tls_sessions_clear(void);
 
 /**
  * The OpenSSL context a connection to peer uses (peer->tls_client's, else the process's

@@ -786,7 +786,7 @@ struct weir_tls_client {
     SSL_CTX *ctx;
 };
 
-static SSL_CTX *client_ctx_new(char why[WEIR_TLS_ERRMAX])
+static SSL_CTX *client_ctx_new(bool session_reuse, char why[WEIR_TLS_ERRMAX])
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
@@ -802,6 +802,11 @@ static SSL_CTX *client_ctx_new(char why[WEIR_TLS_ERRMAX])
         weir__tls_why(why, "cannot set the TLS settings");
         SSL_CTX_free(ctx);
         return NULL;
+    }
+    if (session_reuse) {
+        weir__tls_sessions_enable(ctx);
+    } else {
+        (void)SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     }
     return ctx;
 }
@@ -821,7 +826,7 @@ int weir__tls_client_new(const struct weir__tls_client_opts *opts, struct weir_t
     }
     int rc = WEIR_EINVAL;
     *part = WEIR_TLS_CPART_CA;
-    if ((cli->ctx = client_ctx_new(why)) == NULL) {
+    if ((cli->ctx = client_ctx_new(!opts->no_session_reuse, why)) == NULL) {
         goto fail;
     }
     if (opts->ca != NULL) {
@@ -874,7 +879,12 @@ int weir_tls_client_new(const struct weir_tls_client_options *o, struct weir_tls
         }
         return WEIR_EINVAL;
     }
-    struct weir__tls_client_opts io = {o->ca, o->client_cert, o->client_key};
+    struct weir__tls_client_opts io = {
+        .ca = o->ca,
+        .client_cert = o->client_cert,
+        .client_key = o->client_key,
+        .no_session_reuse = o->no_session_reuse,
+    };
     enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
     char why[WEIR_TLS_ERRMAX];
     int rc = weir__tls_client_new(&io, out, &part, why);
@@ -896,7 +906,7 @@ static pthread_once_t default_once = PTHREAD_ONCE_INIT;
 static void default_client_new(void)
 {
     char why[WEIR_TLS_ERRMAX];
-    SSL_CTX *ctx = client_ctx_new(why);
+    SSL_CTX *ctx = client_ctx_new(true, why);
     if (ctx != NULL && SSL_CTX_set_default_verify_paths(ctx) != 1) {
         ERR_clear_error();
         SSL_CTX_free(ctx);

@@ -48,6 +48,12 @@ struct weir__tls_server {
     size_t ncerts;
 };
 
+/* Upstream session reuse on client context ctx (which gets an id for the sessions' keys). */
+void weir__tls_sessions_enable(SSL_CTX *ctx);
+/* Before a client handshake: the session cached for peer's identity, if any, and the key
+   under which the origin's new sessions will be kept. 0 or WEIR_ENOMEM. */
+int weir__tls_sessions_attach(SSL *ssl, const struct weir_peer *peer);
+
 /* Makes ctx's session tickets with t's keys. 0 or WEIR_EINVAL. */
 int weir__tls_tickets_use(struct weir__tls_tickets *t, SSL_CTX *ctx);
 

@@ -79,6 +79,9 @@ int weir__tls_connect(const struct weir_peer *peer, struct weir__stream *st)
     if (rc == 0) {
         rc = set_verify(ssl, peer);
     }
+    if (rc == 0) {
+        rc = weir__tls_sessions_attach(ssl, peer);
+    }
     if (rc != 0) {
         ERR_clear_error();
         SSL_free(ssl);
@@ -245,6 +248,13 @@ bool weir__tls_shutdown(struct weir__stream *st)
 void weir__tls_free(struct weir__stream *st)
 {
     if (st->ssl != NULL) {
+        if (st->tls_srv == NULL && SSL_is_init_finished(st->ssl)) {
+            /* An upstream connection we close (idle, done, or after an error that sent no
+               fatal alert): its session stays resumable, which SSL_free would otherwise undo
+               for a connection closed without close_notify. A fatal alert has already
+               invalidated it. */
+            SSL_set_shutdown(st->ssl, SSL_SENT_SHUTDOWN);
+        }
         SSL_free(st->ssl);
         st->ssl = NULL;
     }

@@ -375,6 +375,7 @@ http {{
         add_header X-Client-DN $ssl_client_s_dn always;
         add_header X-Client-Verify $ssl_client_verify always;
         add_header X-Proto $ssl_protocol always;
+        add_header X-Reused $ssl_session_reused always;
         client_max_body_size 0;
         location / {{
             return 200 "nginx-tls $request_method $request_uri\\n";
@@ -412,7 +413,7 @@ def nginx_tls_origin(tmp_path, session_pki):
     The default certificate is upstream_cert/key of session_pki (SAN secure.api.endpoint, signed
     by its ca). Every response is `nginx-tls $request_method $request_uri` with the headers X-SNI
     ($ssl_server_name), X-Client-DN ($ssl_client_s_dn), X-Client-Verify ($ssl_client_verify)
-    and X-Proto ($ssl_protocol). With client_ca (a CA file): ssl_verify_client verify_client
+    X-Proto ($ssl_protocol) and X-Reused ($ssl_session_reused: r or .). With client_ca (a CA file): ssl_verify_client verify_client
     (optional: a client may send no cert, but one that fails verification gets nginx's 400 "The
     SSL certificate error"; optional_no_ca lets it through with X-Client-Verify FAILED:...),
     /secure_admin is 403 unless the client DN has CN=admin, /need_cert is 403 unless

@@ -664,3 +664,47 @@ def test_ticket_key_file_errors(tmp_path, pki):
     err = config_error(tmp_path, pki, f"        - cert: {pki.main[0]}\n          key: {pki.main[1]}\n"
                        f"      session_tickets: false\n      ticket_key_files: [{short}]\n")
     assert "listeners[0].tls.ticket_key_files: session_tickets is false" in err
+
+
+def test_upstream_sessions_are_resumed_per_identity(weir, session_pki, nginx_tls_origin):
+    """With no idle connection kept, every request opens a new connection to nginx: the
+    second and later ones resume the session nginx gave the first (TLS 1.3 tickets are used
+    once each), unless session_reuse is off; another identity never resumes it."""
+    p = session_pki
+    n = nginx_tls_origin(client_ca=p.client_ca)
+
+    def start(tls_extra, protocols=""):
+        port = free_port()
+        weir(f"server:\n  threads: 1\n  grace_period: 5s\n  upstream_keepalive: 0\n"
+             f"  upstream_pool: {{shared_per_peer: 0}}\n"
+             f"listeners: [127.0.0.1:{port}]\n"
+             f"routes:\n"
+             f"  - match: {{path_prefix: /secure_admin}}\n    upstream: b\n"
+             f"    upstream_tls: {{client_cert: {p.client_admin_cert}, "
+             f"client_key: {p.client_admin_key}}}\n"
+             f"  - upstream: b\n"
+             f"upstreams:\n  b:\n    backends: [127.0.0.1:{n.port}]\n"
+             f"    tls:\n      sni: secure.api.endpoint\n      ca: {p.ca}\n"
+             f"      client_cert: {p.client_user_cert}\n      client_key: {p.client_user_key}\n"
+             f"{tls_extra}", port=port)
+        return port
+
+    def reused(port, path="/"):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200
+        return r.getheader("X-Reused"), r.getheader("X-Client-DN")
+    port = start("")
+    seen = [reused(port)[0] for _ in range(5)]
+    assert seen[0] == "." and seen[1:] == ["r"] * 4, seen
+    # the admin route's identity has sessions of its own: its first connection is a full
+    # handshake even though the user identity has one to resume, and it stays admin
+    first, dn = reused(port, "/secure_admin")
+    assert first == "." and "CN=admin" in dn
+    again, dn = reused(port, "/secure_admin")
+    assert again == "r" and "CN=admin" in dn
+    assert "CN=user" in reused(port)[1]
+    port = start("      session_reuse: false\n")
+    assert [reused(port)[0] for _ in range(3)] == ["."] * 3
