@@ -48,6 +48,17 @@ void weir_app_router_free(struct weir_app_router *r)
     weir_free(r);
 }
 
+/* The group's TLS settings onto the peer (names are checked to fit when loaded). */
+static void set_peer_tls(struct weir_peer *peer, const struct weir_cfg_upstream_tls *t)
+{
+    peer->tls = true;
+    peer->tls_no_verify = !t->verify;
+    peer->tls_client = t->client;
+    (void)snprintf(peer->sni, sizeof(peer->sni), "%s", t->sni != NULL ? t->sni : "");
+    (void)snprintf(peer->verify_name, sizeof(peer->verify_name), "%s",
+                   t->verify_name != NULL ? t->verify_name : "");
+}
+
 static int add_health_check(struct weir_app_router *r, const struct weir_cfg_upstream *up,
                             struct weir_lb *lb)
 {
@@ -78,6 +89,12 @@ static int add_health_check(struct weir_app_router *r, const struct weir_cfg_ups
         .rise = h->rise,
         .fall = h->fall,
     };
+    struct weir_peer tls; /* copied by weir_health_add */
+    if (up->tls.enabled) {
+        memset(&tls, 0, sizeof(tls));
+        set_peer_tls(&tls, &up->tls);
+        hc.tls = &tls;
+    }
     return weir_health_add(r->health, lb, &hc);
 }
 
@@ -439,17 +456,6 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
     }
     return apply_edits(weir_req_headers(req), &rc->route->request_headers) == 0 ? WEIR_HOOK_CONTINUE
                                                                                 : WEIR_HOOK_ERROR;
-}
-
-/* The group's TLS settings onto the peer (names are checked to fit when loaded). */
-static void set_peer_tls(struct weir_peer *peer, const struct weir_cfg_upstream_tls *t)
-{
-    peer->tls = true;
-    peer->tls_no_verify = !t->verify;
-    peer->tls_client = t->client;
-    (void)snprintf(peer->sni, sizeof(peer->sni), "%s", t->sni != NULL ? t->sni : "");
-    (void)snprintf(peer->verify_name, sizeof(peer->verify_name), "%s",
-                   t->verify_name != NULL ? t->verify_name : "");
 }
 
 static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,

@@ -165,6 +165,10 @@ struct weir_health_check {
     uint32_t timeout_ms;  /**< a check not done by then failed; default 2000; <= interval */
     uint32_t rise;        /**< passes in a row that bring a down backend up; default 2 */
     uint32_t fall;        /**< failures in a row that take an up backend down; default 3 */
+    /** HTTP checks over TLS: the sni, verify_name, tls_no_verify and tls_client of this peer
+        (copied; its address is ignored: each backend's is used). NULL: cleartext. Without
+        host, the Host header is the sni when there is one. */
+    const struct weir_peer *tls;
 };
 
 /**

@@ -411,20 +411,8 @@ static const struct weir__cfg_key upstream_keys[] = {
      .parse = backends_value, .sub = &backend_section},
 };
 
-/* HTTP health checks speak cleartext: over a TLS group they would fail every backend. */
-static void tls_health(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
-{
-    const struct weir_cfg_upstream *up = f->obj;
-    if (up->tls.enabled && up->health.enabled && !up->health.tcp) {
-        size_t old = weir__cfg_path_key(c, "health_check");
-        weir__cfg_err(c, weir__cfg_value(f, "health_check"),
-                      "an HTTP health check of a TLS group is not supported yet; use type: tcp");
-        weir__cfg_path_pop(c, old);
-    }
-}
-
 const struct weir__cfg_section weir__cfg_upstream =
-    WEIR__CFG_TABLE("a mapping with balance and backends", upstream_keys, tls_health);
+    WEIR__CFG_TABLE("a mapping with balance and backends", upstream_keys, NULL);
 
 /* A group name: printable, no spaces; NULL after an error. */
 static const char *upstream_name(struct weir__cfg_ctx *c, const struct ynode *k)

@@ -2,8 +2,9 @@
  * Active health checks (see weir/lb.h): one background-service thread runs, for every
  * registered set, a round of probes every interval, one probe per backend of the set as it is
  * at that moment. A probe is a non-blocking connect (TCP), then for HTTP one request with
- * Connection: close and a bounded read of the answer. rise passes in a row bring a down
- * backend up, fall failures in a row take an up one down.
+ * Connection: close and a bounded read of the answer, over TLS when the check says so (the
+ * handshake and its verification are part of the check, under its timeout). rise passes in a row
+ * bring a down backend up, fall failures in a row take an up one down.
  */
 #include "lb/lb_int.h"
 
@@ -16,6 +17,8 @@
 #include "core/assert.h"
 #include "core/loop.h"
 #include "net/sock.h"
+#include "net/stream.h"
+#include "tls/tls.h"
 #include "weir/error.h"
 #include "weir/log.h"
 #include "weir/server.h"
@@ -32,6 +35,8 @@ struct entry {
     struct weir_health_check hc;
     struct weir_status_range ranges[MAX_RANGES];
     char *method, *path, *host, *expect_body;
+    bool tls;
+    struct weir_peer peer; /* tls: the TLS identity (sni, verification, client context) */
     struct weir_timer round;
     struct probe *probes; /* in flight */
     struct entry *next;
@@ -48,11 +53,12 @@ struct probe {
     uint32_t magic;
     struct entry *e;
     struct weir_backend *b;
-    struct weir_io io;
+    struct weir__stream st; /* the socket, and its TLS for a TLS check */
     struct weir_timer timer;
     struct weir__defer reap;
     struct probe *prev, *next;
     bool connected;
+    bool secured; /* a TLS check's handshake is done */
     bool done;
     size_t req_len, sent, got;
     char req[REQ_MAX];
@@ -133,7 +139,20 @@ int weir_health_add(struct weir_health *h, struct weir_lb *lb, const struct weir
     e->path = dup_or_null(hc->path ? hc->path : "/");
     e->host = dup_or_null(hc->host);
     e->expect_body = dup_or_null(hc->expect_body);
-    bool ok = e->method != NULL && e->path != NULL && (hc->host == NULL || e->host != NULL) &&
+    if (hc->tls != NULL && hc->type == WEIR_HEALTH_HTTP) {
+        e->tls = true;
+        e->peer = *hc->tls;
+        e->peer.tls = true;
+        e->peer.backend = NULL;
+        c->tls = &e->peer;
+        if (hc->host == NULL && e->peer.sni[0] != '\0') {
+            e->host = dup_or_null(e->peer.sni);
+        }
+    } else {
+        c->tls = NULL;
+    }
+    bool ok = e->method != NULL && e->path != NULL &&
+              (e->host != NULL || (hc->host == NULL && (!e->tls || e->peer.sni[0] == '\0'))) &&
               (hc->expect_body == NULL || e->expect_body != NULL);
     if (!ok) {
         entry_free(e);
@@ -271,10 +290,11 @@ static void probe_end(struct probe *p, int result, const char *why)
         verdict(p->e, p->b, result == 1, why);
     }
     weir_timer_stop(loop, &p->timer);
-    if (p->io.fd >= 0) {
-        weir_loop_io_del(loop, &p->io);
-        close(p->io.fd);
-        p->io.fd = -1;
+    if (p->st.io.fd >= 0) {
+        weir_loop_io_del(loop, &p->st.io);
+        weir__tls_free(&p->st); /* nothing to do for a cleartext check */
+        close(p->st.io.fd);
+        p->st.io.fd = -1;
     }
     if (p->prev) {
         p->prev->next = p->next;
@@ -302,6 +322,81 @@ static void probe_timeout(struct weir_loop *loop, struct weir_timer *t)
     probe_end(p, 0, p->connected ? why : "connect timed out");
 }
 
+/* TLS checks: the handshake, under the check's timeout. 1 done, 0 waiting, -1 failed. */
+static int probe_handshake(struct probe *p)
+{
+    char why[WEIR_TLS_ERRMAX];
+    if (p->st.ssl == NULL) {
+        struct weir_peer peer = p->e->peer;
+        memcpy(&peer.addr, &p->b->addr, p->b->addrlen);
+        peer.addrlen = p->b->addrlen;
+        if (weir__tls_connect(&peer, &p->st) != 0) {
+            probe_end(p, -1, NULL); /* no context or no memory: not the backend's fault */
+            return -1;
+        }
+    }
+    int rc = weir__tls_handshake(&p->st, why);
+    if (rc == WEIR_EAGAIN) {
+        return 0;
+    }
+    if (rc != 0) {
+        char msg[WEIR_TLS_ERRMAX + 32];
+        (void)snprintf(msg, sizeof(msg), "TLS: %s", why);
+        probe_end(p, 0, msg);
+        return -1;
+    }
+    return 1;
+}
+
+/* Sends what is left of the request: true when all of it is out, false to wait or on error. */
+static bool probe_send(struct probe *p)
+{
+    while (p->sent < p->req_len) {
+        ssize_t n;
+        if (p->st.ssl != NULL) {
+            struct weir__outq q = {0};
+            weir__outq_push(&q, p->req + p->sent, p->req_len - p->sent);
+            n = weir__tls_flush(&p->st, &q);
+            if (n == 0) {
+                return false; /* waits for the socket */
+            }
+        } else {
+            n = send(p->st.io.fd, p->req + p->sent, p->req_len - p->sent, MSG_NOSIGNAL);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                return false; /* edge-triggered: the next writable edge comes back here */
+            }
+        }
+        if (n < 0) {
+            probe_end(p, 0, "write failed");
+            return false;
+        }
+        p->sent += (size_t)n;
+    }
+    return true;
+}
+
+/* One read: > 0 bytes, 0 closed, -1 would block, -2 failed. */
+static ssize_t probe_recv(struct probe *p)
+{
+    char *at = p->buf + p->got;
+    size_t room = sizeof(p->buf) - p->got;
+    if (p->st.ssl != NULL) {
+        ssize_t n = weir__tls_read(&p->st, at, room);
+        if (n > 0) {
+            return n;
+        }
+        if (n == 0) {
+            return p->st.eof ? 0 : -1;
+        }
+        return -2;
+    }
+    ssize_t n = recv(p->st.io.fd, at, room, 0);
+    if (n < 0) {
+        return errno == EAGAIN || errno == EWOULDBLOCK ? -1 : -2;
+    }
+    return n;
+}
+
 static void probe_event(struct weir_loop *loop, struct weir_io *io, uint32_t events)
 {
     struct probe *p = io->data;
@@ -309,11 +404,12 @@ static void probe_event(struct weir_loop *loop, struct weir_io *io, uint32_t eve
     if (p->done) {
         return;
     }
+    weir__stream_note_events(&p->st, events);
     if (!p->connected) {
         if ((events & (WEIR_IO_WRITE | WEIR_IO_ERROR | WEIR_IO_HUP)) == 0) {
             return;
         }
-        int rc = weir__connect_result(p->io.fd);
+        int rc = weir__connect_result(p->st.io.fd);
         if (rc != 0) {
             probe_end(p, 0, "connect failed");
             return;
@@ -324,16 +420,14 @@ static void probe_event(struct weir_loop *loop, struct weir_io *io, uint32_t eve
             return;
         }
     }
-    while (p->sent < p->req_len) {
-        ssize_t n = send(p->io.fd, p->req + p->sent, p->req_len - p->sent, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                return; /* edge-triggered: the next writable edge comes back here */
-            }
-            probe_end(p, 0, "write failed");
+    if (p->e->tls && !p->secured) {
+        if (probe_handshake(p) != 1) {
             return;
         }
-        p->sent += (size_t)n;
+        p->secured = true;
+    }
+    if (!probe_send(p)) {
+        return;
     }
     for (;;) {
         if (p->got == sizeof(p->buf)) {
@@ -341,7 +435,7 @@ static void probe_event(struct weir_loop *loop, struct weir_io *io, uint32_t eve
             probe_end(p, judge(p, true, &why) == 1 ? 1 : 0, why);
             return;
         }
-        ssize_t n = recv(p->io.fd, p->buf + p->got, sizeof(p->buf) - p->got, 0);
+        ssize_t n = probe_recv(p);
         if (n > 0) {
             p->got += (size_t)n;
             const char *why = NULL;
@@ -352,7 +446,7 @@ static void probe_event(struct weir_loop *loop, struct weir_io *io, uint32_t eve
             }
             continue;
         }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (n == -1) {
             return;
         }
         const char *why = n == 0 ? "closed" : "read failed";
@@ -372,9 +466,9 @@ static void probe_start(struct entry *e, struct weir_backend *b)
     p->magic = PROBE_MAGIC;
     p->e = e;
     p->b = b;
-    p->io.fd = -1;
-    p->io.cb = probe_event;
-    p->io.data = p;
+    p->st.io.fd = -1;
+    p->st.io.cb = probe_event;
+    p->st.io.data = p;
     weir_timer_init(&p->timer, probe_timeout, p);
     p->next = e->probes;
     if (e->probes) {
@@ -397,8 +491,8 @@ static void probe_start(struct entry *e, struct weir_backend *b)
         probe_end(p, 0, "connect failed");
         return;
     }
-    p->io.fd = fd;
-    if (weir_loop_io_add(loop, &p->io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP) != 0 ||
+    p->st.io.fd = fd;
+    if (weir_loop_io_add(loop, &p->st.io, WEIR_IO_READ | WEIR_IO_WRITE | WEIR_IO_RDHUP) != 0 ||
         weir_timer_start(loop, &p->timer, e->hc.timeout_ms) != 0) {
         probe_end(p, -1, NULL); /* our own trouble, not the backend's: no verdict */
     }
@@ -443,10 +537,11 @@ static void service_stop(struct weir_loop *loop, void *data)
             struct probe *p = e->probes;
             /* No verdict at shutdown; the loop has stopped, so no event or defer is left. */
             weir_timer_stop(loop, &p->timer);
-            if (p->io.fd >= 0) {
-                weir_loop_io_del(loop, &p->io);
-                close(p->io.fd);
-                p->io.fd = -1;
+            if (p->st.io.fd >= 0) {
+                weir_loop_io_del(loop, &p->st.io);
+                weir__tls_free(&p->st);
+                close(p->st.io.fd);
+                p->st.io.fd = -1;
             }
             e->probes = p->next;
             if (e->probes) {

@@ -23,7 +23,7 @@
 #include "weir/error.h"
 #include "weir/peer.h"
 
-#define SLOTS 256
+#define SLOTS   256
 #define KEY_MAX (8 + 1 + sizeof(struct sockaddr_storage) + 1 + 2 * 256)
 
 struct skey {
@@ -44,8 +44,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int key_index = -1;
 static pthread_once_t index_once = PTHREAD_ONCE_INIT;
 
-static void free_key(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-                     void *argp)
+static void free_key(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 {
     (void)parent;
     (void)ad;

@@ -708,3 +708,30 @@ def test_upstream_sessions_are_resumed_per_identity(weir, session_pki, nginx_tls
     assert "CN=user" in reused(port)[1]
     port = start("      session_reuse: false\n")
     assert [reused(port)[0] for _ in range(3)] == ["."] * 3
+
+
+def test_http_health_checks_over_tls(weir, session_pki, nginx_tls_origin):
+    """A TLS group's HTTP checks speak TLS with the group's SNI, CA and client certificate:
+    the backend whose certificate does not verify is taken out (the reason in the log), the
+    good one keeps the traffic."""
+    from conftest import wait_for
+    p = session_pki
+    good = nginx_tls_origin(client_ca=p.client_ca)
+    bad = nginx_tls_origin(cert=p.wrong_name_cert, key=p.wrong_name_key)
+    port = free_port()
+    w = weir(f"server:\n  threads: 2\n  grace_period: 5s\n  log_level: warn\n"
+             f"listeners: [127.0.0.1:{port}]\n"
+             f"routes:\n  - upstream: b\n"
+             f"upstreams:\n  b:\n    backends: [127.0.0.1:{good.port}, 127.0.0.1:{bad.port}]\n"
+             f"    health_check: {{path: /need_cert, interval: 100ms, timeout: 100ms, "
+             f"rise: 1, fall: 1}}\n"
+             f"    tls:\n      sni: secure.api.endpoint\n      ca: {p.ca}\n"
+             f"      client_cert: {p.client_user_cert}\n      client_key: {p.client_user_key}\n",
+             port=port)
+    assert wait_for(lambda: f"backend 127.0.0.1:{bad.port} is down" in w.stderr(), 10)
+    assert "certificate verify failed" in w.stderr()
+    assert f"backend 127.0.0.1:{good.port} is down" not in w.stderr()
+    # /need_cert answers 200 only to a verified client certificate: the check presented it
+    for _ in range(10):
+        status, body = plain_get(port, "/")
+        assert status == 200, body
