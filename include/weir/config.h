@@ -198,6 +198,9 @@ struct weir_cfg_listener_tls {
         rotated every session_timeout */
     const char *const *ticket_key_files;
     size_t nticket_key_files;
+    /** TLS 1.3 0-RTT: requests with safe methods that arrive as early data are forwarded with
+        Early-Data: 1, others get 425; default false */
+    bool early_data;
     struct weir_cfg_tls_client_auth client_auth;
     /** The context built from the above when the config was loaded (private to weir). */
     struct weir__tls_server *server;

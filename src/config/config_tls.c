@@ -320,6 +320,7 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
         .session_tickets = t->session_tickets,
         .session_timeout = t->session_timeout_ms / 1000,
         .reject_unknown_sni = t->reject_unknown_sni,
+        .early_data = t->early_data,
         .client_auth = ca->mode == WEIR_CLIENT_AUTH_REQUIRED   ? WEIR_TLS_AUTH_REQUIRED
                        : ca->mode == WEIR_CLIENT_AUTH_OPTIONAL ? WEIR_TLS_AUTH_OPTIONAL
                                                                : WEIR_TLS_AUTH_OFF,
@@ -341,6 +342,13 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
             return;
         }
         o.default_cert = i;
+    }
+    if (t->early_data && (!t->session_tickets || !(t->protocols & WEIR_TLS_PROTO_13))) {
+        size_t old = weir__cfg_path_key(c, "early_data");
+        weir__cfg_err(c, weir__cfg_value(f, "early_data"),
+                      "0-RTT needs TLS 1.3 and session_tickets (early data rides on a resumed "
+                      "session)");
+        weir__cfg_path_pop(c, old);
     }
     if (t->ncertificates == 0 || weir_config_errors_count(c->errs) > 0) {
         return; /* errors were reported; nothing to build */
@@ -389,6 +397,7 @@ static const struct weir__cfg_key tls_keys[] = {
     WEIR__CFG_DURATION("session_timeout", LT(session_timeout_ms), 1000, 7u * 86400 * 1000,
                        3600 * 1000),
     WEIR__CFG_CUSTOM("ticket_key_files", WEIR__CFG_VALUE, ticket_files_value),
+    WEIR__CFG_BOOL("early_data", LT(early_data), false),
     WEIR__CFG_SECTION("client_auth", LT(client_auth), &client_auth_section),
 };
 

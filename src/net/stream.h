@@ -28,6 +28,7 @@ struct weir__stream {
     const char *tls_err;              /* OpenSSL's reason for the last failure (static) */
     bool tls_rwant_w;                 /* a read waits for the socket to be writable */
     bool tls_wwant_r;                 /* a write waits for the socket to be readable */
+    bool tls_early;                   /* a server session still reading 0-RTT early data */
 };
 
 /** Notes what an edge-triggered event says: readable (data, hang-up, error), writable. */

@@ -303,6 +303,10 @@ static int add_forwarded(struct weir_session *s, struct weir_headers *h,
             weir__push_field(h, WEIR_IOV_LIT("Via"),
                              s->client_minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));
     }
+    if (rc == 0 && s->early_data &&
+        !weir_headers_get_iov(h, WEIR_IOV_LIT("Early-Data"), &(struct weir_iov){NULL, 0})) {
+        rc = weir__push_field(h, WEIR_IOV_LIT("Early-Data"), WEIR_IOV_LIT("1"));
+    }
     if (rc == 0 && sc->client_cert_headers.n > 0 && s->c->tls) {
         rc = add_cert_headers(s, h);
     }

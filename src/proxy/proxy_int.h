@@ -327,6 +327,7 @@ struct weir_session {
     struct weir_req req;
     struct weir_iov orig_method, orig_target;
     uint8_t client_minor;
+    bool early_data; /* the head may have come as TLS 0-RTT data: Early-Data: 1 goes up */
     bool client_keep_alive;
     bool expect_continue;
     enum weir__h1_body req_body;

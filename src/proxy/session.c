@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "tls/tls.h"
 #include "weir/log.h"
 
 /* An arena block; the cap bounds what one request may hold: its head copy, edits and hook
@@ -327,6 +328,27 @@ static void redirect_https(struct weir_session *s)
     }
 }
 
+/*
+ * A request that may have come as TLS 0-RTT data (the handshake is still unfinished, so it
+ * could be a replay), RFC 8470: a safe method without a body goes on, marked for the origin
+ * with Early-Data: 1; anything else is answered 425 Too Early, which clients retry after the
+ * handshake. true to go on.
+ */
+static bool early_ok(struct weir_session *s)
+{
+    struct weir_iov m = s->req.method;
+    bool safe = weir_iov_eq(m, WEIR_IOV_LIT("GET")) || weir_iov_eq(m, WEIR_IOV_LIT("HEAD")) ||
+                weir_iov_eq(m, WEIR_IOV_LIT("OPTIONS"));
+    if (safe && s->req_body == WEIR_H1_BODY_NONE) {
+        s->early_data = true;
+        return true;
+    }
+    if (weir_session_respond_text(s, 425, WEIR_IOV_LIT("Too Early\n")) != 0) {
+        weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+    }
+    return false;
+}
+
 static bool phase_early(struct weir_session *s)
 {
     if (!s->have_result && normalize_absolute_form(s) != 0) {
@@ -339,6 +361,9 @@ static bool phase_early(struct weir_session *s)
     if (!s->have_result && s->c->redirect_https != 0) {
         redirect_https(s);
         return true; /* before any hook, as nginx's return in a server block */
+    }
+    if (!s->have_result && s->c->tls && weir__tls_early(&s->c->st) && !early_ok(s)) {
+        return true; /* 425, before any hook */
     }
     const struct weir_proxy_hooks *hk = s->w->hooks;
     enum weir_hook_result r = CALL_HOOK(s, hk->early_request_filter, s, s->ctx);

@@ -94,6 +94,7 @@ struct weir__tls_server_opts {
        OpenSSL's own, per context, never rotated (for tests) */
     struct weir__tls_tickets *tickets;
     bool reject_unknown_sni; /* a client naming no configured certificate is refused */
+    bool early_data;         /* accept TLS 1.3 0-RTT data (RFC 8470 rules are the caller's) */
     size_t default_cert;     /* index of the certificate for no or an unknown SNI */
     enum weir__tls_auth client_auth;
     const char *client_ca;  /* client_auth: PEM bundle the client's certificate must chain to */
@@ -198,6 +199,13 @@ void weir__tls_free(struct weir__stream *st);
 
 /** The protocol name of st's connection ("TLSv1.3"), or "". */
 const char *weir__tls_protocol(const struct weir__stream *st);
+/**
+ * Whether what st's client sent so far may have come as 0-RTT early data: early data was
+ * accepted and the handshake has not finished (so the client has not yet proved it is not
+ * replaying a recording). Once the handshake finishes, every byte is known to be fresh.
+ */
+bool weir__tls_early(const struct weir__stream *st);
+
 /** The SNI the client sent on st, or NULL. */
 const char *weir__tls_sni(const struct weir__stream *st);
 

@@ -11,7 +11,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -20,6 +23,43 @@
 #include "weir/error.h"
 #include "weir/peer.h"
 #include "weir/tls.h"
+
+#ifdef WEIR_FAILMALLOC
+/*
+ * Allocation-failure builds route OpenSSL's allocations through weir's counter too, so the
+ * failmalloc sweep fails allocations inside handshakes and context builds as well as weir's
+ * own (tests/integration/test_failmalloc.py). Set before main, before OpenSSL allocates.
+ */
+static void *ossl_malloc(size_t n, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    return weir__malloc(n);
+}
+
+static void *ossl_realloc(void *p, size_t n, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    if (n == 0) {
+        weir__free(p);
+        return NULL;
+    }
+    return weir__realloc(p, n);
+}
+
+static void ossl_free(void *p, const char *file, int line)
+{
+    (void)file;
+    (void)line;
+    weir__free(p);
+}
+
+__attribute__((constructor)) static void ossl_count_allocations(void)
+{
+    (void)CRYPTO_set_mem_functions(ossl_malloc, ossl_realloc, ossl_free);
+}
+#endif
 
 /* Mozilla's "intermediate" TLS 1.2 ciphers (forward secret AEAD only). */
 static const char DEFAULT_CIPHERS[] =
@@ -43,6 +83,44 @@ void weir__tls_why(char why[WEIR_TLS_ERRMAX], const char *what)
     }
     ERR_clear_error();
 }
+
+/*
+ * OpenSSL 3 builds each algorithm implementation the first time something fetches it, and a
+ * construction that fails half-way (out of memory) can leave that algorithm unusable for the
+ * rest of the process: one transient failure in a first handshake would fail every later one.
+ * Fetching what handshakes use once, on the loading thread, when the first context is built,
+ * leaves them in OpenSSL's method cache, so handshakes never construct them. Failures here
+ * are ignored: they are retried by the handshake that needs the algorithm.
+ */
+static void warm_fetch(void)
+{
+    static const char *const ciphers[] = {"AES-128-GCM", "AES-256-GCM", "ChaCha20-Poly1305",
+                                          "AES-256-CBC", "AES-128-CBC"};
+    static const char *const digests[] = {"SHA256", "SHA384", "SHA512", "SHA1"};
+    static const char *const kdfs[] = {"HKDF", "TLS13-KDF", "TLS1-PRF"};
+    static const char *const kems[] = {"X25519", "EC", "RSA", "DH", "RSA-PSS", "X448"};
+    for (size_t i = 0; i < sizeof(ciphers) / sizeof(ciphers[0]); i++) {
+        EVP_CIPHER_free(EVP_CIPHER_fetch(NULL, ciphers[i], NULL));
+    }
+    for (size_t i = 0; i < sizeof(digests) / sizeof(digests[0]); i++) {
+        EVP_MD_free(EVP_MD_fetch(NULL, digests[i], NULL));
+    }
+    for (size_t i = 0; i < sizeof(kdfs) / sizeof(kdfs[0]); i++) {
+        EVP_KDF_free(EVP_KDF_fetch(NULL, kdfs[i], NULL));
+    }
+    EVP_MAC_free(EVP_MAC_fetch(NULL, "HMAC", NULL));
+    for (size_t i = 0; i < sizeof(kems) / sizeof(kems[0]); i++) {
+        EVP_KEYMGMT_free(EVP_KEYMGMT_fetch(NULL, kems[i], NULL));
+        EVP_KEYEXCH_free(EVP_KEYEXCH_fetch(NULL, kems[i], NULL));
+        EVP_SIGNATURE_free(EVP_SIGNATURE_fetch(NULL, kems[i], NULL));
+    }
+    EVP_KEYEXCH_free(EVP_KEYEXCH_fetch(NULL, "ECDH", NULL));
+    EVP_SIGNATURE_free(EVP_SIGNATURE_fetch(NULL, "ECDSA", NULL));
+    EVP_RAND_free(EVP_RAND_fetch(NULL, "CTR-DRBG", NULL));
+    ERR_clear_error();
+}
+
+static pthread_once_t warm_once = PTHREAD_ONCE_INIT;
 
 /* ---- certificates ---- */
 
@@ -555,6 +633,7 @@ static int set_client_auth(SSL_CTX *ctx, const struct weir__tls_server *srv,
 static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_server_opts *o,
                            char why[WEIR_TLS_ERRMAX])
 {
+    (void)pthread_once(&warm_once, warm_fetch);
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (ctx == NULL) {
         weir__tls_why(why, "cannot make a TLS context");
@@ -578,6 +657,16 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
     }
     if (o->session_timeout > 0) {
         (void)SSL_CTX_set_timeout(ctx, (long)o->session_timeout);
+    }
+    if (o->early_data && o->session_tickets) {
+        /* Stateless tickets cannot be single-use, so OpenSSL's anti-replay (a session cache
+           every worker would lock) is off: replays are bounded by RFC 8470 instead (safe
+           methods only, Early-Data: 1 to the origin; see weir__tls_early). */
+        (void)SSL_CTX_set_options(ctx, SSL_OP_NO_ANTI_REPLAY);
+        if (SSL_CTX_set_max_early_data(ctx, 16384) != 1 ||
+            SSL_CTX_set_recv_max_early_data(ctx, 16384) != 1) {
+            goto fail;
+        }
     }
     static const unsigned char sid[] = "weir";
     if (SSL_CTX_set_min_proto_version(ctx, VERSIONS[o->min_version]) != 1 ||
@@ -739,6 +828,7 @@ int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
     srv->ncerts = ncerts;
     srv->tickets = opts->tickets;
     srv->reject_unknown = opts->reject_unknown_sni;
+    srv->early_data = opts->early_data && opts->session_tickets;
     atomic_init(&srv->refs, 1);
     if (ncerts == 0 || opts->default_cert >= ncerts) {
         (void)snprintf(why, WEIR_TLS_ERRMAX, "no certificate");
@@ -788,6 +878,7 @@ struct weir_tls_client {
 
 static SSL_CTX *client_ctx_new(bool session_reuse, char why[WEIR_TLS_ERRMAX])
 {
+    (void)pthread_once(&warm_once, warm_fetch);
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
         weir__tls_why(why, "cannot make a TLS context");

@@ -41,6 +41,7 @@ struct weir__tls_server {
     struct weir__tls_name *names;
     size_t nnames;
     bool reject_unknown;
+    bool early_data;                    /* 0-RTT accepted */
     X509_STORE *client_store;           /* client_auth: CAs and CRLs; NULL: off */
     STACK_OF(X509_NAME) * client_names; /* the CA names sent to the client */
     struct weir__tls_tickets *tickets;  /* session ticket keys; NULL: none or OpenSSL's */

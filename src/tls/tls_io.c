@@ -37,6 +37,7 @@ int weir__tls_accept(struct weir__tls_server *srv, struct weir__stream *st)
     atomic_fetch_add_explicit(&srv->refs, 1, memory_order_relaxed);
     st->ssl = ssl;
     st->tls_srv = srv;
+    st->tls_early = srv->early_data;
     return 0;
 }
 
@@ -143,8 +144,55 @@ static ssize_t ssl_failed(struct weir__stream *st)
     return -EPROTO;
 }
 
+/*
+ * With early data on, the first reads go through SSL_read_early_data (OpenSSL rejects early
+ * data once SSL_read has run): 0-RTT bytes as they come, then FINISH, then normal reads.
+ * Returns > 0 bytes, 0 to wait (readable cleared), < 0 an error; *done when it is over.
+ */
+static ssize_t read_early(struct weir__stream *st, char *buf, size_t len, bool *done)
+{
+    size_t got = 0;
+    ERR_clear_error();
+    switch (SSL_read_early_data(st->ssl, buf, len, &got)) {
+    case SSL_READ_EARLY_DATA_SUCCESS:
+        *done = false;
+        return (ssize_t)got;
+    case SSL_READ_EARLY_DATA_FINISH:
+        st->tls_early = false;
+        *done = got == 0;
+        return (ssize_t)got;
+    default:
+        break;
+    }
+    *done = false;
+    switch (SSL_get_error(st->ssl, 0)) {
+    case SSL_ERROR_WANT_READ:
+        st->readable = false;
+        return 0;
+    case SSL_ERROR_WANT_WRITE:
+        st->readable = false;
+        st->writable = false;
+        st->tls_rwant_w = true;
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        ERR_clear_error();
+        st->eof = true;
+        st->readable = false;
+        return 0;
+    default:
+        return ssl_failed(st);
+    }
+}
+
 ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len)
 {
+    if (st->tls_early) {
+        bool done = false;
+        ssize_t n = read_early(st, buf, len, &done);
+        if (!done) {
+            return n;
+        }
+    }
     ERR_clear_error();
     size_t got = 0;
     int ok = SSL_read_ex(st->ssl, buf, len, &got);
@@ -207,7 +255,10 @@ ssize_t weir__tls_flush(struct weir__stream *st, struct weir__outq *q)
         const char *p = next_bytes(q, tmp, &len);
         size_t wrote = 0;
         ERR_clear_error();
-        int ok = SSL_write_ex(st->ssl, p, len, &wrote);
+        /* While 0-RTT data is still being read, a server answers with 0.5-RTT data
+           (SSL_write would refuse to run). */
+        int ok = st->tls_early ? SSL_write_early_data(st->ssl, p, len, &wrote)
+                               : SSL_write_ex(st->ssl, p, len, &wrote);
         if (ok == 1) {
             total += wrote;
             weir__outq_consume(q, wrote);
@@ -267,6 +318,13 @@ void weir__tls_free(struct weir__stream *st)
 const char *weir__tls_protocol(const struct weir__stream *st)
 {
     return st->ssl != NULL ? SSL_get_version(st->ssl) : "";
+}
+
+bool weir__tls_early(const struct weir__stream *st)
+{
+    return st->ssl != NULL && st->tls_srv != NULL && st->tls_srv->early_data &&
+           SSL_get_early_data_status(st->ssl) == SSL_EARLY_DATA_ACCEPTED &&
+           !SSL_is_init_finished(st->ssl);
 }
 
 const char *weir__tls_sni(const struct weir__stream *st)

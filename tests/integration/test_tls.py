@@ -735,3 +735,42 @@ def test_http_health_checks_over_tls(weir, session_pki, nginx_tls_origin):
     for _ in range(10):
         status, body = plain_get(port, "/")
         assert status == 200, body
+
+
+def test_early_data_only_for_safe_methods_and_marked_for_the_origin(tls_weir, pki, tmp_path):
+    """0-RTT (RFC 8470): off by default; with early_data a GET sent as early data reaches the
+    origin with Early-Data: 1, a POST is answered 425 Too Early. openssl s_client resumes a
+    session saved from a first connection and sends the request as early data."""
+    def session_file(port, name):
+        sess = tmp_path / f"{name}.sess"
+        subprocess.run(["sh", "-c", "(printf 'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'; sleep 0.5) | "
+                        f"openssl s_client -connect 127.0.0.1:{port} -servername weir.test "
+                        f"-CAfile {pki.ca} -sess_out {sess}"],
+                       capture_output=True, timeout=30)
+        assert sess.exists() and sess.stat().st_size > 0
+        return sess
+
+    def early(port, name, request):
+        sess = session_file(port, name)
+        req = tmp_path / f"{name}.req"
+        req.write_bytes(request)
+        r = subprocess.run(["sh", "-c", f"sleep 0.5 | openssl s_client -connect 127.0.0.1:{port} "
+                            f"-servername weir.test -CAfile {pki.ca} -sess_in {sess} "
+                            f"-early_data {req}"], capture_output=True, timeout=30)
+        return r.stdout.decode(errors="replace")
+    w = tls_weir(extra="      early_data: true\n")
+    out = early(w.tls_port, "get", b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert "Early data was accepted" in out
+    assert "HTTP/1.1 200 OK" in out
+    assert '"Early-Data", "1"' in out or '"early-data", "1"' in out.lower()
+    out = early(w.tls_port, "post", b"POST /headers HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                                    b"Connection: close\r\n\r\nhi")
+    assert "Early data was accepted" in out
+    assert "HTTP/1.1 425 Too Early" in out
+    # Off (the default): the tickets allow no early data, so the client sends none
+    plain = tls_weir()
+    out = early(plain.tls_port, "off", b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert "Early data was not sent" in out and "Reused, TLSv1.3" in out
+    err = config_error(tmp_path, pki, f"        - cert: {pki.main[0]}\n          key: {pki.main[1]}\n"
+                       f"      session_tickets: false\n      early_data: true\n")
+    assert "listeners[0].tls.early_data: 0-RTT needs TLS 1.3 and session_tickets" in err
