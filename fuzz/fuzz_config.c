@@ -7,8 +7,56 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fuzz_pki.h"
 #include "weir/config.h"
 #include "weir/error.h"
+
+/*
+ * Files the corpus's TLS configs name (listeners[].tls, client_auth, ticket_key_files,
+ * upstreams.*.tls, routes[].upstream_tls), made once before the first input so the TLS keys
+ * are loaded for real, not just refused for a missing file. cert.pem is self-signed, so it is
+ * also the CA (ca.pem) for client_auth and upstream verification.
+ */
+#define TLS_DIR "/tmp/weir-fuzz-config"
+
+static void write_file(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    weir_fuzz_trap_if(f == NULL || fwrite(data, 1, n, f) != n || fclose(f) != 0);
+}
+
+static void make_tls_files(void)
+{
+    static bool made;
+    if (made) {
+        return;
+    }
+    made = true;
+    (void)mkdir(TLS_DIR, 0700);
+    char cert[] = TLS_DIR "/cert.pem.XXXXXX", key[] = TLS_DIR "/key.pem.XXXXXX";
+    int cfd = mkstemp(cert), kfd = mkstemp(key);
+    weir_fuzz_trap_if(cfd < 0 || kfd < 0);
+    weir_fuzz_write_cert("DNS:a.test,DNS:*.wild.test,IP:127.0.0.1", fdopen(cfd, "w"),
+                         fdopen(kfd, "w"));
+    /* Renamed into place, so several fuzzers starting at once never read half a file. */
+    weir_fuzz_trap_if(rename(key, TLS_DIR "/key.pem") != 0);
+    FILE *in = fopen(cert, "rb");
+    char buf[8192];
+    size_t n = in != NULL ? fread(buf, 1, sizeof(buf), in) : 0;
+    weir_fuzz_trap_if(in == NULL || n == 0 || fclose(in) != 0);
+    write_file(TLS_DIR "/ca.pem.tmp", buf, n);
+    weir_fuzz_trap_if(rename(TLS_DIR "/ca.pem.tmp", TLS_DIR "/ca.pem") != 0 ||
+                      rename(cert, TLS_DIR "/cert.pem") != 0);
+    unsigned char ticket[80];
+    for (size_t i = 0; i < sizeof(ticket); i++) {
+        ticket[i] = (unsigned char)(i * 7 + 1);
+    }
+    write_file(TLS_DIR "/ticket.key.tmp", ticket, sizeof(ticket));
+    weir_fuzz_trap_if(rename(TLS_DIR "/ticket.key.tmp", TLS_DIR "/ticket.key") != 0);
+}
 
 /*
  * libfyaml 0.7.12 itself leaks the buffer fy_token_get_text formats a long scalar into (a flow
@@ -52,6 +100,7 @@ static void walk(const struct weir_config *cfg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    make_tls_files();
     struct weir_config *cfg = NULL;
     struct weir_config_errors *errs = NULL;
     int rc = weir_config_load_string("fuzz.yaml", (const char *)data, size, &cfg, &errs);

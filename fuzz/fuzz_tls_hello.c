@@ -25,49 +25,20 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "fuzz_pki.h"
 #include "tls/tls_int.h"
 
 static struct weir__tls_server *servers[2]; /* [reject_unknown_sni] */
 
-static void trap_if(bool cond)
-{
-    if (cond) {
-        __builtin_trap();
-    }
-}
+#define trap_if weir_fuzz_trap_if
 
 /* A self-signed P-256 certificate for san, written to two temporary PEM files. */
 static void make_cert(const char *san, char *cert_path, char *key_path)
 {
-    EVP_PKEY *key = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    trap_if(key == NULL || x == NULL);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400L * 365);
-    X509_set_pubkey(x, key);
-    X509_NAME *n = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"fuzz", -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    X509V3_CTX v3;
-    X509V3_set_ctx_nodb(&v3);
-    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
-    trap_if(ext == NULL || X509_add_ext(x, ext, -1) != 1);
-    X509_EXTENSION_free(ext);
-    trap_if(X509_sign(x, key, EVP_sha256()) == 0);
     int cfd = mkstemp(cert_path);
     int kfd = mkstemp(key_path);
     trap_if(cfd < 0 || kfd < 0);
-    FILE *cf = fdopen(cfd, "w");
-    FILE *kf = fdopen(kfd, "w");
-    trap_if(cf == NULL || kf == NULL);
-    trap_if(PEM_write_X509(cf, x) != 1 ||
-            PEM_write_PrivateKey(kf, key, NULL, NULL, 0, NULL, NULL) != 1);
-    fclose(cf);
-    fclose(kf);
-    X509_free(x);
-    EVP_PKEY_free(key);
+    weir_fuzz_write_cert(san, fdopen(cfd, "w"), fdopen(kfd, "w"));
 }
 
 static void setup(void)
