@@ -411,6 +411,37 @@ static void free_client(void *data)
     weir__tls_client_free(data);
 }
 
+/*
+ * A client context from o into *out, kept until the snapshot is freed; an error goes to the
+ * key of mapping m that names the file (m itself when it has no such key).
+ */
+static void client_new_at(struct weir__cfg_ctx *c, const struct weir__tls_client_opts *o,
+                          const struct ynode *m, struct weir_tls_client **out)
+{
+    enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
+    char why[WEIR_TLS_ERRMAX];
+    int rc = weir__tls_client_new(o, out, &part, why);
+    if (rc == WEIR_ENOMEM) {
+        c->oom = true;
+        return;
+    }
+    if (rc != 0) {
+        const char *key = part == WEIR_TLS_CPART_CA     ? "ca"
+                          : part == WEIR_TLS_CPART_CERT ? "client_cert"
+                                                        : "client_key";
+        const struct ynode *at = map_value(m, key);
+        size_t old = at != NULL ? weir__cfg_path_key(c, key) : c->plen;
+        weir__cfg_err(c, at != NULL ? at : m, "%s", why);
+        weir__cfg_path_pop(c, old);
+        return;
+    }
+    if (weir_arena_cleanup_add(c->a, free_client, *out) != 0) {
+        weir__tls_client_free(*out);
+        *out = NULL;
+        c->oom = true;
+    }
+}
+
 static void client_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
 {
     struct weir_cfg_upstream_tls *t = f->obj;
@@ -427,28 +458,7 @@ static void client_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *
         .client_key = t->client_key,
         .no_session_reuse = !t->session_reuse,
     };
-    enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
-    char why[WEIR_TLS_ERRMAX];
-    int rc = weir__tls_client_new(&o, &t->client, &part, why);
-    if (rc == WEIR_ENOMEM) {
-        c->oom = true;
-        return;
-    }
-    if (rc != 0) {
-        const char *key = part == WEIR_TLS_CPART_CA     ? "ca"
-                          : part == WEIR_TLS_CPART_CERT ? "client_cert"
-                                                        : "client_key";
-        const struct ynode *at = weir__cfg_value(f, key);
-        size_t old = at != NULL ? weir__cfg_path_key(c, key) : c->plen;
-        weir__cfg_err(c, at != NULL ? at : f->m, "%s", why);
-        weir__cfg_path_pop(c, old);
-        return;
-    }
-    if (weir_arena_cleanup_add(c->a, free_client, t->client) != 0) {
-        weir__tls_client_free(t->client);
-        t->client = NULL;
-        c->oom = true;
-    }
+    client_new_at(c, &o, f->m, &t->client);
 }
 
 /* An SNI or verification name: a host name (letters, digits, '-', '.'), at most 253 bytes. */
@@ -535,25 +545,7 @@ void weir__cfg_route_tls_value(struct weir__cfg_ctx *c, const struct weir__cfg_f
         .client_key = t->client_key,
         .no_session_reuse = !r->upstream->tls.session_reuse,
     };
-    enum weir__tls_client_part part = WEIR_TLS_CPART_CA;
-    char why[WEIR_TLS_ERRMAX];
-    int rc = weir__tls_client_new(&o, &t->client, &part, why);
-    if (rc == WEIR_ENOMEM) {
-        c->oom = true;
-        return;
-    }
-    if (rc != 0) {
-        const char *key = part == WEIR_TLS_CPART_KEY ? "client_key" : "client_cert";
-        size_t old = weir__cfg_path_key(c, key);
-        weir__cfg_err(c, map_value(v, key), "%s", why);
-        weir__cfg_path_pop(c, old);
-        return;
-    }
-    if (weir_arena_cleanup_add(c->a, free_client, t->client) != 0) {
-        weir__tls_client_free(t->client);
-        t->client = NULL;
-        c->oom = true;
-    }
+    client_new_at(c, &o, v, &t->client);
 }
 
 void weir__cfg_listener_tls(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,

@@ -433,6 +433,19 @@ static bool pem_end(void)
     return end;
 }
 
+/* After reading n objects of file: a stop at bad bytes, or nothing read, is an error. */
+static int pem_result(int rc, int n, const char *file, const char *what, char why[WEIR_TLS_ERRMAX])
+{
+    if (rc == 0 && !pem_end()) {
+        weir__tls_why(why, file);
+        rc = WEIR_EINVAL;
+    } else if (rc == 0 && n == 0) {
+        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM %s", file, what);
+        rc = WEIR_EINVAL;
+    }
+    return rc;
+}
+
 /*
  * Reads every certificate of a PEM bundle into store and, when names is not NULL, their
  * subjects into names (the CA list a server sends in its CertificateRequest). A file with
@@ -464,14 +477,7 @@ static int load_certs(X509_STORE *store, STACK_OF(X509_NAME) * names, const char
         n++;
     }
     BIO_free(b);
-    if (rc == 0 && !pem_end()) {
-        weir__tls_why(why, file);
-        rc = WEIR_EINVAL;
-    } else if (rc == 0 && n == 0) {
-        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM certificate", file);
-        rc = WEIR_EINVAL;
-    }
-    return rc;
+    return pem_result(rc, n, file, "certificate", why);
 }
 
 /*
@@ -502,13 +508,7 @@ static int load_crls(X509_STORE *store, const char *file, char why[WEIR_TLS_ERRM
         n++;
     }
     BIO_free(b);
-    if (rc == 0 && !pem_end()) {
-        weir__tls_why(why, file);
-        rc = WEIR_EINVAL;
-    } else if (rc == 0 && n == 0) {
-        (void)snprintf(why, WEIR_TLS_ERRMAX, "%s holds no PEM revocation list", file);
-        rc = WEIR_EINVAL;
-    }
+    rc = pem_result(rc, n, file, "revocation list", why);
     if (rc == 0 && X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK) != 1) {
         weir__tls_why(why, "cannot turn on revocation checks");
         rc = WEIR_EINVAL;

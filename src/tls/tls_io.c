@@ -144,62 +144,10 @@ static ssize_t ssl_failed(struct weir__stream *st)
     return -EPROTO;
 }
 
-/*
- * With early data on, the first reads go through SSL_read_early_data (OpenSSL rejects early
- * data once SSL_read has run): 0-RTT bytes as they come, then FINISH, then normal reads.
- * Returns > 0 bytes, 0 to wait (readable cleared), < 0 an error; *done when it is over.
- */
-static ssize_t read_early(struct weir__stream *st, char *buf, size_t len, bool *done)
+/* What a failed read (ret: what OpenSSL returned) means: 0 to wait or at the end, < 0. */
+static ssize_t read_failed(struct weir__stream *st, int ret)
 {
-    size_t got = 0;
-    ERR_clear_error();
-    switch (SSL_read_early_data(st->ssl, buf, len, &got)) {
-    case SSL_READ_EARLY_DATA_SUCCESS:
-        *done = false;
-        return (ssize_t)got;
-    case SSL_READ_EARLY_DATA_FINISH:
-        st->tls_early = false;
-        *done = got == 0;
-        return (ssize_t)got;
-    default:
-        break;
-    }
-    *done = false;
-    switch (SSL_get_error(st->ssl, 0)) {
-    case SSL_ERROR_WANT_READ:
-        st->readable = false;
-        return 0;
-    case SSL_ERROR_WANT_WRITE:
-        st->readable = false;
-        st->writable = false;
-        st->tls_rwant_w = true;
-        return 0;
-    case SSL_ERROR_SYSCALL:
-        ERR_clear_error();
-        st->eof = true;
-        st->readable = false;
-        return 0;
-    default:
-        return ssl_failed(st);
-    }
-}
-
-ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len)
-{
-    if (st->tls_early) {
-        bool done = false;
-        ssize_t n = read_early(st, buf, len, &done);
-        if (!done) {
-            return n;
-        }
-    }
-    ERR_clear_error();
-    size_t got = 0;
-    int ok = SSL_read_ex(st->ssl, buf, len, &got);
-    if (ok == 1) {
-        return (ssize_t)got;
-    }
-    switch (SSL_get_error(st->ssl, ok)) {
+    switch (SSL_get_error(st->ssl, ret)) {
     case SSL_ERROR_WANT_READ:
         st->readable = false;
         return 0;
@@ -223,6 +171,48 @@ ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len)
     default:
         return ssl_failed(st);
     }
+}
+
+/*
+ * With early data on, the first reads go through SSL_read_early_data (OpenSSL rejects early
+ * data once SSL_read has run): 0-RTT bytes as they come, then FINISH, then normal reads.
+ * Returns > 0 bytes, 0 to wait (readable cleared), < 0 an error; *done when it is over.
+ */
+static ssize_t read_early(struct weir__stream *st, char *buf, size_t len, bool *done)
+{
+    size_t got = 0;
+    ERR_clear_error();
+    switch (SSL_read_early_data(st->ssl, buf, len, &got)) {
+    case SSL_READ_EARLY_DATA_SUCCESS:
+        *done = false;
+        return (ssize_t)got;
+    case SSL_READ_EARLY_DATA_FINISH:
+        st->tls_early = false;
+        *done = got == 0;
+        return (ssize_t)got;
+    default:
+        break;
+    }
+    *done = false;
+    return read_failed(st, 0);
+}
+
+ssize_t weir__tls_read(struct weir__stream *st, char *buf, size_t len)
+{
+    if (st->tls_early) {
+        bool done = false;
+        ssize_t n = read_early(st, buf, len, &done);
+        if (!done) {
+            return n;
+        }
+    }
+    ERR_clear_error();
+    size_t got = 0;
+    int ok = SSL_read_ex(st->ssl, buf, len, &got);
+    if (ok == 1) {
+        return (ssize_t)got;
+    }
+    return read_failed(st, ok);
 }
 
 /*
