@@ -192,6 +192,7 @@ struct weir_cfg_listener_tls {
     const char *ciphers;             /**< TLS 1.2 cipher list; NULL: Mozilla intermediate */
     const char *ciphersuites;        /**< TLS 1.3 suites; NULL: OpenSSL's defaults */
     const char *curves;              /**< key exchange groups; NULL: X25519:P-256:P-384 */
+    bool prefer_server_ciphers;      /**< the listener's cipher order wins; default true */
     bool session_tickets;            /**< stateless resumption; default true */
     uint32_t session_timeout_ms;     /**< how long a session may be resumed; default 1h */
     /** Ticket keys (48 or 80 bytes each), the first making tickets; none: generated and

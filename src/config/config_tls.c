@@ -321,6 +321,7 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
         .session_timeout = t->session_timeout_ms / 1000,
         .reject_unknown_sni = t->reject_unknown_sni,
         .early_data = t->early_data,
+        .prefer_server_ciphers = t->prefer_server_ciphers,
         .client_auth = ca->mode == WEIR_CLIENT_AUTH_REQUIRED   ? WEIR_TLS_AUTH_REQUIRED
                        : ca->mode == WEIR_CLIENT_AUTH_OPTIONAL ? WEIR_TLS_AUTH_OPTIONAL
                                                                : WEIR_TLS_AUTH_OFF,
@@ -393,6 +394,7 @@ static const struct weir__cfg_key tls_keys[] = {
     {"ciphersuites", WEIR__CFG_T_STRING, 0, LT(ciphersuites), .what = "TLS 1.3 suites",
      .valid = suites_ok},
     {"curves", WEIR__CFG_T_STRING, 0, LT(curves), .what = "a list of groups", .valid = curves_ok},
+    WEIR__CFG_BOOL("prefer_server_ciphers", LT(prefer_server_ciphers), true),
     WEIR__CFG_BOOL("session_tickets", LT(session_tickets), true),
     WEIR__CFG_DURATION("session_timeout", LT(session_timeout_ms), 1000, 7u * 86400 * 1000,
                        3600 * 1000),

@@ -93,9 +93,10 @@ struct weir__tls_server_opts {
     /* session_tickets: the keys (ownership moves to the server, even on failure); NULL:
        OpenSSL's own, per context, never rotated (for tests) */
     struct weir__tls_tickets *tickets;
-    bool reject_unknown_sni; /* a client naming no configured certificate is refused */
-    bool early_data;         /* accept TLS 1.3 0-RTT data (RFC 8470 rules are the caller's) */
-    size_t default_cert;     /* index of the certificate for no or an unknown SNI */
+    bool reject_unknown_sni;    /* a client naming no configured certificate is refused */
+    bool early_data;            /* accept TLS 1.3 0-RTT data (RFC 8470 rules are the caller's) */
+    bool prefer_server_ciphers; /* our cipher order over the client's (ChaCha20 first kept) */
+    size_t default_cert;        /* index of the certificate for no or an unknown SNI */
     enum weir__tls_auth client_auth;
     const char *client_ca;  /* client_auth: PEM bundle the client's certificate must chain to */
     const char *client_crl; /* PEM revocation lists; NULL: none */

@@ -640,6 +640,11 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
         return NULL;
     }
     uint64_t opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION;
+    if (o->prefer_server_ciphers) {
+        /* Our order (strongest first), except that a client listing ChaCha20 first (a phone
+           without AES instructions) gets it. */
+        opts |= SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA;
+    }
     if (!o->session_tickets) {
         opts |= SSL_OP_NO_TICKET;
     }

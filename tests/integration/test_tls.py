@@ -774,3 +774,16 @@ def test_early_data_only_for_safe_methods_and_marked_for_the_origin(tls_weir, pk
     err = config_error(tmp_path, pki, f"        - cert: {pki.main[0]}\n          key: {pki.main[1]}\n"
                        f"      session_tickets: false\n      early_data: true\n")
     assert "listeners[0].tls.early_data: 0-RTT needs TLS 1.3 and session_tickets" in err
+
+
+def test_server_cipher_order_wins_unless_turned_off(tls_weir, pki):
+    def negotiated(w):
+        ctx = client_ctx(pki)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+        with socket.create_connection(("127.0.0.1", w.tls_port), timeout=WAIT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="weir.test") as s:
+                return s.cipher()[0]
+    assert negotiated(tls_weir()) == "ECDHE-ECDSA-AES128-GCM-SHA256"  # weir's first choice
+    off = tls_weir(extra="      prefer_server_ciphers: false\n")
+    assert negotiated(off) == "ECDHE-ECDSA-AES256-GCM-SHA384"  # the client's
