@@ -651,6 +651,10 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
     (void)SSL_CTX_set_options(ctx, opts);
     (void)SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* One read() takes all the records the socket has, not a 5-byte header then the rest:
+       half the reads per request and per handshake. Bytes OpenSSL holds keep the stream
+       readable (nothing waits for an edge), as decrypted ones do. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     /* No server-side cache (a lock every worker would take): resumption is by ticket. */
     (void)SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     if (!o->session_tickets && SSL_CTX_set_num_tickets(ctx, 0) != 1) {
@@ -893,6 +897,10 @@ static SSL_CTX *client_ctx_new(bool session_reuse, char why[WEIR_TLS_ERRMAX])
     (void)SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
     (void)SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* One read() takes all the records the socket has, not a 5-byte header then the rest:
+       half the reads per request and per handshake. Bytes OpenSSL holds keep the stream
+       readable (nothing waits for an edge), as decrypted ones do. */
+    SSL_CTX_set_read_ahead(ctx, 1);
     if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
         SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1) != 0) {
         weir__tls_why(why, "cannot set the TLS settings");
