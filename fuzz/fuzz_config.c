@@ -18,14 +18,23 @@
  * Files the corpus's TLS configs name (listeners[].tls, client_auth, ticket_key_files,
  * upstreams.*.tls, routes[].upstream_tls), made once before the first input so the TLS keys
  * are loaded for real, not just refused for a missing file. cert.pem is self-signed, so it is
- * also the CA (ca.pem) for client_auth and upstream verification.
+ * also the CA the configs verify against. Each file is written under a name of this process
+ * and renamed into place, so fuzzers starting at once never read half a file.
  */
 #define TLS_DIR "/tmp/weir-fuzz-config"
 
-static void write_file(const char *path, const void *data, size_t n)
+/* TLS_DIR/name.PID, the name a file is written under before it is renamed to TLS_DIR/name. */
+static void temp_name(char *out, size_t size, const char *name)
 {
-    FILE *f = fopen(path, "wb");
-    weir_fuzz_trap_if(f == NULL || fwrite(data, 1, n, f) != n || fclose(f) != 0);
+    int n = snprintf(out, size, TLS_DIR "/%s.%ld", name, (long)getpid());
+    weir_fuzz_trap_if(n < 0 || (size_t)n >= size);
+}
+
+static void publish(const char *tmp, const char *name)
+{
+    char path[128];
+    int n = snprintf(path, sizeof(path), TLS_DIR "/%s", name);
+    weir_fuzz_trap_if(n < 0 || (size_t)n >= sizeof(path) || rename(tmp, path) != 0);
 }
 
 static void make_tls_files(void)
@@ -36,26 +45,22 @@ static void make_tls_files(void)
     }
     made = true;
     (void)mkdir(TLS_DIR, 0700);
-    char cert[] = TLS_DIR "/cert.pem.XXXXXX", key[] = TLS_DIR "/key.pem.XXXXXX";
-    int cfd = mkstemp(cert), kfd = mkstemp(key);
-    weir_fuzz_trap_if(cfd < 0 || kfd < 0);
-    weir_fuzz_write_cert("DNS:a.test,DNS:*.wild.test,IP:127.0.0.1", fdopen(cfd, "w"),
-                         fdopen(kfd, "w"));
-    /* Renamed into place, so several fuzzers starting at once never read half a file. */
-    weir_fuzz_trap_if(rename(key, TLS_DIR "/key.pem") != 0);
-    FILE *in = fopen(cert, "rb");
-    char buf[8192];
-    size_t n = in != NULL ? fread(buf, 1, sizeof(buf), in) : 0;
-    weir_fuzz_trap_if(in == NULL || n == 0 || fclose(in) != 0);
-    write_file(TLS_DIR "/ca.pem.tmp", buf, n);
-    weir_fuzz_trap_if(rename(TLS_DIR "/ca.pem.tmp", TLS_DIR "/ca.pem") != 0 ||
-                      rename(cert, TLS_DIR "/cert.pem") != 0);
-    unsigned char ticket[80];
-    for (size_t i = 0; i < sizeof(ticket); i++) {
-        ticket[i] = (unsigned char)(i * 7 + 1);
+    char cert[128], key[128], ticket[128];
+    temp_name(cert, sizeof(cert), "cert.pem");
+    temp_name(key, sizeof(key), "key.pem");
+    temp_name(ticket, sizeof(ticket), "ticket.key");
+    weir_fuzz_write_cert("DNS:a.test,DNS:*.wild.test,IP:127.0.0.1", fopen(cert, "w"),
+                         fopen(key, "w"));
+    unsigned char bytes[80]; /* nginx's ticket key format: 80 bytes */
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        bytes[i] = (unsigned char)(i * 7 + 1);
     }
-    write_file(TLS_DIR "/ticket.key.tmp", ticket, sizeof(ticket));
-    weir_fuzz_trap_if(rename(TLS_DIR "/ticket.key.tmp", TLS_DIR "/ticket.key") != 0);
+    FILE *f = fopen(ticket, "wb");
+    weir_fuzz_trap_if(f == NULL || fwrite(bytes, 1, sizeof(bytes), f) != sizeof(bytes) ||
+                      fclose(f) != 0);
+    publish(key, "key.pem");
+    publish(cert, "cert.pem");
+    publish(ticket, "ticket.key");
 }
 
 /*
