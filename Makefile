@@ -49,14 +49,17 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(
 # the health-check and discovery threads.
 # And the abuse limits (counters shared by every worker), timeouts, rejections (lingering
 # closes), the fault suite (client aborts, panic mode), response buffering, and TLS (contexts
-# shared by every worker, pooled TLS connections moving between workers through the shared tier).
+# shared by every worker, pooled TLS connections moving between workers through the shared tier),
+# and HTTP/2 (streams of one connection sharing the worker's upstream pool with the other workers).
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py test_abuse.py \
-	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py test_mtls.py
+	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py test_mtls.py \
+	test_h2.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
 MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py \
-	test_rejections.py test_faults.py test_defaults.py test_buffering.py test_tls.py test_mtls.py
+	test_rejections.py test_faults.py test_defaults.py test_buffering.py test_tls.py test_mtls.py \
+	test_h2.py
 MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
 	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
 	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
@@ -65,7 +68,9 @@ MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_uploa
 	test_rejections or test_faults or test_defaults or panic_mode or test_buffering or \
 	forwarded_as_https or sni_picks_the or plain_http_on or bad_handshake_closes or \
 	upstream_tls_sends_the_sni or upstream_client_certificate or upstream_verification or \
-	required_lets_in or forged_certificate or resumed_session_keeps or hooks_see_the
+	required_lets_in or forged_certificate or resumed_session_keeps or hooks_see_the or \
+	bodies_both_ways or large_and_chunked_responses or client_reset_cancels or hpack_bomb or \
+	rapid_reset or alpn_h2_on_tls or client_that_never_reads or graceful_stop_finishes
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -122,6 +122,18 @@ struct weir_cfg_client_cert_headers {
 };
 
 /** server: section. */
+/** server.http2: HTTP/2 towards clients (h2 by ALPN, h2c with prior knowledge). */
+struct weir_cfg_http2 {
+    uint32_t max_concurrent_streams; /**< streams a client may have open at once; 128 */
+    uint32_t initial_window_size;    /**< a stream's receive window and buffer; 64k */
+    uint32_t max_frame_size;         /**< the largest frame a client may send; 16k */
+    uint32_t max_requests;           /**< streams per connection, then GOAWAY; 10000; 0: none */
+    uint32_t reset_burst;            /**< client stream resets allowed at once; 200 */
+    uint32_t reset_rate;             /**< ... and per second after that, then GOAWAY; 50 */
+    uint32_t control_frame_burst;    /**< PING/SETTINGS/PRIORITY/empty frames at once; 1000 */
+    uint32_t control_frame_rate;     /**< ... and per second after that, then GOAWAY; 100 */
+};
+
 struct weir_cfg_server {
     uint32_t threads;      /**< workers per proxy service; default = online cores */
     bool work_stealing;    /**< false: SO_REUSEPORT per worker; true: EPOLLEXCLUSIVE */
@@ -148,6 +160,7 @@ struct weir_cfg_server {
     struct weir_cfg_limits limits;
     struct weir_cfg_timeouts timeouts;
     struct weir_cfg_resolver resolver;
+    struct weir_cfg_http2 http2;
 };
 
 /** One of a TLS listener's certificates (listeners[].tls.certificates[]). */
@@ -160,6 +173,10 @@ struct weir_cfg_tls_certificate {
 /** Protocol versions, as a set (listeners[].tls.protocols). */
 #define WEIR_TLS_PROTO_12 1u /**< TLSv1.2 */
 #define WEIR_TLS_PROTO_13 2u /**< TLSv1.3 */
+
+/** Application protocols, as a set (listeners[].tls.alpn). */
+#define WEIR_ALPN_H2     1u /**< h2 */
+#define WEIR_ALPN_HTTP11 2u /**< http/1.1 */
 
 struct weir__tls_server;
 
@@ -202,6 +219,8 @@ struct weir_cfg_listener_tls {
     /** TLS 1.3 0-RTT: requests with safe methods that arrive as early data are forwarded with
         Early-Data: 1, others get 425; default false */
     bool early_data;
+    /** ALPN protocols offered, WEIR_ALPN_* set; default both (h2 preferred) */
+    uint32_t alpn;
     struct weir_cfg_tls_client_auth client_auth;
     /** The context built from the above when the config was loaded (private to weir). */
     struct weir__tls_server *server;
@@ -214,6 +233,9 @@ struct weir_cfg_listener {
     /** cleartext only: every request is answered 308 to https://host[:port]/path?query on
         this port (true: 443); 0: off */
     uint16_t redirect_https;
+    /** cleartext only: a connection that starts with the HTTP/2 preface speaks h2c (prior
+        knowledge) on the same port as HTTP/1.1; default false */
+    bool h2c;
     struct weir_cfg_listener_tls tls;
 };
 

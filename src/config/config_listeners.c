@@ -41,6 +41,12 @@ static void redirect_https_value(struct weir__cfg_ctx *c, const struct weir__cfg
 static void listener_check(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
 {
     const struct weir_cfg_listener *l = f->obj;
+    if (l->h2c && l->tls.enabled) {
+        size_t old = weir__cfg_path_key(c, "h2c");
+        weir__cfg_err(c, weir__cfg_value(f, "h2c"),
+                      "h2c is HTTP/2 in cleartext: a TLS listener offers h2 by ALPN (tls.alpn)");
+        weir__cfg_path_pop(c, old);
+    }
     if (l->redirect_https != 0 && l->tls.enabled) {
         size_t old = weir__cfg_path_key(c, "redirect_https");
         weir__cfg_err(c, weir__cfg_value(f, "redirect_https"),
@@ -57,13 +63,14 @@ static const struct weir__cfg_key listener_keys[] = {
     WEIR__CFG_STRING("name", LST(name), "a name", ""),
     WEIR__CFG_U32("max_connections", LST(max_connections), 0, 10000000, 0),
     WEIR__CFG_CUSTOM("redirect_https", WEIR__CFG_VALUE, redirect_https_value),
+    WEIR__CFG_BOOL("h2c", LST(h2c), false),
     {"tls", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE, .parse = weir__cfg_listener_tls,
      .sub = &weir__cfg_tls},
 };
 
 const struct weir__cfg_section weir__cfg_listener =
     WEIR__CFG_TABLE("host:port or a mapping with address, name, max_connections, redirect_https, "
-                    "tls",
+                    "h2c, tls",
                     listener_keys, listener_check);
 
 static void listener_item(struct weir__cfg_ctx *c, const struct ynode *n,

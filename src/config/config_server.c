@@ -157,6 +157,24 @@ static const struct weir__cfg_key timeouts_keys[] = {
 static const struct weir__cfg_section timeouts_section =
     WEIR__CFG_TABLE("a mapping of timeouts", timeouts_keys, NULL);
 
+/* --- server.http2 ------------------------------------------------------------------- */
+
+#define H2(f) WEIR__CFG_AT(struct weir_cfg_http2, f)
+
+static const struct weir__cfg_key http2_keys[] = {
+    WEIR__CFG_U32("max_concurrent_streams", H2(max_concurrent_streams), 1, 10000, 128),
+    WEIR__CFG_SIZE32("initial_window_size", H2(initial_window_size), 1u << 10, 16u << 20, 65535),
+    WEIR__CFG_SIZE32("max_frame_size", H2(max_frame_size), 16384, (16u << 20) - 1, 16384),
+    WEIR__CFG_U32("max_requests", H2(max_requests), 0, 100000000, 10000),
+    WEIR__CFG_U32("reset_burst", H2(reset_burst), 1, 1000000, 200),
+    WEIR__CFG_U32("reset_rate", H2(reset_rate), 0, 1000000, 50),
+    WEIR__CFG_U32("control_frame_burst", H2(control_frame_burst), 1, 1000000, 1000),
+    WEIR__CFG_U32("control_frame_rate", H2(control_frame_rate), 0, 1000000, 100),
+};
+
+static const struct weir__cfg_section http2_section =
+    WEIR__CFG_TABLE("a mapping of HTTP/2 settings", http2_keys, NULL);
+
 /* --- server.resolver ----------------------------------------------------------------- */
 
 static void resolver_servers(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
@@ -269,6 +287,7 @@ static const struct weir__cfg_key server_keys[] = {
     WEIR__CFG_SECTION("limits", SRV(limits), &limits_section),
     WEIR__CFG_SECTION("timeouts", SRV(timeouts), &timeouts_section),
     {"resolver", WEIR__CFG_T_SECTION, WEIR__CFG_LATE, SRV(resolver), .sub = &resolver_section},
+    WEIR__CFG_SECTION("http2", SRV(http2), &http2_section),
 };
 
 const struct weir__cfg_section weir__cfg_server =

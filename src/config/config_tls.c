@@ -236,35 +236,71 @@ static struct weir__tls_tickets *load_tickets(struct weir__cfg_ctx *c,
     return tk;
 }
 
-static void protocols_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
-                            const struct ynode *v)
+/* A name of names[] or a sequence of them, as the set of their bits (0: none or an error). */
+struct name_bit {
+    const char *name;
+    uint32_t bit;
+};
+
+static uint32_t name_set(struct weir__cfg_ctx *c, const struct ynode *v,
+                         const struct name_bit *names, const char *what,
+                         bool (*refuse)(struct weir__cfg_ctx *, const struct ynode *, const char *))
 {
-    struct weir_cfg_listener_tls *t = f->obj;
     const struct ynode *d = weir__ynode_deref(v);
     const struct ynode *one = d->type == YN_SEQ ? d->first : v;
     uint32_t set = 0;
     size_t i = 0;
     for (const struct ynode *it = one; it != NULL; it = d->type == YN_SEQ ? it->next : NULL, i++) {
         size_t old = d->type == YN_SEQ ? weir__cfg_path_index(c, i) : c->plen;
-        const struct ynode *s = weir__cfg_scalar(c, it, "TLSv1.2 or TLSv1.3");
-        if (s != NULL) {
-            if (strcmp(s->text, "TLSv1.2") == 0) {
-                set |= WEIR_TLS_PROTO_12;
-            } else if (strcmp(s->text, "TLSv1.3") == 0) {
-                set |= WEIR_TLS_PROTO_13;
-            } else if (strncmp(s->text, "TLSv1", 5) == 0 || strncmp(s->text, "SSLv", 4) == 0) {
-                weir__cfg_err(c, it, "%s is not supported (it is broken): use TLSv1.2 or TLSv1.3",
-                              s->text);
-            } else {
-                char shown[WEIR__CFG_DESCRIBE_MAX];
-                weir__cfg_err(c, it, "expected TLSv1.2 or TLSv1.3, got %s",
-                              weir__cfg_describe(s, shown, sizeof(shown)));
-            }
+        const struct ynode *s = weir__cfg_scalar(c, it, what);
+        const struct name_bit *nb = names;
+        while (s != NULL && nb->name != NULL && strcmp(s->text, nb->name) != 0) {
+            nb++;
+        }
+        if (s != NULL && nb->name != NULL) {
+            set |= nb->bit;
+        } else if (s != NULL && (refuse == NULL || !refuse(c, it, s->text))) {
+            char shown[WEIR__CFG_DESCRIBE_MAX];
+            weir__cfg_err(c, it, "expected %s, got %s", what,
+                          weir__cfg_describe(s, shown, sizeof(shown)));
         }
         weir__cfg_path_pop(c, old);
     }
+    return set;
+}
+
+/* TLS 1.0/1.1 and SSL get a reason of their own. true when it reported an error. */
+static bool old_protocol(struct weir__cfg_ctx *c, const struct ynode *it, const char *s)
+{
+    if (strncmp(s, "TLSv1", 5) == 0 || strncmp(s, "SSLv", 4) == 0) {
+        weir__cfg_err(c, it, "%s is not supported (it is broken): use TLSv1.2 or TLSv1.3", s);
+        return true;
+    }
+    return false;
+}
+
+static void protocols_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                            const struct ynode *v)
+{
+    static const struct name_bit names[] = {
+        {"TLSv1.2", WEIR_TLS_PROTO_12}, {"TLSv1.3", WEIR_TLS_PROTO_13}, {NULL, 0}};
+    struct weir_cfg_listener_tls *t = f->obj;
+    uint32_t set = name_set(c, v, names, "TLSv1.2 or TLSv1.3", old_protocol);
     if (set != 0) {
         t->protocols = set;
+    }
+}
+
+/* alpn: h2 and http/1.1, one or both (h2 is preferred when a client offers both). */
+static void alpn_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                       const struct ynode *v)
+{
+    static const struct name_bit names[] = {
+        {"h2", WEIR_ALPN_H2}, {"http/1.1", WEIR_ALPN_HTTP11}, {NULL, 0}};
+    struct weir_cfg_listener_tls *t = f->obj;
+    uint32_t set = name_set(c, v, names, "h2 or http/1.1", NULL);
+    if (set != 0) {
+        t->alpn = set;
     }
 }
 
@@ -321,6 +357,8 @@ static void tls_build(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
         .session_timeout = t->session_timeout_ms / 1000,
         .reject_unknown_sni = t->reject_unknown_sni,
         .early_data = t->early_data,
+        .alpn_h2 = (t->alpn & WEIR_ALPN_H2) != 0,
+        .alpn_http11 = (t->alpn & WEIR_ALPN_HTTP11) != 0,
         .prefer_server_ciphers = t->prefer_server_ciphers,
         .client_auth = ca->mode == WEIR_CLIENT_AUTH_REQUIRED   ? WEIR_TLS_AUTH_REQUIRED
                        : ca->mode == WEIR_CLIENT_AUTH_OPTIONAL ? WEIR_TLS_AUTH_OPTIONAL
@@ -400,6 +438,7 @@ static const struct weir__cfg_key tls_keys[] = {
                        3600 * 1000),
     WEIR__CFG_CUSTOM("ticket_key_files", WEIR__CFG_VALUE, ticket_files_value),
     WEIR__CFG_BOOL("early_data", LT(early_data), false),
+    WEIR__CFG_CUSTOM("alpn", WEIR__CFG_VALUE, alpn_value),
     WEIR__CFG_SECTION("client_auth", LT(client_auth), &client_auth_section),
 };
 
@@ -556,6 +595,7 @@ void weir__cfg_listener_tls(struct weir__cfg_ctx *c, const struct weir__cfg_fram
     struct weir_cfg_listener_tls *t = &((struct weir_cfg_listener *)f->obj)->tls;
     weir__cfg_defaults(&weir__cfg_tls, t);
     t->protocols = WEIR_TLS_PROTO_12 | WEIR_TLS_PROTO_13;
+    t->alpn = WEIR_ALPN_H2 | WEIR_ALPN_HTTP11;
     t->enabled = true;
     weir__cfg_walk(c, v, &weir__cfg_tls, t);
 }

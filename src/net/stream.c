@@ -58,6 +58,13 @@ ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool)
             return 0;
         }
     }
+    if (st->vt != NULL) {
+        ssize_t n = st->vt->read(st, st->in.data + st->in.wpos, weir__buf_space(&st->in));
+        if (n > 0) {
+            st->in.wpos += (uint32_t)n;
+        }
+        return n;
+    }
     if (st->ssl != NULL) {
         ssize_t n = weir__tls_read(st, st->in.data + st->in.wpos, weir__buf_space(&st->in));
         if (n > 0) {
@@ -89,6 +96,9 @@ ssize_t weir__stream_read(struct weir__stream *st, struct weir__bufpool *pool)
 
 ssize_t weir__stream_flush(struct weir__stream *st, struct weir__outq *q)
 {
+    if (st->vt != NULL) {
+        return st->vt->flush(st, q);
+    }
     if (st->ssl != NULL) {
         return weir__tls_flush(st, q);
     }

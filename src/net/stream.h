@@ -13,6 +13,19 @@
 
 struct ssl_st;
 struct weir__tls_server;
+struct weir__stream;
+struct weir__outq;
+
+/*
+ * A stream whose bytes are not a socket's: an HTTP/2 stream seen by the session as a client
+ * stream (src/http2/). read fills buf with what has arrived (0 when nothing has: it clears
+ * st->readable, and st->eof says the message ended); flush takes what q's bytes fit (clearing
+ * st->writable when full). Both return bytes or -errno, as the socket versions.
+ */
+struct weir__stream_vt {
+    ssize_t (*read)(struct weir__stream *st, char *buf, size_t len);
+    ssize_t (*flush)(struct weir__stream *st, struct weir__outq *q);
+};
 
 struct weir__stream {
     struct weir_io io;
@@ -29,6 +42,8 @@ struct weir__stream {
     bool tls_rwant_w;                 /* a read waits for the socket to be writable */
     bool tls_wwant_r;                 /* a write waits for the socket to be readable */
     bool tls_early;                   /* a server session still reading 0-RTT early data */
+    /* Virtual streams (io.fd is -1): reads and writes go through vt when it is set */
+    const struct weir__stream_vt *vt;
 };
 
 /** Notes what an edge-triggered event says: readable (data, hang-up, error), writable. */

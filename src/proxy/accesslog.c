@@ -84,7 +84,7 @@ static void format_combined(const struct weir_session *s, struct line *l)
     put_escaped(l, s->orig_method, false);
     put_str(l, " ");
     put_escaped(l, s->orig_target, false);
-    put_str(l, s->client_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
+    put_str(l, s->h2 != NULL ? " HTTP/2.0\" " : s->client_minor ? " HTTP/1.1\" " : " HTTP/1.0\" ");
     put_u64(l, (uint64_t)s->status);
     put_str(l, " ");
     put_u64(l, s->respp.bytes);
@@ -145,7 +145,10 @@ static void format_json(const struct weir_session *s, struct line *l)
     json_str(l, "client", (struct weir_iov){s->c->ip, s->c->iplen}, true);
     json_str(l, "method", s->orig_method, true);
     json_str(l, "target", s->orig_target, true);
-    json_str(l, "protocol", s->client_minor ? WEIR_IOV_LIT("HTTP/1.1") : WEIR_IOV_LIT("HTTP/1.0"),
+    json_str(l, "protocol",
+             s->h2 != NULL     ? WEIR_IOV_LIT("HTTP/2.0")
+             : s->client_minor ? WEIR_IOV_LIT("HTTP/1.1")
+                               : WEIR_IOV_LIT("HTTP/1.0"),
              true);
     json_num(l, "status", (uint64_t)s->status);
     json_num(l, "body_bytes_sent", s->respp.bytes);

@@ -12,6 +12,7 @@
 #include <netinet/tcp.h>
 
 #include "core/alloc.h"
+#include "http2/h2.h"
 #include "net/sock.h"
 #include "tls/tls.h"
 #include "weir/log.h"
@@ -79,7 +80,8 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
     weir__proxy_close_all(w);
     /* The loop will not run again: sessions still waiting for a hook end here. */
     while (w->zombies) {
-        weir__session_abandon(w->zombies->s);
+        struct weir__conn *z = w->zombies;
+        weir__session_abandon(z->s != NULL ? z->s : weir__conn_h2_orphan(z));
     }
     const struct weir__pool_stats *ps = weir__pool_stats(w->pool);
     if (ps->connects != 0) {
@@ -203,7 +205,7 @@ static void release_counts(struct weir__conn *c)
 int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockaddr *sa,
                        socklen_t len, const struct weir__listener_opts *lo)
 {
-    static const struct weir__listener_opts plain = {NULL, NULL, 0};
+    static const struct weir__listener_opts plain = {NULL, NULL, 0, false};
     if (lo == NULL) {
         lo = &plain;
     }
@@ -226,6 +228,7 @@ int weir__proxy_accept(struct weir__proxy_worker *w, int fd, const struct sockad
     c->ip_counted = probe.ip_counted;
     c->lc = probe.lc;
     c->redirect_https = tls == NULL ? lo->redirect_https : 0;
+    c->h2c = tls == NULL && lo->h2c;
     int one = 1;
     /* Responses leave in whole writes; Nagle would only add delayed-ACK stalls. */
     if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0) {
@@ -319,6 +322,10 @@ static void conn_timer(struct weir_loop *loop, struct weir_timer *t)
         weir__session_client_timeout(c->s);
         return;
     }
+    if (c->state == CONN_H2) {
+        weir__conn_h2_idle(c); /* no stream for client_keepalive: GOAWAY, close */
+        return;
+    }
     /* Idle: a keep-alive or header timeout. Silent close, as nginx does for both. */
     weir__conn_close(c);
 }
@@ -349,6 +356,10 @@ void weir__conn_close(struct weir__conn *c)
         c->state = CONN_CLOSED;
         weir__session_abort(c->s);
     }
+    if (c->state == CONN_H2) {
+        c->state = CONN_CLOSED;
+        weir__conn_h2_close(c); /* every stream's session is told, as above */
+    }
     c->state = CONN_CLOSED;
     weir_timer_stop(w->loop, &c->timer);
     weir__loop_defer_cancel(w->loop, &c->kick);
@@ -369,7 +380,7 @@ void weir__conn_close(struct weir__conn *c)
     c->reply = NULL;
     release_counts(c);
     unlink_conn(c);
-    if (c->s != NULL && c->s->suspended) {
+    if ((c->s != NULL && c->s->suspended) || c->h2_sessions > 0) {
         c->zombie = true; /* the session frees us when its hook resumes */
         c->next = w->zombies;
         if (w->zombies) {
@@ -422,6 +433,8 @@ static void conn_event(struct weir_loop *loop, struct weir_io *io, uint32_t even
         conn_idle_step(c);
     } else if (c->state == CONN_LINGER) {
         linger_step(c);
+    } else if (c->state == CONN_H2) {
+        weir__conn_h2_event(c);
     } else {
         weir__session_client_event(c->s);
     }
@@ -602,6 +615,33 @@ static bool tls_first_byte(struct weir__conn *c)
     return false;
 }
 
+/*
+ * Whether a new connection speaks HTTP/2: ALPN chose h2, or (h2c listeners) its first bytes
+ * are the connection preface. 1: it does (now handed over, or closed); 2: too few bytes to
+ * tell; 0: HTTP/1.1.
+ */
+static int h2_detect(struct weir__conn *c)
+{
+    bool alpn = c->tls && weir__tls_alpn_h2(&c->st);
+    if (!alpn && !c->h2c) {
+        return 0;
+    }
+    if (!alpn) {
+        uint32_t have = weir__buf_len(&c->st.in);
+        uint32_t n = have < WEIR_H2_PREFACE_LEN ? have : WEIR_H2_PREFACE_LEN;
+        if (memcmp(c->st.in.data + c->st.in.rpos, WEIR_H2_PREFACE, n) != 0) {
+            return 0;
+        }
+        if (n < WEIR_H2_PREFACE_LEN) {
+            return 2;
+        }
+    }
+    if (weir__conn_h2_start(c) != 0) {
+        weir__conn_close(c);
+    }
+    return 1;
+}
+
 static void conn_idle_step(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
@@ -610,7 +650,11 @@ static void conn_idle_step(struct weir__conn *c)
         lim->max_headers <= WEIR_MAX_HEADERS_PARSED ? lim->max_headers : WEIR_MAX_HEADERS_PARSED;
     struct weir__h1_limits hl = {lim->max_request_line, lim->max_header_bytes, maxh};
     for (;;) {
-        if (weir__buf_len(&c->st.in) > 0) {
+        int h2 = c->nrequests == 0 && weir__buf_len(&c->st.in) > 0 ? h2_detect(c) : 0;
+        if (h2 == 1) {
+            return;
+        }
+        if (weir__buf_len(&c->st.in) > 0 && h2 == 0) {
             struct weir__h1_request hr;
             ssize_t n =
                 weir__h1_parse_request(c->st.in.data + c->st.in.rpos, weir__buf_len(&c->st.in),
@@ -675,24 +719,31 @@ static void conn_idle_step(struct weir__conn *c)
     }
 }
 
+void weir__conn_unzombie(struct weir__conn *c)
+{
+    struct weir__proxy_worker *w = c->w;
+    if (!c->zombie) {
+        return;
+    }
+    c->zombie = false;
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        w->zombies = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    c->prev = c->next = NULL;
+    weir__loop_defer(w->loop, &c->reap);
+}
+
 void weir__conn_request_done(struct weir__conn *c, bool close_conn)
 {
     struct weir__proxy_worker *w = c->w;
     c->s = NULL;
     if (c->state == CONN_CLOSED) {
-        if (c->zombie) {
-            c->zombie = false;
-            if (c->prev) {
-                c->prev->next = c->next;
-            } else {
-                w->zombies = c->next;
-            }
-            if (c->next) {
-                c->next->prev = c->prev;
-            }
-            c->prev = c->next = NULL;
-            weir__loop_defer(w->loop, &c->reap);
-        }
+        weir__conn_unzombie(c);
         return;
     }
     if (close_conn || w->draining) {
@@ -722,6 +773,8 @@ void weir__proxy_drain(struct weir__proxy_worker *w)
         struct weir__conn *next = c->next;
         if ((c->state == CONN_IDLE && weir__buf_len(&c->st.in) == 0) || c->state == CONN_LINGER) {
             weir__conn_close(c);
+        } else if (c->state == CONN_H2) {
+            weir__conn_h2_drain(c);
         }
         c = next;
     }

@@ -313,7 +313,7 @@ static int add_forwarded(struct weir_session *s, struct weir_headers *h,
     return rc;
 }
 
-static bool parse_length(struct weir_iov v, uint64_t *out)
+bool weir__parse_length(struct weir_iov v, uint64_t *out)
 {
     uint64_t n = 0;
     if (v.len == 0 || v.len > 19) {
@@ -366,7 +366,7 @@ int weir__forward_request_head(struct weir_session *s)
         cl = h->v[fs.content_length].value;
     }
     uint64_t len;
-    bool length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl && parse_length(cl, &len) &&
+    bool length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl && weir__parse_length(cl, &len) &&
                      len == s->req_length;
     return weir__up_request_head(s, length_ok);
 }
@@ -393,7 +393,7 @@ int weir__forward_response_head(struct weir_session *s)
         cl = r->headers.v[fs.content_length].value;
     }
     uint64_t len;
-    int rc = weir__down_body_framing(s, r, has_cl && parse_length(cl, &len));
+    int rc = weir__down_body_framing(s, r, has_cl && weir__parse_length(cl, &len));
     if (rc == 0 && s->cfg->server.via) {
         rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"),
                               r->minor ? WEIR_IOV_LIT("1.1 weir") : WEIR_IOV_LIT("1.0 weir"));

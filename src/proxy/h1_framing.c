@@ -66,12 +66,12 @@ int weir__h1_queue_head(struct weir_session *s, struct weir_resp *r)
 void weir__h1_send_continue(struct weir_session *s)
 {
     if (s->expect_continue && !s->sent_continue && !s->resp_started &&
-        s->req_body != WEIR_H1_BODY_NONE && weir__buf_len(&s->c->st.in) == 0) {
+        s->req_body != WEIR_H1_BODY_NONE && weir__buf_len(&s->cst->in) == 0) {
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         weir__outq_push(&s->out_client, cont, sizeof(cont) - 1);
         s->sent_continue = true;
-        if (s->c->st.writable && weir__stream_flush(&s->c->st, &s->out_client) < 0) {
-            s->c->st.eof = true; /* the request pipe reports the dead client */
+        if (s->cst->writable && weir__stream_flush(s->cst, &s->out_client) < 0) {
+            s->cst->eof = true; /* the request pipe reports the dead client */
         }
     }
 }

@@ -30,6 +30,8 @@
 #define WEIR_SESSION_CHECK(s) WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC)
 
 struct weir__proxy_worker;
+struct weir__h2_server;
+struct weir__h2s;
 
 /**
  * Connections open on one listener across every worker (listeners[].max_connections). The
@@ -47,6 +49,7 @@ struct weir__listener_opts {
     struct weir__tls_server *tls;       /* listeners[].tls; NULL: cleartext */
     uint16_t redirect_https;            /* cleartext: 308 every request to https on this
                                            port (listeners[].redirect_https); 0: off */
+    bool h2c;                           /* cleartext: HTTP/2 with prior knowledge too */
 };
 
 /** Called when a client connection closes (the server resumes accepting below the cap). */
@@ -92,6 +95,7 @@ enum weir__conn_state {
     CONN_IDLE = 0, /* between requests (or before the first): waiting for a head */
     CONN_ACTIVE,   /* a session owns the connection */
     CONN_LINGER,   /* our side is shut down; discarding what the client still sends */
+    CONN_H2,       /* speaking HTTP/2 (h2_down.c): each stream is a session */
     CONN_CLOSED,
 };
 
@@ -129,6 +133,10 @@ struct weir__conn {
     bool tls_check;                 /* TLS: the first byte is still to be checked (plain HTTP?) */
     struct weir_tls_info *tls_info; /* weir_session_tls's answer, made on its first call */
     uint16_t redirect_https;        /* the listener's redirect_https port; 0: off */
+    bool h2c;                       /* cleartext: a connection preface starts HTTP/2 */
+    struct weir__h2_server *h2;     /* CONN_H2: the HTTP/2 session */
+    uint32_t h2_sessions;           /* sessions on its streams, until each ends */
+    struct weir__h2s *h2_orphans;   /* closed: streams whose sessions have not ended yet */
 };
 
 /*
@@ -291,6 +299,7 @@ struct weir__up_framing {
 };
 
 extern const struct weir__down_framing weir__h1_down;
+extern const struct weir__down_framing weir__h2_down;
 extern const struct weir__up_framing weir__h1_up;
 
 /** The upstream exchange of one session (upstream.c owns every field). */
@@ -314,6 +323,9 @@ struct weir__exchange {
 struct weir_session {
     uint32_t magic;
     struct weir__conn *c;
+    struct weir__stream *cst; /* the client side: &c->st, or an HTTP/2 stream's */
+    struct weir__h2s *h2;     /* the HTTP/2 stream serving this request; NULL: HTTP/1.1 */
+    struct weir_timer ctimer; /* HTTP/2: the client-side deadline of this stream */
     struct weir__proxy_worker *w;
     struct weir_arena *arena;
     struct weir__snapshot_holder *holder;
@@ -366,6 +378,7 @@ struct weir_session {
     /* response */
     struct weir_resp *resp;
     bool resp_started; /* bytes of the response head were queued to the client */
+    bool resp_done;    /* the whole response went to the client side */
     bool close_after;  /* close the client connection after this response */
     bool failed;
     struct weir_iov local_body;
@@ -471,11 +484,42 @@ void weir__conn_linger(struct weir__conn *c);
 #define WEIR_REJECT_MAX 256
 /** The session ended: continue with the next request or close. */
 void weir__conn_request_done(struct weir__conn *c, bool close_conn);
+/** A closed connection's last session ended: it is freed at the end of the turn. */
+void weir__conn_unzombie(struct weir__conn *c);
 /** Sets the client-side deadline ms from now (0 disarms). */
 void weir__conn_set_deadline(struct weir__conn *c, uint64_t ms);
 
+/* h2_down.c: HTTP/2 client connections (each stream a session) */
+/** Turns c (its preface or ALPN said h2) into an HTTP/2 connection. 0 or an error. */
+int weir__conn_h2_start(struct weir__conn *c);
+/** c's socket changed readiness (CONN_H2). */
+void weir__conn_h2_event(struct weir__conn *c);
+/** c's timer fired while idle (CONN_H2): GOAWAY and close. */
+void weir__conn_h2_idle(struct weir__conn *c);
+/** Drain: GOAWAY; the streams in progress finish. */
+void weir__conn_h2_drain(struct weir__conn *c);
+/** c is closing: every session on its streams is told. */
+void weir__conn_h2_close(struct weir__conn *c);
+/** A session still waiting on a closed HTTP/2 connection (the worker stops). */
+struct weir_session *weir__conn_h2_orphan(struct weir__conn *c);
+/** A session on stream hs ended (complete: its response was sent whole). */
+void weir__conn_h2_request_done(struct weir__conn *c, struct weir__h2s *hs, bool complete);
+/** The client-side deadline of an HTTP/2 stream's session fired. */
+void weir__session_h2_timer(struct weir_loop *loop, struct weir_timer *t);
+
 /* session.c: the phase machine, the retry loop, errors, the end */
 int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr, size_t head_len);
+/**
+ * A session for a request on c with its snapshot and arena, before its head is adopted; the
+ * caller fills the request, then calls weir__session_begin. NULL when out of memory.
+ */
+struct weir_session *weir__session_new(struct weir__conn *c);
+/** Runs new_ctx, the early refusals (rate, size) and the phases of a filled-in session. */
+void weir__session_begin(struct weir_session *s);
+/** Sets the client-side deadline ms from now (0 disarms): the connection's or the stream's. */
+void weir__session_client_deadline(struct weir_session *s, uint64_t ms);
+/** Whether the client side can no longer be written to (connection closed, stream reset). */
+bool weir__session_client_dead(const struct weir_session *s);
 /**
  * Runs the session's phases until it blocks (I/O, a timer, a suspended hook) or ends. Every
  * event enters here; nothing below session.c calls it.
@@ -571,6 +615,8 @@ enum weir__pipe_status weir__spool_drain(struct weir__spool *sp, struct weir__st
 int weir__forward_request_head(struct weir_session *s);
 /** Runs the response hooks, decides the framing towards the client, queues the head. */
 int weir__forward_response_head(struct weir_session *s);
+/** A Content-Length value: 1 to 19 decimal digits, nothing else. */
+bool weir__parse_length(struct weir_iov v, uint64_t *out);
 /** Appends a field whose bytes outlive the request without copying them when there is room. */
 int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_iov value);
 

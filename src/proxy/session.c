@@ -132,25 +132,26 @@ static int normalize_absolute_form(struct weir_session *s)
     return weir_headers_set_iov(&s->req.headers, WEIR_IOV_LIT("Host"), (struct weir_iov){a, alen});
 }
 
-int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr, size_t head_len)
+struct weir_session *weir__session_new(struct weir__conn *c)
 {
     struct weir__proxy_worker *w = c->w;
     struct weir__snapshot_holder *h = weir__snapshot_acquire(w->slot, &w->holder);
     if (h == NULL) {
-        return WEIR_ENOMEM;
+        return NULL;
     }
     const struct weir_config *cfg = h->snap->data;
     struct weir_arena *a = take_arena(w, cfg);
     if (a == NULL) {
-        return WEIR_ENOMEM;
+        return NULL;
     }
     struct weir_session *s = weir_arena_calloc(a, sizeof(*s));
     if (s == NULL) {
         weir_arena_free(a);
-        return WEIR_ENOMEM;
+        return NULL;
     }
     s->magic = WEIR_SESSION_MAGIC;
     s->c = c;
+    s->cst = &c->st;
     s->w = w;
     s->arena = a;
     s->holder = h;
@@ -162,10 +163,19 @@ int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr,
     s->start_wall = weir_loop_wall_s(w->loop);
     s->resume.fn = session_resume_cb;
     weir__upstream_init(s);
-    c->s = s;
-    c->state = CONN_ACTIVE;
     c->nrequests++;
     w->requests++;
+    return s;
+}
+
+int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr, size_t head_len)
+{
+    struct weir_session *s = weir__session_new(c);
+    if (s == NULL) {
+        return WEIR_ENOMEM;
+    }
+    c->s = s;
+    c->state = CONN_ACTIVE;
     weir__conn_set_deadline(c, 0);
 
     if (adopt_head(s, hr, c->st.in.data + c->st.in.rpos, head_len) != 0) {
@@ -182,20 +192,27 @@ int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr,
     s->expect_continue = hr->expect_continue && hr->minor == 1;
     s->req_body = hr->body;
     s->req_length = hr->content_length;
-    uint32_t max_reqs = cfg->server.limits.max_requests_per_connection;
+    uint32_t max_reqs = s->cfg->server.limits.max_requests_per_connection;
     if (!hr->keep_alive || (max_reqs != 0 && c->nrequests >= max_reqs)) {
         s->close_after = true;
     }
+    weir__session_begin(s);
+    return 0;
+}
+
+void weir__session_begin(struct weir_session *s)
+{
+    struct weir__proxy_worker *w = s->w;
     if (w->hooks->new_ctx) {
         s->ctx = w->hooks->new_ctx(s, w->hooks_data);
     }
     s->phase = PH_EARLY;
     /* Refused before any hook but new_ctx (logging needs its ctx) or the upstream sees it. */
     int early = 0;
-    uint64_t max_body = cfg->server.limits.max_body_bytes;
+    uint64_t max_body = s->cfg->server.limits.max_body_bytes;
     if (over_request_rate(s)) {
         early = respond_too_many(s); /* an unread body closes the connection after */
-    } else if (max_body && hr->body == WEIR_H1_BODY_LENGTH && hr->content_length > max_body) {
+    } else if (max_body && s->req_body == WEIR_H1_BODY_LENGTH && s->req_length > max_body) {
         /* The body is never read. The same error as a body found too large while read. */
         s->close_after = true;
         early = weir_session_respond_text(s, 413, WEIR_IOV_LIT("Payload Too Large\n"));
@@ -208,7 +225,26 @@ int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr,
         s->phase = PH_DONE;
     }
     weir__session_run(s);
-    return 0;
+}
+
+void weir__session_client_deadline(struct weir_session *s, uint64_t ms)
+{
+    if (s->h2 == NULL) {
+        weir__conn_set_deadline(s->c, ms);
+        return;
+    }
+    struct weir_loop *loop = s->w->loop;
+    if (ms == 0) {
+        weir_timer_stop(loop, &s->ctimer);
+    } else if (weir_timer_start(loop, &s->ctimer, ms) != 0) {
+        /* No timer: the stream could wait forever. End it now rather than hang. */
+        s->cst->hangup = true;
+    }
+}
+
+bool weir__session_client_dead(const struct weir_session *s)
+{
+    return s->c->state == CONN_CLOSED || (s->h2 != NULL && s->cst->hangup);
 }
 
 /* ---- the phases ---- */
@@ -362,7 +398,7 @@ static bool phase_early(struct weir_session *s)
         redirect_https(s);
         return true; /* before any hook, as nginx's return in a server block */
     }
-    if (!s->have_result && s->c->tls && weir__tls_early(&s->c->st) && !early_ok(s)) {
+    if (!s->have_result && s->c->tls && weir__tls_early(s->cst) && !early_ok(s)) {
         return true; /* 425, before any hook */
     }
     const struct weir_proxy_hooks *hk = s->w->hooks;
@@ -503,6 +539,7 @@ static bool phase_upstream(struct weir_session *s)
     case WEIR_STEP_BLOCKED:
         return false;
     case WEIR_STEP_DONE:
+        s->resp_done = true;
         if (!s->req_sent) {
             s->close_after = true; /* the client's body was not read to its end */
         }
@@ -565,8 +602,8 @@ static bool phase_local_response(struct weir_session *s)
         s->phase = PH_DONE;
         return true;
     }
-    if (s->c->st.writable) {
-        ssize_t n = weir__stream_flush(&s->c->st, &s->out_client);
+    if (s->cst->writable) {
+        ssize_t n = weir__stream_flush(s->cst, &s->out_client);
         if (n < 0) {
             s->close_after = true;
             s->has_err = true;
@@ -580,12 +617,13 @@ static bool phase_local_response(struct weir_session *s)
         }
     }
     if (weir__outq_empty(&s->out_client)) {
+        s->resp_done = true;
         s->phase = PH_DONE;
         return true;
     }
     uint64_t now = weir_loop_now_ms(s->w->loop);
     uint64_t deadline = s->client_progress_ms + s->cfg->server.timeouts.client_write_ms;
-    weir__conn_set_deadline(s->c, deadline > now ? deadline - now : 1);
+    weir__session_client_deadline(s, deadline > now ? deadline - now : 1);
     return false;
 }
 
@@ -598,7 +636,7 @@ static bool phase_local_response(struct weir_session *s)
  */
 static bool client_closed(struct weir_session *s)
 {
-    const struct weir__stream *st = &s->c->st;
+    const struct weir__stream *st = s->cst;
     if (!(st->rdhup || st->hangup || st->eof) || !weir__client_hung_up(s)) {
         return false;
     }
@@ -655,7 +693,7 @@ static void session_resume_cb(struct weir_loop *loop, struct weir__defer *d)
 {
     struct weir_session *s = WEIR_CONTAINER_OF(d, struct weir_session, resume);
     WEIR_SESSION_CHECK(s);
-    if (s->phase == PH_CLOSING || s->c->state == CONN_CLOSED) {
+    if (s->phase == PH_CLOSING || weir__session_client_dead(s)) {
         /* The connection died while the hook waited; the session can end now. */
         s->have_result = false;
         s->phase = PH_DONE;
@@ -710,7 +748,7 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
     weir_log(WEIR_LOG_DEBUG, "request from %s failed: %s (%s)", s->c->ip, weir_error_type_str(type),
              context ? context : "");
     weir__upstream_release(s, false);
-    if (s->resp_started || s->c->state == CONN_CLOSED || src == WEIR_SRC_DOWNSTREAM) {
+    if (s->resp_started || weir__session_client_dead(s) || src == WEIR_SRC_DOWNSTREAM) {
         /* Mid-response or the client is gone: the only honest signal left is a close. */
         s->close_after = true;
         s->phase = PH_DONE;
@@ -851,10 +889,19 @@ static void session_end(struct weir_session *s)
     /* A failure answered with a whole error response (request fully read) keeps the
        connection, as its Connection field said; every other failure set close_after. */
     bool close_conn = s->close_after || !s->client_keep_alive;
+    struct weir__h2s *hs = s->h2;
+    bool complete = s->resp_done;
+    if (hs != NULL) {
+        weir_timer_stop(w->loop, &s->ctimer);
+    }
     struct weir__snapshot_holder *h = s->holder;
     struct weir_arena *a = s->arena;
     s->magic = 0;
     give_arena(w, a); /* s lived in the arena: no access after this */
     weir__snapshot_holder_put(h);
-    weir__conn_request_done(c, close_conn);
+    if (hs != NULL) {
+        weir__conn_h2_request_done(c, hs, complete);
+    } else {
+        weir__conn_request_done(c, close_conn);
+    }
 }

@@ -70,9 +70,12 @@ enum weir__step weir__upstream_error(struct weir_session *s, struct weir__outcom
 
 bool weir__client_hung_up(const struct weir_session *s)
 {
-    const struct weir__stream *st = &s->c->st;
+    const struct weir__stream *st = s->cst;
     if (st->hangup) {
         return true; /* a reset: nothing more can reach the client */
+    }
+    if (st->vt != NULL) {
+        return false; /* an HTTP/2 stream's END_STREAM ends the request, not the client */
     }
     if (!st->rdhup && !st->eof) {
         return false;
@@ -251,7 +254,7 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
     uint64_t now = weir_loop_now_ms(s->w->loop);
     struct weir__pipe_io io = {src, dst, q, filter, limit, discard, spool, 0, false, false};
     enum weir__pipe_status st = weir__pipe_step(s, p, &io);
-    if (dst == &s->c->st) {
+    if (dst == s->cst) {
         s->rate_bytes += io.written;
     }
     if (io.read_progress) {
@@ -269,9 +272,9 @@ static enum weir__step send_request(struct weir_session *s, struct weir__outcome
 {
     weir__down_send_continue(s);
     enum weir__pipe_status st =
-        run_pipe(s, &s->reqp, &s->c->st, &s->client_progress_ms, &s->ux.conn->st,
-                 &s->ux.progress_ms, &s->ux.out, s->w->hooks->request_body_filter,
-                 s->cfg->server.limits.max_body_bytes, false, NULL);
+        run_pipe(s, &s->reqp, s->cst, &s->client_progress_ms, &s->ux.conn->st, &s->ux.progress_ms,
+                 &s->ux.out, s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes,
+                 false, NULL);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
@@ -310,7 +313,7 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
         /* A 100 Continue still going out. */
         if (s->client_gone) {
             weir__outq_reset(&s->out_client);
-        } else if (s->c->st.writable && weir__stream_flush(&s->c->st, &s->out_client) < 0) {
+        } else if (s->cst->writable && weir__stream_flush(s->cst, &s->out_client) < 0) {
             return client_abort(s, o, WEIR_ERR_WRITE_ERROR, "client write");
         }
         if (!weir__outq_empty(&s->out_client)) {
@@ -336,7 +339,7 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
 static enum weir__pipe_status drain_spool(struct weir_session *s)
 {
     uint64_t written = 0;
-    enum weir__pipe_status st = weir__spool_drain(s->spool, &s->c->st, s->client_gone, &written);
+    enum weir__pipe_status st = weir__spool_drain(s->spool, s->cst, s->client_gone, &written);
     if (written > 0) {
         s->rate_bytes += written;
         s->client_progress_ms = weir_loop_now_ms(s->w->loop);
@@ -354,7 +357,7 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 {
     enum weir__pipe_status st;
     for (;;) {
-        st = run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms, &s->c->st,
+        st = run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms, s->cst,
                       &s->client_progress_ms, &s->out_client, s->w->hooks->response_body_filter, 0,
                       s->client_gone, s->spool);
         if (s->spool == NULL || (st != WEIR_PIPE_DONE && st != WEIR_PIPE_BLOCKED)) {
@@ -532,9 +535,9 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
         if (rate_deadline != 0 && rate_deadline < deadline) {
             deadline = rate_deadline;
         }
-        weir__conn_set_deadline(s->c, deadline > now ? deadline - now : 1);
+        weir__session_client_deadline(s, deadline > now ? deadline - now : 1);
     } else {
-        weir__conn_set_deadline(s->c, 0);
+        weir__session_client_deadline(s, 0);
     }
     return WEIR_STEP_BLOCKED;
 }
@@ -549,7 +552,7 @@ enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome 
     }
     bool sent = false; /* the request pipe ran in this call */
     for (;;) {
-        if ((s->c->st.rdhup || s->c->st.hangup || s->c->st.eof) && !s->client_gone &&
+        if ((s->cst->rdhup || s->cst->hangup || s->cst->eof) && !s->client_gone &&
             s->ux.state != UP_COMPLETE && weir__client_hung_up(s)) {
             if (!s->ignore_client_abort) {
                 return client_abort(s, o, WEIR_ERR_CONNECTION_CLOSED, "client closed");

@@ -44,6 +44,7 @@ struct listener {
     struct weir__listener_count count; /* listeners[].max_connections, across workers */
     struct weir__tls_server *tls;      /* listeners[].tls, owned by the first snapshot */
     uint16_t redirect_https;           /* listeners[].redirect_https's port; 0: off */
+    bool h2c;                          /* listeners[].h2c */
 };
 
 struct worker;
@@ -224,6 +225,7 @@ int weir_service_add_listener_cfg(struct weir_service *svc, const struct weir_cf
         svc->listeners[svc->nlisteners - 1].count.max = l->max_connections;
         svc->listeners[svc->nlisteners - 1].tls = l->tls.server;
         svc->listeners[svc->nlisteners - 1].redirect_https = l->redirect_https;
+        svc->listeners[svc->nlisteners - 1].h2c = l->h2c;
     }
     return rc;
 }
@@ -510,6 +512,7 @@ static int bind_listeners(struct weir_service *svc)
             wl->opts.count = &l->count;
             wl->opts.tls = l->tls;
             wl->opts.redirect_https = l->redirect_https;
+            wl->opts.h2c = l->h2c;
             wl->io.cb = listener_event;
             wl->io.data = wl;
             if (stealing) {

@@ -96,6 +96,8 @@ struct weir__tls_server_opts {
     bool reject_unknown_sni;    /* a client naming no configured certificate is refused */
     bool early_data;            /* accept TLS 1.3 0-RTT data (RFC 8470 rules are the caller's) */
     bool prefer_server_ciphers; /* our cipher order over the client's (ChaCha20 first kept) */
+    bool alpn_h2;               /* ALPN offers h2 (preferred) */
+    bool alpn_http11;           /* ALPN offers http/1.1 */
     size_t default_cert;        /* index of the certificate for no or an unknown SNI */
     enum weir__tls_auth client_auth;
     const char *client_ca;  /* client_auth: PEM bundle the client's certificate must chain to */
@@ -206,6 +208,9 @@ const char *weir__tls_protocol(const struct weir__stream *st);
  * replaying a recording). Once the handshake finishes, every byte is known to be fresh.
  */
 bool weir__tls_early(const struct weir__stream *st);
+
+/** Whether ALPN chose h2 on st's connection. */
+bool weir__tls_alpn_h2(const struct weir__stream *st);
 
 /** The SNI the client sent on st, or NULL. */
 const char *weir__tls_sni(const struct weir__stream *st);

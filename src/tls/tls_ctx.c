@@ -522,10 +522,10 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
     (void)ssl;
-    (void)arg;
-    static const unsigned char h1[] = "\x08http/1.1";
+    const struct weir__tls_server *srv = arg;
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, h1, sizeof(h1) - 1, in, inlen) ==
+    /* The server's order decides: h2 when the client offers it (tls.alpn). */
+    if (SSL_select_next_proto(&sel, outlen, srv->alpn, srv->alpn_len, in, inlen) ==
         OPENSSL_NPN_NEGOTIATED) {
         *out = sel;
         return SSL_TLSEXT_ERR_OK;
@@ -688,7 +688,7 @@ static SSL_CTX *server_ctx(struct weir__tls_server *srv, const struct weir__tls_
         set_client_auth(ctx, srv, o) != 1) {
         goto fail;
     }
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, srv);
     if (SSL_CTX_set_tlsext_status_cb(ctx, status_cb) != 1 ||
         SSL_CTX_set_tlsext_status_arg(ctx, srv) != 1) {
         goto fail;
@@ -838,6 +838,14 @@ int weir__tls_server_new(struct weir__tls_cert **certs, size_t ncerts,
     srv->tickets = opts->tickets;
     srv->reject_unknown = opts->reject_unknown_sni;
     srv->early_data = opts->early_data && opts->session_tickets;
+    if (opts->alpn_h2) {
+        memcpy(srv->alpn + srv->alpn_len, "\x02h2", 3);
+        srv->alpn_len += 3;
+    }
+    if (opts->alpn_http11 || !opts->alpn_h2) {
+        memcpy(srv->alpn + srv->alpn_len, "\x08http/1.1", 9);
+        srv->alpn_len += 9;
+    }
     atomic_init(&srv->refs, 1);
     if (ncerts == 0 || opts->default_cert >= ncerts) {
         (void)snprintf(why, WEIR_TLS_ERRMAX, "no certificate");

@@ -41,7 +41,9 @@ struct weir__tls_server {
     struct weir__tls_name *names;
     size_t nnames;
     bool reject_unknown;
-    bool early_data;                    /* 0-RTT accepted */
+    bool early_data;        /* 0-RTT accepted */
+    unsigned char alpn[12]; /* ALPN protocols in preference order (wire format) */
+    unsigned alpn_len;
     X509_STORE *client_store;           /* client_auth: CAs and CRLs; NULL: off */
     STACK_OF(X509_NAME) * client_names; /* the CA names sent to the client */
     struct weir__tls_tickets *tickets;  /* session ticket keys; NULL: none or OpenSSL's */

@@ -317,6 +317,17 @@ bool weir__tls_early(const struct weir__stream *st)
            !SSL_is_init_finished(st->ssl);
 }
 
+bool weir__tls_alpn_h2(const struct weir__stream *st)
+{
+    const unsigned char *p = NULL;
+    unsigned n = 0;
+    if (st->ssl == NULL) {
+        return false;
+    }
+    SSL_get0_alpn_selected(st->ssl, &p, &n);
+    return n == 2 && p[0] == 'h' && p[1] == '2';
+}
+
 const char *weir__tls_sni(const struct weir__stream *st)
 {
     return st->ssl != NULL ? SSL_get_servername(st->ssl, TLSEXT_NAMETYPE_host_name) : NULL;

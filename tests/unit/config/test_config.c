@@ -621,7 +621,7 @@ static void test_aliases_and_documents(void **state)
               "unknown key 'x'; valid keys here: threads, work_stealing, pid_file, error_log, "
               "log_level, grace_period, access_log, access_log_format, upstream_keepalive, "
               "upstream_pool, max_retries, forwarded_headers, limits, timeouts, "
-              "resolver");
+              "resolver, http2");
     check_err(errs, 1, 3, 6, "", "no anchor named 's' is defined before this alias");
     weir_config_errors_free(errs);
     expect_one("server: {}\n---\nserver: {}\n", 2, 1, "",

@@ -1,0 +1,1088 @@
+/*
+ * HTTP/2 server connections through nghttp2 (see h2.h). nghttp2 parses and validates frames,
+ * HPACK and the stream states (with its HTTP messaging checks on: pseudo-header rules,
+ * connection-specific fields, Content-Length against DATA); weir adds the bounds nghttp2
+ * leaves to the application: the decoded size and count of a head, the characters a field may
+ * hold before it can become HTTP/1.1, per-stream buffers tied to flow control, the rate of
+ * client resets and of frames that carry no request, and the total streams of a connection.
+ */
+#include "http2/h2.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include <nghttp2/nghttp2.h>
+
+#include "core/alloc.h"
+#include "core/assert.h"
+#include "weir/error.h"
+#include "weir/log.h"
+
+#define H2S_MAGIC 0x68327374u
+/* Mem-send rounds of one io call before it yields the loop to other connections. */
+#define H2_IO_ROUNDS 16
+/* Frames the per-connection out buffer is filled from before one write. */
+#define H2_OBUF_MIN 16384
+
+/** A token bucket in thousandths of a token. */
+struct h2_bucket {
+    uint64_t milli;
+    uint64_t last_ms;
+};
+
+struct weir__h2_server {
+    nghttp2_session *ng;
+    struct weir_loop *loop;
+    struct weir__stream *tr;
+    struct weir__bufpool *pool;
+    const struct weir__h2_server_ops *ops;
+    void *data;
+    struct weir__h2_limits lim;
+    struct weir__h2s *streams;
+    struct weir__h2s *ready;
+    struct weir__buf obuf; /* frames gathered for one write */
+    const uint8_t *pend;   /* what nghttp2_session_mem_send gave that obuf did not take */
+    size_t pend_len;
+    uint32_t owned;           /* streams the owner holds */
+    uint32_t nrequests;       /* streams begun */
+    struct h2_bucket resets;  /* client RST_STREAM frames */
+    struct h2_bucket control; /* PING, SETTINGS, PRIORITY, empty DATA */
+    bool calm;                /* terminated with ENHANCE_YOUR_CALM */
+    bool fatal;               /* nghttp2 failed: the connection ends */
+    struct weir__defer kick;
+};
+
+static ssize_t vst_read(struct weir__stream *st, char *buf, size_t len);
+static ssize_t vst_flush(struct weir__stream *st, struct weir__outq *q);
+static const struct weir__stream_vt VST = {vst_read, vst_flush};
+
+static struct weir__h2s *h2s_of(struct weir__stream *st)
+{
+    struct weir__h2s *hs = (struct weir__h2s *)(void *)st; /* vst is the first member */
+    WEIR_CHECK_OBJ(hs, H2S_MAGIC);
+    return hs;
+}
+
+/* ---- nghttp2's allocations go through weir's (failmalloc counts them) ---- */
+
+static void *ng_malloc(size_t size, void *ud)
+{
+    (void)ud;
+    return weir__malloc(size);
+}
+
+static void ng_free(void *ptr, void *ud)
+{
+    (void)ud;
+    weir__free(ptr);
+}
+
+static void *ng_calloc(size_t n, size_t size, void *ud)
+{
+    (void)ud;
+    return weir__calloc(n, size);
+}
+
+static void *ng_realloc(void *ptr, size_t size, void *ud)
+{
+    (void)ud;
+    return weir__realloc(ptr, size);
+}
+
+/* ---- small helpers ---- */
+
+/* Takes a token; false when the bucket is empty (the rate is exceeded). */
+static bool bucket_take(struct h2_bucket *b, uint32_t burst, uint32_t rate, uint64_t now)
+{
+    if (burst == 0) {
+        return true; /* unlimited */
+    }
+    uint64_t cap = (uint64_t)burst * 1000u;
+    if (b->last_ms == 0) {
+        b->milli = cap;
+    } else if (now > b->last_ms) {
+        uint64_t add = (now - b->last_ms) * rate;
+        b->milli = b->milli + add > cap ? cap : b->milli + add;
+    }
+    b->last_ms = now;
+    if (b->milli < 1000u) {
+        return false;
+    }
+    b->milli -= 1000u;
+    return true;
+}
+
+static void schedule(struct weir__h2_server *hc)
+{
+    weir__loop_defer(hc->loop, &hc->kick);
+}
+
+static void mark_ready(struct weir__h2_server *hc, struct weir__h2s *hs)
+{
+    if (hs->queued) {
+        return;
+    }
+    hs->queued = true;
+    hs->rnext = hc->ready;
+    hc->ready = hs;
+}
+
+static void unready(struct weir__h2_server *hc, struct weir__h2s *hs)
+{
+    if (!hs->queued) {
+        return;
+    }
+    for (struct weir__h2s **p = &hc->ready; *p != NULL; p = &(*p)->rnext) {
+        if (*p == hs) {
+            *p = hs->rnext;
+            break;
+        }
+    }
+    hs->queued = false;
+    hs->rnext = NULL;
+}
+
+static void calm_down(struct weir__h2_server *hc, const char *what)
+{
+    if (hc->calm) {
+        return;
+    }
+    hc->calm = true;
+    weir_log(WEIR_LOG_INFO, "HTTP/2 client over the %s limit: GOAWAY (ENHANCE_YOUR_CALM)", what);
+    (void)nghttp2_session_terminate_session(hc->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/* ---- streams ---- */
+
+static struct weir__h2s *stream_new(struct weir__h2_server *hc, int32_t id)
+{
+    struct weir__h2s *hs = weir__calloc(1, sizeof(*hs));
+    if (hs == NULL) {
+        return NULL;
+    }
+    hs->magic = H2S_MAGIC;
+    hs->hc = hc;
+    hs->id = id;
+    hs->vst.io.fd = -1;
+    hs->vst.vt = &VST;
+    hs->vst.writable = true;
+    hs->pm = hs->pp = hs->pa = hs->ps = hs->pr = -1;
+    hs->next = hc->streams;
+    if (hc->streams != NULL) {
+        hc->streams->prev = hs;
+    }
+    hc->streams = hs;
+    return hs;
+}
+
+/* Frees hs; its unread body is given back to the connection's window first. */
+static void stream_free(struct weir__h2s *hs)
+{
+    struct weir__h2_server *hc = hs->hc;
+    if (hc != NULL) {
+        unready(hc, hs);
+        uint32_t unread = weir__buf_len(&hs->rbuf);
+        if (unread > 0) {
+            (void)nghttp2_session_consume_connection(hc->ng, unread);
+            schedule(hc);
+        }
+        if (!hs->closed) {
+            (void)nghttp2_session_set_stream_user_data(hc->ng, hs->id, NULL);
+        }
+        if (hs->prev != NULL) {
+            hs->prev->next = hs->next;
+        } else if (hc->streams == hs) {
+            hc->streams = hs->next;
+        }
+        if (hs->next != NULL) {
+            hs->next->prev = hs->prev;
+        }
+    }
+    weir__free(hs->rbuf.data);
+    weir__free(hs->sb);
+    weir__free(hs->hb);
+    weir__free(hs->fields);
+    hs->magic = 0;
+    weir__free(hs);
+}
+
+/* ---- the request head ---- */
+
+static bool is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/*
+ * What may reach the HTTP/1.1 serializer: no CR, LF or NUL in any value, a token for a
+ * method, visible ASCII without space for the target and authority (and no userinfo). A field
+ * that fails is a stream error, never forwarded (h2 -> h1 downgrade, RFC 9113 8.2.1).
+ */
+static bool value_ok(const uint8_t *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == 0 || v[i] == '\r' || v[i] == '\n') {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool visible_ok(const uint8_t *v, size_t n, bool no_at)
+{
+    if (n == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] <= 0x20 || v[i] >= 0x7f || (no_at && v[i] == '@')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool token_ok(const uint8_t *v, size_t n)
+{
+    if (n == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!is_tchar(v[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Checks a pseudo-header (nghttp2 has checked its name, order and uniqueness). */
+static bool pseudo_ok(const uint8_t *name, size_t nlen, const uint8_t *v, size_t vlen)
+{
+    if (nlen == 7 && memcmp(name, ":method", 7) == 0) {
+        return token_ok(v, vlen);
+    }
+    if (nlen == 5 && memcmp(name, ":path", 5) == 0) {
+        return visible_ok(v, vlen, false) && (v[0] == '/' || (vlen == 1 && v[0] == '*'));
+    }
+    if (nlen == 10 && memcmp(name, ":authority", 10) == 0) {
+        return visible_ok(v, vlen, true);
+    }
+    if (nlen == 7 && memcmp(name, ":scheme", 7) == 0) {
+        return token_ok(v, vlen);
+    }
+    if (nlen == 9 && memcmp(name, ":protocol", 9) == 0) {
+        return token_ok(v, vlen);
+    }
+    return false;
+}
+
+static int append_bytes(struct weir__h2s *hs, uint32_t max, const uint8_t *p, size_t n,
+                        uint32_t *off)
+{
+    if (n > max || hs->hlen > max - n) {
+        return WEIR_ELIMIT;
+    }
+    if (hs->hlen + n > hs->hcap) {
+        uint32_t cap = hs->hcap ? hs->hcap : 512;
+        while (cap < hs->hlen + n) {
+            cap *= 2;
+        }
+        char *nb = weir__realloc(hs->hb, cap);
+        if (nb == NULL) {
+            return WEIR_ENOMEM;
+        }
+        hs->hb = nb;
+        hs->hcap = cap;
+    }
+    if (n > 0) {
+        memcpy(hs->hb + hs->hlen, p, n);
+    }
+    *off = hs->hlen;
+    hs->hlen += (uint32_t)n;
+    return 0;
+}
+
+/* Stores one decoded field of hs's request head. 0, or a status to refuse it with. */
+static int store_field(struct weir__h2_server *hc, struct weir__h2s *hs, const uint8_t *name,
+                       size_t nlen, const uint8_t *value, size_t vlen)
+{
+    const struct weir__h2_limits *lim = &hc->lim;
+    uint64_t size = (uint64_t)hs->decoded + nlen + vlen + 32;
+    if (size > lim->max_header_bytes) {
+        return 431; /* RFC 7541 4.1 sizes: an HPACK bomb is refused on its decoded size */
+    }
+    hs->decoded = (uint32_t)size;
+    uint32_t noff, voff;
+    uint32_t max = lim->max_header_bytes;
+    if (append_bytes(hs, max, name, nlen, &noff) != 0 ||
+        append_bytes(hs, max, value, vlen, &voff) != 0) {
+        return 431;
+    }
+    if (nlen > 0 && name[0] == ':') {
+        int32_t *slot = NULL;
+        uint32_t *len = NULL;
+        switch (nlen) {
+        case 5:
+            slot = &hs->pp, len = &hs->lp;
+            break;
+        case 7:
+            slot = name[1] == 'm' ? &hs->pm : &hs->ps;
+            len = name[1] == 'm' ? &hs->lm : &hs->ls;
+            break;
+        case 9:
+            slot = &hs->pr, len = &hs->lr;
+            break;
+        default:
+            slot = &hs->pa, len = &hs->la;
+            break;
+        }
+        *slot = (int32_t)voff;
+        *len = (uint32_t)vlen;
+        return 0;
+    }
+    if (hs->nfields >= lim->max_headers) {
+        return 431;
+    }
+    if (hs->nfields == hs->fcap) {
+        uint32_t cap = hs->fcap ? hs->fcap * 2 : 16;
+        struct weir__h2_field *nf = weir__reallocarray(hs->fields, cap, sizeof(*nf));
+        if (nf == NULL) {
+            return 500;
+        }
+        hs->fields = nf;
+        hs->fcap = cap;
+    }
+    hs->fields[hs->nfields++] = (struct weir__h2_field){noff, (uint32_t)nlen, voff, (uint32_t)vlen};
+    return 0;
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct weir__h2_server *hc = ud;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        return 0;
+    }
+    struct weir__h2s *hs = stream_new(hc, frame->hd.stream_id);
+    if (hs == NULL || nghttp2_session_set_stream_user_data(ng, frame->hd.stream_id, hs) != 0) {
+        if (hs != NULL) {
+            stream_free(hs);
+        }
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    }
+    hc->nrequests++;
+    if (hc->lim.max_requests != 0 && hc->nrequests == hc->lim.max_requests) {
+        /* The cap on a connection's streams: this one is served, later ones go elsewhere. */
+        (void)nghttp2_submit_goaway(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR,
+                                    NULL, 0);
+    }
+    return 0;
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
+{
+    (void)flags;
+    struct weir__h2_server *hc = ud;
+    struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (hs == NULL || hs->reject != 0) {
+        return 0;
+    }
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        return 0; /* trailers: not carried to HTTP/1.1 (yet); their size is nghttp2's bound */
+    }
+    bool pseudo = nlen > 0 && name[0] == ':';
+    bool ok =
+        pseudo ? pseudo_ok(name, nlen, value, vlen) : token_ok(name, nlen) && value_ok(value, vlen);
+    if (!ok) {
+        /* Not expressible in HTTP/1.1 safely: a stream error, the request never forwarded. */
+        hs->reject = -1;
+        (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_PROTOCOL_ERROR);
+        return 0;
+    }
+    int st = store_field(hc, hs, name, nlen, value, vlen);
+    if (st != 0) {
+        hs->reject = st;
+    }
+    return 0;
+}
+
+static int on_invalid_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                             size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags,
+                             void *ud)
+{
+    (void)name, (void)nlen, (void)value, (void)vlen, (void)flags, (void)ud;
+    /* nghttp2 would drop the field silently; a field that is not valid fails the stream. */
+    (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                    NGHTTP2_PROTOCOL_ERROR);
+    struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (hs != NULL) {
+        hs->reject = -1;
+    }
+    return 0;
+}
+
+static bool has_host(const struct weir__h2s *hs)
+{
+    for (uint32_t i = 0; i < hs->nfields; i++) {
+        struct weir_iov n = weir__h2s_name(hs, i);
+        if (n.len == 4 && memcmp(n.base, "host", 4) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void note_frame(struct weir__h2_server *hc, const nghttp2_frame *frame)
+{
+    uint64_t now = weir_loop_now_ms(hc->loop);
+    const struct weir__h2_limits *l = &hc->lim;
+    bool control = false;
+    switch (frame->hd.type) {
+    case NGHTTP2_RST_STREAM:
+        if (!bucket_take(&hc->resets, l->reset_burst, l->reset_rate, now)) {
+            calm_down(hc, "stream reset rate"); /* CVE-2023-44487, rapid reset */
+        }
+        return;
+    case NGHTTP2_PING:
+    case NGHTTP2_SETTINGS:
+        control = !(frame->hd.flags & NGHTTP2_FLAG_ACK);
+        break;
+    case NGHTTP2_PRIORITY:
+        control = true;
+        break;
+    case NGHTTP2_DATA:
+        control = frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
+        break;
+    case NGHTTP2_HEADERS:
+        control = frame->headers.cat == NGHTTP2_HCAT_HEADERS && frame->headers.nva == NULL &&
+                  !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
+        break;
+    default:
+        break;
+    }
+    if (control && !bucket_take(&hc->control, l->control_burst, l->control_rate, now)) {
+        calm_down(hc, "control frame rate");
+    }
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct weir__h2_server *hc = ud;
+    note_frame(hc, frame);
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) {
+        return 0;
+    }
+    struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (hs == NULL) {
+        return 0;
+    }
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            hs->head_done = true;
+            if (hs->reject == 0 && hs->pa < 0 && !has_host(hs)) {
+                hs->reject = 400; /* no authority at all: nothing to route or forward on */
+            }
+        } else {
+            hs->trailers_in = true;
+        }
+    }
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        hs->end_in = true;
+        hs->vst.readable = true;
+    }
+    if (hs->reject != -1) {
+        mark_ready(hc, hs);
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *ud)
+{
+    (void)flags;
+    struct weir__h2_server *hc = ud;
+    struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, id);
+    if (hs == NULL || hs->done || hs->reject != 0) {
+        /* Nobody reads it: give the window back at once. */
+        (void)nghttp2_session_consume(ng, id, len);
+        return 0;
+    }
+    struct weir__buf *b = &hs->rbuf;
+    if (b->data == NULL) {
+        b->data = weir__malloc(hc->lim.initial_window);
+        if (b->data == NULL) {
+            (void)nghttp2_session_consume(ng, id, len);
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        }
+        b->cap = hc->lim.initial_window;
+    }
+    if (weir__buf_space(b) < len) {
+        weir__buf_compact(b);
+    }
+    if (weir__buf_space(b) < len) {
+        /* More than the window we gave: the peer broke flow control. */
+        (void)nghttp2_session_consume(ng, id, len);
+        (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_FLOW_CONTROL_ERROR);
+        return 0;
+    }
+    memcpy(b->data + b->wpos, data, len);
+    b->wpos += (uint32_t)len;
+    hs->vst.readable = true;
+    mark_ready(hc, hs);
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud)
+{
+    struct weir__h2_server *hc = ud;
+    struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, id);
+    if (hs == NULL) {
+        return 0;
+    }
+    hs->closed = true;
+    hs->close_code = code;
+    if (hs->owner == NULL && (hs->done || !hs->started)) {
+        stream_free(hs);
+        return 0;
+    }
+    /* Reset (or the connection is going): the owner sees a hung-up client. */
+    hs->vst.hangup = true;
+    hs->vst.eof = true;
+    hs->vst.readable = true;
+    hs->vst.writable = true;
+    mark_ready(hc, hs);
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    (void)ud;
+    if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
+        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        return 0;
+    }
+    struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (hs != NULL && !hs->end_in) {
+        /* RFC 9113 8.1: the response is complete; the rest of the request is not wanted. */
+        (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+}
+
+/* ---- the response ---- */
+
+static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
+                         uint32_t *flags, nghttp2_data_source *src, void *ud)
+{
+    (void)ng, (void)id;
+    struct weir__h2_server *hc = ud;
+    struct weir__h2s *hs = src->ptr;
+    WEIR_CHECK_OBJ(hs, H2S_MAGIC);
+    size_t have = hs->slen - hs->soff;
+    size_t n = have < length ? have : length;
+    if (n > 0) {
+        memcpy(buf, hs->sb + hs->soff, n);
+        hs->soff += (uint32_t)n;
+        if (hs->soff == hs->slen) {
+            hs->soff = hs->slen = 0;
+        }
+        if (!hs->vst.writable && hs->owner != NULL) {
+            hs->vst.writable = true;
+            mark_ready(hc, hs);
+        }
+    }
+    if (hs->slen == 0 && hs->out_eof) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        return (ssize_t)n;
+    }
+    return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
+}
+
+static bool connection_specific(struct weir_iov n)
+{
+    return weir_iov_ieq(n, WEIR_IOV_LIT("connection")) ||
+           weir_iov_ieq(n, WEIR_IOV_LIT("keep-alive")) ||
+           weir_iov_ieq(n, WEIR_IOV_LIT("proxy-connection")) ||
+           weir_iov_ieq(n, WEIR_IOV_LIT("transfer-encoding")) ||
+           weir_iov_ieq(n, WEIR_IOV_LIT("upgrade"));
+}
+
+int weir__h2s_respond(struct weir__h2s *hs, int status, const struct weir_headers *h, bool body)
+{
+    struct weir__h2_server *hc = hs->hc;
+    if (hc == NULL || hs->closed) {
+        return WEIR_ECLOSED;
+    }
+    size_t n = h ? weir_headers_count(h) : 0, names = 0;
+    for (size_t i = 0; i < n; i++) {
+        names += weir_headers_at(h, i)->name.len;
+    }
+    nghttp2_nv *nva = weir__malloc((n + 1) * sizeof(*nva) + names + 4);
+    if (nva == NULL) {
+        return WEIR_ENOMEM;
+    }
+    char *lower = (char *)(nva + n + 1);
+    char *st = lower + names;
+    st[0] = (char)('0' + status / 100 % 10);
+    st[1] = (char)('0' + status / 10 % 10);
+    st[2] = (char)('0' + status % 10);
+    size_t k = 0;
+    nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, 3, NGHTTP2_NV_FLAG_NONE};
+    for (size_t i = 0; i < n; i++) {
+        const struct weir_header *f = weir_headers_at(h, i);
+        if (connection_specific(f->name)) {
+            continue;
+        }
+        for (size_t j = 0; j < f->name.len; j++) {
+            char c = f->name.base[j];
+            lower[j] = c >= 'A' && c <= 'Z' ? (char)(c | 0x20) : c;
+        }
+        nva[k++] = (nghttp2_nv){(uint8_t *)lower, (uint8_t *)f->value.base, f->name.len,
+                                f->value.len, NGHTTP2_NV_FLAG_NONE};
+        lower += f->name.len;
+    }
+    nghttp2_data_provider prd = {.source.ptr = hs, .read_callback = data_read};
+    int rc = nghttp2_submit_response(hc->ng, hs->id, nva, k, body ? &prd : NULL);
+    weir__free(nva);
+    if (rc != 0) {
+        return rc == NGHTTP2_ERR_NOMEM ? WEIR_ENOMEM : WEIR_EINVAL;
+    }
+    hs->submitted = true;
+    hs->has_body = body;
+    schedule(hc);
+    return 0;
+}
+
+int weir__h2s_continue(struct weir__h2s *hs)
+{
+    struct weir__h2_server *hc = hs->hc;
+    if (hc == NULL || hs->closed) {
+        return WEIR_ECLOSED;
+    }
+    static const nghttp2_nv nv = {(uint8_t *)":status", (uint8_t *)"100", 7, 3,
+                                  NGHTTP2_NV_FLAG_NONE};
+    if (nghttp2_submit_headers(hc->ng, NGHTTP2_FLAG_NONE, hs->id, NULL, &nv, 1, NULL) < 0) {
+        return WEIR_ENOMEM;
+    }
+    schedule(hc);
+    return 0;
+}
+
+/* A stream refused before it became a request: a short plain-text answer, no owner. */
+static void reject_stream(struct weir__h2_server *hc, struct weir__h2s *hs)
+{
+    hs->done = true;
+    if (hs->reject < 0 || hs->closed) {
+        return; /* reset already */
+    }
+    const char *reason = hs->reject == 431   ? "Request Header Fields Too Large\n"
+                         : hs->reject == 400 ? "Bad Request\n"
+                                             : "Internal Server Error\n";
+    size_t len = strlen(reason);
+    hs->sb = weir__malloc(len);
+    if (hs->sb == NULL) {
+        (void)nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    memcpy(hs->sb, reason, len);
+    hs->scap = hs->slen = (uint32_t)len;
+    hs->out_eof = true;
+    weir_log(WEIR_LOG_DEBUG, "HTTP/2 stream %d refused with %d", (int)hs->id, hs->reject);
+    /* The fields are given without a map: build a tiny one by hand. */
+    char clen[24];
+    int cl = snprintf(clen, sizeof(clen), "%zu", len);
+    nghttp2_nv nva[3] = {
+        {(uint8_t *)":status",
+         (uint8_t *)(hs->reject == 431   ? "431"
+                     : hs->reject == 400 ? "400"
+                                         : "500"),
+         7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-type", (uint8_t *)"text/plain", 12, 10, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-length", (uint8_t *)clen, 14, cl > 0 ? (size_t)cl : 0,
+         NGHTTP2_NV_FLAG_NONE},
+    };
+    nghttp2_data_provider prd = {.source.ptr = hs, .read_callback = data_read};
+    if (nghttp2_submit_response(hc->ng, hs->id, nva, 3, &prd) != 0) {
+        (void)nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_INTERNAL_ERROR);
+        return;
+    }
+    hs->submitted = hs->has_body = true;
+}
+
+void weir__h2s_done(struct weir__h2s *hs, bool complete)
+{
+    WEIR_CHECK_OBJ(hs, H2S_MAGIC);
+    struct weir__h2_server *hc = hs->hc;
+    hs->owner = NULL;
+    hs->done = true;
+    if (hc != NULL) {
+        WEIR_ASSERT(hc->owned > 0);
+        hc->owned--;
+    }
+    if (hc == NULL || hs->closed) {
+        stream_free(hs);
+        return;
+    }
+    unready(hc, hs);
+    if (!complete || !hs->submitted) {
+        (void)nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_INTERNAL_ERROR);
+    } else if (hs->has_body) {
+        hs->out_eof = true;
+        (void)nghttp2_session_resume_data(hc->ng, hs->id);
+    }
+    schedule(hc);
+}
+
+/* ---- the virtual stream a session sees ---- */
+
+static ssize_t vst_read(struct weir__stream *st, char *buf, size_t len)
+{
+    struct weir__h2s *hs = h2s_of(st);
+    struct weir__buf *b = &hs->rbuf;
+    size_t have = weir__buf_len(b);
+    size_t n = have < len ? have : len;
+    if (n > 0) {
+        memcpy(buf, b->data + b->rpos, n);
+        weir__buf_consume(b, (uint32_t)n);
+        if (hs->hc != NULL && !hs->closed) {
+            /* What the session took is room again: only now may the client send more. */
+            (void)nghttp2_session_consume(hs->hc->ng, hs->id, n);
+            schedule(hs->hc);
+        }
+    }
+    if (weir__buf_len(b) == 0) {
+        if (hs->end_in || hs->closed) {
+            st->eof = true;
+            weir__free(b->data);
+            *b = (struct weir__buf){0};
+        }
+        if (n == 0) {
+            st->readable = false;
+        }
+    }
+    return (ssize_t)n;
+}
+
+static ssize_t vst_flush(struct weir__stream *st, struct weir__outq *q)
+{
+    struct weir__h2s *hs = h2s_of(st);
+    struct weir__h2_server *hc = hs->hc;
+    if (hc == NULL || hs->closed) {
+        return -EPIPE;
+    }
+    if (!hs->has_body) {
+        size_t n = weir__outq_len(q); /* a bodyless response: nothing may follow the head */
+        weir__outq_reset(q);
+        return (ssize_t)n;
+    }
+    if (hs->sb == NULL) {
+        hs->sb = weir__malloc(hc->lim.send_buffer);
+        if (hs->sb == NULL) {
+            return -ENOMEM;
+        }
+        hs->scap = hc->lim.send_buffer;
+    }
+    size_t total = 0;
+    while (!weir__outq_empty(q)) {
+        if (hs->slen == hs->scap && hs->soff > 0) {
+            memmove(hs->sb, hs->sb + hs->soff, hs->slen - hs->soff);
+            hs->slen -= hs->soff;
+            hs->soff = 0;
+        }
+        size_t room = hs->scap - hs->slen;
+        if (room == 0) {
+            break;
+        }
+        const struct iovec *v = &q->v[q->i];
+        size_t take = v->iov_len < room ? v->iov_len : room;
+        memcpy(hs->sb + hs->slen, v->iov_base, take);
+        hs->slen += (uint32_t)take;
+        weir__outq_consume(q, take);
+        total += take;
+    }
+    if (weir__outq_empty(q)) {
+        weir__outq_reset(q);
+    } else {
+        st->writable = false;
+    }
+    if (total > 0) {
+        (void)nghttp2_session_resume_data(hc->ng, hs->id);
+        schedule(hc);
+    }
+    return (ssize_t)total;
+}
+
+/* ---- the connection ---- */
+
+static void run_ready(struct weir__h2_server *hc)
+{
+    while (hc->ready != NULL) {
+        struct weir__h2s *hs = hc->ready;
+        hc->ready = hs->rnext;
+        hs->rnext = NULL;
+        hs->queued = false;
+        if (hs->started) {
+            if (hs->owner != NULL) {
+                hc->ops->event(hc->data, hs);
+            }
+            continue;
+        }
+        if (!hs->head_done) {
+            continue;
+        }
+        hs->started = true;
+        if (hs->reject != 0) {
+            reject_stream(hc, hs);
+            continue;
+        }
+        hs->method = (struct weir_iov){hs->hb + hs->pm, hs->lm};
+        hs->path = hs->pp >= 0 ? (struct weir_iov){hs->hb + hs->pp, hs->lp} : WEIR_IOV_LIT("");
+        hs->authority = hs->pa >= 0 ? (struct weir_iov){hs->hb + hs->pa, hs->la} : WEIR_IOV_LIT("");
+        hs->scheme = hs->ps >= 0 ? (struct weir_iov){hs->hb + hs->ps, hs->ls} : WEIR_IOV_LIT("");
+        hs->protocol = hs->pr >= 0 ? (struct weir_iov){hs->hb + hs->pr, hs->lr} : WEIR_IOV_LIT("");
+        hs->vst.eof = hs->end_in && weir__buf_len(&hs->rbuf) == 0;
+        hc->owned++;
+        if (hc->ops->request(hc->data, hs) != 0) {
+            hc->owned--;
+            hs->owner = NULL;
+            hs->done = true;
+            if (!hs->closed) {
+                (void)nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, hs->id,
+                                                NGHTTP2_INTERNAL_ERROR);
+            } else {
+                stream_free(hs);
+            }
+        }
+    }
+}
+
+/* Gathers frames into obuf and writes them. 0, or -errno. */
+static int flush_out(struct weir__h2_server *hc)
+{
+    struct weir__buf *o = &hc->obuf;
+    for (;;) {
+        while (o->data == NULL || weir__buf_space(o) > 0) {
+            if (hc->pend_len == 0) {
+                const uint8_t *p = NULL;
+                ssize_t n = nghttp2_session_mem_send(hc->ng, &p);
+                if (n < 0) {
+                    hc->fatal = true;
+                    return n == NGHTTP2_ERR_NOMEM ? WEIR_ENOMEM : WEIR_EINVAL;
+                }
+                if (n == 0) {
+                    break;
+                }
+                hc->pend = p;
+                hc->pend_len = (size_t)n;
+            }
+            if (o->data == NULL && weir__buf_acquire(hc->pool, o) != 0) {
+                return WEIR_ENOMEM;
+            }
+            size_t take = hc->pend_len < weir__buf_space(o) ? hc->pend_len : weir__buf_space(o);
+            memcpy(o->data + o->wpos, hc->pend, take);
+            o->wpos += (uint32_t)take;
+            hc->pend += take;
+            hc->pend_len -= take;
+        }
+        if (weir__buf_len(o) == 0) {
+            weir__buf_release(hc->pool, o);
+            return 0;
+        }
+        if (!hc->tr->writable) {
+            return 0;
+        }
+        ssize_t n = weir__stream_write(hc->tr, o->data + o->rpos, weir__buf_len(o));
+        if (n < 0) {
+            return (int)n;
+        }
+        weir__buf_consume(o, (uint32_t)n);
+        if (weir__buf_len(o) > 0) {
+            return 0; /* the socket is full (writable cleared) */
+        }
+    }
+}
+
+static bool want_more(const struct weir__h2_server *hc)
+{
+    return nghttp2_session_want_read(hc->ng) || nghttp2_session_want_write(hc->ng) ||
+           weir__buf_len(&hc->obuf) > 0 || hc->pend_len > 0;
+}
+
+int weir__h2_server_io(struct weir__h2_server *hc)
+{
+    struct weir__stream *tr = hc->tr;
+    for (int round = 0; round < H2_IO_ROUNDS; round++) {
+        if (weir__buf_len(&tr->in) > 0 && !hc->fatal) {
+            ssize_t n = nghttp2_session_mem_recv(hc->ng, (const uint8_t *)tr->in.data + tr->in.rpos,
+                                                 weir__buf_len(&tr->in));
+            weir__buf_consume(&tr->in, weir__buf_len(&tr->in));
+            if (n < 0) {
+                /* Bad preface, a flood, or a fatal error nghttp2 has answered with GOAWAY. */
+                weir_log(WEIR_LOG_DEBUG, "HTTP/2 connection error: %s", nghttp2_strerror((int)n));
+                hc->fatal = true;
+            }
+        }
+        run_ready(hc);
+        int rc = flush_out(hc);
+        if (rc < 0) {
+            return rc;
+        }
+        if (hc->fatal) {
+            return 1; /* what could be said (GOAWAY) is written */
+        }
+        if (hc->ready != NULL) {
+            continue;
+        }
+        if (!tr->readable || tr->eof || !nghttp2_session_want_read(hc->ng)) {
+            break;
+        }
+        ssize_t r = weir__stream_read(tr, hc->pool);
+        if (r < 0) {
+            return (int)r;
+        }
+        if (r == 0 && !tr->eof) {
+            break;
+        }
+    }
+    if (tr->readable && !tr->eof && nghttp2_session_want_read(hc->ng)) {
+        schedule(hc); /* more to read: next turn, after the other connections */
+    }
+    if (weir__buf_len(&tr->in) == 0) {
+        weir__buf_release(hc->pool, &tr->in);
+    }
+    if (tr->eof || tr->hangup) {
+        return 1;
+    }
+    return want_more(hc) ? 0 : 1;
+}
+
+static void kick_cb(struct weir_loop *loop, struct weir__defer *d)
+{
+    (void)loop;
+    struct weir__h2_server *hc = WEIR_CONTAINER_OF(d, struct weir__h2_server, kick);
+    int rc = weir__h2_server_io(hc);
+    if (rc != 0 && hc->ops->over != NULL) {
+        hc->ops->over(hc->data, rc); /* may free hc */
+    }
+}
+
+struct weir__h2_server *weir__h2_server_new(struct weir_loop *loop, struct weir__stream *tr,
+                                            struct weir__bufpool *pool,
+                                            const struct weir__h2_limits *lim,
+                                            const struct weir__h2_server_ops *ops, void *data)
+{
+    struct weir__h2_server *hc = weir__calloc(1, sizeof(*hc));
+    if (hc == NULL) {
+        return NULL;
+    }
+    hc->loop = loop;
+    hc->tr = tr;
+    hc->pool = pool;
+    hc->ops = ops;
+    hc->data = data;
+    hc->lim = *lim;
+    hc->kick.fn = kick_cb;
+    nghttp2_session_callbacks *cbs = NULL;
+    nghttp2_option *opt = NULL;
+    nghttp2_mem mem = {NULL, ng_malloc, ng_free, ng_calloc, ng_realloc};
+    if (nghttp2_session_callbacks_new(&cbs) != 0 || nghttp2_option_new(&opt) != 0) {
+        goto fail;
+    }
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, on_invalid_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
+    if (lim->reset_burst != 0) {
+        /* nghttp2's own net behind weir's, twice as wide so weir's GOAWAY comes first */
+        nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)lim->reset_burst * 2,
+                                                   (uint64_t)lim->reset_rate * 2 + 1);
+    }
+    int rc = nghttp2_session_server_new3(&hc->ng, cbs, hc, opt, &mem);
+    nghttp2_session_callbacks_del(cbs);
+    nghttp2_option_del(opt);
+    cbs = NULL;
+    opt = NULL;
+    if (rc != 0) {
+        goto fail;
+    }
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, lim->max_concurrent_streams},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, lim->initial_window},
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, lim->max_frame_size},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, lim->max_header_bytes},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    uint64_t conn_window = (uint64_t)lim->initial_window * lim->max_concurrent_streams;
+    if (conn_window > (1u << 30)) {
+        conn_window = 1u << 30;
+    }
+    if (nghttp2_submit_settings(hc->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0 ||
+        (conn_window > 65535 && nghttp2_session_set_local_window_size(hc->ng, NGHTTP2_FLAG_NONE, 0,
+                                                                      (int32_t)conn_window) != 0)) {
+        goto fail;
+    }
+    return hc;
+fail:
+    if (cbs != NULL) {
+        nghttp2_session_callbacks_del(cbs);
+    }
+    if (opt != NULL) {
+        nghttp2_option_del(opt);
+    }
+    if (hc->ng != NULL) {
+        nghttp2_session_del(hc->ng);
+    }
+    weir__free(hc);
+    return NULL;
+}
+
+struct weir__h2s *weir__h2_server_free(struct weir__h2_server *hc)
+{
+    struct weir__h2s *orphans = NULL;
+    if (hc == NULL) {
+        return NULL;
+    }
+    weir__loop_defer_cancel(hc->loop, &hc->kick);
+    while (hc->streams != NULL) {
+        struct weir__h2s *hs = hc->streams;
+        hc->streams = hs->next;
+        if (hs->next != NULL) {
+            hs->next->prev = NULL;
+        }
+        hs->prev = hs->next = NULL;
+        hs->queued = false;
+        hs->rnext = NULL;
+        hs->hc = NULL;
+        if (hs->owner == NULL) {
+            stream_free(hs);
+            continue;
+        }
+        hs->closed = true;
+        hs->vst.hangup = hs->vst.eof = true;
+        hs->vst.readable = hs->vst.writable = true;
+        hs->next = orphans;
+        orphans = hs;
+    }
+    hc->ready = NULL;
+    nghttp2_session_del(hc->ng);
+    weir__buf_release(hc->pool, &hc->obuf);
+    weir__free(hc);
+    return orphans;
+}
+
+uint32_t weir__h2_server_owned(const struct weir__h2_server *hc)
+{
+    return hc->owned;
+}
+
+void weir__h2_server_shutdown(struct weir__h2_server *hc)
+{
+    int32_t last = nghttp2_session_get_last_proc_stream_id(hc->ng);
+    (void)nghttp2_submit_goaway(hc->ng, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, NULL, 0);
+    schedule(hc);
+}
