@@ -470,6 +470,7 @@ static enum weir_hook_result upstream_peer(struct weir_session *s, void *ctx,
     const struct weir_cfg_upstream *up = &cfg->upstreams[idx];
     struct weir_iov key =
         up->balance == WEIR_BALANCE_CONSISTENT_HASH ? hash_key(s, up) : (struct weir_iov){"", 0};
+    peer->protocol = (enum weir_peer_protocol)up->protocol;
     if (up->tls.enabled) {
         set_peer_tls(peer, &up->tls);
         if (rc->route->upstream_tls.client != NULL) {

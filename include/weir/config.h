@@ -301,6 +301,8 @@ struct weir_cfg_upstream {
     const struct weir_cfg_backend *backends;
     size_t nbackends;
     struct weir_cfg_upstream_tls tls;
+    /** protocol: http1 (default), h2 (TLS, ALPN), h2c (cleartext), auto (ALPN decides) */
+    int protocol; /**< an enum weir_peer_protocol */
 };
 
 /** A route's buffer_responses (nginx's proxy_buffering, proxy_temp_path, proxy_max_temp_file_size)

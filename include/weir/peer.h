@@ -15,6 +15,14 @@ WEIR_BEGIN_DECLS
  */
 struct weir_tls_client;
 
+/** How weir speaks HTTP to a peer (upstreams.NAME.protocol). */
+enum weir_peer_protocol {
+    WEIR_PEER_HTTP1 = 0, /**< HTTP/1.1 (the default) */
+    WEIR_PEER_H2,        /**< HTTP/2 over TLS: ALPN offers only h2 and the peer must take it */
+    WEIR_PEER_H2C,       /**< HTTP/2 in cleartext, with prior knowledge */
+    WEIR_PEER_AUTO,      /**< TLS: ALPN decides between h2 and http/1.1; cleartext: HTTP/1.1 */
+};
+
 struct weir_peer {
     struct sockaddr_storage addr;
     socklen_t addrlen;
@@ -22,6 +30,8 @@ struct weir_peer {
     uint32_t read_timeout_ms;    /**< 0: the server default */
     uint32_t write_timeout_ms;   /**< 0: the server default */
     bool tls;                    /**< TLS to the peer */
+    /** HTTP/1.1, or HTTP/2 streams multiplexed over the worker's connections to the peer */
+    enum weir_peer_protocol protocol;
     /** TLS: the server name sent as SNI and, unless verify_name says otherwise, the name the
         certificate must be valid for; "" sends no SNI and verifies the address's IP instead */
     char sni[256];

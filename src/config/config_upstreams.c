@@ -389,6 +389,24 @@ static void eject_max_not_shorter(struct weir__cfg_ctx *c, const struct weir__cf
 }
 
 static const char *const balances[] = {"round_robin", "random", "least_conn", "consistent_hash"};
+/* In enum weir_peer_protocol's order. */
+static const char *const protocols[] = {"http1", "h2", "h2c", "auto"};
+
+/* h2 is HTTP/2 over TLS and h2c without it: the tls key must agree. */
+static void protocol_fits_tls(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    const struct weir_cfg_upstream *u = f->obj;
+    const char *why = u->protocol == WEIR_PEER_H2 && !u->tls.enabled
+                          ? "h2 is HTTP/2 over TLS: give the group a tls mapping, or use h2c"
+                      : u->protocol == WEIR_PEER_H2C && u->tls.enabled
+                          ? "h2c is HTTP/2 in cleartext: with tls, use h2 (or auto)"
+                          : NULL;
+    if (why != NULL) {
+        size_t old = weir__cfg_path_key(c, "protocol");
+        weir__cfg_err(c, weir__cfg_value(f, "protocol"), "%s", why);
+        weir__cfg_path_pop(c, old);
+    }
+}
 
 #define UPS(f) WEIR__CFG_AT(struct weir_cfg_upstream, f)
 
@@ -407,6 +425,8 @@ static const struct weir__cfg_key upstream_keys[] = {
     WEIR__CFG_DURATION("queue_timeout", UPS(queue_timeout_ms), 1, UINT32_MAX, 5000),
     {"tls", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE, .parse = weir__cfg_upstream_tls_value,
      .sub = &weir__cfg_upstream_tls},
+    {"protocol", WEIR__CFG_T_ENUM, WEIR__CFG_LATE, UPS(protocol), .names = protocols, .nnames = 4,
+     .def = WEIR_PEER_HTTP1, .check = protocol_fits_tls},
     {"backends", WEIR__CFG_T_CUSTOM, WEIR__CFG_REQUIRED | WEIR__CFG_LATE | WEIR__CFG_SEQ,
      .parse = backends_value, .sub = &backend_section},
 };

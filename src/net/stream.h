@@ -9,6 +9,7 @@
 #include <sys/uio.h>
 
 #include "core/buf.h"
+#include "weir/buf.h"
 #include "weir/loop.h"
 
 struct ssl_st;
@@ -44,6 +45,9 @@ struct weir__stream {
     bool tls_early;                   /* a server session still reading 0-RTT early data */
     /* Virtual streams (io.fd is -1): reads and writes go through vt when it is set */
     const struct weir__stream_vt *vt;
+    /* A virtual stream's trailers as HTTP/1.1 lines ("name: value\r\n"), set before eof;
+       the owner keeps the bytes until the stream is freed */
+    struct weir_iov trailers;
 };
 
 /** Notes what an edge-triggered event says: readable (data, hang-up, error), writable. */

@@ -111,6 +111,11 @@ static bool key_equal(const struct weir__upkey *a, const struct weir__upkey *b)
                        strcmp(a->sni, b->sni) == 0 && strcmp(a->verify_name, b->verify_name) == 0);
 }
 
+bool weir__upkey_equal(const struct weir__upkey *a, const struct weir__upkey *b)
+{
+    return key_equal(a, b);
+}
+
 static struct keylist *find_key(struct keylist **buckets, const struct weir__upkey *key)
 {
     for (struct keylist *k = buckets[key->hash % NBUCKETS]; k; k = k->next) {

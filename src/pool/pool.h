@@ -45,6 +45,8 @@ struct weir__upkey {
 
 /** The key of connections to peer. */
 void weir__upkey_of(const struct weir_peer *peer, struct weir__upkey *k);
+/** Whether connections made under a may serve b. */
+bool weir__upkey_equal(const struct weir__upkey *a, const struct weir__upkey *b);
 
 /** One connection to an upstream peer. */
 struct weir__upconn {

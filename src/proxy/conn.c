@@ -779,6 +779,7 @@ void weir__proxy_drain(struct weir__proxy_worker *w)
         c = next;
     }
     weir__pool_close_idle(w->pool);
+    weir__h2up_close_idle(w, false);
 }
 
 void weir__proxy_close_all(struct weir__proxy_worker *w)
@@ -788,4 +789,5 @@ void weir__proxy_close_all(struct weir__proxy_worker *w)
         weir__conn_close(w->conns);
     }
     weir__pool_close_idle(w->pool);
+    weir__h2up_close_idle(w, true);
 }

@@ -74,6 +74,7 @@ struct field_scan {
     int content_length; /* index after compaction, -1 when absent */
     int x_forwarded_for;
     bool host;
+    bool te_trailers; /* the request had TE: trailers */
     /* The Connection fields' values that list names beyond close/keep-alive (any number) */
     struct weir_iov conn_values[MAX_CONN_FIELDS];
     unsigned nconn_values;
@@ -141,6 +142,7 @@ static void strip_fields(struct weir_headers *h, bool request,
 {
     fs->content_length = fs->x_forwarded_for = -1;
     fs->host = false;
+    fs->te_trailers = false;
     fs->nconn_values = 0; /* conn_values[] is read only below nconn_values */
     uint32_t w = 0;
     for (uint32_t r = 0; r < h->n; r++) {
@@ -149,6 +151,10 @@ static void strip_fields(struct weir_headers *h, bool request,
             note_connection_field(fs, h->v[r].value);
             continue;
         case F_HOP:
+            /* TE: trailers (gRPC's) is kept as a fact: an HTTP/2 origin gets it again. */
+            fs->te_trailers =
+                fs->te_trailers || (request && weir_iov_ieq(h->v[r].name, WEIR_IOV_LIT("TE")) &&
+                                    weir_iov_ieq(h->v[r].value, WEIR_IOV_LIT("trailers")));
             continue;
         case F_EXPECT:
         case F_XFP:
@@ -335,7 +341,7 @@ int weir__forward_request_head(struct weir_session *s)
 {
     struct weir_headers *h = &s->req.headers;
     struct field_scan fs;
-    if (s->ux.head != NULL) {
+    if (s->ux.head_built) {
         return 0;
     }
     const struct weir_cfg_client_cert_headers *ch = &s->cfg->server.client_cert_headers;
@@ -366,9 +372,11 @@ int weir__forward_request_head(struct weir_session *s)
         cl = h->v[fs.content_length].value;
     }
     uint64_t len;
-    bool length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl && weir__parse_length(cl, &len) &&
-                     len == s->req_length;
-    return weir__up_request_head(s, length_ok);
+    s->ux.te_trailers = fs.te_trailers;
+    s->ux.length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl &&
+                      weir__parse_length(cl, &len) && len == s->req_length;
+    s->ux.head_built = true;
+    return 0; /* the framing of the connection serializes it (up_connected) */
 }
 
 int weir__forward_response_head(struct weir_session *s)

@@ -89,6 +89,13 @@ const struct weir__down_framing weir__h1_down = {
 int weir__h1_request_head(struct weir_session *s, bool length_ok)
 {
     struct weir_headers *h = &s->req.headers;
+    if (s->ux.head != NULL) {
+        /* Serialized for an earlier attempt: the same bytes again, framed as they say. */
+        s->reqp.out_kind = s->req_body == WEIR_H1_BODY_NONE ? WEIR_H1_BODY_NONE
+                           : length_ok                      ? WEIR_H1_BODY_LENGTH
+                                                            : WEIR_H1_BODY_CHUNKED;
+        return 0;
+    }
     if (s->req_body == WEIR_H1_BODY_NONE) {
         s->reqp.out_kind = WEIR_H1_BODY_NONE;
     } else if (length_ok) {

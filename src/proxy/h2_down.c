@@ -16,7 +16,7 @@ static int h2_request(void *data, struct weir__h2s *hs);
 static void h2_event(void *data, struct weir__h2s *hs);
 static void h2_over(void *data, int rc);
 
-static const struct weir__h2_server_ops H2_OPS = {h2_request, h2_event, h2_over};
+static const struct weir__h2_ops H2_OPS = {h2_request, h2_event, h2_over};
 
 /* ---- the framing towards an HTTP/2 client ---- */
 
@@ -206,6 +206,15 @@ static void h2_event(void *data, struct weir__h2s *hs)
     weir__session_client_event(s);
 }
 
+void weir__session_h2_end(struct weir_session *s)
+{
+    weir_timer_stop(s->w->loop, &s->ctimer);
+    if (s->resp_done && s->respp.trailers.len > 0 &&
+        weir__h2s_trailers(s->h2, s->respp.trailers) != 0) {
+        s->resp_done = false; /* the trailers are part of the response: reset rather than lie */
+    }
+}
+
 void weir__session_h2_timer(struct weir_loop *loop, struct weir_timer *t)
 {
     (void)loop;
@@ -241,7 +250,7 @@ static void h2_limits(const struct weir_config *cfg, struct weir__h2_limits *l)
 /* With no stream open, the connection may idle for client_keepalive. */
 static void arm_idle(struct weir__conn *c)
 {
-    if (c->h2 != NULL && weir__h2_server_owned(c->h2) == 0) {
+    if (c->h2 != NULL && weir__h2_conn_owned(c->h2) == 0) {
         weir__conn_set_deadline(c, c->w->cfg->server.timeouts.client_keepalive_ms);
     }
 }
@@ -257,7 +266,7 @@ int weir__conn_h2_start(struct weir__conn *c)
     c->state = CONN_H2;
     c->head_started = false;
     if (c->w->draining) {
-        weir__h2_server_shutdown(c->h2);
+        weir__h2_conn_shutdown(c->h2);
     }
     arm_idle(c);
     weir__conn_h2_event(c);
@@ -266,7 +275,7 @@ int weir__conn_h2_start(struct weir__conn *c)
 
 void weir__conn_h2_event(struct weir__conn *c)
 {
-    int rc = weir__h2_server_io(c->h2);
+    int rc = weir__h2_conn_io(c->h2);
     if (rc != 0) {
         weir_log(WEIR_LOG_DEBUG, "client %s: HTTP/2 connection ends (%d)", c->ip, rc);
         if (rc < 0 && c->st.tls_err != NULL) {
@@ -286,22 +295,22 @@ static void h2_over(void *data, int rc)
 
 void weir__conn_h2_idle(struct weir__conn *c)
 {
-    weir__h2_server_shutdown(c->h2);
-    (void)weir__h2_server_io(c->h2); /* the GOAWAY, if the socket takes it */
+    weir__h2_conn_shutdown(c->h2);
+    (void)weir__h2_conn_io(c->h2); /* the GOAWAY, if the socket takes it */
     weir__conn_close(c);
 }
 
 void weir__conn_h2_drain(struct weir__conn *c)
 {
-    weir__h2_server_shutdown(c->h2);
-    if (weir__h2_server_owned(c->h2) == 0) {
+    weir__h2_conn_shutdown(c->h2);
+    if (weir__h2_conn_owned(c->h2) == 0) {
         weir__conn_h2_idle(c);
     }
 }
 
 void weir__conn_h2_close(struct weir__conn *c)
 {
-    c->h2_orphans = weir__h2_server_free(c->h2);
+    c->h2_orphans = weir__h2_conn_free(c->h2);
     c->h2 = NULL;
     struct weir__h2s *next;
     for (struct weir__h2s *hs = c->h2_orphans; hs != NULL; hs = next) {

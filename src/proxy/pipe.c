@@ -37,6 +37,22 @@ static void queue_end(struct weir__pipe *p, struct weir__outq *q)
     p->out_done = true;
 }
 
+/*
+ * At the end of a length or until-close body from an HTTP/2 stream: its trailers, copied
+ * into the request's arena (the stream may go before they are written).
+ */
+static int take_trailers(struct weir_session *s, struct weir__pipe *p, struct weir__stream *src)
+{
+    if (!p->in_done || src->trailers.len == 0 || p->trailers.len > 0) {
+        return 0;
+    }
+    if (!src->eof && p->in_kind == WEIR_H1_BODY_LENGTH) {
+        return 0; /* the trailers come after the last DATA: not yet */
+    }
+    p->trailers = weir_arena_iovdup(s->arena, src->trailers);
+    return p->trailers.base != NULL ? 0 : WEIR_ENOMEM;
+}
+
 /* Decodes the next piece of body from src. Returns bytes of src consumed or an error. */
 static ssize_t pipe_decode(struct weir_session *s, struct weir__pipe *p, struct weir__stream *src,
                            struct weir_iov *data)
@@ -53,7 +69,7 @@ static ssize_t pipe_decode(struct weir_session *s, struct weir__pipe *p, struct 
         *data = (struct weir_iov){base, n};
         p->in_left -= n;
         p->in_done = p->in_left == 0;
-        return (ssize_t)n;
+        return take_trailers(s, p, src) == 0 ? (ssize_t)n : WEIR_ENOMEM;
     }
     case WEIR_H1_BODY_CHUNKED: {
         struct weir__h1_chunk_out out;
@@ -77,7 +93,7 @@ static ssize_t pipe_decode(struct weir_session *s, struct weir__pipe *p, struct 
     case WEIR_H1_BODY_CLOSE:
         *data = (struct weir_iov){base, avail};
         p->in_done = avail == 0 && src->eof;
-        return (ssize_t)avail;
+        return take_trailers(s, p, src) == 0 ? (ssize_t)avail : WEIR_ENOMEM;
     }
     return WEIR_EINVAL;
 }

@@ -30,8 +30,9 @@
 #define WEIR_SESSION_CHECK(s) WEIR_CHECK_OBJ(s, WEIR_SESSION_MAGIC)
 
 struct weir__proxy_worker;
-struct weir__h2_server;
+struct weir__h2_conn;
 struct weir__h2s;
+struct weir__h2up;
 
 /**
  * Connections open on one listener across every worker (listeners[].max_connections). The
@@ -69,6 +70,7 @@ struct weir__proxy_worker {
     enum weir_access_format access_format;
     struct weir__conn *conns;   /* every open client connection */
     struct weir__conn *zombies; /* closed, waiting for a suspended hook to resume */
+    struct weir__h2up *h2ups;   /* HTTP/2 origin connections (h2_up.c) */
     uint32_t nconns;
     bool draining;
     weir__conn_closed_fn on_closed;
@@ -134,7 +136,7 @@ struct weir__conn {
     struct weir_tls_info *tls_info; /* weir_session_tls's answer, made on its first call */
     uint16_t redirect_https;        /* the listener's redirect_https port; 0: off */
     bool h2c;                       /* cleartext: a connection preface starts HTTP/2 */
-    struct weir__h2_server *h2;     /* CONN_H2: the HTTP/2 session */
+    struct weir__h2_conn *h2;       /* CONN_H2: the HTTP/2 session */
     uint32_t h2_sessions;           /* sessions on its streams, until each ends */
     struct weir__h2s *h2_orphans;   /* closed: streams whose sessions have not ended yet */
 };
@@ -191,6 +193,7 @@ struct weir__outcome {
     int code;              /* WEIR_FAIL_CONNECT: -errno or WEIR_ETIMEDOUT */
     bool stale;            /* a reused connection died before answering: safe on a fresh one */
     bool replayable;       /* nothing of the request body consumed, no response byte seen */
+    bool refused;          /* stale because an HTTP/2 origin refused the stream unprocessed */
 };
 
 /*
@@ -203,6 +206,8 @@ struct weir__outcome {
 #define WEIR_MAX_CONNECT_RETRIES 16
 /** Fresh connections tried for a request whose pooled connections turned out dead. */
 #define WEIR_MAX_STALE_RETRIES 3
+/** Streams an HTTP/2 origin may refuse unprocessed (GOAWAY, REFUSED_STREAM) per request. */
+#define WEIR_MAX_H2_REFUSED 16
 /** Chunk-size line bytes the chunked decoder keeps (a longer line is malformed). */
 #define WEIR_CHUNK_LINE_MAX 4096
 /** Free I/O buffers a worker keeps for reuse (more go back to the heap). */
@@ -301,6 +306,7 @@ struct weir__up_framing {
 extern const struct weir__down_framing weir__h1_down;
 extern const struct weir__down_framing weir__h2_down;
 extern const struct weir__up_framing weir__h1_up;
+extern const struct weir__up_framing weir__h2_up;
 
 /** The upstream exchange of one session (upstream.c owns every field). */
 struct weir__exchange {
@@ -318,12 +324,25 @@ struct weir__exchange {
     struct weir__outq out; /* bytes going up */
     char *head;            /* the serialized upstream request head (built once per request) */
     size_t head_len;
+    bool head_built;  /* the hooks and edits of the upstream head have run */
+    bool length_ok;   /* ... and the body goes up with the Content-Length it has */
+    bool te_trailers; /* ... and the client said TE: trailers (sent to HTTP/2 origins) */
+    /* HTTP/2 to the origin (h2_up.c) */
+    struct weir__h2up *h2c;       /* the connection the stream is on */
+    struct weir__h2s *h2s;        /* the request's stream */
+    struct weir__h2up *h2make;    /* the connection this session is making, others waiting */
+    struct weir__h2up *h2wait;    /* the connection this session waits for */
+    struct weir_session *h2wnext; /* the next session waiting for it */
+    struct weir__defer h2wake;    /* runs the session again (its connection changed) */
+    bool h2_refused;              /* the last stream was refused: retry on any connection */
+    uint32_t h2_refusals;         /* streams refused for this request (WEIR_MAX_H2_REFUSED) */
 };
 
 struct weir_session {
     uint32_t magic;
     struct weir__conn *c;
     struct weir__stream *cst; /* the client side: &c->st, or an HTTP/2 stream's */
+    struct weir__stream *ust; /* the upstream side: &ux.conn->st, an HTTP/2 stream's, or NULL */
     struct weir__h2s *h2;     /* the HTTP/2 stream serving this request; NULL: HTTP/1.1 */
     struct weir_timer ctimer; /* HTTP/2: the client-side deadline of this stream */
     struct weir__proxy_worker *w;
@@ -504,8 +523,34 @@ void weir__conn_h2_close(struct weir__conn *c);
 struct weir_session *weir__conn_h2_orphan(struct weir__conn *c);
 /** A session on stream hs ended (complete: its response was sent whole). */
 void weir__conn_h2_request_done(struct weir__conn *c, struct weir__h2s *hs, bool complete);
+/** An HTTP/2 stream's session ends: its timer stops, its response trailers go to the stream. */
+void weir__session_h2_end(struct weir_session *s);
 /** The client-side deadline of an HTTP/2 stream's session fired. */
 void weir__session_h2_timer(struct weir_loop *loop, struct weir_timer *t);
+
+/* h2_up.c: HTTP/2 to origins, streams over each worker's own connections */
+enum weir__h2up_take {
+    WEIR_H2UP_READY = 0, /* s->ux.h2c has room for a stream */
+    WEIR_H2UP_WAIT,      /* waiting for a connection another session is making */
+    WEIR_H2UP_NONE,      /* make one (s->ux.h2make, if make: others wait for it) */
+};
+/** Whether s's peer is spoken to in HTTP/2 from the start (h2, h2c; not auto). */
+bool weir__h2up_wanted(const struct weir_peer *peer);
+/** A connection with room for s's request; make: else the one s will make, for waiters. */
+enum weir__h2up_take weir__h2up_take(struct weir_session *s, bool make);
+/** Whether ALPN chose h2 on the connection s is making. */
+bool weir__h2up_alpn_h2(const struct weir_session *s);
+/** Turns the connection s made into an HTTP/2 connection of the worker (s->ux.h2c). */
+int weir__h2up_promote(struct weir_session *s);
+/** Opens s's stream on s->ux.h2c with the request head (s->ust is its virtual stream). */
+enum weir__step weir__h2up_open(struct weir_session *s, struct weir__outcome *o);
+/** s lets go of its stream and connection (waiting or making included). */
+void weir__h2up_release(struct weir_session *s);
+/** Leaves the wait for a connection; gives up the one s was making. */
+void weir__h2up_unwait(struct weir_session *s);
+void weir__h2up_unmake(struct weir_session *s);
+/** Closes the worker's idle HTTP/2 origin connections (all: every one). */
+void weir__h2up_close_idle(struct weir__proxy_worker *w, bool all);
 
 /* session.c: the phase machine, the retry loop, errors, the end */
 int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr, size_t head_len);

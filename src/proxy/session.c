@@ -498,7 +498,7 @@ static void upstream_failed(struct weir_session *s, const struct weir__outcome *
         s->w->hooks->error_while_proxy(s, s->ctx, &s->peer, &e);
     }
     if (e.retry && o->stale) {
-        s->stale_retries++;
+        s->stale_retries += o->refused ? 0 : 1; /* refusals have their own bound */
         weir__upstream_rewind(s, true);
         return; /* still PH_UPSTREAM: a fresh connection to the same peer */
     }
@@ -739,6 +739,36 @@ static int default_status(enum weir_error_type t)
     }
 }
 
+/* A gRPC request (Content-Type application/grpc, +proto, +json...). */
+static bool is_grpc(const struct weir_session *s)
+{
+    struct weir_iov ct;
+    return weir_headers_get(&s->req.headers, "Content-Type", &ct) && ct.len >= 16 &&
+           weir_iov_ieq((struct weir_iov){ct.base, 16}, WEIR_IOV_LIT("application/grpc"));
+}
+
+/*
+ * gRPC clients read an error from grpc-status, not from an HTML page: a trailers-only
+ * response (200, the status in the head, no body), with the HTTP status's gRPC equivalent
+ * (gRPC's HTTP-to-status mapping: 502, 503 are UNAVAILABLE; 504 DEADLINE_EXCEEDED).
+ */
+static int respond_grpc_error(struct weir_session *s, int status)
+{
+    const char *code = status == 504                    ? "4"
+                       : status == 502 || status == 503 ? "14"
+                       : status == 429                  ? "8"
+                                                        : "13";
+    struct weir_resp *r = weir_session_response_new(s, 200);
+    if (r == NULL || weir_headers_add(&r->headers, "Content-Type", "application/grpc") != 0 ||
+        weir_headers_add(&r->headers, "grpc-status", code) != 0 ||
+        weir_headers_add(&r->headers, "grpc-message", weir_http_reason(status)) != 0) {
+        return WEIR_ENOMEM;
+    }
+    int rc = weir_session_respond(s, r, (struct weir_iov){"", 0});
+    weir_headers_remove(&r->headers, "Content-Length");
+    return rc;
+}
+
 void weir__session_fail(struct weir_session *s, enum weir_error_type type,
                         enum weir_error_source src, int sys_errno, const char *context)
 {
@@ -769,7 +799,10 @@ void weir__session_fail(struct weir_session *s, enum weir_error_type type,
         s->close_after = true;
     }
     s->resp = NULL;
-    if (weir_session_respond_text(s, status, weir_iov_cstr(weir_http_reason(status))) != 0) {
+    int rc = is_grpc(s)
+                 ? respond_grpc_error(s, status)
+                 : weir_session_respond_text(s, status, weir_iov_cstr(weir_http_reason(status)));
+    if (rc != 0) {
         s->close_after = true;
         s->phase = PH_DONE;
     }
@@ -890,10 +923,10 @@ static void session_end(struct weir_session *s)
        connection, as its Connection field said; every other failure set close_after. */
     bool close_conn = s->close_after || !s->client_keep_alive;
     struct weir__h2s *hs = s->h2;
-    bool complete = s->resp_done;
     if (hs != NULL) {
-        weir_timer_stop(w->loop, &s->ctimer);
+        weir__session_h2_end(s);
     }
+    bool complete = s->resp_done;
     struct weir__snapshot_holder *h = s->holder;
     struct weir_arena *a = s->arena;
     s->magic = 0;

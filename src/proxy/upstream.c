@@ -12,14 +12,27 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
+#include "http2/h2.h"
 #include "net/sock.h"
 #include "tls/tls.h"
 #include "weir/log.h"
+
+/* The session's HTTP/2 origin connection came up, went, or its stream had news. */
+static void h2wake_cb(struct weir_loop *loop, struct weir__defer *d)
+{
+    (void)loop;
+    struct weir_session *s = WEIR_CONTAINER_OF(d, struct weir_session, ux.h2wake);
+    WEIR_SESSION_CHECK(s);
+    if (!s->suspended && s->phase == PH_UPSTREAM) {
+        weir__session_run(s);
+    }
+}
 
 void weir__upstream_init(struct weir_session *s)
 {
     s->ux.state = UP_IDLE;
     weir_timer_init(&s->ux.timer, weir__session_upstream_timer, s);
+    s->ux.h2wake.fn = h2wake_cb;
 }
 
 /* ---- outcomes ---- */
@@ -133,6 +146,7 @@ static void attach(struct weir_session *s, struct weir__upconn *u, bool reused)
     u->owner = s;
     u->st.io.cb = weir__session_upstream_event;
     u->st.io.data = u;
+    s->ust = &u->st;
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
     memset(&s->ux.scan, 0, sizeof(s->ux.scan));
     s->ux.byte_seen = false;
@@ -141,10 +155,51 @@ static void attach(struct weir_session *s, struct weir__upconn *u, bool reused)
     s->ux.state = u->connected ? UP_CONNECTED : UP_CONNECTING;
 }
 
+/* HTTP/2 peers: a stream on a connection the worker has, or wait for one, or make one. */
+static enum weir__step up_idle_h2(struct weir_session *s, struct weir__outcome *o, bool *connect)
+{
+    bool wanted = weir__h2up_wanted(&s->peer);
+    *connect = false;
+    switch (weir__h2up_take(s, wanted)) {
+    case WEIR_H2UP_READY:
+        s->upf = &weir__h2_up;
+        s->ux.state = UP_CONNECTED;
+        s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
+        return WEIR_STEP_DONE;
+    case WEIR_H2UP_WAIT:
+        return WEIR_STEP_BLOCKED;
+    case WEIR_H2UP_NONE:
+        break;
+    }
+    if (!wanted) {
+        return WEIR_STEP_DONE; /* auto: an HTTP/1.1 connection may do, or turn out h2 */
+    }
+    s->upf = &weir__h2_up;
+    s->ux.fresh = false;
+    struct weir__upconn *u = NULL;
+    int rc = weir__upconn_connect(s->w->pool, &s->peer, &u);
+    if (rc != 0) {
+        weir__h2up_unmake(s);
+        return connect_failed(o, rc);
+    }
+    attach(s, u, false);
+    *connect = true;
+    return WEIR_STEP_DONE;
+}
+
 static enum weir__step up_idle(struct weir_session *s, struct weir__outcome *o)
 {
     struct weir__pool *pool = s->w->pool;
     struct weir__upconn *u = NULL;
+    s->upf = &weir__h1_up;
+    if (s->peer.protocol != WEIR_PEER_HTTP1 &&
+        (s->peer.protocol != WEIR_PEER_AUTO || s->peer.tls)) {
+        bool connected = false;
+        enum weir__step st = up_idle_h2(s, o, &connected);
+        if (st != WEIR_STEP_DONE || connected || s->ux.state != UP_IDLE) {
+            return st;
+        }
+    }
     if (!s->ux.fresh) {
         u = weir__pool_take(pool, &s->peer);
         /*
@@ -220,6 +275,14 @@ static enum weir__step up_connecting(struct weir_session *s, struct weir__outcom
         if (st != WEIR_STEP_DONE) {
             return st;
         }
+        if (s->peer.protocol == WEIR_PEER_H2 && !weir__h2up_alpn_h2(s)) {
+            weir_log(WEIR_LOG_WARN, "upstream %s: the origin did not agree to h2 (ALPN)",
+                     s->peer.name);
+            connect_failed(o, WEIR_ETLS);
+            o->err.type = WEIR_ERR_TLS_HANDSHAKE;
+            o->err.context = "ALPN h2";
+            return WEIR_STEP_FAILED;
+        }
     }
     u->connected = true;
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
@@ -231,6 +294,14 @@ static enum weir__step up_connecting(struct weir_session *s, struct weir__outcom
 
 static enum weir__step up_connected(struct weir_session *s, struct weir__outcome *o)
 {
+    bool h2 =
+        s->upf == &weir__h2_up || (s->peer.protocol == WEIR_PEER_AUTO && weir__h2up_alpn_h2(s));
+    if (h2 && s->ux.conn != NULL) {
+        if (weir__h2up_promote(s) != 0) {
+            return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "HTTP/2");
+        }
+    }
+    s->upf = h2 ? &weir__h2_up : &weir__h1_up;
     if (s->w->hooks->connected_to_upstream &&
         s->w->hooks->connected_to_upstream(s, s->ctx, &s->peer, s->ux.reused) !=
             WEIR_HOOK_CONTINUE) {
@@ -239,7 +310,18 @@ static enum weir__step up_connected(struct weir_session *s, struct weir__outcome
     if (weir__forward_request_head(s) != 0) {
         return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "upstream request head");
     }
-    weir__outq_push(&s->ux.out, s->ux.head, s->ux.head_len);
+    /* The framing of this connection, which a retry may change (auto: h2 or HTTP/1.1). */
+    if (weir__up_request_head(s, s->ux.length_ok) != 0) {
+        return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "upstream head");
+    }
+    if (h2) {
+        enum weir__step st = weir__h2up_open(s, o);
+        if (st != WEIR_STEP_DONE) {
+            return st;
+        }
+    } else {
+        weir__outq_push(&s->ux.out, s->ux.head, s->ux.head_len);
+    }
     s->ux.state = UP_HEAD;
     return WEIR_STEP_DONE;
 }
@@ -271,13 +353,18 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
 static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
 {
     weir__down_send_continue(s);
-    enum weir__pipe_status st =
-        run_pipe(s, &s->reqp, s->cst, &s->client_progress_ms, &s->ux.conn->st, &s->ux.progress_ms,
-                 &s->ux.out, s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes,
-                 false, NULL);
+    enum weir__pipe_status st = run_pipe(
+        s, &s->reqp, s->cst, &s->client_progress_ms, s->ust, &s->ux.progress_ms, &s->ux.out,
+        s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes, false, NULL);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
+        if (s->ux.h2s != NULL) {
+            if (s->reqp.trailers.len > 0 && weir__h2s_trailers(s->ux.h2s, s->reqp.trailers) != 0) {
+                return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "trailers");
+            }
+            weir__h2s_end_body(s->ux.h2s);
+        }
         return WEIR_STEP_DONE;
     case WEIR_PIPE_BLOCKED:
         return WEIR_STEP_DONE;
@@ -295,7 +382,7 @@ static enum weir__step send_request(struct weir_session *s, struct weir__outcome
     }
     case WEIR_PIPE_ERR_DST:
         /* The origin may have answered early and closed: read what it said first. */
-        if (s->ux.byte_seen || weir__buf_len(&s->ux.conn->st.in) > 0) {
+        if (s->ux.byte_seen || weir__buf_len(&s->ust->in) > 0) {
             return WEIR_STEP_DONE;
         }
         return weir__upstream_error(s, o, WEIR_ERR_WRITE_ERROR, 0, "write");
@@ -357,9 +444,9 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 {
     enum weir__pipe_status st;
     for (;;) {
-        st = run_pipe(s, &s->respp, &s->ux.conn->st, &s->ux.progress_ms, s->cst,
-                      &s->client_progress_ms, &s->out_client, s->w->hooks->response_body_filter, 0,
-                      s->client_gone, s->spool);
+        st = run_pipe(s, &s->respp, s->ust, &s->ux.progress_ms, s->cst, &s->client_progress_ms,
+                      &s->out_client, s->w->hooks->response_body_filter, 0, s->client_gone,
+                      s->spool);
         if (s->spool == NULL || (st != WEIR_PIPE_DONE && st != WEIR_PIPE_BLOCKED)) {
             break;
         }
@@ -487,15 +574,16 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
     struct weir_loop *loop = s->w->loop;
     uint64_t now = weir_loop_now_ms(loop);
     struct weir__upconn *u = s->ux.conn;
+    bool up = s->ust != NULL; /* a connection or an HTTP/2 stream */
     uint64_t tmo = 0;
     enum weir_error_type type = WEIR_ERR_READ_TIMEOUT;
     if (u != NULL && !u->connected) {
         tmo = s->peer.connect_timeout_ms;
         type = WEIR_ERR_CONNECT_TIMEOUT;
-    } else if (u != NULL && !weir__outq_empty(&s->ux.out)) {
+    } else if (up && !weir__outq_empty(&s->ux.out)) {
         tmo = s->peer.write_timeout_ms;
         type = WEIR_ERR_WRITE_TIMEOUT;
-    } else if (u != NULL && !s->respp.in_done && s->req_sent &&
+    } else if (up && !s->respp.in_done && s->req_sent &&
                (s->ux.state < UP_BODY || weir__outq_empty(&s->out_client))) {
         /* Not before the request is sent: until then the origin waits on the client
            (client_body runs) or on our writes (upstream_write runs). */
@@ -523,7 +611,7 @@ static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *
     uint64_t ctmo = 0;
     if (waiting_on_client(s)) {
         ctmo = t->client_write_ms;
-    } else if (!s->req_sent && u != NULL && u->connected && weir__outq_empty(&s->ux.out)) {
+    } else if (!s->req_sent && up && (u == NULL || u->connected) && weir__outq_empty(&s->ux.out)) {
         ctmo = t->client_body_ms;
     }
     uint64_t rate_deadline = 0;
@@ -612,6 +700,13 @@ void weir__upstream_release(struct weir_session *s, bool reusable)
     struct weir__upconn *u = s->ux.conn;
     s->ux.state = UP_IDLE;
     weir_timer_stop(s->w->loop, &s->ux.timer);
+    weir__loop_defer_cancel(s->w->loop, &s->ux.h2wake);
+    weir__h2up_unwait(s);
+    weir__h2up_unmake(s);
+    if (s->ux.h2s != NULL || s->ux.h2c != NULL) {
+        weir__h2up_release(s);
+    }
+    s->ust = NULL;
     if (u == NULL) {
         return;
     }

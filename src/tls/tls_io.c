@@ -80,6 +80,12 @@ int weir__tls_connect(const struct weir_peer *peer, struct weir__stream *st)
     if (rc == 0) {
         rc = set_verify(ssl, peer);
     }
+    if (rc == 0 && (peer->protocol == WEIR_PEER_H2 || peer->protocol == WEIR_PEER_AUTO)) {
+        /* HTTP/2 to the origin: h2 alone, or h2 first and http/1.1 (auto). 0 is success. */
+        static const unsigned char h2[] = "\x02h2", both[] = "\x02h2\x08http/1.1";
+        bool only = peer->protocol == WEIR_PEER_H2;
+        rc = SSL_set_alpn_protos(ssl, only ? h2 : both, only ? 3 : 12) == 0 ? 0 : WEIR_ENOMEM;
+    }
     if (rc == 0) {
         rc = weir__tls_sessions_attach(ssl, peer);
     }

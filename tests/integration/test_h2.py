@@ -156,6 +156,8 @@ def test_large_and_chunked_responses_stream_intact(h2c, origin):
     assert ra["headers"]["content-length"] == "2000000"
     assert rb["data"] == pattern_bytes(1_000_000)
     assert "content-length" not in rb["headers"] and "transfer-encoding" not in rb["headers"]
+    # the chunked body's trailer arrives as HTTP/2 trailers
+    assert rb["trailers"] == {"x-checksum": "done"}
 
 
 def test_head_and_bodyless_statuses(h2c, origin):

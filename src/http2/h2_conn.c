@@ -21,6 +21,8 @@
 #define H2S_MAGIC 0x68327374u
 /* Mem-send rounds of one io call before it yields the loop to other connections. */
 #define H2_IO_ROUNDS 16
+/* Request body bytes thrown away after an early response before the stream is reset. */
+#define H2_DISCARD_MAX (1u << 20)
 /* Frames the per-connection out buffer is filled from before one write. */
 #define H2_OBUF_MIN 16384
 
@@ -30,12 +32,12 @@ struct h2_bucket {
     uint64_t last_ms;
 };
 
-struct weir__h2_server {
+struct weir__h2_conn {
     nghttp2_session *ng;
     struct weir_loop *loop;
     struct weir__stream *tr;
     struct weir__bufpool *pool;
-    const struct weir__h2_server_ops *ops;
+    const struct weir__h2_ops *ops;
     void *data;
     struct weir__h2_limits lim;
     struct weir__h2s *streams;
@@ -47,6 +49,9 @@ struct weir__h2_server {
     uint32_t nrequests;       /* streams begun */
     struct h2_bucket resets;  /* client RST_STREAM frames */
     struct h2_bucket control; /* PING, SETTINGS, PRIORITY, empty DATA */
+    bool client;              /* our side opens the streams (an origin connection) */
+    bool goaway;              /* the peer sent GOAWAY: no new streams */
+    bool ping_out;            /* a PING of ours is unanswered */
     bool calm;                /* terminated with ENHANCE_YOUR_CALM */
     bool fatal;               /* nghttp2 failed: the connection ends */
     struct weir__defer kick;
@@ -112,12 +117,12 @@ static bool bucket_take(struct h2_bucket *b, uint32_t burst, uint32_t rate, uint
     return true;
 }
 
-static void schedule(struct weir__h2_server *hc)
+static void schedule(struct weir__h2_conn *hc)
 {
     weir__loop_defer(hc->loop, &hc->kick);
 }
 
-static void mark_ready(struct weir__h2_server *hc, struct weir__h2s *hs)
+static void mark_ready(struct weir__h2_conn *hc, struct weir__h2s *hs)
 {
     if (hs->queued) {
         return;
@@ -127,7 +132,7 @@ static void mark_ready(struct weir__h2_server *hc, struct weir__h2s *hs)
     hc->ready = hs;
 }
 
-static void unready(struct weir__h2_server *hc, struct weir__h2s *hs)
+static void unready(struct weir__h2_conn *hc, struct weir__h2s *hs)
 {
     if (!hs->queued) {
         return;
@@ -142,7 +147,7 @@ static void unready(struct weir__h2_server *hc, struct weir__h2s *hs)
     hs->rnext = NULL;
 }
 
-static void calm_down(struct weir__h2_server *hc, const char *what)
+static void calm_down(struct weir__h2_conn *hc, const char *what)
 {
     if (hc->calm) {
         return;
@@ -154,7 +159,7 @@ static void calm_down(struct weir__h2_server *hc, const char *what)
 
 /* ---- streams ---- */
 
-static struct weir__h2s *stream_new(struct weir__h2_server *hc, int32_t id)
+static struct weir__h2s *stream_new(struct weir__h2_conn *hc, int32_t id)
 {
     struct weir__h2s *hs = weir__calloc(1, sizeof(*hs));
     if (hs == NULL) {
@@ -178,7 +183,7 @@ static struct weir__h2s *stream_new(struct weir__h2_server *hc, int32_t id)
 /* Frees hs; its unread body is given back to the connection's window first. */
 static void stream_free(struct weir__h2s *hs)
 {
-    struct weir__h2_server *hc = hs->hc;
+    struct weir__h2_conn *hc = hs->hc;
     if (hc != NULL) {
         unready(hc, hs);
         uint32_t unread = weir__buf_len(&hs->rbuf);
@@ -202,6 +207,8 @@ static void stream_free(struct weir__h2s *hs)
     weir__free(hs->sb);
     weir__free(hs->hb);
     weir__free(hs->fields);
+    weir__free(hs->tb);
+    weir__free(hs->tnv);
     hs->magic = 0;
     weir__free(hs);
 }
@@ -273,6 +280,10 @@ static bool pseudo_ok(const uint8_t *name, size_t nlen, const uint8_t *v, size_t
     if (nlen == 9 && memcmp(name, ":protocol", 9) == 0) {
         return token_ok(v, vlen);
     }
+    if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
+        return vlen == 3 && v[0] >= '1' && v[0] <= '5' && v[1] >= '0' && v[1] <= '9' &&
+               v[2] >= '0' && v[2] <= '9';
+    }
     return false;
 }
 
@@ -303,7 +314,7 @@ static int append_bytes(struct weir__h2s *hs, uint32_t max, const uint8_t *p, si
 }
 
 /* Stores one decoded field of hs's request head. 0, or a status to refuse it with. */
-static int store_field(struct weir__h2_server *hc, struct weir__h2s *hs, const uint8_t *name,
+static int store_field(struct weir__h2_conn *hc, struct weir__h2s *hs, const uint8_t *name,
                        size_t nlen, const uint8_t *value, size_t vlen)
 {
     const struct weir__h2_limits *lim = &hc->lim;
@@ -317,6 +328,10 @@ static int store_field(struct weir__h2_server *hc, struct weir__h2s *hs, const u
     if (append_bytes(hs, max, name, nlen, &noff) != 0 ||
         append_bytes(hs, max, value, vlen, &voff) != 0) {
         return 431;
+    }
+    if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
+        hs->status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+        return 0;
     }
     if (nlen > 0 && name[0] == ':') {
         int32_t *slot = NULL;
@@ -356,9 +371,62 @@ static int store_field(struct weir__h2_server *hc, struct weir__h2s *hs, const u
     return 0;
 }
 
+/* A trailer field, kept as an HTTP/1.1 line; any invalid one drops them all. */
+static void store_trailer(struct weir__h2_conn *hc, struct weir__h2s *hs, const uint8_t *name,
+                          size_t nlen, const uint8_t *value, size_t vlen)
+{
+    if (hs->trailers_bad) {
+        return;
+    }
+    if (nlen == 0 || name[0] == ':' || !token_ok(name, nlen) || !value_ok(value, vlen)) {
+        hs->trailers_bad = true;
+        return;
+    }
+    size_t need = nlen + vlen + 4;
+    uint32_t max = hc->lim.max_header_bytes;
+    if (need > max || hs->tlen > max - need) {
+        hs->trailers_bad = true;
+        return;
+    }
+    if (hs->tlen + need > hs->tcap) {
+        uint32_t cap = hs->tcap ? hs->tcap : 256;
+        while (cap < hs->tlen + need) {
+            cap *= 2;
+        }
+        char *nb = weir__realloc(hs->tb, cap);
+        if (nb == NULL) {
+            hs->trailers_bad = true;
+            return;
+        }
+        hs->tb = nb;
+        hs->tcap = cap;
+    }
+    char *p = hs->tb + hs->tlen;
+    memcpy(p, name, nlen);
+    p[nlen] = ':';
+    p[nlen + 1] = ' ';
+    memcpy(p + nlen + 2, value, vlen);
+    p[nlen + 2 + vlen] = '\r';
+    p[nlen + 3 + vlen] = '\n';
+    hs->tlen += (uint32_t)need;
+}
+
+static void reset_head(struct weir__h2s *hs)
+{
+    hs->hlen = hs->nfields = hs->decoded = 0;
+    hs->status = 0;
+}
+
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
-    struct weir__h2_server *hc = ud;
+    struct weir__h2_conn *hc = ud;
+    if (hc->client) {
+        struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (hs != NULL && frame->hd.type == NGHTTP2_HEADERS && !hs->head_done) {
+            reset_head(hs); /* a final response after interim ones: only it is kept */
+        }
+        return 0;
+    }
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         return 0;
     }
@@ -382,13 +450,14 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
                      size_t nlen, const uint8_t *value, size_t vlen, uint8_t flags, void *ud)
 {
     (void)flags;
-    struct weir__h2_server *hc = ud;
+    struct weir__h2_conn *hc = ud;
     struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (hs == NULL || hs->reject != 0) {
         return 0;
     }
-    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
-        return 0; /* trailers: not carried to HTTP/1.1 (yet); their size is nghttp2's bound */
+    if (hc->client ? hs->head_done : frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        store_trailer(hc, hs, name, nlen, value, vlen);
+        return 0;
     }
     bool pseudo = nlen > 0 && name[0] == ':';
     bool ok =
@@ -432,7 +501,7 @@ static bool has_host(const struct weir__h2s *hs)
     return false;
 }
 
-static void note_frame(struct weir__h2_server *hc, const nghttp2_frame *frame)
+static void note_frame(struct weir__h2_conn *hc, const nghttp2_frame *frame)
 {
     uint64_t now = weir_loop_now_ms(hc->loop);
     const struct weir__h2_limits *l = &hc->lim;
@@ -465,10 +534,40 @@ static void note_frame(struct weir__h2_server *hc, const nghttp2_frame *frame)
     }
 }
 
+/* The end of a HEADERS frame: a request or response head, or trailers. */
+static void headers_recv(struct weir__h2_conn *hc, struct weir__h2s *hs, const nghttp2_frame *frame)
+{
+    bool head = hc->client ? !hs->head_done : frame->headers.cat == NGHTTP2_HCAT_REQUEST;
+    if (!head) {
+        hs->trailers_in = true;
+        if (!hs->trailers_bad && hs->tlen > 0) {
+            hs->vst.trailers = (struct weir_iov){hs->tb, hs->tlen};
+        }
+        return;
+    }
+    if (hc->client && hs->status >= 100 && hs->status < 200) {
+        return; /* interim: the final response follows */
+    }
+    hs->head_done = true;
+    if (!hc->client && hs->reject == 0 && hs->pa < 0 && !has_host(hs)) {
+        hs->reject = 400; /* no authority at all: nothing to route or forward on */
+    }
+}
+
 static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
-    struct weir__h2_server *hc = ud;
-    note_frame(hc, frame);
+    struct weir__h2_conn *hc = ud;
+    if (!hc->client) {
+        note_frame(hc, frame);
+    }
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
+        hc->goaway = true;
+        return 0;
+    }
+    if (frame->hd.type == NGHTTP2_PING && (frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+        hc->ping_out = false;
+        return 0;
+    }
     if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) {
         return 0;
     }
@@ -477,14 +576,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         return 0;
     }
     if (frame->hd.type == NGHTTP2_HEADERS) {
-        if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-            hs->head_done = true;
-            if (hs->reject == 0 && hs->pa < 0 && !has_host(hs)) {
-                hs->reject = 400; /* no authority at all: nothing to route or forward on */
-            }
-        } else {
-            hs->trailers_in = true;
-        }
+        headers_recv(hc, hs, frame);
     }
     if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
         hs->end_in = true;
@@ -500,11 +592,18 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
                          size_t len, void *ud)
 {
     (void)flags;
-    struct weir__h2_server *hc = ud;
+    struct weir__h2_conn *hc = ud;
     struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, id);
     if (hs == NULL || hs->done || hs->reject != 0) {
         /* Nobody reads it: give the window back at once. */
         (void)nghttp2_session_consume(ng, id, len);
+        if (hs != NULL && hs->discarding && !hs->closed) {
+            hs->discarded += len;
+            if (hs->discarded > H2_DISCARD_MAX) {
+                (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+                hs->discarding = false;
+            }
+        }
         return 0;
     }
     struct weir__buf *b = &hs->rbuf;
@@ -534,7 +633,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud)
 {
-    struct weir__h2_server *hc = ud;
+    struct weir__h2_conn *hc = ud;
     struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, id);
     if (hs == NULL) {
         return 0;
@@ -545,7 +644,12 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
         stream_free(hs);
         return 0;
     }
-    /* Reset (or the connection is going): the owner sees a hung-up client. */
+    if (hc->client && code == NGHTTP2_NO_ERROR && hs->end_in) {
+        mark_ready(hc, hs); /* complete: the owner reads what is left */
+        return 0;
+    }
+    hs->refused = hc->client && code == NGHTTP2_REFUSED_STREAM && !hs->head_done;
+    /* Reset (or the connection is going): the owner sees a hung-up peer. */
     hs->vst.hangup = true;
     hs->vst.eof = true;
     hs->vst.readable = true;
@@ -556,15 +660,20 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
-    (void)ud;
-    if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
+    struct weir__h2_conn *hc = ud;
+    if (hc->client || (frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
         !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         return 0;
     }
     struct weir__h2s *hs = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (hs != NULL && !hs->end_in) {
-        /* RFC 9113 8.1: the response is complete; the rest of the request is not wanted. */
-        (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_NO_ERROR);
+        /*
+         * The response is complete before the request (an origin that answered early). The
+         * rest of the body is read and thrown away, as a lingering close does for HTTP/1.1:
+         * RFC 9113 8.1 allows RST_STREAM(NO_ERROR) at once, but clients (curl) then report
+         * the response as failed. Past H2_DISCARD_MAX bytes the stream is reset after all.
+         */
+        hs->discarding = true;
     }
     return 0;
 }
@@ -574,8 +683,8 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
 static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length,
                          uint32_t *flags, nghttp2_data_source *src, void *ud)
 {
-    (void)ng, (void)id;
-    struct weir__h2_server *hc = ud;
+    (void)id;
+    struct weir__h2_conn *hc = ud;
     struct weir__h2s *hs = src->ptr;
     WEIR_CHECK_OBJ(hs, H2S_MAGIC);
     size_t have = hs->slen - hs->soff;
@@ -593,6 +702,14 @@ static ssize_t data_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     }
     if (hs->slen == 0 && hs->out_eof) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (hs->tnv != NULL) {
+            /* Trailers end the stream instead (nghttp2 copies them at once). */
+            if (nghttp2_submit_trailer(ng, hs->id, hs->tnv, hs->ntnv) == 0) {
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            }
+            weir__free(hs->tnv);
+            hs->tnv = NULL;
+        }
         return (ssize_t)n;
     }
     return n > 0 ? (ssize_t)n : NGHTTP2_ERR_DEFERRED;
@@ -609,7 +726,7 @@ static bool connection_specific(struct weir_iov n)
 
 int weir__h2s_respond(struct weir__h2s *hs, int status, const struct weir_headers *h, bool body)
 {
-    struct weir__h2_server *hc = hs->hc;
+    struct weir__h2_conn *hc = hs->hc;
     if (hc == NULL || hs->closed) {
         return WEIR_ECLOSED;
     }
@@ -655,7 +772,7 @@ int weir__h2s_respond(struct weir__h2s *hs, int status, const struct weir_header
 
 int weir__h2s_continue(struct weir__h2s *hs)
 {
-    struct weir__h2_server *hc = hs->hc;
+    struct weir__h2_conn *hc = hs->hc;
     if (hc == NULL || hs->closed) {
         return WEIR_ECLOSED;
     }
@@ -669,7 +786,7 @@ int weir__h2s_continue(struct weir__h2s *hs)
 }
 
 /* A stream refused before it became a request: a short plain-text answer, no owner. */
-static void reject_stream(struct weir__h2_server *hc, struct weir__h2s *hs)
+static void reject_stream(struct weir__h2_conn *hc, struct weir__h2s *hs)
 {
     hs->done = true;
     if (hs->reject < 0 || hs->closed) {
@@ -712,7 +829,7 @@ static void reject_stream(struct weir__h2_server *hc, struct weir__h2s *hs)
 void weir__h2s_done(struct weir__h2s *hs, bool complete)
 {
     WEIR_CHECK_OBJ(hs, H2S_MAGIC);
-    struct weir__h2_server *hc = hs->hc;
+    struct weir__h2_conn *hc = hs->hc;
     hs->owner = NULL;
     hs->done = true;
     if (hc != NULL) {
@@ -724,13 +841,189 @@ void weir__h2s_done(struct weir__h2s *hs, bool complete)
         return;
     }
     unready(hc, hs);
-    if (!complete || !hs->submitted) {
+    uint32_t unread = weir__buf_len(&hs->rbuf);
+    if (unread > 0) {
+        /* Nobody will read it: the window it holds goes back (the rest is discarded). */
+        (void)nghttp2_session_consume(hc->ng, hs->id, unread);
+    }
+    weir__free(hs->rbuf.data);
+    hs->rbuf = (struct weir__buf){0};
+    if (hc->client) {
+        /* Still open: the exchange was cut short (client gone, timeout); the origin stops. */
+        (void)nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_CANCEL);
+    } else if (!complete || !hs->submitted) {
         (void)nghttp2_submit_rst_stream(hc->ng, NGHTTP2_FLAG_NONE, hs->id, NGHTTP2_INTERNAL_ERROR);
     } else if (hs->has_body) {
         hs->out_eof = true;
         (void)nghttp2_session_resume_data(hc->ng, hs->id);
     }
     schedule(hc);
+}
+
+/* ---- the client side: requests to an origin ---- */
+
+static bool request_field_dropped(struct weir_iov n, struct weir_iov v)
+{
+    if (weir_iov_ieq(n, WEIR_IOV_LIT("host")) || connection_specific(n)) {
+        return true; /* :authority carries the host */
+    }
+    return weir_iov_ieq(n, WEIR_IOV_LIT("te")) && !weir_iov_ieq(v, WEIR_IOV_LIT("trailers"));
+}
+
+/* Lowercases n bytes of src into dst. */
+static void lower_into(char *dst, const char *src, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        char c = src[j];
+        dst[j] = c >= 'A' && c <= 'Z' ? (char)(c | 0x20) : c;
+    }
+}
+
+struct weir__h2s *weir__h2_request(struct weir__h2_conn *hc, void *owner, struct weir_iov method,
+                                   struct weir_iov scheme, struct weir_iov authority,
+                                   struct weir_iov path, const struct weir_headers *h,
+                                   bool te_trailers, bool body, int *err)
+{
+    size_t n = h ? weir_headers_count(h) : 0, names = 0;
+    for (size_t i = 0; i < n; i++) {
+        names += weir_headers_at(h, i)->name.len;
+    }
+    nghttp2_nv *nva = weir__malloc((n + 5) * sizeof(*nva) + names + 1);
+    struct weir__h2s *hs = nva != NULL ? stream_new(hc, 0) : NULL;
+    if (hs == NULL) {
+        weir__free(nva);
+        *err = WEIR_ENOMEM;
+        return NULL;
+    }
+    char *lower = (char *)(nva + n + 5);
+    size_t k = 0;
+#define NV(nm, v)                                                                                  \
+    (nghttp2_nv){(uint8_t *)(nm), (uint8_t *)(v).base, sizeof(nm) - 1, (v).len,                    \
+                 NGHTTP2_NV_FLAG_NONE}
+    nva[k++] = NV(":method", method);
+    nva[k++] = NV(":scheme", scheme);
+    nva[k++] = NV(":authority", authority);
+    nva[k++] = NV(":path", path);
+    if (te_trailers) {
+        nva[k++] = NV("te", WEIR_IOV_LIT("trailers"));
+    }
+#undef NV
+    for (size_t i = 0; i < n; i++) {
+        const struct weir_header *f = weir_headers_at(h, i);
+        if (request_field_dropped(f->name, f->value)) {
+            continue;
+        }
+        lower_into(lower, f->name.base, f->name.len);
+        nva[k++] = (nghttp2_nv){(uint8_t *)lower, (uint8_t *)f->value.base, f->name.len,
+                                f->value.len, NGHTTP2_NV_FLAG_NONE};
+        lower += f->name.len;
+    }
+    nghttp2_data_provider prd = {.source.ptr = hs, .read_callback = data_read};
+    int32_t id = nghttp2_submit_request(hc->ng, NULL, nva, k, body ? &prd : NULL, hs);
+    weir__free(nva);
+    if (id < 0) {
+        stream_free(hs);
+        *err = id == NGHTTP2_ERR_NOMEM ? WEIR_ENOMEM : WEIR_ELIMIT;
+        return NULL;
+    }
+    hs->id = id;
+    hs->owner = owner;
+    hs->started = hs->submitted = true;
+    hs->has_body = body;
+    hs->end_in = false;
+    hc->owned++;
+    schedule(hc);
+    return hs;
+}
+
+void weir__h2s_end_body(struct weir__h2s *hs)
+{
+    struct weir__h2_conn *hc = hs->hc;
+    hs->out_eof = true;
+    if (hc != NULL && !hs->closed && hs->has_body) {
+        (void)nghttp2_session_resume_data(hc->ng, hs->id);
+        schedule(hc);
+    }
+}
+
+int weir__h2s_trailers(struct weir__h2s *hs, struct weir_iov lines)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < lines.len; i++) {
+        count += lines.base[i] == '\n';
+    }
+    if (count == 0) {
+        return 0;
+    }
+    nghttp2_nv *nva = weir__malloc(count * sizeof(*nva) + lines.len);
+    if (nva == NULL) {
+        return WEIR_ENOMEM;
+    }
+    char *bytes = (char *)(nva + count);
+    memcpy(bytes, lines.base, lines.len);
+    size_t k = 0, i = 0;
+    while (i < lines.len && k < count) {
+        char *line = bytes + i;
+        char *eol = memchr(line, '\n', lines.len - i);
+        size_t len = eol != NULL ? (size_t)(eol - line) : lines.len - i;
+        i += len + 1;
+        char *colon = memchr(line, ':', len);
+        if (colon == NULL || colon == line) {
+            continue;
+        }
+        size_t nlen = (size_t)(colon - line);
+        char *v = colon + 1;
+        char *end = line + len;
+        while (v < end && (*v == ' ' || *v == '\t')) {
+            v++;
+        }
+        while (end > v && (end[-1] == '\r' || end[-1] == ' ' || end[-1] == '\t')) {
+            end--;
+        }
+        struct weir_iov name = {line, nlen};
+        if (connection_specific(name) || weir_iov_ieq(name, WEIR_IOV_LIT("content-length")) ||
+            weir_iov_ieq(name, WEIR_IOV_LIT("host")) || weir_iov_ieq(name, WEIR_IOV_LIT("te")) ||
+            weir_iov_ieq(name, WEIR_IOV_LIT("trailer"))) {
+            continue;
+        }
+        lower_into(line, line, nlen);
+        nva[k++] = (nghttp2_nv){(uint8_t *)line, (uint8_t *)v, nlen, (size_t)(end - v),
+                                NGHTTP2_NV_FLAG_NONE};
+    }
+    if (k == 0) {
+        weir__free(nva);
+        return 0;
+    }
+    weir__free(hs->tnv);
+    hs->tnv = nva;
+    hs->ntnv = k;
+    return 0;
+}
+
+bool weir__h2_conn_can_open(const struct weir__h2_conn *hc)
+{
+    return !hc->goaway && !hc->fatal && hc->owned < weir__h2_conn_max_streams(hc) &&
+           nghttp2_session_get_next_stream_id(hc->ng) < (1u << 31) - 2;
+}
+
+uint32_t weir__h2_conn_max_streams(const struct weir__h2_conn *hc)
+{
+    return nghttp2_session_get_remote_settings(hc->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+int weir__h2_conn_ping(struct weir__h2_conn *hc)
+{
+    if (nghttp2_submit_ping(hc->ng, NGHTTP2_FLAG_NONE, NULL) != 0) {
+        return WEIR_ENOMEM;
+    }
+    hc->ping_out = true;
+    schedule(hc);
+    return 0;
+}
+
+bool weir__h2_conn_pinged(const struct weir__h2_conn *hc)
+{
+    return !hc->ping_out;
 }
 
 /* ---- the virtual stream a session sees ---- */
@@ -766,7 +1059,7 @@ static ssize_t vst_read(struct weir__stream *st, char *buf, size_t len)
 static ssize_t vst_flush(struct weir__stream *st, struct weir__outq *q)
 {
     struct weir__h2s *hs = h2s_of(st);
-    struct weir__h2_server *hc = hs->hc;
+    struct weir__h2_conn *hc = hs->hc;
     if (hc == NULL || hs->closed) {
         return -EPIPE;
     }
@@ -814,7 +1107,7 @@ static ssize_t vst_flush(struct weir__stream *st, struct weir__outq *q)
 
 /* ---- the connection ---- */
 
-static void run_ready(struct weir__h2_server *hc)
+static void run_ready(struct weir__h2_conn *hc)
 {
     while (hc->ready != NULL) {
         struct weir__h2s *hs = hc->ready;
@@ -857,7 +1150,7 @@ static void run_ready(struct weir__h2_server *hc)
 }
 
 /* Gathers frames into obuf and writes them. 0, or -errno. */
-static int flush_out(struct weir__h2_server *hc)
+static int flush_out(struct weir__h2_conn *hc)
 {
     struct weir__buf *o = &hc->obuf;
     for (;;) {
@@ -902,13 +1195,13 @@ static int flush_out(struct weir__h2_server *hc)
     }
 }
 
-static bool want_more(const struct weir__h2_server *hc)
+static bool want_more(const struct weir__h2_conn *hc)
 {
     return nghttp2_session_want_read(hc->ng) || nghttp2_session_want_write(hc->ng) ||
            weir__buf_len(&hc->obuf) > 0 || hc->pend_len > 0;
 }
 
-int weir__h2_server_io(struct weir__h2_server *hc)
+int weir__h2_conn_io(struct weir__h2_conn *hc)
 {
     struct weir__stream *tr = hc->tr;
     for (int round = 0; round < H2_IO_ROUNDS; round++) {
@@ -959,19 +1252,18 @@ int weir__h2_server_io(struct weir__h2_server *hc)
 static void kick_cb(struct weir_loop *loop, struct weir__defer *d)
 {
     (void)loop;
-    struct weir__h2_server *hc = WEIR_CONTAINER_OF(d, struct weir__h2_server, kick);
-    int rc = weir__h2_server_io(hc);
+    struct weir__h2_conn *hc = WEIR_CONTAINER_OF(d, struct weir__h2_conn, kick);
+    int rc = weir__h2_conn_io(hc);
     if (rc != 0 && hc->ops->over != NULL) {
         hc->ops->over(hc->data, rc); /* may free hc */
     }
 }
 
-struct weir__h2_server *weir__h2_server_new(struct weir_loop *loop, struct weir__stream *tr,
-                                            struct weir__bufpool *pool,
-                                            const struct weir__h2_limits *lim,
-                                            const struct weir__h2_server_ops *ops, void *data)
+static struct weir__h2_conn *conn_new(struct weir_loop *loop, struct weir__stream *tr,
+                                      struct weir__bufpool *pool, const struct weir__h2_limits *lim,
+                                      const struct weir__h2_ops *ops, void *data, bool client)
 {
-    struct weir__h2_server *hc = weir__calloc(1, sizeof(*hc));
+    struct weir__h2_conn *hc = weir__calloc(1, sizeof(*hc));
     if (hc == NULL) {
         return NULL;
     }
@@ -981,6 +1273,7 @@ struct weir__h2_server *weir__h2_server_new(struct weir_loop *loop, struct weir_
     hc->ops = ops;
     hc->data = data;
     hc->lim = *lim;
+    hc->client = client;
     hc->kick.fn = kick_cb;
     nghttp2_session_callbacks *cbs = NULL;
     nghttp2_option *opt = NULL;
@@ -997,12 +1290,13 @@ struct weir__h2_server *weir__h2_server_new(struct weir_loop *loop, struct weir_
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(opt, 100);
-    if (lim->reset_burst != 0) {
+    if (!client && lim->reset_burst != 0) {
         /* nghttp2's own net behind weir's, twice as wide so weir's GOAWAY comes first */
         nghttp2_option_set_stream_reset_rate_limit(opt, (uint64_t)lim->reset_burst * 2,
                                                    (uint64_t)lim->reset_rate * 2 + 1);
     }
-    int rc = nghttp2_session_server_new3(&hc->ng, cbs, hc, opt, &mem);
+    int rc = client ? nghttp2_session_client_new3(&hc->ng, cbs, hc, opt, &mem)
+                    : nghttp2_session_server_new3(&hc->ng, cbs, hc, opt, &mem);
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     cbs = NULL;
@@ -1011,7 +1305,7 @@ struct weir__h2_server *weir__h2_server_new(struct weir_loop *loop, struct weir_
         goto fail;
     }
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, lim->max_concurrent_streams},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, client ? 0 : lim->max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, lim->initial_window},
         {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, lim->max_frame_size},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, lim->max_header_bytes},
@@ -1041,7 +1335,27 @@ fail:
     return NULL;
 }
 
-struct weir__h2s *weir__h2_server_free(struct weir__h2_server *hc)
+struct weir__h2_conn *weir__h2_server_new(struct weir_loop *loop, struct weir__stream *tr,
+                                          struct weir__bufpool *pool,
+                                          const struct weir__h2_limits *lim,
+                                          const struct weir__h2_ops *ops, void *data)
+{
+    return conn_new(loop, tr, pool, lim, ops, data, false);
+}
+
+struct weir__h2_conn *weir__h2_client_new(struct weir_loop *loop, struct weir__stream *tr,
+                                          struct weir__bufpool *pool,
+                                          const struct weir__h2_limits *lim,
+                                          const struct weir__h2_ops *ops, void *data)
+{
+    struct weir__h2_conn *hc = conn_new(loop, tr, pool, lim, ops, data, true);
+    if (hc != NULL) {
+        schedule(hc); /* the preface and SETTINGS go out at once */
+    }
+    return hc;
+}
+
+struct weir__h2s *weir__h2_conn_free(struct weir__h2_conn *hc)
 {
     struct weir__h2s *orphans = NULL;
     if (hc == NULL) {
@@ -1075,12 +1389,12 @@ struct weir__h2s *weir__h2_server_free(struct weir__h2_server *hc)
     return orphans;
 }
 
-uint32_t weir__h2_server_owned(const struct weir__h2_server *hc)
+uint32_t weir__h2_conn_owned(const struct weir__h2_conn *hc)
 {
     return hc->owned;
 }
 
-void weir__h2_server_shutdown(struct weir__h2_server *hc)
+void weir__h2_conn_shutdown(struct weir__h2_conn *hc)
 {
     int32_t last = nghttp2_session_get_last_proc_stream_id(hc->ng);
     (void)nghttp2_submit_goaway(hc->ng, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, NULL, 0);
