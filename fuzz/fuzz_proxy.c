@@ -66,6 +66,8 @@ static void trace(void);
         abort();                                                                                   \
     } while (0)
 
+#include "strict_h1.h" /* after FAIL, which it uses */
+
 struct script_resp {
     const uint8_t *p;
     size_t len;
@@ -124,135 +126,32 @@ static size_t piece(size_t left)
     return n < left ? n : left;
 }
 
-static bool tchar(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-static bool ieq(const char *p, size_t n, const char *lit)
-{
-    return n == strlen(lit) && strncasecmp(p, lit, n) == 0;
-}
-
-static const char *find_crlf(const char *p, const char *end)
-{
-    for (; p + 1 < end; p++) {
-        if (p[0] == '\r' && p[1] == '\n') {
-            return p;
-        }
-    }
-    return NULL;
-}
-
-static const char *find_head_end(const char *p, const char *end)
-{
-    for (; p + 3 < end; p++) {
-        if (p[0] == '\r' && p[1] == '\n' && p[2] == '\r' && p[3] == '\n') {
-            return p + 4;
-        }
-    }
-    return NULL;
-}
-
-/* A field line "name: value" with a token name and a value of VCHAR, SP, HTAB, obs-text. */
-static bool strict_field(const char *p, const char *eol, const char **name, size_t *nlen,
-                         const char **value, size_t *vlen)
-{
-    const char *c = memchr(p, ':', (size_t)(eol - p));
-    if (c == NULL || c == p) {
-        return false;
-    }
-    for (const char *q = p; q < c; q++) {
-        if (!tchar((unsigned char)*q)) {
-            return false;
-        }
-    }
-    const char *v = c + 1;
-    while (v < eol && (*v == ' ' || *v == '\t')) {
-        v++;
-    }
-    const char *ve = eol;
-    while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
-        ve--;
-    }
-    for (const char *q = v; q < ve; q++) {
-        unsigned char b = (unsigned char)*q;
-        if ((b < 0x20 && b != '\t') || b == 0x7f) {
-            return false;
-        }
-    }
-    *name = p;
-    *nlen = (size_t)(c - p);
-    *value = v;
-    *vlen = (size_t)(ve - v);
-    return true;
-}
-
-static bool parse_u64(const char *p, size_t n, int base, uint64_t *out)
-{
-    uint64_t v = 0;
-    if (n == 0 || n > 16) {
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        int d = p[i] >= '0' && p[i] <= '9'                 ? p[i] - '0'
-                : base == 16 && p[i] >= 'a' && p[i] <= 'f' ? p[i] - 'a' + 10
-                : base == 16 && p[i] >= 'A' && p[i] <= 'F' ? p[i] - 'A' + 10
-                                                           : -1;
-        if (d < 0) {
-            return false;
-        }
-        v = v * (uint64_t)base + (uint64_t)d;
-    }
-    *out = v;
-    return true;
-}
-
-/*
- * A chunked body at [p, end): strict, as weir re-encodes it (hex sizes, CRLF, strict trailer
- * fields). Returns its end, NULL when incomplete; FAILs when malformed.
- */
-static const char *walk_chunked(const char *p, const char *end, const char *who)
-{
-    for (;;) {
-        const char *eol = find_crlf(p, end);
-        uint64_t size;
-        if (eol == NULL) {
-            return NULL;
-        }
-        if (!parse_u64(p, (size_t)(eol - p), 16, &size)) {
-            FAIL("%s: bad chunk size line \"%.*s\"", who, (int)(eol - p < 40 ? eol - p : 40), p);
-        }
-        p = eol + 2;
-        if (size == 0) {
-            for (;;) {
-                eol = find_crlf(p, end);
-                if (eol == NULL) {
-                    return NULL;
-                }
-                if (eol == p) {
-                    return p + 2;
-                }
-                const char *n, *v;
-                size_t nl, vl;
-                if (!strict_field(p, eol, &n, &nl, &v, &vl)) {
-                    FAIL("%s: bad trailer field \"%.*s\"", who, (int)(eol - p), p);
-                }
-                p = eol + 2;
-            }
-        }
-        if ((uint64_t)(end - p) < size + 2) {
-            return NULL;
-        }
-        if (p[size] != '\r' || p[size + 1] != '\n') {
-            FAIL("%s: chunk data not followed by CRLF", who);
-        }
-        p += size + 2;
-    }
-}
-
 /* ---- what the origin receives ---- */
+
+/* What walk_upstream collects from one head's fields (strict_request_head's callback). */
+struct head_fields {
+    const char *names[128];
+    size_t nlens[128];
+    unsigned nnames;
+    unsigned tags, tag;
+};
+
+static void note_field(void *arg, const char *n, size_t nl, const char *v, size_t vl)
+{
+    struct head_fields *hf = arg;
+    if (hf->nnames < 128) {
+        hf->names[hf->nnames] = n;
+        hf->nlens[hf->nnames++] = nl;
+    }
+    if (ieq(n, nl, "X-Fuzz-Req")) {
+        uint64_t x;
+        hf->tags++;
+        if (!parse_u64(v, vl, 10, &x) || x == 0) {
+            FAIL("origin: a request weir did not tag: X-Fuzz-Req \"%.*s\"", (int)vl, v);
+        }
+        hf->tag = x <= MAX_REQ ? (unsigned)x : 0; /* 0: past what is recorded */
+    }
+}
 
 /*
  * Walks the requests on one origin connection, checking each head strictly. Returns the
@@ -269,78 +168,20 @@ static unsigned walk_upstream(const struct harness_end *e, bool count_only)
             break;
         }
         heads++;
-        const char *eol = find_crlf(p, he);
-        const char *sp1 = memchr(p, ' ', (size_t)(eol - p));
-        const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
-        if (sp1 == NULL || sp2 == NULL || sp1 == p || sp2 == sp1 + 1 ||
-            !ieq(sp2 + 1, (size_t)(eol - sp2 - 1), "HTTP/1.1")) {
-            FAIL("origin: bad request line \"%.*s\"", (int)(eol - p), p);
+        struct head_fields hf = {0};
+        struct strict_head sh;
+        strict_request_head(p, he, "origin", 0, note_field, &hf, &sh);
+        if (hf.tags != 1) {
+            FAIL("origin: request %u with %u tags", heads, hf.tags);
         }
-        for (const char *q = p; q < sp1; q++) {
-            if (!tchar((unsigned char)*q)) {
-                FAIL("origin: method not a token");
-            }
-        }
-        for (const char *q = sp1 + 1; q < sp2; q++) {
-            if ((unsigned char)*q <= 0x20 || (unsigned char)*q == 0x7f) {
-                FAIL("origin: control byte in the target");
-            }
-        }
-        unsigned hosts = 0, tags = 0, tag = 0;
-        bool has_cl = false, chunked = false;
-        uint64_t cl = 0;
-        const char *line = eol + 2;
-        const char *names[128];
-        size_t nlens[128];
-        unsigned nnames = 0;
-        while (line < he - 2) {
-            eol = find_crlf(line, he);
-            const char *n, *v;
-            size_t nl, vl;
-            if (!strict_field(line, eol, &n, &nl, &v, &vl)) {
-                FAIL("origin: bad field line \"%.*s\"", (int)(eol - line), line);
-            }
-            if (nnames < 128) {
-                names[nnames] = n;
-                nlens[nnames++] = nl;
-            }
-            if (ieq(n, nl, "Host")) {
-                hosts++;
-            } else if (ieq(n, nl, "Content-Length")) {
-                uint64_t x;
-                if (!parse_u64(v, vl, 10, &x) || (has_cl && x != cl)) {
-                    FAIL("origin: bad or conflicting Content-Length \"%.*s\"", (int)vl, v);
-                }
-                has_cl = true;
-                cl = x;
-            } else if (ieq(n, nl, "Transfer-Encoding")) {
-                if (!ieq(v, vl, "chunked") || chunked) {
-                    FAIL("origin: Transfer-Encoding \"%.*s\"", (int)vl, v);
-                }
-                chunked = true;
-            } else if (ieq(n, nl, "Connection") || ieq(n, nl, "Keep-Alive") ||
-                       ieq(n, nl, "Upgrade") || ieq(n, nl, "TE") || ieq(n, nl, "Expect") ||
-                       (nl > 6 && strncasecmp(n, "Proxy-", 6) == 0)) {
-                FAIL("origin: hop-by-hop field %.*s forwarded", (int)nl, n);
-            } else if (ieq(n, nl, "X-Fuzz-Req")) {
-                uint64_t x;
-                tags++;
-                if (!parse_u64(v, vl, 10, &x) || x == 0) {
-                    FAIL("origin: a request weir did not tag: X-Fuzz-Req \"%.*s\"", (int)vl, v);
-                }
-                tag = x <= MAX_REQ ? (unsigned)x : 0; /* 0: past what is recorded */
-            }
-            line = eol + 2;
-        }
-        if (hosts != 1 || tags != 1 || (has_cl && chunked)) {
-            FAIL("origin: request %u with %u Host, %u tags, Content-Length %d, chunked %d", heads,
-                 hosts, tags, has_cl, chunked);
-        }
+        unsigned tag = hf.tag;
         if (!count_only && tag != 0) {
             struct req_rec *r = &F.req[tag];
             for (unsigned i = 0; i < r->ntokens; i++) {
-                for (unsigned j = 0; j < nnames; j++) {
-                    if (ieq(names[j], nlens[j], r->tokens[i])) {
+                for (unsigned j = 0; j < hf.nnames; j++) {
+                    /* Upgrade is weir's own upgrade field (strict_request_head checked it) */
+                    if (ieq(hf.names[j], hf.nlens[j], r->tokens[i]) &&
+                        strcasecmp(r->tokens[i], "upgrade") != 0) {
                         FAIL("origin: field %s named by Connection was forwarded", r->tokens[i]);
                     }
                 }
@@ -355,10 +196,10 @@ static unsigned walk_upstream(const struct harness_end *e, bool count_only)
         }
         last_tag = tag;
         p = he;
-        if (chunked) {
+        if (sh.chunked) {
             p = walk_chunked(p, end, "origin");
-        } else if (has_cl) {
-            p = (uint64_t)(end - p) >= cl ? p + cl : NULL;
+        } else if (sh.has_cl) {
+            p = (uint64_t)(end - p) >= sh.cl ? p + sh.cl : NULL;
         }
         if (p == NULL) {
             break; /* the body is still arriving */
@@ -415,7 +256,7 @@ static struct resp_info walk_response(const char *p, const char *end, bool head_
             chunked = true;
         } else if (ieq(n, nl, "Connection")) {
             ri.close = ri.close || ieq(v, vl, "close");
-        } else if (ieq(n, nl, "Keep-Alive") || ieq(n, nl, "Upgrade") ||
+        } else if (ieq(n, nl, "Keep-Alive") || (ieq(n, nl, "Upgrade") && st != 101) ||
                    (nl > 6 && strncasecmp(n, "Proxy-", 6) == 0)) {
             FAIL("client: hop-by-hop field %.*s forwarded", (int)nl, n);
         }
@@ -424,7 +265,11 @@ static struct resp_info walk_response(const char *p, const char *end, bool head_
     if (has_cl && chunked) {
         FAIL("client: Content-Length and chunked");
     }
-    if (head_method || st < 200 || st == 204 || st == 304) {
+    if (st == 101) {
+        /* A WebSocket upgrade: what follows is the tunnel's bytes, until close. */
+        ri.close = true;
+        ri.end = end;
+    } else if (head_method || st < 200 || st == 204 || st == 304) {
         ri.end = he;
     } else if (chunked) {
         ri.end = walk_chunked(he, end, "client");

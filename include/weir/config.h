@@ -90,6 +90,7 @@ struct weir_cfg_timeouts {
     uint32_t client_min_rate_window_ms; /**< the rate is averaged over this; default 10000 */
     uint32_t linger_ms;      /**< a lingering close (after an error response), whole; 30000 */
     uint32_t linger_idle_ms; /**< a lingering close, between two reads; default 5000 */
+    uint32_t tunnel_ms;      /**< a WebSocket tunnel with no byte either way; default 3600000 */
 };
 
 /** server.resolver: how upstream backends given by DNS name are resolved. */

@@ -152,6 +152,7 @@ static const struct weir__cfg_key timeouts_keys[] = {
                        10000),
     WEIR__CFG_DURATION("linger", TMO(linger_ms), 1, UINT32_MAX, 30000),
     WEIR__CFG_DURATION("linger_idle", TMO(linger_idle_ms), 1, UINT32_MAX, 5000),
+    WEIR__CFG_DURATION("tunnel", TMO(tunnel_ms), 1, UINT32_MAX, 3600000),
 };
 
 static const struct weir__cfg_section timeouts_section =

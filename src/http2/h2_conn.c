@@ -438,6 +438,13 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     hc->nrequests++;
+    if (hc->lim.max_requests != 0 && hc->nrequests > hc->lim.max_requests) {
+        /* Past the GOAWAY's last stream, sent in the same batch before nghttp2 knew. */
+        hs->reject = -1;
+        (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                        NGHTTP2_REFUSED_STREAM);
+        return 0;
+    }
     if (hc->lim.max_requests != 0 && hc->nrequests == hc->lim.max_requests) {
         /* The cap on a connection's streams: this one is served, later ones go elsewhere. */
         (void)nghttp2_submit_goaway(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR,
@@ -488,6 +495,16 @@ static int on_invalid_header(nghttp2_session *ng, const nghttp2_frame *frame, co
         hs->reject = -1;
     }
     return 0;
+}
+
+/* "host:port" with a port of 1 to 5 digits. */
+static bool host_port(const char *a, uint32_t n)
+{
+    uint32_t i = n;
+    while (i > 0 && a[i - 1] >= '0' && a[i - 1] <= '9') {
+        i--;
+    }
+    return i >= 2 && a[i - 1] == ':' && n - i >= 1 && n - i <= 5;
 }
 
 static bool has_host(const struct weir__h2s *hs)
@@ -551,6 +568,11 @@ static void headers_recv(struct weir__h2_conn *hc, struct weir__h2s *hs, const n
     hs->head_done = true;
     if (!hc->client && hs->reject == 0 && hs->pa < 0 && !has_host(hs)) {
         hs->reject = 400; /* no authority at all: nothing to route or forward on */
+    }
+    if (!hc->client && hs->reject == 0 && hs->lm == 7 &&
+        memcmp(hs->hb + hs->pm, "CONNECT", 7) == 0 &&
+        !(hs->pa >= 0 && host_port(hs->hb + hs->pa, hs->la))) {
+        hs->reject = 400; /* CONNECT's target is host:port (RFC 9113 8.5), as in HTTP/1.1 */
     }
 }
 

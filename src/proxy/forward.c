@@ -64,6 +64,25 @@ static inline enum field_class classify(struct weir_iov n)
     }
 }
 
+/* Whether a Connection value lists the token "upgrade". */
+static bool lists_upgrade(struct weir_iov v)
+{
+    size_t i = 0;
+    while (i < v.len) {
+        while (i < v.len && (v.base[i] == ' ' || v.base[i] == '\t' || v.base[i] == ',')) {
+            i++;
+        }
+        size_t start = i;
+        while (i < v.len && v.base[i] != ',' && v.base[i] != ' ' && v.base[i] != '\t') {
+            i++;
+        }
+        if (weir_iov_ieq((struct weir_iov){v.base + start, i - start}, WEIR_IOV_LIT("upgrade"))) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static bool is_hop_by_hop(struct weir_iov n)
 {
     enum field_class c = classify(n);
@@ -74,7 +93,9 @@ struct field_scan {
     int content_length; /* index after compaction, -1 when absent */
     int x_forwarded_for;
     bool host;
-    bool te_trailers; /* the request had TE: trailers */
+    bool te_trailers;  /* the request had TE: trailers */
+    bool upgrade_ws;   /* the request had Upgrade: websocket */
+    bool conn_upgrade; /* ... and a Connection field listing upgrade (RFC 9110 7.8) */
     /* The Connection fields' values that list names beyond close/keep-alive (any number) */
     struct weir_iov conn_values[MAX_CONN_FIELDS];
     unsigned nconn_values;
@@ -143,18 +164,24 @@ static void strip_fields(struct weir_headers *h, bool request,
     fs->content_length = fs->x_forwarded_for = -1;
     fs->host = false;
     fs->te_trailers = false;
+    fs->upgrade_ws = false;
+    fs->conn_upgrade = false;
     fs->nconn_values = 0; /* conn_values[] is read only below nconn_values */
     uint32_t w = 0;
     for (uint32_t r = 0; r < h->n; r++) {
         switch (classify(h->v[r].name)) {
         case F_CONNECTION:
             note_connection_field(fs, h->v[r].value);
+            fs->conn_upgrade = fs->conn_upgrade || lists_upgrade(h->v[r].value);
             continue;
         case F_HOP:
             /* TE: trailers (gRPC's) is kept as a fact: an HTTP/2 origin gets it again. */
             fs->te_trailers =
                 fs->te_trailers || (request && weir_iov_ieq(h->v[r].name, WEIR_IOV_LIT("TE")) &&
                                     weir_iov_ieq(h->v[r].value, WEIR_IOV_LIT("trailers")));
+            fs->upgrade_ws =
+                fs->upgrade_ws || (request && weir_iov_ieq(h->v[r].name, WEIR_IOV_LIT("Upgrade")) &&
+                                   weir_iov_ieq(h->v[r].value, WEIR_IOV_LIT("websocket")));
             continue;
         case F_EXPECT:
         case F_XFP:
@@ -353,6 +380,15 @@ int weir__forward_request_head(struct weir_session *s)
         struct weir_iov name = weir_arena_iovdup(s->arena, weir_iov_cstr(s->peer.name));
         rc = name.base == NULL ? WEIR_ENOMEM : weir__push_field(h, WEIR_IOV_LIT("Host"), name);
     }
+    if (rc == 0 && fs.upgrade_ws && fs.conn_upgrade && s->h2 == NULL &&
+        s->req_body == WEIR_H1_BODY_NONE && weir_iov_eq(s->req.method, WEIR_IOV_LIT("GET"))) {
+        /* WebSocket (RFC 6455): the upgrade goes up; a 101 turns the exchange into a tunnel. */
+        s->ux.upgrade = true;
+        rc = weir__push_field(h, WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("Upgrade"));
+        if (rc == 0) {
+            rc = weir__push_field(h, WEIR_IOV_LIT("Upgrade"), WEIR_IOV_LIT("websocket"));
+        }
+    }
     if (rc != 0) {
         return rc;
     }
@@ -379,6 +415,22 @@ int weir__forward_request_head(struct weir_session *s)
     return 0; /* the framing of the connection serializes it (up_connected) */
 }
 
+/* A 101 to a WebSocket upgrade: the upgrade fields again, and after it bytes both ways. */
+static int tunnel_head(struct weir_session *s, struct weir_resp *r)
+{
+    weir_headers_remove(&r->headers, "Content-Length");
+    s->respp.out_kind = WEIR_H1_BODY_CLOSE;
+    s->close_after = true; /* the connection ends with the tunnel */
+    int rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("Upgrade"));
+    if (rc == 0) {
+        rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Upgrade"), WEIR_IOV_LIT("websocket"));
+    }
+    if (rc == 0 && s->cfg->server.via) {
+        rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"), WEIR_IOV_LIT("1.1 weir"));
+    }
+    return rc == 0 ? weir__down_queue_head(s, r) : rc;
+}
+
 int weir__forward_response_head(struct weir_session *s)
 {
     struct weir_resp *r = s->resp;
@@ -401,6 +453,9 @@ int weir__forward_response_head(struct weir_session *s)
         cl = r->headers.v[fs.content_length].value;
     }
     uint64_t len;
+    if (s->ux.tunnel) {
+        return tunnel_head(s, r);
+    }
     int rc = weir__down_body_framing(s, r, has_cl && weir__parse_length(cl, &len));
     if (rc == 0 && s->cfg->server.via) {
         rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"),

@@ -165,6 +165,15 @@ static enum weir__step parse_response_head(struct weir_session *s, struct weir__
                 memset(&s->ux.scan, 0, sizeof(s->ux.scan));
                 continue;
             }
+            if (n > 0 && hr.status == 101 && s->ux.upgrade) {
+                if (adopt_response(s, &hr, u->st.in.data + u->st.in.rpos, (size_t)n) != 0) {
+                    return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+                }
+                weir__buf_consume(&u->st.in, (uint32_t)n);
+                s->ux.tunnel = true; /* WebSocket: what follows is not HTTP */
+                s->ux.keep_alive = false;
+                return WEIR_STEP_DONE;
+            }
             if (n > 0 && hr.status != 101) {
                 if (adopt_response(s, &hr, u->st.in.data + u->st.in.rpos, (size_t)n) != 0) {
                     return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");

@@ -149,6 +149,10 @@ static int adopt_stream(struct weir_session *s, struct weir__h2s *hs)
     h->n = hs->nfields;
     s->req.method = weir__iov_rebase(hs->method, hs->hb, copy);
     s->req.target = weir__iov_rebase(hs->path, hs->hb, copy);
+    if (hs->pp < 0) {
+        /* CONNECT has no :path: its target is the authority, as in HTTP/1.1 (RFC 9113 8.5) */
+        s->req.target = weir__iov_rebase(hs->authority, hs->hb, copy);
+    }
     s->req.minor = 1;
     if (hs->authority.len > 0) {
         int rc = weir_headers_set_iov(h, WEIR_IOV_LIT("Host"),
@@ -203,6 +207,10 @@ static void h2_event(void *data, struct weir__h2s *hs)
     (void)data;
     struct weir_session *s = hs->owner;
     WEIR_SESSION_CHECK(s);
+    if (s->suspended && hs->vst.hangup) {
+        weir__session_abort(s); /* reset while a hook waits: as a closed HTTP/1.1 connection */
+        return;
+    }
     weir__session_client_event(s);
 }
 

@@ -26,9 +26,9 @@
 struct weir__h2up {
     uint32_t magic;
     struct weir__proxy_worker *w;
-    struct weir__upconn *u;    /* the connection; NULL while the session making it owns it */
-    struct weir__upkey key;    /* what it may serve */
-    struct weir__h2_conn *hc;  /* NULL until connected */
+    struct weir__upconn *u;   /* the connection; NULL while the session making it owns it */
+    struct weir__upkey key;   /* what it may serve */
+    struct weir__h2_conn *hc; /* NULL until connected */
     struct weir__h2up *prev, *next;
     struct weir_session *waiters; /* sessions waiting for it to be connected */
     uint32_t nwaiters;
@@ -53,8 +53,8 @@ static void h2up_limits(const struct weir_config *cfg, struct weir__h2_limits *l
         .initial_window = cfg->server.http2.initial_window_size,
         .max_frame_size = 16384,
         .max_header_bytes = lim->max_header_bytes,
-        .max_headers = lim->max_headers < WEIR_MAX_HEADERS_PARSED ? lim->max_headers
-                                                                  : WEIR_MAX_HEADERS_PARSED,
+        .max_headers =
+            lim->max_headers < WEIR_MAX_HEADERS_PARSED ? lim->max_headers : WEIR_MAX_HEADERS_PARSED,
         .send_buffer = lim->buffer_size,
     };
 }
@@ -337,8 +337,8 @@ enum weir__step weir__h2up_open(struct weir_session *s, struct weir__outcome *o)
     bool body = s->req_body != WEIR_H1_BODY_NONE;
     int err = 0;
     struct weir__h2s *hs = weir__h2_request(
-        h->hc, s, s->req.method, s->peer.tls ? WEIR_IOV_LIT("https") : WEIR_IOV_LIT("http"),
-        host, s->req.target, &s->req.headers, s->ux.te_trailers, body, &err);
+        h->hc, s, s->req.method, s->peer.tls ? WEIR_IOV_LIT("https") : WEIR_IOV_LIT("http"), host,
+        s->req.target, &s->req.headers, s->ux.te_trailers, body, &err);
     if (hs == NULL) {
         return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "HTTP/2 stream");
     }

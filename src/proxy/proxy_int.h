@@ -327,6 +327,8 @@ struct weir__exchange {
     bool head_built;  /* the hooks and edits of the upstream head have run */
     bool length_ok;   /* ... and the body goes up with the Content-Length it has */
     bool te_trailers; /* ... and the client said TE: trailers (sent to HTTP/2 origins) */
+    bool upgrade;     /* an HTTP/1.1 WebSocket upgrade goes up (Upgrade: websocket) */
+    bool tunnel;      /* the origin said 101: bytes both ways until either side closes */
     /* HTTP/2 to the origin (h2_up.c) */
     struct weir__h2up *h2c;       /* the connection the stream is on */
     struct weir__h2s *h2s;        /* the request's stream */
@@ -353,6 +355,7 @@ struct weir_session {
     const struct weir__up_framing *upf;
     void *ctx;
     enum weir__phase phase;
+    unsigned index; /* weir_session_request_index: the connection's request count at start */
 
     /* request */
     struct weir_req req;

@@ -164,6 +164,7 @@ struct weir_session *weir__session_new(struct weir__conn *c)
     s->resume.fn = session_resume_cb;
     weir__upstream_init(s);
     c->nrequests++;
+    s->index = c->nrequests;
     w->requests++;
     return s;
 }
@@ -694,9 +695,14 @@ static void session_resume_cb(struct weir_loop *loop, struct weir__defer *d)
     struct weir_session *s = WEIR_CONTAINER_OF(d, struct weir_session, resume);
     WEIR_SESSION_CHECK(s);
     if (s->phase == PH_CLOSING || weir__session_client_dead(s)) {
-        /* The connection died while the hook waited; the session can end now. */
+        /* The connection died (or the stream was reset) while the hook waited: end now. */
         s->have_result = false;
         s->phase = PH_DONE;
+        if (!s->has_err) {
+            s->has_err = true;
+            s->err = (struct weir_error){WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_DOWNSTREAM, false, 0,
+                                         "client closed"};
+        }
     }
     weir__session_run(s);
 }

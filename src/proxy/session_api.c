@@ -181,7 +181,7 @@ unsigned weir_session_retries(const struct weir_session *s)
 
 unsigned weir_session_request_index(const struct weir_session *s)
 {
-    return s->c->nrequests;
+    return s->index; /* fixed at its start: HTTP/2 streams of one connection overlap */
 }
 
 int weir_session_status(const struct weir_session *s)

@@ -192,7 +192,7 @@ static enum weir__step up_idle(struct weir_session *s, struct weir__outcome *o)
     struct weir__pool *pool = s->w->pool;
     struct weir__upconn *u = NULL;
     s->upf = &weir__h1_up;
-    if (s->peer.protocol != WEIR_PEER_HTTP1 &&
+    if (s->peer.protocol != WEIR_PEER_HTTP1 && !s->ux.upgrade &&
         (s->peer.protocol != WEIR_PEER_AUTO || s->peer.tls)) {
         bool connected = false;
         enum weir__step st = up_idle_h2(s, o, &connected);
@@ -353,9 +353,10 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
 static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
 {
     weir__down_send_continue(s);
-    enum weir__pipe_status st = run_pipe(
-        s, &s->reqp, s->cst, &s->client_progress_ms, s->ust, &s->ux.progress_ms, &s->ux.out,
-        s->w->hooks->request_body_filter, s->cfg->server.limits.max_body_bytes, false, NULL);
+    enum weir__pipe_status st =
+        run_pipe(s, &s->reqp, s->cst, &s->client_progress_ms, s->ust, &s->ux.progress_ms,
+                 &s->ux.out, s->w->hooks->request_body_filter,
+                 s->ux.tunnel ? 0 : s->cfg->server.limits.max_body_bytes, false, NULL);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
@@ -415,6 +416,15 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
     if (weir__forward_response_head(s) != 0) {
         return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "response head");
     }
+    if (s->ux.tunnel) {
+        /* Bytes both ways now: the client's after its head, the origin's after its 101. */
+        weir__pipe_source(s, &s->respp, WEIR_H1_BODY_CLOSE, 0);
+        s->req_body = WEIR_H1_BODY_CLOSE;
+        weir__pipe_source(s, &s->reqp, WEIR_H1_BODY_CLOSE, 0);
+        s->reqp.out_kind = WEIR_H1_BODY_CLOSE;
+        s->reqp.in_done = s->reqp.out_done = false;
+        s->req_sent = false;
+    }
     s->client_progress_ms = weir_loop_now_ms(s->w->loop);
     s->ux.state = UP_BODY;
     return WEIR_STEP_DONE;
@@ -443,6 +453,10 @@ static enum weir__step spool_failed(struct weir__outcome *o)
 static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
 {
     enum weir__pipe_status st;
+    if (s->ux.tunnel && s->req_sent && weir__outq_empty(&s->out_client)) {
+        s->ux.state = UP_COMPLETE; /* the client closed the tunnel */
+        return WEIR_STEP_DONE;
+    }
     for (;;) {
         st = run_pipe(s, &s->respp, s->ust, &s->ux.progress_ms, s->cst, &s->client_progress_ms,
                       &s->out_client, s->w->hooks->response_body_filter, 0, s->client_gone,
@@ -568,9 +582,33 @@ static int check_min_rate(struct weir_session *s, uint64_t now, uint64_t *deadli
     return 0;
 }
 
+/* A tunnel's only clock: no byte either way for timeouts.tunnel ends it (not an error). */
+static enum weir__step arm_tunnel_timer(struct weir_session *s)
+{
+    struct weir_loop *loop = s->w->loop;
+    uint64_t now = weir_loop_now_ms(loop);
+    uint64_t last =
+        s->ux.progress_ms > s->client_progress_ms ? s->ux.progress_ms : s->client_progress_ms;
+    uint64_t deadline = last + s->cfg->server.timeouts.tunnel_ms;
+    if (now >= deadline) {
+        weir_log(WEIR_LOG_DEBUG, "tunnel with %s idle for timeouts.tunnel: closed", s->peer.name);
+        s->ux.state = UP_COMPLETE;
+        return WEIR_STEP_DONE;
+    }
+    if (!weir_timer_active(&s->ux.timer) ||
+        s->ux.timer.deadline_ms > weir__loop_deadline(loop, deadline - now)) {
+        (void)weir_timer_start(loop, &s->ux.timer, deadline - now);
+    }
+    weir__session_client_deadline(s, 0);
+    return WEIR_STEP_BLOCKED;
+}
+
 /* Checks deadlines on both sides and arms the timers for the next one. */
 static enum weir__step arm_timers(struct weir_session *s, struct weir__outcome *o)
 {
+    if (s->ux.tunnel && s->ux.state == UP_BODY) {
+        return arm_tunnel_timer(s);
+    }
     struct weir_loop *loop = s->w->loop;
     uint64_t now = weir_loop_now_ms(loop);
     struct weir__upconn *u = s->ux.conn;
@@ -640,7 +678,7 @@ enum weir__step weir__upstream_run(struct weir_session *s, struct weir__outcome 
     }
     bool sent = false; /* the request pipe ran in this call */
     for (;;) {
-        if ((s->cst->rdhup || s->cst->hangup || s->cst->eof) && !s->client_gone &&
+        if ((s->cst->rdhup || s->cst->hangup || s->cst->eof) && !s->client_gone && !s->ux.tunnel &&
             s->ux.state != UP_COMPLETE && weir__client_hung_up(s)) {
             if (!s->ignore_client_abort) {
                 return client_abort(s, o, WEIR_ERR_CONNECTION_CLOSED, "client closed");

@@ -575,7 +575,7 @@ int harness_start(struct harness *h)
     sin.sin_family = AF_INET;
     sin.sin_port = htons(40000);
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return weir__proxy_accept(h->w, sv[1], (struct sockaddr *)&sin, sizeof(sin), NULL);
+    return weir__proxy_accept(h->w, sv[1], (struct sockaddr *)&sin, sizeof(sin), &h->listener);
 }
 
 int harness_run(struct harness *h, unsigned logs, uint32_t timeout_ms)

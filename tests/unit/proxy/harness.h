@@ -23,7 +23,8 @@
  * scripted bytes are small enough for a socket buffer).
  *
  * fuzz/fuzz_proxy.c drives the same harness without timers: it writes from either end itself
- * and calls harness_settle between writes, so a run depends on its input alone.
+ * and calls harness_settle between writes, so a run depends on its input alone. fuzz/fuzz_h2.c
+ * does the same with an HTTP/2 client (h->listener.h2c set).
  */
 #ifndef WEIR_TESTS_PROXY_HARNESS_H
 #define WEIR_TESTS_PROXY_HARNESS_H
@@ -137,6 +138,10 @@ struct harness {
     /** SO_SNDBUF of weir's end of the client connection, set before harness_start (0: the
         system's): a small one makes weir's writes to the client block early. */
     int client_sndbuf;
+    /** What the listener that accepted the client connection says (weir__proxy_accept's
+        options), set before harness_start. Zeroed (harness_new): a plain cleartext HTTP/1.1
+        listener; .h2c = true: one that also takes HTTP/2 with prior knowledge. */
+    struct weir__listener_opts listener;
     /* private */
     struct weir_proxy_hooks run_hooks;
     struct weir__snapshot_slot slot;
