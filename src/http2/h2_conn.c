@@ -325,9 +325,12 @@ static int store_field(struct weir__h2_conn *hc, struct weir__h2s *hs, const uin
     hs->decoded = (uint32_t)size;
     uint32_t noff, voff;
     uint32_t max = lim->max_header_bytes;
-    if (append_bytes(hs, max, name, nlen, &noff) != 0 ||
-        append_bytes(hs, max, value, vlen, &voff) != 0) {
-        return 431;
+    int rc = append_bytes(hs, max, name, nlen, &noff);
+    if (rc == 0) {
+        rc = append_bytes(hs, max, value, vlen, &voff);
+    }
+    if (rc != 0) {
+        return rc == WEIR_ENOMEM ? 500 : 431; /* out of memory is ours, not the client's */
     }
     if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
         hs->status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');

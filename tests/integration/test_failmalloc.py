@@ -16,6 +16,8 @@ ends and a request begins.
   the access-log writer.
 - A TLS exchange (OpenSSL's allocations counted too): the same, over a spread of N across a
   handshake with a client certificate and a GET (test_failmalloc_tls_handshake).
+- HTTP/2 (nghttp2's allocations counted too): every N across an h2c connection with two
+  streams, a POST without a length and a chunked GET with a trailer (test_failmalloc_h2_streams).
 
 Every run checks weir's stderr for sanitizer reports (conftest's SANITIZER_MARKERS); ASan's
 leak check runs at exit.
@@ -77,15 +79,22 @@ def tls_config(port, origin_port, log_path, pki):
             f"upstreams:\n  backend:\n    backends: [127.0.0.1:{origin_port}]\n")
 
 
+def h2_config(port, origin_port, log_path):
+    return config(port, origin_port, log_path).replace(
+        f"  - 127.0.0.1:{port}\n", f"  - address: 127.0.0.1:{port}\n    h2c: true\n")
+
+
 class Run:
     """One weir process with WEIR_FAILMALLOC=fail_at (0: none) and the count reported at exit;
-    with pki, a TLS listener (mTLS optional) instead of a cleartext one."""
+    with pki, a TLS listener (mTLS optional) instead of a cleartext one; with h2, a listener
+    that also speaks h2c."""
 
-    def __init__(self, tmp_path, origin_port, fail_at, tag, pki=None):
+    def __init__(self, tmp_path, origin_port, fail_at, tag, pki=None, h2=False):
         self.port = free_port()
         cfg = tmp_path / f"fm-{tag}.yaml"
         log = tmp_path / f"access-{tag}.log"
         cfg.write_text(tls_config(self.port, origin_port, log, pki) if pki
+                       else h2_config(self.port, origin_port, log) if h2
                        else config(self.port, origin_port, log))
         self.err_path = tmp_path / f"fm-{tag}.stderr"
         asan = "detect_leaks=1:abort_on_error=1"
@@ -301,6 +310,68 @@ def test_failmalloc_tls_handshake(tmp_path, session_pki):
                 assert after in ([], [500], [502], [503]), f"N={n}: {after}"
                 after = tls_exchange(run.port, session_pki, "/after")
             assert after == [200], f"N={n}: the exchange after the failure got {after}"
+            rc, err = run.finish()
+            assert rc == 0, f"N={n}: weir exited {rc} on SIGTERM:\n{err}"
+    finally:
+        o.stop()
+
+
+H2_RUNS = int(os.environ.get("WEIR_FAILMALLOC_H2_RUNS", "100"))
+
+
+def h2_exchange(port):
+    """Two streams on one HTTP/2 connection: a POST without a length (body in DATA frames)
+    and a GET of a chunked response with a trailer. Their statuses, or None for a stream that
+    was reset or never answered (the connection may be closed on us)."""
+    from h2_client import H2Client
+    try:
+        c = H2Client(port, timeout=REPLY_TIMEOUT)
+        a = c.request("/echo", method="POST", body=b"hello world" * 100)
+        b = c.request("/chunked/3000")
+        out = []
+        for sid in (a, b):
+            rec = c.response(sid, timeout=REPLY_TIMEOUT)
+            out.append(int(rec["headers"][":status"]) if rec and rec["headers"] and rec["ended"]
+                       else None)
+        c.close()
+        return out
+    except (OSError, AssertionError):
+        return [None, None]
+
+
+def test_failmalloc_h2_streams(tmp_path):
+    """HTTP/2 towards clients: nghttp2's allocations go through weir's, so the sweep covers
+    the connection, the streams' buffers and the session mapping of each stream."""
+    from origin import HttpOrigin
+    o = HttpOrigin()
+    o.start()
+    try:
+        idle = Run(tmp_path, o.port, 0, "h2-idle", h2=True)
+        assert idle.wait_started(), idle.stderr()
+        time.sleep(0.2)
+        assert idle.finish()[0] == 0
+        busy = Run(tmp_path, o.port, 0, "h2-busy", h2=True)
+        assert busy.wait_started(), busy.stderr()
+        time.sleep(0.2)
+        assert h2_exchange(busy.port) == [200, 200]
+        assert busy.finish()[0] == 0
+        lo, hi = max(1, idle.count() - 5), busy.count() + 3
+        assert hi > lo + 10, (lo, hi)
+        step = max(1, (hi - lo) // H2_RUNS) if H2_RUNS > 0 else 1
+        print(f"h2 sweep: allocations {lo}..{hi}, every {step}")
+        for n in range(lo, hi, step):
+            run = Run(tmp_path, o.port, n, f"h2-{n}", h2=True)
+            if not run.wait_started():
+                run.finish()
+                continue
+            time.sleep(0.05)
+            first = h2_exchange(run.port)
+            assert all(st in (None, 200, 500, 502, 503) for st in first), f"N={n}: {first}"
+            after = h2_exchange(run.port)
+            if after != [200, 200]:  # the failure may land in this one instead
+                assert all(st in (None, 200, 500, 502, 503) for st in after), f"N={n}: {after}"
+                after = h2_exchange(run.port)
+            assert after == [200, 200], f"N={n}: the exchange after the failure got {after}"
             rc, err = run.finish()
             assert rc == 0, f"N={n}: weir exited {rc} on SIGTERM:\n{err}"
     finally:
