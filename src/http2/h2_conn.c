@@ -675,8 +675,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     }
     hs->refused = hc->client && code == NGHTTP2_REFUSED_STREAM && !hs->head_done;
     /* Reset (or the connection is going): the owner sees a hung-up peer. */
-    hs->vst.hangup = true;
-    hs->vst.eof = true;
+    hs->vst.hangup = true; /* not eof: what arrived before is read first, then an error */
     hs->vst.readable = true;
     hs->vst.writable = true;
     mark_ready(hc, hs);
@@ -1069,10 +1068,15 @@ static ssize_t vst_read(struct weir__stream *st, char *buf, size_t len)
         }
     }
     if (weir__buf_len(b) == 0) {
-        if (hs->end_in || hs->closed) {
+        if (hs->end_in) {
             st->eof = true;
             weir__free(b->data);
             *b = (struct weir__buf){0};
+        }
+        if (n == 0 && st->hangup) {
+            /* Reset before its end: an error, never an end (a body without a length would
+               otherwise look complete). */
+            return -ECONNRESET;
         }
         if (n == 0) {
             st->readable = false;
@@ -1402,7 +1406,7 @@ struct weir__h2s *weir__h2_conn_free(struct weir__h2_conn *hc)
             continue;
         }
         hs->closed = true;
-        hs->vst.hangup = hs->vst.eof = true;
+        hs->vst.hangup = true;
         hs->vst.readable = hs->vst.writable = true;
         hs->next = orphans;
         orphans = hs;

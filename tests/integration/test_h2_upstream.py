@@ -225,3 +225,75 @@ def test_protocol_config_errors(tmp_path):
     _, err = check_refuses(tmp_path, "upstreams:\n  a:\n    protocol: h3\n"
                                      "    backends: [127.0.0.1:1]\nroutes:\n  - upstream: a\n")
     assert "http1, h2, h2c, auto" in err
+
+
+class ResettingH2Origin:
+    """An h2c origin (python-h2, server side) that answers every request with a head without
+    content-length and 5000 bytes of DATA, then resets the stream: a body cut short."""
+
+    def __init__(self):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.stop:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import h2.config
+        import h2.connection
+        import h2.events
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        c.sendall(conn.data_to_send())
+        c.settimeout(10)
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    return
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        conn.send_headers(ev.stream_id, [(":status", "200")])
+                        conn.send_data(ev.stream_id, b"x" * 5000)
+                        conn.reset_stream(ev.stream_id, error_code=2)
+                c.sendall(conn.data_to_send())
+        except (OSError, Exception):
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+def test_origin_reset_mid_body_is_never_a_complete_response(weir):
+    """A regression: a reset after part of a body without a length used to end the response
+    as if complete (the stream's end looked like END_STREAM)."""
+    o = ResettingH2Origin()
+    try:
+        port = free_port()
+        weir(config(port, o.port, "h2c", threads=1), port=port)
+        r = subprocess.run(["curl", "-s", "--max-time", "20", "-o", "/dev/null", "-w",
+                            "%{http_code} %{size_download}", f"http://127.0.0.1:{port}/x"],
+                           capture_output=True, text=True, timeout=30)
+        # HTTP/1.1: the chunked body has no last chunk (curl: 18, partial file)
+        assert r.returncode != 0 and r.stdout.startswith("200"), (r.returncode, r.stdout)
+        c = H2Client(port)
+        rec = c.get("/y")
+        c.close()
+        # HTTP/2: the stream is reset, not ended
+        assert rec is not None and rec["reset"] is not None and not rec["ended"]
+    finally:
+        o.close()
