@@ -1061,9 +1061,15 @@ static ssize_t vst_read(struct weir__stream *st, char *buf, size_t len)
     if (n > 0) {
         memcpy(buf, b->data + b->rpos, n);
         weir__buf_consume(b, (uint32_t)n);
-        if (hs->hc != NULL && !hs->closed) {
-            /* What the session took is room again: only now may the client send more. */
-            (void)nghttp2_session_consume(hs->hc->ng, hs->id, n);
+        if (hs->hc != NULL) {
+            /* What the session took is room again: only now may the peer send more. A stream
+               nghttp2 has closed (a small response read after its END_STREAM) still holds its
+               bytes against the connection's window: they go back too. */
+            if (!hs->closed) {
+                (void)nghttp2_session_consume(hs->hc->ng, hs->id, n);
+            } else {
+                (void)nghttp2_session_consume_connection(hs->hc->ng, n);
+            }
             schedule(hs->hc);
         }
     }

@@ -297,3 +297,20 @@ def test_origin_reset_mid_body_is_never_a_complete_response(weir):
         assert rec is not None and rec["reset"] is not None and not rec["ended"]
     finally:
         o.close()
+
+
+def test_connection_window_is_given_back_for_closed_streams(weir, nginx_h2):
+    """A regression: the bytes of a response read after its stream had closed were never
+    given back to the connection's window, so an origin connection stalled for good after a
+    window's worth of small responses (65535 bytes here: about 1500 of nginx's answers)."""
+    n = nginx_h2(keepalive_requests=100000)
+    port = free_port()
+    # one stream at a time with a 1 KiB window: the connection's window stays at 65535
+    small = "  http2:\n    initial_window_size: 1k\n    max_concurrent_streams: 1\n"
+    weir(config(port, n.port, "h2c", threads=1).replace("  grace_period: 5s\n",
+                                                        "  grace_period: 5s\n" + small),
+         port=port)
+    r = subprocess.run(["h2load", "-n", "4000", "-c", "1", "-m", "1", "-N", "5",
+                        f"http://127.0.0.1:{port}/x"], capture_output=True, text=True, timeout=120)
+    assert "4000 succeeded, 0 failed" in r.stdout, r.stdout
+    assert origin_connections(n.port) == 1
