@@ -235,7 +235,7 @@ void weir__session_h2_timer(struct weir_loop *loop, struct weir_timer *t)
 
 /* ---- the connection ---- */
 
-static void h2_limits(const struct weir_config *cfg, struct weir__h2_limits *l)
+void weir__h2_limits_of(const struct weir_config *cfg, bool origin, struct weir__h2_limits *l)
 {
     const struct weir_cfg_http2 *h = &cfg->server.http2;
     const struct weir_cfg_limits *lim = &cfg->server.limits;
@@ -253,6 +253,12 @@ static void h2_limits(const struct weir_config *cfg, struct weir__h2_limits *l)
         .control_burst = h->control_frame_burst,
         .control_rate = h->control_frame_rate,
     };
+    if (origin) {
+        /* towards an origin: its frames as large as the default, no abuse rates to apply */
+        l->max_frame_size = 16384;
+        l->max_requests = l->reset_burst = l->reset_rate = 0;
+        l->control_burst = l->control_rate = 0;
+    }
 }
 
 /* With no stream open, the connection may idle for client_keepalive. */
@@ -266,7 +272,7 @@ static void arm_idle(struct weir__conn *c)
 int weir__conn_h2_start(struct weir__conn *c)
 {
     struct weir__h2_limits lim;
-    h2_limits(c->w->cfg, &lim);
+    weir__h2_limits_of(c->w->cfg, false, &lim);
     c->h2 = weir__h2_server_new(c->w->loop, &c->st, &c->w->bufs, &lim, &H2_OPS, c);
     if (c->h2 == NULL) {
         return WEIR_ENOMEM;

@@ -45,20 +45,6 @@ bool weir__h2up_wanted(const struct weir_peer *peer)
     return peer->protocol == WEIR_PEER_H2C || (peer->protocol == WEIR_PEER_H2 && peer->tls);
 }
 
-static void h2up_limits(const struct weir_config *cfg, struct weir__h2_limits *l)
-{
-    const struct weir_cfg_limits *lim = &cfg->server.limits;
-    *l = (struct weir__h2_limits){
-        .max_concurrent_streams = cfg->server.http2.max_concurrent_streams,
-        .initial_window = cfg->server.http2.initial_window_size,
-        .max_frame_size = 16384,
-        .max_header_bytes = lim->max_header_bytes,
-        .max_headers =
-            lim->max_headers < WEIR_MAX_HEADERS_PARSED ? lim->max_headers : WEIR_MAX_HEADERS_PARSED,
-        .send_buffer = lim->buffer_size,
-    };
-}
-
 /* ---- the worker's list ---- */
 
 static void unlink_h2up(struct weir__h2up *h)
@@ -294,7 +280,7 @@ int weir__h2up_promote(struct weir_session *s)
     }
     s->ux.h2make = NULL;
     struct weir__h2_limits lim;
-    h2up_limits(s->cfg, &lim);
+    weir__h2_limits_of(s->cfg, true, &lim);
     h->hc = weir__h2_client_new(s->w->loop, &u->st, &s->w->bufs, &lim, &H2UP_OPS, h);
     if (h->hc == NULL) {
         unlink_h2up(h);

@@ -512,6 +512,9 @@ void weir__conn_unzombie(struct weir__conn *c);
 void weir__conn_set_deadline(struct weir__conn *c, uint64_t ms);
 
 /* h2_down.c: HTTP/2 client connections (each stream a session) */
+struct weir__h2_limits;
+/** The HTTP/2 bounds of cfg for a client connection, or (origin) an origin connection. */
+void weir__h2_limits_of(const struct weir_config *cfg, bool origin, struct weir__h2_limits *l);
 /** Turns c (its preface or ALPN said h2) into an HTTP/2 connection. 0 or an error. */
 int weir__conn_h2_start(struct weir__conn *c);
 /** c's socket changed readiness (CONN_H2). */
