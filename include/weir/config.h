@@ -133,6 +133,7 @@ struct weir_cfg_http2 {
     uint32_t reset_rate;             /**< ... and per second after that, then GOAWAY; 50 */
     uint32_t control_frame_burst;    /**< PING/SETTINGS/PRIORITY/empty frames at once; 1000 */
     uint32_t control_frame_rate;     /**< ... and per second after that, then GOAWAY; 100 */
+    bool websocket;                  /**< WebSocket over HTTP/2 (RFC 8441 extended CONNECT); true */
 };
 
 struct weir_cfg_server {

@@ -171,6 +171,7 @@ static const struct weir__cfg_key http2_keys[] = {
     WEIR__CFG_U32("reset_rate", H2(reset_rate), 0, 1000000, 50),
     WEIR__CFG_U32("control_frame_burst", H2(control_frame_burst), 1, 1000000, 1000),
     WEIR__CFG_U32("control_frame_rate", H2(control_frame_rate), 0, 1000000, 100),
+    WEIR__CFG_BOOL("websocket", H2(websocket), true),
 };
 
 static const struct weir__cfg_section http2_section =

@@ -40,6 +40,7 @@ struct weir__h2_limits {
     uint32_t reset_rate;             /* ... and per second after that, then GOAWAY */
     uint32_t control_burst;          /* frames that carry no request or data ... */
     uint32_t control_rate;           /* ... allowed at once and per second, then GOAWAY */
+    bool extended_connect;           /* server: SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441) */
 };
 
 struct weir__h2_conn;

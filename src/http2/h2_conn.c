@@ -573,9 +573,12 @@ static void headers_recv(struct weir__h2_conn *hc, struct weir__h2s *hs, const n
         hs->reject = 400; /* no authority at all: nothing to route or forward on */
     }
     if (!hc->client && hs->reject == 0 && hs->lm == 7 &&
-        memcmp(hs->hb + hs->pm, "CONNECT", 7) == 0 &&
+        memcmp(hs->hb + hs->pm, "CONNECT", 7) == 0 && hs->pr < 0 &&
         !(hs->pa >= 0 && host_port(hs->hb + hs->pa, hs->la))) {
-        hs->reject = 400; /* CONNECT's target is host:port (RFC 9113 8.5), as in HTTP/1.1 */
+        /* CONNECT's target is host:port (RFC 9113 8.5), as in HTTP/1.1. An extended CONNECT
+           (RFC 8441, with :protocol, which nghttp2 accepts only as we announced it) has a
+           :path and :scheme instead, and its :authority is a Host. */
+        hs->reject = 400;
     }
 }
 
@@ -1345,12 +1348,14 @@ static struct weir__h2_conn *conn_new(struct weir_loop *loop, struct weir__strea
         {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, lim->max_frame_size},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, lim->max_header_bytes},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1}, /* sent only with extended_connect */
     };
+    size_t niv = sizeof(iv) / sizeof(iv[0]) - (client || !lim->extended_connect ? 1 : 0);
     uint64_t conn_window = (uint64_t)lim->initial_window * lim->max_concurrent_streams;
     if (conn_window > (1u << 30)) {
         conn_window = 1u << 30;
     }
-    if (nghttp2_submit_settings(hc->ng, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0])) != 0 ||
+    if (nghttp2_submit_settings(hc->ng, NGHTTP2_FLAG_NONE, iv, niv) != 0 ||
         (conn_window > 65535 && nghttp2_session_set_local_window_size(hc->ng, NGHTTP2_FLAG_NONE, 0,
                                                                       (int32_t)conn_window) != 0)) {
         goto fail;

@@ -380,8 +380,13 @@ int weir__forward_request_head(struct weir_session *s)
         struct weir_iov name = weir_arena_iovdup(s->arena, weir_iov_cstr(s->peer.name));
         rc = name.base == NULL ? WEIR_ENOMEM : weir__push_field(h, WEIR_IOV_LIT("Host"), name);
     }
-    if (rc == 0 && fs.upgrade_ws && fs.conn_upgrade && s->h2 == NULL &&
-        s->req_body == WEIR_H1_BODY_NONE && weir_iov_eq(s->req.method, WEIR_IOV_LIT("GET"))) {
+    bool h1_ws = fs.upgrade_ws && fs.conn_upgrade && s->h2 == NULL &&
+                 s->req_body == WEIR_H1_BODY_NONE &&
+                 weir_iov_eq(s->req.method, WEIR_IOV_LIT("GET"));
+    if (rc == 0 && s->ws_h2) {
+        rc = weir__ws_h2_request(s, h); /* RFC 8441: the key is ours to make */
+    }
+    if (rc == 0 && (h1_ws || s->ws_h2)) {
         /* WebSocket (RFC 6455): the upgrade goes up; a 101 turns the exchange into a tunnel. */
         s->ux.upgrade = true;
         rc = weir__push_field(h, WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("Upgrade"));
@@ -420,6 +425,14 @@ static int tunnel_head(struct weir_session *s, struct weir_resp *r)
 {
     weir_headers_remove(&r->headers, "Content-Length");
     s->respp.out_kind = WEIR_H1_BODY_CLOSE;
+    if (s->ws_h2) {
+        /* the stream stays open for the tunnel's DATA; its END_STREAM is the close */
+        int rc = weir__ws_h2_response(s, r);
+        if (rc == 0 && s->cfg->server.via) {
+            rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"), WEIR_IOV_LIT("1.1 weir"));
+        }
+        return rc == 0 ? weir__down_queue_head(s, r) : rc;
+    }
     s->close_after = true; /* the connection ends with the tunnel */
     int rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Connection"), WEIR_IOV_LIT("Upgrade"));
     if (rc == 0) {

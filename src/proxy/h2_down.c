@@ -154,6 +154,12 @@ static int adopt_stream(struct weir_session *s, struct weir__h2s *hs)
         s->req.target = weir__iov_rebase(hs->authority, hs->hb, copy);
     }
     s->req.minor = 1;
+    if (weir_iov_ieq(hs->protocol, WEIR_IOV_LIT("websocket"))) {
+        /* RFC 8441: a GET upgrade for the HTTP/1.1 origin (any other :protocol gets 501) */
+        s->ws_h2 = true;
+        s->req.method = WEIR_IOV_LIT("GET");
+        s->req.target = weir__iov_rebase(hs->path, hs->hb, copy);
+    }
     if (hs->authority.len > 0) {
         int rc = weir_headers_set_iov(h, WEIR_IOV_LIT("Host"),
                                       weir__iov_rebase(hs->authority, hs->hb, copy));
@@ -161,7 +167,8 @@ static int adopt_stream(struct weir_session *s, struct weir__h2s *hs)
             return rc;
         }
     }
-    if (hs->end_in && weir__buf_len(&hs->rbuf) == 0) {
+    if ((hs->end_in && weir__buf_len(&hs->rbuf) == 0) || s->ws_h2) {
+        /* a WebSocket's bytes are the tunnel's, after the 101 (upstream.c up_head) */
         s->req_body = WEIR_H1_BODY_NONE;
         s->req_length = 0;
     } else if (has_length) {
@@ -188,12 +195,18 @@ static int h2_request(void *data, struct weir__h2s *hs)
     weir__conn_set_deadline(c, 0); /* a stream is open: the idle timeout waits */
     s->client_minor = 1;
     s->client_keep_alive = true;
+    bool other_protocol =
+        hs->protocol.len > 0 && !weir_iov_ieq(hs->protocol, WEIR_IOV_LIT("websocket"));
     int rc = adopt_stream(s, hs);
     s->orig_method = s->req.method;
     s->orig_target = s->req.target;
-    if (rc != 0) {
+    if (rc != 0 || other_protocol) {
+        /* An extended CONNECT for another protocol (connect-udp...): not one weir carries. */
         s->phase = PH_EARLY;
-        weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        if (rc != 0 ||
+            weir_session_respond_text(s, 501, WEIR_IOV_LIT("Not Implemented: :protocol\n")) != 0) {
+            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        }
         weir__session_run(s);
         return 0;
     }
@@ -252,6 +265,7 @@ void weir__h2_limits_of(const struct weir_config *cfg, bool origin, struct weir_
         .reset_rate = h->reset_rate,
         .control_burst = h->control_frame_burst,
         .control_rate = h->control_frame_rate,
+        .extended_connect = !origin && h->websocket,
     };
     if (origin) {
         /* towards an origin: its frames as large as the default, no abuse rates to apply */

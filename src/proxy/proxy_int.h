@@ -364,6 +364,10 @@ struct weir_session {
     bool early_data; /* the head may have come as TLS 0-RTT data: Early-Data: 1 goes up */
     bool client_keep_alive;
     bool expect_continue;
+    /* RFC 8441: an HTTP/2 extended CONNECT for a WebSocket, which goes up as an HTTP/1.1
+       upgrade with a key of ours (ws_key, its Sec-WebSocket-Key), the 101 coming back as 200 */
+    bool ws_h2;
+    struct weir_iov ws_key;
     enum weir__h1_body req_body;
     uint64_t req_length;
 
@@ -670,6 +674,14 @@ int weir__forward_response_head(struct weir_session *s);
 bool weir__parse_length(struct weir_iov v, uint64_t *out);
 /** Appends a field whose bytes outlive the request without copying them when there is room. */
 int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_iov value);
+
+/* ws.c: WebSocket over HTTP/2 (RFC 8441) to an HTTP/1.1 origin */
+/** The upgrade's own fields for s->ws_h2: a fresh Sec-WebSocket-Key (s->ws_key), a version. */
+int weir__ws_h2_request(struct weir_session *s, struct weir_headers *h);
+/** Whether h's Sec-WebSocket-Accept answers key (RFC 6455 4.2.2). */
+bool weir__ws_accept_ok(struct weir_iov key, const struct weir_headers *h);
+/** The origin's 101 (its accept checked: weir__ws_accept_ok) as the HTTP/2 client's 200. */
+int weir__ws_h2_response(struct weir_session *s, struct weir_resp *r);
 
 /* h1_framing.c */
 /** Extra header slots a parsed head gets beyond max_headers, for the fields hooks add. */

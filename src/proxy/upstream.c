@@ -310,6 +310,15 @@ static enum weir__step up_connected(struct weir_session *s, struct weir__outcome
     if (weir__forward_request_head(s) != 0) {
         return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "upstream request head");
     }
+    if (h2 && s->ux.upgrade) {
+        /* An upgrade is HTTP/1.1's; an extended CONNECT towards origins is not built. */
+        weir_log(WEIR_LOG_WARN,
+                 "WebSocket to %s: the origin speaks HTTP/2; WebSocket needs "
+                 "protocol: http1 for its upstream",
+                 s->peer.name);
+        return weir__outcome_end(o, WEIR_ERR_INVALID_HTTP, WEIR_SRC_UPSTREAM, 0,
+                                 "WebSocket to an HTTP/2 origin");
+    }
     /* The framing of this connection, which a retry may change (auto: h2 or HTTP/1.1). */
     if (weir__up_request_head(s, s->ux.length_ok) != 0) {
         return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "upstream head");
@@ -411,6 +420,13 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
     enum weir__step st = weir__up_response_head(s, o);
     if (st != WEIR_STEP_DONE) {
         return st;
+    }
+    if (s->ux.tunnel && s->ws_h2 && !weir__ws_accept_ok(s->ws_key, &s->resp->headers)) {
+        weir_log(WEIR_LOG_WARN,
+                 "WebSocket upgrade at %s: a 101 without the Sec-WebSocket-Accept "
+                 "of weir's key",
+                 s->peer.name);
+        return weir__upstream_error(s, o, WEIR_ERR_INVALID_HTTP, 0, "Sec-WebSocket-Accept");
     }
     weir__backend_succeeded(s->peer.backend);
     if (weir__forward_response_head(s) != 0) {

@@ -314,3 +314,27 @@ def test_connection_window_is_given_back_for_closed_streams(weir, nginx_h2):
                         f"http://127.0.0.1:{port}/x"], capture_output=True, text=True, timeout=120)
     assert "4000 succeeded, 0 failed" in r.stdout, r.stdout
     assert origin_connections(n.port) == 1
+
+
+def test_websocket_to_an_h2_origin_is_502(weir, nginx_h2):
+    """An upgrade is HTTP/1.1's: towards an h2 origin weir says so (502, and a warning) rather
+    than send a plain GET the client did not ask for."""
+    from h2_client import H2Client
+    n = nginx_h2()
+    port = free_port()
+    weir(config(port, n.port, "h2c"), port=port)
+    r = curl("-D", "-", f"http://127.0.0.1:{port}/ws", "-H", "Connection: Upgrade",
+             "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13",
+             "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    assert r.stdout.startswith("HTTP/1.1 502"), r.stdout
+    c = H2Client(port)
+    assert c.wait(lambda: c.conn.remote_settings.enable_connect_protocol == 1, 10)
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"),
+                              (":scheme", "http"), (":path", "/ws"), (":authority", "x"),
+                              ("sec-websocket-version", "13")])
+    c.flush()
+    assert c.wait(lambda: c._resp(sid)["headers"] is not None, 10)
+    assert c._resp(sid)["headers"][":status"] == "502"
+    assert curl(f"http://127.0.0.1:{port}/plain").stdout.startswith("nginx GET /plain")
+    c.close()

@@ -25,20 +25,24 @@ class WsOrigin:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.paths = []
+        self.closed = []  # each connection's close code, as it ends
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self.ready.wait(10)
 
     async def _handler(self, ws, path):
         self.paths.append(path)
-        async for msg in ws:
-            if msg == "close-me":
-                await ws.close(code=4001, reason="origin says bye")
-                return
-            if msg == "die":
-                ws.transport.abort()
-                return
-            await ws.send(msg)
+        try:
+            async for msg in ws:
+                if msg == "close-me":
+                    await ws.close(code=4001, reason="origin says bye")
+                    return
+                if msg == "die":
+                    ws.transport.abort()
+                    return
+                await ws.send(msg)
+        finally:
+            self.closed.append(ws.close_code)
 
     def _run(self):
         asyncio.set_event_loop(self.loop)
