@@ -450,6 +450,9 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
     }
     earn_budget(rc);
     weir_session_set_ignore_client_abort(s, rc->route->ignore_client_abort);
+    if (rc->route->grpc_web) {
+        (void)weir_session_set_grpc_web(s); /* false: not a gRPC-Web request, it goes as is */
+    }
     if (rc->route->buffer_responses.enabled &&
         weir_session_set_response_buffering(s, &rc->route->buffer_responses) != 0) {
         return WEIR_HOOK_ERROR;

@@ -345,6 +345,9 @@ struct weir_cfg_route {
     /** Read responses at the origin's pace into memory, then a file; default off */
     struct weir_cfg_buffering buffer_responses;
     struct weir_cfg_route_upstream_tls upstream_tls;
+    /** Translate gRPC-Web (application/grpc-web[-text]) requests into gRPC to the upstream,
+        which speaks HTTP/2, and the responses back; default false */
+    bool grpc_web;
 };
 
 /** A whole loaded configuration. Immutable; free with weir_config_free. */

@@ -209,6 +209,18 @@ WEIR_EXTERN int weir_session_set_response_buffering(struct weir_session *s,
                                                     const struct weir_cfg_buffering *b);
 
 /**
+ * gRPC-Web for this request (a route's grpc_web; Pingora's grpc_web module): when its
+ * Content-Type is application/grpc-web or application/grpc-web-text (with any +suffix), it
+ * goes upstream as gRPC (application/grpc, TE: trailers; a -text body base64-decoded, a body
+ * that is not base64 answered 400) and the gRPC response comes back as gRPC-Web: the client's
+ * Content-Type, the trailers as the body's last frame (flag 0x80), all of it base64 for -text.
+ * The upstream must speak HTTP/2 (the peer's protocol h2, h2c or auto). Body hooks see the
+ * gRPC side. Any hook before upstream_peer may call it. true when the request is gRPC-Web
+ * and will be translated; false, and nothing changes, otherwise.
+ */
+WEIR_EXTERN bool weir_session_set_grpc_web(struct weir_session *s);
+
+/**
  * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would
  * have returned. Worker thread only; the session continues at the end of the current loop
  * turn, never inside this call.

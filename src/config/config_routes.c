@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config/config_int.h"
+#include "weir/peer.h"
 
 /* --- routes[].match ------------------------------------------------------------------ */
 
@@ -342,6 +343,22 @@ static void buffering_value(struct weir__cfg_ctx *c, const struct weir__cfg_fram
 
 #define RT(f) WEIR__CFG_AT(struct weir_cfg_route, f)
 
+/* grpc_web: gRPC goes to the upstream over HTTP/2, so its protocol must allow it. */
+static void grpc_web_check(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f)
+{
+    const struct weir_cfg_route *r = f->obj;
+    const struct ynode *v = weir__cfg_value(f, "grpc_web");
+    if (v != NULL && r->grpc_web && r->upstream != NULL &&
+        r->upstream->protocol == WEIR_PEER_HTTP1) {
+        size_t old = weir__cfg_path_key(c, "grpc_web");
+        weir__cfg_err(c, v,
+                      "grpc_web sends gRPC, which needs HTTP/2: set upstreams.%s.protocol to h2, "
+                      "h2c or auto",
+                      r->upstream->name);
+        weir__cfg_path_pop(c, old);
+    }
+}
+
 static const struct weir__cfg_key route_keys[] = {
     WEIR__CFG_STRING("name", RT(name), "a name", ""),
     WEIR__CFG_SECTION("match", WEIR__CFG_SELF(struct weir_cfg_route), &match_section),
@@ -355,6 +372,8 @@ static const struct weir__cfg_key route_keys[] = {
      .sub = &buffering_section},
     {"upstream_tls", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE | WEIR__CFG_LATE,
      .parse = weir__cfg_route_tls_value, .sub = &weir__cfg_route_tls},
+    {"grpc_web", WEIR__CFG_T_BOOL, WEIR__CFG_LATE, RT(grpc_web), .def = false,
+     .check = grpc_web_check},
 };
 
 const struct weir__cfg_section weir__cfg_route =

@@ -394,6 +394,10 @@ int weir__forward_request_head(struct weir_session *s)
             rc = weir__push_field(h, WEIR_IOV_LIT("Upgrade"), WEIR_IOV_LIT("websocket"));
         }
     }
+    if (rc == 0 && s->gw != NULL) {
+        rc = weir__grpc_web_request(s, h);
+        fs.content_length = -2; /* -text removed it: look again */
+    }
     if (rc != 0) {
         return rc;
     }
@@ -413,7 +417,7 @@ int weir__forward_request_head(struct weir_session *s)
         cl = h->v[fs.content_length].value;
     }
     uint64_t len;
-    s->ux.te_trailers = fs.te_trailers;
+    s->ux.te_trailers = fs.te_trailers || s->gw != NULL; /* gRPC asks for trailers */
     s->ux.length_ok = s->req_body == WEIR_H1_BODY_LENGTH && has_cl &&
                       weir__parse_length(cl, &len) && len == s->req_length;
     s->ux.head_built = true;
@@ -450,6 +454,10 @@ int weir__forward_response_head(struct weir_session *s)
     const struct weir_proxy_hooks *hk = s->w->hooks;
     struct field_scan fs;
     strip_fields(&r->headers, false, NULL, &fs);
+    if (s->gw != NULL && !s->ux.tunnel) {
+        weir__grpc_web_response_head(s, r);
+        fs.content_length = -2; /* removed when the body is translated: look again */
+    }
     if (hk->upstream_response_filter || hk->response_filter) {
         if ((hk->upstream_response_filter &&
              hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) ||

@@ -35,6 +35,13 @@ int weir__h1_body_framing(struct weir_session *s, struct weir_resp *r, bool has_
     bool bodyless = head_method || r->status < 200 || r->status == 204 || r->status == 304;
     if (bodyless || s->respp.in_kind == WEIR_H1_BODY_NONE) {
         s->respp.out_kind = WEIR_H1_BODY_NONE;
+        if (!bodyless && !has_length) {
+            /* An HTTP/2 origin's body can be nothing at all (END_STREAM on the head, as a
+               gRPC trailers-only response): an HTTP/1.1 client needs to be told it is empty,
+               or it reads until the connection closes. */
+            weir_headers_remove(&r->headers, "Content-Length");
+            return weir__push_field(&r->headers, WEIR_IOV_LIT("Content-Length"), WEIR_IOV_LIT("0"));
+        }
     } else if (has_length) {
         s->respp.out_kind = WEIR_H1_BODY_LENGTH;
     } else if (s->client_minor == 1) {

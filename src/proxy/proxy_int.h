@@ -368,6 +368,7 @@ struct weir_session {
        upgrade with a key of ours (ws_key, its Sec-WebSocket-Key), the 101 coming back as 200 */
     bool ws_h2;
     struct weir_iov ws_key;
+    struct weir__grpc_web *gw; /* weir_session_set_grpc_web: translated (grpc_web.c); or NULL */
     enum weir__h1_body req_body;
     uint64_t req_length;
 
@@ -674,6 +675,27 @@ int weir__forward_response_head(struct weir_session *s);
 bool weir__parse_length(struct weir_iov v, uint64_t *out);
 /** Appends a field whose bytes outlive the request without copying them when there is room. */
 int weir__push_field(struct weir_headers *h, struct weir_iov name, struct weir_iov value);
+
+/* grpc_web.c: gRPC-Web <-> gRPC (weir_session_set_grpc_web) */
+/** The request head as gRPC: its Content-Type (and Content-Length for -text). */
+int weir__grpc_web_request(struct weir_session *s, struct weir_headers *h);
+/** A gRPC response head as the client's gRPC-Web one; anything else is left alone. */
+void weir__grpc_web_response_head(struct weir_session *s, struct weir_resp *r);
+/** The Content-Type of weir's own gRPC errors for s: the client's gRPC-Web type, or gRPC's. */
+struct weir_iov weir__grpc_web_type(const struct weir_session *s);
+/** Whether the response body is translated (its head was gRPC's). */
+bool weir__grpc_web_response_on(const struct weir_session *s);
+/** Whether the request body is base64 to decode (-text). */
+bool weir__grpc_web_request_text(const struct weir_session *s);
+/** Whether the request failed on a -text body that was not base64. */
+bool weir__grpc_web_bad_body(const struct weir_session *s);
+/** The body filters of the two directions; each runs the user's hook too. */
+enum weir_hook_result weir__grpc_web_request_filter(struct weir_session *s, void *ctx,
+                                                    struct weir_iov *data, bool end);
+enum weir_hook_result weir__grpc_web_response_filter(struct weir_session *s, void *ctx,
+                                                     struct weir_iov *data, bool end);
+/** Frees the translation's buffers (session end). */
+void weir__grpc_web_free(struct weir_session *s);
 
 /* ws.c: WebSocket over HTTP/2 (RFC 8441) to an HTTP/1.1 origin */
 /** The upgrade's own fields for s->ws_h2: a fresh Sec-WebSocket-Key (s->ws_key), a version. */

@@ -765,7 +765,9 @@ static int respond_grpc_error(struct weir_session *s, int status)
                        : status == 429                  ? "8"
                                                         : "13";
     struct weir_resp *r = weir_session_response_new(s, 200);
-    if (r == NULL || weir_headers_add(&r->headers, "Content-Type", "application/grpc") != 0 ||
+    if (r == NULL ||
+        weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Content-Type"), weir__grpc_web_type(s)) !=
+            0 ||
         weir_headers_add(&r->headers, "grpc-status", code) != 0 ||
         weir_headers_add(&r->headers, "grpc-message", weir_http_reason(status)) != 0) {
         return WEIR_ENOMEM;
@@ -916,7 +918,8 @@ static void session_end(struct weir_session *s)
     weir__loop_defer_cancel(w->loop, &s->resume);
     weir__upstream_release(s, !s->failed);
     weir__spool_free(s->spool); /* its chunks and temporary file; the arena has the rest */
-    weir__session_wait_end(s);  /* only a worker's forced end of a suspended session waits */
+    weir__grpc_web_free(s);
+    weir__session_wait_end(s); /* only a worker's forced end of a suspended session waits */
     if (s->status == 0 && s->has_err && s->err.source == WEIR_SRC_DOWNSTREAM) {
         s->status = 499; /* nginx's "client closed request": it left before any answer */
     }

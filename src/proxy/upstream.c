@@ -362,10 +362,11 @@ static enum weir__pipe_status run_pipe(struct weir_session *s, struct weir__pipe
 static enum weir__step send_request(struct weir_session *s, struct weir__outcome *o)
 {
     weir__down_send_continue(s);
-    enum weir__pipe_status st =
-        run_pipe(s, &s->reqp, s->cst, &s->client_progress_ms, s->ust, &s->ux.progress_ms,
-                 &s->ux.out, s->w->hooks->request_body_filter,
-                 s->ux.tunnel ? 0 : s->cfg->server.limits.max_body_bytes, false, NULL);
+    enum weir__pipe_status st = run_pipe(
+        s, &s->reqp, s->cst, &s->client_progress_ms, s->ust, &s->ux.progress_ms, &s->ux.out,
+        weir__grpc_web_request_text(s) ? weir__grpc_web_request_filter
+                                       : s->w->hooks->request_body_filter,
+        s->ux.tunnel ? 0 : s->cfg->server.limits.max_body_bytes, false, NULL);
     switch (st) {
     case WEIR_PIPE_DONE:
         s->req_sent = true;
@@ -381,6 +382,15 @@ static enum weir__step send_request(struct weir_session *s, struct weir__outcome
     case WEIR_PIPE_ERR_SRC:
         return weir__outcome_end(o, WEIR_ERR_CONNECTION_CLOSED, WEIR_SRC_DOWNSTREAM, 0,
                                  "client body");
+    case WEIR_PIPE_ERR_HOOK:
+        if (!weir__grpc_web_bad_body(s)) {
+            return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "request_body_filter");
+        }
+        /* a gRPC-Web -text body that is not base64 is the client's error */
+        weir__outcome_end(o, WEIR_ERR_INVALID_HTTP, WEIR_SRC_DOWNSTREAM, 0, "gRPC-Web body");
+        o->kind = WEIR_FAIL_CLIENT_BODY;
+        o->status = 400;
+        return WEIR_STEP_FAILED;
     case WEIR_PIPE_ERR_PROTO:
     case WEIR_PIPE_ERR_LIMIT: {
         bool proto = st == WEIR_PIPE_ERR_PROTO;
@@ -396,8 +406,6 @@ static enum weir__step send_request(struct weir_session *s, struct weir__outcome
             return WEIR_STEP_DONE;
         }
         return weir__upstream_error(s, o, WEIR_ERR_WRITE_ERROR, 0, "write");
-    case WEIR_PIPE_ERR_HOOK:
-        return weir__outcome_end(o, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "request_body_filter");
     }
     return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "request pipe");
 }
@@ -475,8 +483,10 @@ static enum weir__step up_body(struct weir_session *s, struct weir__outcome *o)
     }
     for (;;) {
         st = run_pipe(s, &s->respp, s->ust, &s->ux.progress_ms, s->cst, &s->client_progress_ms,
-                      &s->out_client, s->w->hooks->response_body_filter, 0, s->client_gone,
-                      s->spool);
+                      &s->out_client,
+                      weir__grpc_web_response_on(s) ? weir__grpc_web_response_filter
+                                                    : s->w->hooks->response_body_filter,
+                      0, s->client_gone, s->spool);
         if (s->spool == NULL || (st != WEIR_PIPE_DONE && st != WEIR_PIPE_BLOCKED)) {
             break;
         }

@@ -15,7 +15,7 @@
 #include "weir/log.h"
 
 #define WS_KEY_LEN 24 /* base64 of 16 bytes */
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define WS_GUID    "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 int weir__ws_h2_request(struct weir_session *s, struct weir_headers *h)
 {
@@ -39,8 +39,8 @@ int weir__ws_h2_request(struct weir_session *s, struct weir_headers *h)
 bool weir__ws_accept_ok(struct weir_iov key, const struct weir_headers *h)
 {
     struct weir_iov got;
-    if (key.len != WS_KEY_LEN || !weir_headers_get_iov(h, WEIR_IOV_LIT("Sec-WebSocket-Accept"),
-                                                       &got)) {
+    if (key.len != WS_KEY_LEN ||
+        !weir_headers_get_iov(h, WEIR_IOV_LIT("Sec-WebSocket-Accept"), &got)) {
         return false;
     }
     char in[WS_KEY_LEN + sizeof(WS_GUID) - 1];
