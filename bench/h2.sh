@@ -54,6 +54,9 @@ WEIR_H2C_WINDOW=${BENCH_H2_WEIR_WINDOW:-}
 # shared one; 500 requests are in flight).
 WEIR_POOL=${BENCH_H2_WEIR_POOL:-}
 WEIR_BIN=${WEIR_BIN:-$ROOT/build/weir}
+# proxies to profile with perf record during the measured requests, into
+# bench/out/h2-perf-SCENARIO-NAME.data (e.g. BENCH_H2_PERF=weir); empty: none
+PERF_FOR=${BENCH_H2_PERF:-}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-10}
 CERT_DESC="ECDSA P-256 (prime256v1), self-signed, SHA-256"
 
@@ -310,12 +313,21 @@ measure() { # SCENARIO NAME PID
   start_bg "$TMP/logs/sampler.log" "${LOAD_PIN[@]}" "$PY" "$H2PY" sample-conns "$ORIGIN_PORT" \
     "$SAMPLE_INTERVAL" $((30 + REQUESTS / 1000)) "$TMP/samples"
   sampler=$LAST_PID
+  local profiler=""
+  if [[ -n $PERF_FOR && " $PERF_FOR " == *" $name "* ]] && command -v perf >/dev/null; then
+    # BENCH_H2_PERF: a profile of the measured requests (perf's CPU shows as "other")
+    start_bg "$TMP/logs/perf-$sc-$name.log" perf record -F 2000 -g -p "$pid" \
+      -o "$OUT_DIR/h2-perf-$sc-$name.data"
+    profiler=$LAST_PID
+  fi
   if ! run_h2load "$url" "$REQUESTS" "$TMP/logs/h2load-$sc-$name.txt"; then
     stop_pid "$sampler"
+    [[ -n $profiler ]] && stop_pid "$profiler"
     MEASURE_NOTE="h2load failed: $(grep -v progress "$TMP/logs/h2load-$sc-$name.txt" | tail -n1)"
     return 1
   fi
   stop_pid "$sampler"
+  [[ -n $profiler ]] && { kill -INT "$profiler" 2>/dev/null; stop_pid "$profiler"; }
   snap_end "$pid"
   samples=$(paste -sd, "$TMP/samples" 2>/dev/null)
   kill -0 "$pid" 2>/dev/null || { MEASURE_NOTE="process exited during the run"; return 1; }

@@ -54,7 +54,8 @@ struct weir__h2_field {
 struct weir__h2s {
     struct weir__stream vst; /* the session's client stream (vst.vt set, vst.io.fd -1) */
     uint32_t magic;
-    struct weir__h2_conn *hc; /* NULL once the connection is gone */
+    struct weir__h2_conn *hc;   /* NULL once the connection is gone */
+    struct weir__bufpool *pool; /* the worker's: sb comes from it and goes back to it */
     int32_t id;
     void *owner;                   /* the layer above's, between on_request and weir__h2s_done */
     struct weir__h2s *prev, *next; /* hc's streams */
@@ -76,9 +77,10 @@ struct weir__h2s {
     bool trailers_in; /* the client sent trailers (dropped) */
     /* the request body as it arrives (at most initial_window bytes: the window) */
     struct weir__buf rbuf;
-    /* the response body towards the client */
+    /* the response body towards the client (a buffer of the worker's pool) */
     char *sb;
     uint32_t scap, soff, slen;
+    bool sb_pooled;      /* sb is a buffer of pool's (not a refusal's own) */
     bool submitted;      /* the response head went to nghttp2 */
     bool has_body;       /* ... with a data source */
     bool out_eof;        /* the owner is done: END_STREAM once sb is sent */
@@ -126,6 +128,14 @@ struct weir__h2_conn *weir__h2_client_new(struct weir_loop *loop, struct weir__s
                                           const struct weir__h2_ops *ops, void *data);
 /** Whether another stream may be opened now (no GOAWAY, under the peer's stream limit). */
 bool weir__h2_conn_can_open(const struct weir__h2_conn *hc);
+/**
+ * Client: the streams the peer served on this connection before a graceful GOAWAY that
+ * refused some of ours (a per-connection request cap such as nginx's keepalive_requests), or
+ * 0 when no GOAWAY said so.
+ */
+uint32_t weir__h2_conn_capped_at(const struct weir__h2_conn *hc);
+/** Client: opens at most cap streams on this connection in all (0: no cap). */
+void weir__h2_conn_set_stream_cap(struct weir__h2_conn *hc, uint32_t cap);
 /** The peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until it says). */
 uint32_t weir__h2_conn_max_streams(const struct weir__h2_conn *hc);
 /** Sends a PING; its answer comes back as weir__h2_conn_pinged turning true. */

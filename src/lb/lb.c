@@ -266,6 +266,30 @@ void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, con
              context ? context : "", context ? ")" : "");
 }
 
+#define H2_CAP_TTL_MS 60000
+
+void weir__backend_learn_h2_cap(struct weir_backend *b, uint32_t cap)
+{
+    if (b == NULL || cap == 0) {
+        return;
+    }
+    atomic_store_explicit(&b->h2_cap, cap, memory_order_relaxed);
+    atomic_store_explicit(&b->h2_cap_until_ms, weir__lb_now_ms() + H2_CAP_TTL_MS,
+                          memory_order_relaxed);
+}
+
+uint32_t weir__backend_h2_cap(struct weir_backend *b)
+{
+    if (b == NULL) {
+        return 0;
+    }
+    uint64_t until = atomic_load_explicit(&b->h2_cap_until_ms, memory_order_relaxed);
+    if (until == 0 || weir__lb_now_ms() >= until) {
+        return 0;
+    }
+    return atomic_load_explicit(&b->h2_cap, memory_order_relaxed);
+}
+
 void weir__backend_succeeded(struct weir_backend *b)
 {
     if (b == NULL) {

@@ -27,6 +27,8 @@ struct weir_backend {
     _Atomic uint64_t selected;
     _Atomic uint64_t kept_in; /* ejections refused: it was the group's last usable backend */
     atomic_bool panic;        /* kept in since its last success (logs the first refusal only) */
+    atomic_uint h2_cap;       /* weir__backend_learn_h2_cap: streams per HTTP/2 connection */
+    _Atomic uint64_t h2_cap_until_ms; /* ... until then (monotonic ms; 0: none learned) */
     /* active health checks: the checker's thread only */
     uint32_t hc_passes, hc_fails;
     /* immutable */
@@ -48,6 +50,14 @@ uint64_t weir__lb_now_ms(void);
 void weir__backend_failed(struct weir_backend *b, enum weir_error_type type, const char *context);
 /** A request to b got a response head (a backend back from an ejection says so, once). */
 void weir__backend_succeeded(struct weir_backend *b);
+/**
+ * HTTP/2: b's origin ended a connection with a GOAWAY that refused streams after cap (0:
+ * nothing learned). For the next minute (renewed each time it happens again) its new
+ * connections open no more than cap streams, instead of sending streams it will refuse.
+ */
+void weir__backend_learn_h2_cap(struct weir_backend *b, uint32_t cap);
+/** The streams per HTTP/2 connection b's origin allows, as learned; 0: no cap known. */
+uint32_t weir__backend_h2_cap(struct weir_backend *b);
 
 void weir__backend_ref(struct weir_backend *b);
 void weir__backend_unref(struct weir_backend *b);

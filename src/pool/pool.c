@@ -417,6 +417,23 @@ static void move_to_shared(struct weir__pool *p, struct keylist *k, struct weir_
     shared_insert(p->sh, u);
 }
 
+/*
+ * Without a shared tier to spill into, the bounds are soft for connections in use a moment
+ * ago: a connection released while the oldest idle one has idled less than
+ * POOL_SURPLUS_GRACE_MS is load, not surplus (500 requests in flight over 384 kept would
+ * otherwise close and reopen 3 % of their connections, measured under h2load -m10), so it is
+ * kept, up to POOL_SURPLUS_FACTOR times the bounds; the sweep closes the surplus once it has
+ * idled that long, so what a burst opened is given back a second after it.
+ */
+#define POOL_SURPLUS_GRACE_MS 1000
+#define POOL_SURPLUS_FACTOR   4
+
+static bool over_bounds(const struct weir__pool *p, const struct keylist *k, uint32_t factor)
+{
+    return k->count >= (uint64_t)p->max_idle_per_key * factor ||
+           p->nidle >= (uint64_t)p->max_idle_total * factor;
+}
+
 static void arm_sweep(struct weir__pool *p, uint64_t in_ms)
 {
     if (!weir_timer_active(&p->sweep) ||
@@ -429,10 +446,36 @@ static void arm_sweep(struct weir__pool *p, uint64_t in_ms)
 
 /* Every share_after_ms while this tier holds idle connections: hand the ones idle that long
    to the shared tier, one lock for the batch; and keep the shared tier tidy meanwhile. */
+/* No shared tier: closes the connections over the bounds that have idled for the grace. */
+static void trim_surplus(struct weir__pool *p, uint64_t now)
+{
+    struct weir__upconn *u = p->all.tail, *prev;
+    bool left = false;
+    for (; u != NULL; u = prev) {
+        prev = u->gprev;
+        struct keylist *k = find_key(p->buckets, &u->key);
+        if (k == NULL || (k->count <= p->max_idle_per_key && p->nidle <= p->max_idle_total)) {
+            continue;
+        }
+        if (now - u->idle_since_ms < POOL_SURPLUS_GRACE_MS) {
+            left = true; /* the list is oldest last: the rest are younger still */
+            break;
+        }
+        evict(p, u, &p->stats.evict_full);
+    }
+    if (left) {
+        arm_sweep(p, POOL_SURPLUS_GRACE_MS);
+    }
+}
+
 static void sweep(struct weir_loop *loop, struct weir_timer *t)
 {
     struct weir__pool *p = t->data;
     uint64_t now = weir_loop_now_ms(loop);
+    if (p->sh == NULL) {
+        trim_surplus(p, now);
+        return;
+    }
     bool move = p->all.tail && now - p->all.tail->idle_since_ms >= p->share_after_ms;
     bool tidy = atomic_load_explicit(&p->sh->nidle_hint, memory_order_relaxed) != 0 &&
                 now - p->last_tidy_ms >= 1000;
@@ -560,6 +603,9 @@ bool weir__pool_put(struct weir__pool *p, struct weir__upconn *u)
             pthread_mutex_lock(&p->sh->lock);
             move_to_shared(p, ok, old);
             pthread_mutex_unlock(&p->sh->lock);
+        } else if (now - old->idle_since_ms < POOL_SURPLUS_GRACE_MS &&
+                   !over_bounds(p, k, POOL_SURPLUS_FACTOR)) {
+            arm_sweep(p, POOL_SURPLUS_GRACE_MS); /* in use a moment ago: the sweep decides */
         } else {
             evict(p, old, &p->stats.evict_full);
         }

@@ -25,11 +25,10 @@ static void conn_doom(struct weir_loop *loop, struct weir__defer *d);
 static void conn_idle_step(struct weir__conn *c);
 static void linger_step(struct weir__conn *c);
 
-struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
-                                                  const struct weir_proxy_hooks *hooks, void *data,
-                                                  struct weir__snapshot_slot *slot,
-                                                  struct weir__access_log *access,
-                                                  struct weir__pool_shared *shared_pool)
+struct weir__proxy_worker *
+weir__proxy_worker_new(struct weir_loop *loop, const struct weir_proxy_hooks *hooks, void *data,
+                       struct weir__snapshot_slot *slot, struct weir__access_log *access,
+                       struct weir__pool_shared *shared_pool, uint32_t extra_idle)
 {
     struct weir__proxy_worker *w = weir__calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -56,9 +55,11 @@ struct weir__proxy_worker *weir__proxy_worker_new(struct weir_loop *loop,
     if (weir__bufpool_init(&w->bufs, sc->limits.buffer_size, WEIR_BUFPOOL_KEEP) != 0) {
         goto fail;
     }
+    /* extra_idle: a worker with no shared tier to hand to keeps that many more itself */
+    uint32_t keep = sc->upstream_keepalive + extra_idle;
+    keep = keep > 65535 ? 65535 : keep;
     w->pool =
-        weir__pool_new(loop, &w->bufs, sc->upstream_keepalive,
-                       (sc->upstream_keepalive + 1) * WEIR_POOL_PEERS_PER_WORKER,
+        weir__pool_new(loop, &w->bufs, keep, (keep + 1) * WEIR_POOL_PEERS_PER_WORKER,
                        sc->timeouts.upstream_idle_ms, shared_pool, sc->upstream_share_after_ms);
     if (w->pool == NULL) {
         goto fail;
@@ -96,8 +97,9 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
     }
     weir__pool_free(w->pool);
     weir__access_buf_dispose(&w->access);
-    weir_arena_free(w->spare_arena);
-    w->spare_arena = NULL;
+    while (w->nspare_arenas > 0) {
+        weir_arena_free(w->spare_arenas[--w->nspare_arenas]);
+    }
     weir__snapshot_holder_retire(&w->holder);
     /* Closed connections are freed by deferred calls; buffers they held return first. */
     w->pool = NULL;

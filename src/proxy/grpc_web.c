@@ -27,13 +27,13 @@
 enum { GW_OFF = 0, GW_BINARY, GW_TEXT };
 
 struct weir__grpc_web {
-    uint8_t mode;                      /* GW_BINARY or GW_TEXT */
-    bool resp_on;                      /* the response is gRPC: translate its body */
-    struct weir_iov suffix;            /* "+proto", "+json"..., or empty */
-    struct weir_iov resp_type;         /* the Content-Type the client gets */
-    struct weir__b64 dec, enc;         /* -text: the request's decoding, the response's encoding */
-    bool bad_body; /* a -text request body that is not base64 (a 400) */
-    char *rbuf, *sbuf;                 /* the request's and the response's output */
+    uint8_t mode;              /* GW_BINARY or GW_TEXT */
+    bool resp_on;              /* the response is gRPC: translate its body */
+    struct weir_iov suffix;    /* "+proto", "+json"..., or empty */
+    struct weir_iov resp_type; /* the Content-Type the client gets */
+    struct weir__b64 dec, enc; /* -text: the request's decoding, the response's encoding */
+    bool bad_body;             /* a -text request body that is not base64 (a 400) */
+    char *rbuf, *sbuf;         /* the request's and the response's output */
     size_t rcap, scap;
 };
 
@@ -65,7 +65,7 @@ bool weir_session_set_grpc_web(struct weir_session *s)
         !weir_headers_get_iov(&s->req.headers, WEIR_IOV_LIT("Content-Type"), &ct)) {
         return s->gw != NULL;
     }
-    uint8_t mode = ct_has(ct, CT_TEXT, &suffix) ? GW_TEXT
+    uint8_t mode = ct_has(ct, CT_TEXT, &suffix)  ? GW_TEXT
                    : ct_has(ct, CT_WEB, &suffix) ? GW_BINARY
                                                  : GW_OFF;
     if (mode == GW_OFF) {

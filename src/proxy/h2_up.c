@@ -289,6 +289,7 @@ int weir__h2up_promote(struct weir_session *s)
         weir__free(h);
         return WEIR_ENOMEM;
     }
+    weir__h2_conn_set_stream_cap(h->hc, weir__backend_h2_cap(s->peer.backend));
     /* The connection is the h2 connection's now, not the session's. */
     s->ux.conn = NULL;
     u->owner = h;
@@ -429,6 +430,12 @@ static enum weir__step h2_response_head(struct weir_session *s, struct weir__out
     if (hs->refused) {
         /* Refused (a GOAWAY's, or REFUSED_STREAM): the origin did nothing with it. */
         s->ux.h2_refused = true;
+        struct weir__h2up *h = s->ux.h2c;
+        if (h != NULL && h->hc != NULL) {
+            /* A GOAWAY that cut off streams after N: the origin caps its connections at N
+               requests (nginx's keepalive_requests); new ones get no more than that. */
+            weir__backend_learn_h2_cap(s->peer.backend, weir__h2_conn_capped_at(h->hc));
+        }
         enum weir__step st =
             weir__upstream_error(s, o, WEIR_ERR_CONNECTION_CLOSED, 0, "HTTP/2 stream refused");
         o->stale = ++s->ux.h2_refusals <= WEIR_MAX_H2_REFUSED;

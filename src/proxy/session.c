@@ -24,20 +24,19 @@ static void session_end(struct weir_session *s);
 
 static struct weir_arena *take_arena(struct weir__proxy_worker *w, const struct weir_config *cfg)
 {
-    struct weir_arena *a = w->spare_arena;
-    if (a != NULL) {
-        w->spare_arena = NULL;
-        return a;
+    if (w->nspare_arenas > 0) {
+        return w->spare_arenas[--w->nspare_arenas];
     }
     size_t cap = (size_t)cfg->server.limits.max_header_bytes * 4 + WEIR_ARENA_EXTRA;
+    struct weir_arena *a;
     return weir_arena_new(ARENA_BLOCK, cap, &a) == 0 ? a : NULL;
 }
 
 static void give_arena(struct weir__proxy_worker *w, struct weir_arena *a)
 {
     weir_arena_reset(a);
-    if (w->spare_arena == NULL) {
-        w->spare_arena = a;
+    if (w->nspare_arenas < WEIR_SPARE_ARENAS) {
+        w->spare_arenas[w->nspare_arenas++] = a;
     } else {
         weir_arena_free(a);
     }

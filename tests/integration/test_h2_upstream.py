@@ -194,14 +194,19 @@ def test_streams_share_few_connections(weir, nginx_h2):
 
 def test_origin_goaway_is_honoured_without_failures(weir, nginx_h2):
     """nginx sends GOAWAY after keepalive_requests streams on a connection: weir moves to a new
-    connection, and retries any stream the GOAWAY refused."""
+    connection, and retries any stream the GOAWAY refused. With 15 streams in flight and 7 per
+    connection, a stream could be refused on connection after connection until its bound of
+    16 ran out (a 502 in about one run in five under ASan): weir now learns the cap from the
+    GOAWAY and opens no more than 7 streams per connection."""
     n = nginx_h2(keepalive_requests=7)
     port = free_port()
     w = weir(config(port, n.port, "h2c", threads=1), port=port)
-    r = subprocess.run(["h2load", "-n", "300", "-c", "3", "-m", "5",
-                        f"http://127.0.0.1:{port}/x"], capture_output=True, text=True, timeout=120)
-    assert "300 succeeded, 0 failed" in r.stdout, w.stderr()[-3000:]
-    assert "status codes: 300 2xx" in r.stdout
+    for _ in range(5):
+        r = subprocess.run(["h2load", "-n", "300", "-c", "3", "-m", "5",
+                            f"http://127.0.0.1:{port}/x"], capture_output=True, text=True,
+                           timeout=120)
+        assert "300 succeeded, 0 failed" in r.stdout, w.stderr()[-3000:]
+        assert "status codes: 300 2xx" in r.stdout
 
 
 def test_idle_origin_connection_is_reused_then_closed(weir, nginx_h2):

@@ -289,6 +289,35 @@ static void test_no_sharing_without_shared_tier(void **state)
     weir__loop_free(loop);
 }
 
+static void test_lone_pool_keeps_recent_surplus_then_trims(void **state)
+{
+    (void)state;
+    /* No shared tier, two per key: connections released while the oldest idle one idled
+       less than a second are kept (up to four times the bound), the rest of a burst closed;
+       the surplus is closed once it has idled a second. */
+    struct fixture *f = setup(2, 64, 2, 60000);
+    weir__pool_free(f->w[0].pool);
+    f->w[0].pool = weir__pool_new(f->w[0].loop, &f->w[0].bufs, 2, 64, 60000, NULL, 20);
+    assert_non_null(f->w[0].pool);
+    struct weir__upconn *u[10];
+    for (int i = 0; i < 10; i++) {
+        u[i] = open_conn(f, 0);
+    }
+    for (int i = 0; i < 10; i++) {
+        assert_true(weir__pool_put(f->w[0].pool, u[i]));
+    }
+    assert_int_equal(weir__pool_idle_count(f->w[0].pool), 8);
+    assert_int_equal(weir__pool_stats(f->w[0].pool)->evict_full, 2);
+    run_for(f->w[0].loop, 1200);
+    assert_int_equal(weir__pool_idle_count(f->w[0].pool), 2);
+    assert_int_equal(weir__pool_stats(f->w[0].pool)->evict_full, 8);
+    /* the most recently released are the ones kept */
+    struct weir__upconn *got = weir__pool_take(f->w[0].pool, &f->peer);
+    assert_ptr_equal(got, u[9]);
+    weir__upconn_close(f->w[0].pool, got);
+    teardown_fixture(f);
+}
+
 static void unix_peer(struct weir_peer *peer, const char *dir, const char *name)
 {
     struct sockaddr_un un;
@@ -354,6 +383,7 @@ int main(void)
         cmocka_unit_test(test_full_hot_list_spills_to_shared),
         cmocka_unit_test(test_rarely_wanted_peer_shared_at_once),
         cmocka_unit_test(test_no_sharing_without_shared_tier),
+        cmocka_unit_test(test_lone_pool_keeps_recent_surplus_then_trims),
         cmocka_unit_test(test_unix_peer_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

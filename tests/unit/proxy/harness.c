@@ -548,7 +548,7 @@ int harness_start(struct harness *h)
     }
     h->run_hooks = h->hooks;
     h->run_hooks.logging = harness_logging;
-    h->w = weir__proxy_worker_new(h->loop, &h->run_hooks, h->data, &h->slot, NULL, h->shared);
+    h->w = weir__proxy_worker_new(h->loop, &h->run_hooks, h->data, &h->slot, NULL, h->shared, 0);
     if (h->w == NULL) {
         return WEIR_ENOMEM;
     }
