@@ -3,20 +3,23 @@
 
 Subcommands (output on stdout or in the named file, errors on stderr, exit 0 on success):
   config KIND READY LISTEN_PORT DIR OUT
-        write the configuration of KIND (weir, nginx, haproxy, haproxy-unshared) to OUT: listen on
+        write the configuration of KIND (weir, nginx, haproxy, haproxy-unshared; weir-h2c,
+        haproxy-h2c, haproxy-unshared-h2c: the same to h2c origins) to OUT: listen on
         127.0.0.1:LISTEN_PORT, one upstream per origin port listed in READY (the JSON file
         origins.py writes), requests for /o/<i>/ to origin i; DIR holds the proxy's
         pid, logs and temp files
   report ROWS MD META
         print the results table and write it as Markdown to MD, META (Markdown) first;
         ROWS is a TSV file: proxy, status (ok, failed, skipped), result JSON (from
-        sparse_load.py) or empty, note
+        sparse_load.py) or empty, note. Ratios compare weir with the other rows of its
+        variant: rows named *-h2c with weir-h2c, the others with weir.
 """
 import json
 import os
 import sys
 
 WORKERS = 2  # worker threads / processes of every proxy
+H2C = "-h2c"  # the suffix of the rows whose origins speak h2c (origins.py --h2c)
 
 
 # ---------------------------------------------------------------- configurations
@@ -26,10 +29,14 @@ def _ports(ready):
         return json.load(f)["ports"]
 
 
-def config_weir(ports, listen, d):
+def config_weir(ports, listen, d, protocol=None):
     # Everything not set here is weir's default: upstream_keepalive 128 idle connections per
     # backend and worker, upstream_idle 60 s (the origin's 2 s closes them first).
-    out = ["# weir under bench/many_origins.sh: %d origins, %d worker threads." % (len(ports), WORKERS),
+    # protocol "h2c": every upstream speaks HTTP/2 with prior knowledge; each worker then
+    # multiplexes its requests to an origin over its own connections, and opens another only
+    # when every one it has is at the origin's SETTINGS_MAX_CONCURRENT_STREAMS.
+    out = ["# weir under bench/many_origins.sh: %d origins%s, %d worker threads." % (
+               len(ports), ", upstreams protocol: %s" % protocol if protocol else "", WORKERS),
            "server:",
            "  threads: %d" % WORKERS,
            "  access_log: off",
@@ -49,6 +56,8 @@ def config_weir(ports, listen, d):
     for i, p in enumerate(ports):
         out.append("  o%d:" % i)
         out.append("    backends: [127.0.0.1:%d]" % p)
+        if protocol:
+            out.append("    protocol: %s" % protocol)
     return "\n".join(out) + "\n"
 
 
@@ -88,14 +97,16 @@ def config_nginx(ports, listen, d):
     return "\n".join(out) + "\n"
 
 
-def config_haproxy(ports, listen, d, shared=True):
+def config_haproxy(ports, listen, d, shared=True, h2=False):
     # "http-reuse always": an idle server connection may carry any client's request. HAProxy
     # keeps idle connections per thread but a thread takes one over from another thread when
     # it has none of its own (tune.idle-pool.shared, on by default), so its pool is in effect
     # shared by both threads. shared=False turns that off: the control row
-    # "haproxy-unshared", the same proxy with one pool per thread.
-    out = ["# HAProxy under bench/many_origins.sh: %d origins, %d threads%s." % (
-               len(ports), WORKERS, "" if shared else ", idle pools not shared between threads"),
+    # "haproxy-unshared", the same proxy with one pool per thread. h2=True: "proto h2" on every
+    # server line, HTTP/2 with prior knowledge to the origins (the *-h2c rows).
+    out = ["# HAProxy under bench/many_origins.sh: %d origins%s, %d threads%s." % (
+               len(ports), ", servers proto h2" if h2 else "", WORKERS,
+               "" if shared else ", idle pools not shared between threads"),
            "global",
            "    nbthread %d" % WORKERS,
            "    maxconn 4000",
@@ -118,12 +129,17 @@ def config_haproxy(ports, listen, d, shared=True):
     for i in range(len(ports)):
         out.append("    use_backend o%d if { path_beg /o/%d/ }" % (i, i))
     for i, p in enumerate(ports):
-        out += ["", "backend o%d" % i, "    server s 127.0.0.1:%d" % p]
+        out += ["", "backend o%d" % i, "    server s 127.0.0.1:%d%s" % (p, " proto h2" if h2 else "")]
     return "\n".join(out) + "\n"
 
 
 CONFIGS = {"weir": config_weir, "nginx": config_nginx, "haproxy": config_haproxy,
-           "haproxy-unshared": lambda ports, listen, d: config_haproxy(ports, listen, d, shared=False)}
+           "haproxy-unshared": lambda ports, listen, d: config_haproxy(ports, listen, d, shared=False),
+           # h2c origins; nginx has no such row (it cannot proxy to HTTP/2 origins)
+           "weir" + H2C: lambda ports, listen, d: config_weir(ports, listen, d, protocol="h2c"),
+           "haproxy" + H2C: lambda ports, listen, d: config_haproxy(ports, listen, d, h2=True),
+           "haproxy-unshared" + H2C: lambda ports, listen, d: config_haproxy(ports, listen, d, shared=False,
+                                                                              h2=True)}
 
 
 def cmd_config(kind, ready, listen, d, out):
@@ -220,12 +236,13 @@ def cmd_report(rows_path, md, meta):
         print(line(cells))
 
     by = {r["proxy"]: d for r, d, _ in table}
-    w = by.get("weir", {})
     ratio_rows = []
     for other in by:
-        if other != "weir":
-            o = by[other]
-            ratio_rows.append(["weir/" + other, _ratio(w.get("conns"), o.get("conns")),
+        # weir against the other rows of the same variant (HTTP/1.1 or h2c origins)
+        base = "weir" + H2C if other.endswith(H2C) else "weir"
+        if other != base:
+            w, o = by.get(base, {}), by[other]
+            ratio_rows.append([base + "/" + other, _ratio(w.get("conns"), o.get("conns")),
                                _ratio(w.get("rpc"), o.get("rpc"))])
     spread = ", ".join("%s %s" % (r["proxy"], d["spread"]) for r, d, _ in table if d["spread"])
     if spread:

@@ -4,6 +4,7 @@
 #
 #   bash bench/many_origins.sh                 # 3 s warm-up + 20 s measured per proxy (~2 min)
 #   BENCH_QUICK=1 bash bench/many_origins.sh   # smoke test: 1 s + 4 s per proxy (~30 s)
+#   BENCH_MO_PROTOCOL=h2c bash bench/many_origins.sh   # h2c origins: rows weir-h2c, haproxy-h2c, ...
 #
 # Each proxy runs 2 workers in front of 200 origins (one Python process, one port each, with
 # a 2 s idle keep-alive timeout) and gets the same sparse load: 400 req/s in total over
@@ -12,13 +13,16 @@
 # pool per worker sees half the traffic and loses more of them to the origin's timeout. The
 # origin counts the connections it accepts: the same impartial figure for all three proxies.
 # A fourth row, haproxy-unshared, is HAProxy with its pool per thread: a control.
+# BENCH_MO_PROTOCOL=h2c runs the same with origins speaking HTTP/2 with prior knowledge (h2c,
+# origins.py --h2c; weir protocol: h2c, HAProxy proto h2): rows weir-h2c, haproxy-h2c,
+# haproxy-unshared-h2c; nginx cannot proxy to HTTP/2 origins and has no row. both: h1 rows, then h2c.
 #
 # Everything listens on 127.0.0.1 on free ports picked at run time; every process this
 # script starts is killed by PID on exit (including Ctrl-C); every load run is bounded in
 # requests and time; files go only to a mktemp directory (removed at exit) and to bench/out/.
 #
 # Exit status: 0 when the harness worked, whatever the figures (weir missing, failing to start
-# or to serve is reported in the table, not as a failure); 1 when nginx or HAProxy (either
+# or to serve is reported in the table, not as a failure); 1 when nginx or HAProxy (any
 # row) could not be measured; 2 when a prerequisite is missing or the origins fail.
 # cleanup is reached through trap.
 # shellcheck disable=SC2317
@@ -57,6 +61,9 @@ REQ_TIMEOUT=5
 # haproxy-unshared: HAProxy again with tune.idle-pool.shared off (one pool per thread), a
 # control row: the same proxy with and without a pool its threads share.
 PROXIES=${BENCH_PROXIES:-"weir nginx haproxy haproxy-unshared"}
+# h1: origins speak HTTP/1.1 (rows named as in PROXIES); h2c: HTTP/2 with prior knowledge
+# (rows NAME-h2c, no nginx); both: the h1 rows, then the h2c rows.
+PROTOCOL=${BENCH_MO_PROTOCOL:-h1}
 WEIR_BIN=${WEIR_BIN:-$ROOT/build/weir}
 [[ $WEIR_BIN == /* ]] || WEIR_BIN=$PWD/$WEIR_BIN
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-10}
@@ -84,6 +91,17 @@ done
 for p in $PROXIES; do
   [[ $p =~ ^(weir|nginx|haproxy|haproxy-unshared)$ ]] || die "BENCH_PROXIES: unknown proxy '$p'"
 done
+[[ $PROTOCOL =~ ^(h1|h2c|both)$ ]] || die "BENCH_MO_PROTOCOL must be h1, h2c or both (got '$PROTOCOL')"
+# The rows, in order: NAME (HTTP/1.1 origins) or NAME-h2c (h2c origins).
+RUNS=() NGINX_H2C_SKIPPED=0
+if [[ $PROTOCOL != h2c ]]; then
+  for p in $PROXIES; do RUNS+=("$p"); done
+fi
+if [[ $PROTOCOL != h1 ]]; then
+  for p in $PROXIES; do
+    if [[ $p == nginx ]]; then NGINX_H2C_SKIPPED=1; else RUNS+=("$p-h2c"); fi
+  done
+fi
 
 # ------------------------------------------------------------------ prerequisites
 NGINX=${NGINX_BIN:-$(find_bin nginx)} || die "nginx not found (apt-get install nginx-light)"
@@ -91,6 +109,10 @@ HAPROXY=${HAPROXY_BIN:-$(find_bin haproxy)} || die "haproxy not found (apt-get i
 # The system's python3 when there is one: the origins and the load generator are plain
 # stdlib asyncio, and a version manager's shim would only add start-up time.
 if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; else PY=$(find_bin python3) || die "python3 not found"; fi
+# The h2c origins need python3-h2 (imported from outside bench/, where h2.py would shadow it).
+if [[ $PROTOCOL != h1 ]] && ! (cd / && "$PY" -c 'import h2.connection' 2>/dev/null); then
+  die "BENCH_MO_PROTOCOL=$PROTOCOL: the h2c origins need python3-h2 for $PY (apt-get install python3-h2)"
+fi
 command -v timeout >/dev/null || die "timeout (coreutils) not found"
 # 200 origins: the origin process holds one listening socket per origin, and each proxy up
 # to a few connections per origin and worker.
@@ -105,11 +127,13 @@ BUSY_BEFORE=$("$PY" "$LIB" busy 1)
 
 # ------------------------------------------------------------------ origins
 # A fresh origin process per proxy: counters start at zero, and no connection left over from
-# the previous proxy is in the way. Sets ORIGIN_PID, CONTROL_PORT; exits 2 if it fails.
+# the previous proxy is in the way. A row NAME-h2c gets h2c origins (--h2c). Sets ORIGIN_PID,
+# CONTROL_PORT; exits 2 if it fails.
 start_origins() { # NAME
-  local dir=$TMP/$1 i
+  local dir=$TMP/$1 i h2c=()
+  [[ $1 == *-h2c ]] && h2c=(--h2c)
   start_bg "$TMP/logs/origins-$1.log" "$PY" "$HERE/origins.py" --count "$ORIGINS" --idle "$IDLE" \
-    --body "$BODY" --ready "$dir/origins.json" --body-file "$TMP/body"
+    --body "$BODY" --ready "$dir/origins.json" --body-file "$TMP/body" "${h2c[@]}"
   ORIGIN_PID=$LAST_PID
   for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
     [[ -s $dir/origins.json ]] && break
@@ -127,7 +151,7 @@ start_origins() { # NAME
 start_proxy() { # NAME PORT: start it; PID in $PROXY_PID; non-zero with $FAIL_NOTE on failure
   local name=$1 port=$2 dir=$TMP/$1 logf=$TMP/logs/$1.log i
   PROXY_PID="" FAIL_NOTE=""
-  if [[ $name == weir && ! -x $WEIR_BIN ]]; then
+  if [[ $name == weir* && ! -x $WEIR_BIN ]]; then
     FAIL_NOTE="${WEIR_BIN#"$ROOT"/} not found (make build)"
     return 3
   fi
@@ -137,7 +161,7 @@ start_proxy() { # NAME PORT: start it; PID in $PROXY_PID; non-zero with $FAIL_NO
   fi
   cp "$dir/$name.conf" "$TMP/logs/$name.conf"
   case $name in
-    weir) start_bg "$logf" "$WEIR_BIN" -c "$dir/$name.conf" ;;
+    weir*) start_bg "$logf" "$WEIR_BIN" -c "$dir/$name.conf" ;;
     nginx) start_bg "$logf" "$NGINX" -p "$dir" -c "$dir/$name.conf" -e "$dir/error.log" ;;
     haproxy*) start_bg "$logf" "$HAPROXY" -db -f "$dir/$name.conf" ;;
   esac
@@ -175,7 +199,7 @@ measure() { # NAME: origins, proxy, load, figures; one row in $ROWS
     [[ $st == 3 ]] && status=skipped
     row "$name" "$status" "" "$FAIL_NOTE"
     log "$name: ${status^^}: $FAIL_NOTE"
-    [[ $name != weir ]] && HARNESS_FAIL=1
+    [[ $name != weir* ]] && HARNESS_FAIL=1
     stop_pid "$ORIGIN_PID"
     return
   fi
@@ -191,11 +215,11 @@ measure() { # NAME: origins, proxy, load, figures; one row in $ROWS
   if [[ $st != 0 || ! -s $res ]]; then
     row "$name" failed "" "load generator failed (exit $st): $(tail -n1 "$outf")"
     log "$name: FAILED: load generator exit $st: $(tail -n1 "$outf")"
-    [[ $name != weir ]] && HARNESS_FAIL=1
+    [[ $name != weir* ]] && HARNESS_FAIL=1
   elif ! kill -0 "$PROXY_PID" 2>/dev/null; then
     row "$name" failed "" "process exited during the run: $(tail -n 2 "$TMP/logs/$name.log" | tr '\n' ' ')"
     log "$name: FAILED: process exited during the run"
-    [[ $name != weir ]] && HARNESS_FAIL=1
+    [[ $name != weir* ]] && HARNESS_FAIL=1
   else
     cp "$res" "$TMP/logs/result-$name.json"
     row "$name" ok "$TMP/logs/result-$name.json" ""
@@ -226,8 +250,11 @@ mkdir -p "$TMP/logs"
   echo "- proxies: 2 workers each (weir threads: 2, defaults otherwise; nginx worker_processes 2, keepalive 16 per upstream, listen reuseport; HAProxy nbthread 2, http-reuse always; haproxy-unshared: the same with tune.idle-pool.shared off), one upstream per origin, routed by path prefix /o/<i>/; unpinned"
   echo "- load: sparse_load.py, $CONNS keep-alive client connections, $RATE req/s in total at fixed intervals, each to a random origin (seed $SEED): $(awk -v r="$RATE" -v n="$ORIGINS" 'BEGIN{printf "%.2g req/s per origin", r / n}'); ${WARMUP} s warm-up then ${DURATION} s measured"
   echo "- expected share of requests that open a connection (Poisson model, client connections split evenly): $model"
+  if [[ $PROTOCOL != h1 ]]; then
+    echo "- h2c variant (rows *-h2c): the origins speak HTTP/2 with prior knowledge (origins.py --h2c, python3-h2 $(cd / && "$PY" -c 'import h2; print(h2.__version__)'), SETTINGS_MAX_CONCURRENT_STREAMS 100; a connection with no open stream for ${IDLE} s gets a GOAWAY and is closed); weir upstreams \`protocol: h2c\`, HAProxy \`server ... proto h2\` (http-reuse always); clients still speak HTTP/1.1 to the proxies; **nginx cannot proxy to HTTP/2 origins: no nginx row in this variant**"
+  fi
   echo "- background CPU load (other processes) just before the run: ${BUSY_BEFORE}% of all CPUs@AFTER@"
-  echo "- command: $( [[ ${BENCH_QUICK:-0} == 1 ]] && echo 'BENCH_QUICK=1 ')BENCH_SECONDS=$DURATION BENCH_WARMUP=$WARMUP BENCH_ORIGINS=$ORIGINS BENCH_RATE=$RATE BENCH_ORIGIN_IDLE=$IDLE bash bench/many_origins.sh"
+  echo "- command: $( [[ ${BENCH_QUICK:-0} == 1 ]] && echo 'BENCH_QUICK=1 ')$( [[ $PROTOCOL != h1 ]] && echo "BENCH_MO_PROTOCOL=$PROTOCOL ")BENCH_SECONDS=$DURATION BENCH_WARMUP=$WARMUP BENCH_ORIGINS=$ORIGINS BENCH_RATE=$RATE BENCH_ORIGIN_IDLE=$IDLE bash bench/many_origins.sh"
   echo
   echo "Upstream connections are counted by the origins (connections accepted during the measured part); requests per connection and the reused share (1 − connections / requests) use the requests the origins served. Latency is from the time each request was due."
   echo
@@ -235,9 +262,12 @@ mkdir -p "$TMP/logs"
 
 # ------------------------------------------------------------------ runs
 log "settings: $ORIGINS origins (idle timeout ${IDLE} s), $RATE req/s over $CONNS connections, ${WARMUP} s + ${DURATION} s per proxy"
+[[ $PROTOCOL != h1 ]] && log "origins: $([[ $PROTOCOL == both ]] && echo 'HTTP/1.1, then ')h2c; rows: ${RUNS[*]}"
+NGINX_H2C_NOTE="nginx: no h2c row: nginx cannot proxy to HTTP/2 origins"
+(( NGINX_H2C_SKIPPED )) && log "$NGINX_H2C_NOTE"
 (( BUSY_BEFORE >= 15 )) &&
   log "note: the machine is already ${BUSY_BEFORE}% busy (other processes); connection counts barely depend on it, latency does"
-for name in $PROXIES; do
+for name in "${RUNS[@]}"; do
   measure "$name"
 done
 
@@ -246,6 +276,7 @@ BUSY_AFTER=$("$PY" "$LIB" busy 1)
 sed -i "s|@AFTER@|, just after: ${BUSY_AFTER}%|" "$TMP/meta.md"
 echo
 "$PY" "$MO" report "$ROWS" "$OUT_DIR/many-origins.md" "$TMP/meta.md" || { log "report failed"; exit 2; }
+(( NGINX_H2C_SKIPPED )) && { echo; echo "$NGINX_H2C_NOTE"; }
 rm -rf "$OUT_DIR/many-origins-logs" && cp -r "$TMP/logs" "$OUT_DIR/many-origins-logs"
 sed "s|$TMP/logs/|$OUT_DIR/many-origins-logs/|" "$ROWS" >"$OUT_DIR/many-origins.tsv"
 echo
