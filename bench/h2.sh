@@ -57,6 +57,10 @@ WEIR_BIN=${WEIR_BIN:-$ROOT/build/weir}
 # proxies to profile with perf record during the measured requests, into
 # bench/out/h2-perf-SCENARIO-NAME.data (e.g. BENCH_H2_PERF=weir); empty: none
 PERF_FOR=${BENCH_H2_PERF:-}
+if [[ -n $PERF_FOR ]] && ! command -v perf >/dev/null; then
+  echo "[h2] warning: BENCH_H2_PERF set but perf is not installed (apt-get install linux-perf): no profiles" >&2
+  PERF_FOR=""
+fi
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-10}
 CERT_DESC="ECDSA P-256 (prime256v1), self-signed, SHA-256"
 
@@ -314,7 +318,7 @@ measure() { # SCENARIO NAME PID
     "$SAMPLE_INTERVAL" $((30 + REQUESTS / 1000)) "$TMP/samples"
   sampler=$LAST_PID
   local profiler=""
-  if [[ -n $PERF_FOR && " $PERF_FOR " == *" $name "* ]] && command -v perf >/dev/null; then
+  if [[ -n $PERF_FOR && " $PERF_FOR " == *" $name "* ]]; then
     # BENCH_H2_PERF: a profile of the measured requests (perf's CPU shows as "other")
     start_bg "$TMP/logs/perf-$sc-$name.log" perf record -F 2000 -g -p "$pid" \
       -o "$OUT_DIR/h2-perf-$sc-$name.data"

@@ -431,8 +431,9 @@ static int tunnel_head(struct weir_session *s, struct weir_resp *r)
     s->respp.out_kind = WEIR_H1_BODY_CLOSE;
     if (s->ws_h2) {
         /* the stream stays open for the tunnel's DATA; its END_STREAM is the close */
-        int rc = weir__ws_h2_response(s, r);
-        if (rc == 0 && s->cfg->server.via) {
+        weir__ws_h2_response(r);
+        int rc = 0;
+        if (s->cfg->server.via) {
             rc = weir__push_field(&r->headers, WEIR_IOV_LIT("Via"), WEIR_IOV_LIT("1.1 weir"));
         }
         return rc == 0 ? weir__down_queue_head(s, r) : rc;

@@ -204,7 +204,9 @@ static int h2_request(void *data, struct weir__h2s *hs)
         /* An extended CONNECT for another protocol (connect-udp...): not one weir carries. */
         s->phase = PH_EARLY;
         if (rc != 0 ||
-            weir_session_respond_text(s, 501, WEIR_IOV_LIT("Not Implemented: :protocol\n")) != 0) {
+            weir_session_respond_text(
+                s, 501, WEIR_IOV_LIT("Not Implemented: weir carries only :protocol websocket\n")) !=
+                0) {
             weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
         }
         weir__session_run(s);

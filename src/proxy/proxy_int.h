@@ -708,7 +708,7 @@ int weir__ws_h2_request(struct weir_session *s, struct weir_headers *h);
 /** Whether h's Sec-WebSocket-Accept answers key (RFC 6455 4.2.2). */
 bool weir__ws_accept_ok(struct weir_iov key, const struct weir_headers *h);
 /** The origin's 101 (its accept checked: weir__ws_accept_ok) as the HTTP/2 client's 200. */
-int weir__ws_h2_response(struct weir_session *s, struct weir_resp *r);
+void weir__ws_h2_response(struct weir_resp *r);
 
 /* h1_framing.c */
 /** Extra header slots a parsed head gets beyond max_headers, for the fields hooks add. */

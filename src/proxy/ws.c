@@ -56,12 +56,10 @@ bool weir__ws_accept_ok(struct weir_iov key, const struct weir_headers *h)
     return weir_iov_eq(got, (struct weir_iov){want, 28});
 }
 
-int weir__ws_h2_response(struct weir_session *s, struct weir_resp *r)
+void weir__ws_h2_response(struct weir_resp *r)
 {
-    (void)s;
     /* RFC 8441 5: the HTTP/2 answer is a 2xx; the handshake's own fields stay behind */
     weir_headers_remove(&r->headers, "Sec-WebSocket-Accept");
     r->status = 200;
     r->reason = WEIR_IOV_LIT("OK");
-    return 0;
 }
