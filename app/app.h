@@ -16,6 +16,8 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
 /** After the server has stopped. Accepts NULL. */
 void weir_app_router_free(struct weir_app_router *r);
 /** The health checker to run as a background service, or NULL when no group has one. */
+/** The zone of cache.zones named zone (NULL: none). */
+struct weir_cache *weir_app_router_cache(const struct weir_app_router *r, const char *zone);
 struct weir_health *weir_app_router_health(const struct weir_app_router *r);
 /** The DNS discovery to run as a background service before the proxy, or NULL when no backend
     is given by DNS name. */

@@ -26,6 +26,8 @@ struct weir_app_router {
     struct weir_health *health;       /* NULL when no group has a health_check */
     struct weir_discovery *discovery; /* NULL when no backend is given by DNS name */
     _Atomic int64_t *budget;          /* one per cfg->routes[i] */
+    struct weir_cache **caches;       /* one per cfg->cache_zones[i] */
+    size_t ncaches;
 };
 
 struct route_ctx {
@@ -41,6 +43,10 @@ void weir_app_router_free(struct weir_app_router *r)
     weir_discovery_free(r->discovery);
     weir_health_free(r->health);
     weir_free(r->budget);
+    for (size_t i = 0; r->caches != NULL && i < r->ncaches; i++) {
+        weir_cache_free(r->caches[i]);
+    }
+    weir_free(r->caches);
     for (size_t i = 0; r->lbs != NULL && i < r->nlbs; i++) {
         weir_lb_free(r->lbs[i]);
     }
@@ -172,6 +178,27 @@ static int add_discovery(struct weir_app_router *r, const struct weir_config *cf
     return rc;
 }
 
+/* One cache per zone of cache.zones, shared by every worker. */
+static int make_caches(struct weir_app_router *r, const struct weir_config *cfg)
+{
+    // NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers
+    r->caches = weir_calloc(cfg->ncache_zones ? cfg->ncache_zones : 1, sizeof(*r->caches));
+    if (r->caches == NULL) {
+        return WEIR_ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->ncache_zones; i++) {
+        const struct weir_cfg_cache_zone *z = &cfg->cache_zones[i];
+        struct weir_cache_opts co = {.capacity = z->capacity, .max_object = z->max_object};
+        int rc = weir_cache_new(&co, &r->caches[i]);
+        if (rc != 0) {
+            weir_log(WEIR_LOG_ERROR, "cache zone %s: %s", z->name, weir_strerror(rc));
+            return rc;
+        }
+        r->ncaches = i + 1;
+    }
+    return 0;
+}
+
 int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **out)
 {
     struct weir_app_router *r = weir_calloc(1, sizeof(*r));
@@ -193,6 +220,11 @@ int weir_app_router_new(const struct weir_config *cfg, struct weir_app_router **
     if (r->lbs == NULL) {
         weir_app_router_free(r);
         return WEIR_ENOMEM;
+    }
+    int crc = make_caches(r, cfg);
+    if (crc != 0) {
+        weir_app_router_free(r);
+        return crc;
     }
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         const struct weir_cfg_upstream *up = &cfg->upstreams[i];
@@ -256,6 +288,35 @@ struct weir_health *weir_app_router_health(const struct weir_app_router *r)
 struct weir_discovery *weir_app_router_discovery(const struct weir_app_router *r)
 {
     return r->discovery;
+}
+
+struct weir_cache *weir_app_router_cache(const struct weir_app_router *r, const char *zone)
+{
+    for (size_t i = 0; i < r->ncaches; i++) {
+        if (strcmp(r->cfg->cache_zones[i].name, zone) == 0) {
+            return r->caches[i];
+        }
+    }
+    return NULL;
+}
+
+/* A route's cache: settings onto the session (cache: under the route). */
+static int enable_cache(struct weir_session *s, const struct route_ctx *rc)
+{
+    const struct weir_cfg_route_cache *c = &rc->route->cache;
+    const struct weir_config *cfg = rc->router->cfg;
+    struct weir_cache *zone = rc->router->caches[c->zone - cfg->cache_zones];
+    struct weir_cache_policy p;
+    weir_cache_policy_default(&p);
+    p.key = c->key;
+    p.default_ttl_s = c->default_ttl_ms / 1000u;
+    p.lock_timeout_ms = c->lock_timeout_ms;
+    p.stale_while_revalidate_s = c->stale_while_revalidate_ms / 1000u;
+    p.stale_if_error_s = c->stale_if_error_ms / 1000u;
+    p.on_writer_failure = (enum weir_cache_writer_failure)c->on_writer_failure;
+    p.cookies = c->cookies;
+    p.authorized = c->authorization;
+    return weir_session_cache_enable(s, zone, &p);
 }
 
 /* ---- hash keys ---- */
@@ -452,6 +513,10 @@ static enum weir_hook_result request_filter(struct weir_session *s, void *ctx)
     weir_session_set_ignore_client_abort(s, rc->route->ignore_client_abort);
     if (rc->route->grpc_web) {
         (void)weir_session_set_grpc_web(s); /* false: not a gRPC-Web request, it goes as is */
+    }
+    if (rc->route->cache.zone != NULL && rc->router->cfg == weir_session_config(s) &&
+        enable_cache(s, rc) != 0) {
+        return WEIR_HOOK_ERROR;
     }
     if (rc->route->buffer_responses.enabled &&
         weir_session_set_response_buffering(s, &rc->route->buffer_responses) != 0) {

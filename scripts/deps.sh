@@ -8,6 +8,7 @@ PKGS=(
   libfyaml-dev liburcu-dev libcmocka-dev clang-tidy-14 clang-format-14 cppcheck
   python3 python3-pytest curl nginx-light haproxy wrk procps valgrind nghttp2-client testssl.sh
   libc-ares-dev dnsmasq-base strace libssl-dev openssl libnghttp2-dev python3-h2 python3-grpcio python3-websockets
+  libxxhash-dev varnish
 )
 
 missing=()

@@ -325,6 +325,27 @@ struct weir_cfg_route_upstream_tls {
     struct weir_tls_client *client;
 };
 
+/** cache.zones.NAME: one cache zone (a bounded in-memory storage and its cache lock). */
+struct weir_cfg_cache_zone {
+    const char *name;
+    uint64_t capacity;   /**< bytes, keys and metadata counted; required */
+    uint64_t max_object; /**< the largest object stored; default capacity / 8 */
+};
+
+/** routes[].cache: how a route's requests are cached (see weir_cache_policy). */
+struct weir_cfg_route_cache {
+    const struct weir_cfg_cache_zone *zone; /**< NULL: the route is not cached */
+    uint32_t key;                           /**< WEIR_CACHE_KEY_* bits; default method, host,
+                                                 path, query */
+    uint32_t default_ttl_ms;                /**< for responses without freshness; default 0 */
+    uint32_t lock_timeout_ms;               /**< default 5 s */
+    uint32_t stale_while_revalidate_ms;     /**< default 0 */
+    uint32_t stale_if_error_ms;             /**< default 0 */
+    uint32_t on_writer_failure;             /**< 0 next_writer (default), 1 fetch_each */
+    bool cookies;       /**< serve and store requests with Cookie; default false */
+    bool authorization; /**< serve and store requests with Authorization; default false */
+};
+
 struct weir_cfg_route {
     const char *name;         /**< "" when absent */
     const char *const *hosts; /**< exact names or "*.suffix"; none = any host */
@@ -348,6 +369,8 @@ struct weir_cfg_route {
     /** Translate gRPC-Web (application/grpc-web[-text]) requests into gRPC to the upstream,
         which speaks HTTP/2, and the responses back; default false */
     bool grpc_web;
+    /** Cache the route's GET and HEAD requests in a zone of cache.zones */
+    struct weir_cfg_route_cache cache;
 };
 
 /** A whole loaded configuration. Immutable; free with weir_config_free. */
@@ -360,6 +383,8 @@ struct weir_config {
     size_t nroutes;
     const struct weir_cfg_upstream *upstreams;
     size_t nupstreams;
+    const struct weir_cfg_cache_zone *cache_zones; /**< cache.zones, in file order */
+    size_t ncache_zones;
 };
 
 /** One validation error, pointing into the file. */

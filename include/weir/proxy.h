@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "weir/buf.h"
+#include "weir/cache.h"
 #include "weir/config.h"
 #include "weir/error.h"
 #include "weir/http.h"
@@ -52,6 +53,24 @@ struct weir_proxy_hooks {
      */
     enum weir_hook_result (*request_body_filter)(struct weir_session *s, void *ctx,
                                                  struct weir_iov *body, bool end);
+    /**
+     * Whether and how to cache this request: call weir_session_cache_enable here (or in any
+     * earlier hook). Runs after request_filter, only when no response was made yet.
+     */
+    enum weir_hook_result (*request_cache_filter)(struct weir_session *s, void *ctx);
+    /**
+     * The cache key of a cached request: set *key (arena or static memory). Without this hook
+     * (or when it leaves *key empty) the policy's key parts make it.
+     */
+    enum weir_hook_result (*cache_key)(struct weir_session *s, void *ctx, struct weir_iov *key);
+    /**
+     * A stored response was found (fresh: within its freshness lifetime). Serve it, or fetch
+     * instead (the new response replaces it). The head is the stored one, read only.
+     */
+    enum weir_cache_hit_action (*cache_hit_filter)(struct weir_session *s, void *ctx,
+                                                   const struct weir_resp *stored, bool fresh);
+    /** The cached request missed and this request fetches (it is the key's writer or passes). */
+    void (*cache_miss)(struct weir_session *s, void *ctx);
     /** Required: choose where the request goes by filling *peer. */
     enum weir_hook_result (*upstream_peer)(struct weir_session *s, void *ctx,
                                            struct weir_peer *peer);
@@ -64,6 +83,13 @@ struct weir_proxy_hooks {
     /** The response head as it arrived from upstream (hop-by-hop fields already removed). */
     enum weir_hook_result (*upstream_response_filter)(struct weir_session *s, void *ctx,
                                                       struct weir_resp *resp);
+    /**
+     * A cached request's response from upstream (after upstream_response_filter): *c comes
+     * preset by RFC 9111 and the policy; the hook may change whether it is stored and its
+     * times. Not called for requests that pass the cache.
+     */
+    void (*response_cache_filter)(struct weir_session *s, void *ctx, const struct weir_resp *resp,
+                                  struct weir_cacheability *c);
     /**
      * The response head from upstream about to be sent to the client. Removing
      * Content-Length makes the response chunked (HTTP/1.1 clients) or close-delimited, so body
@@ -219,6 +245,16 @@ WEIR_EXTERN int weir_session_set_response_buffering(struct weir_session *s,
  * and will be translated; false, and nothing changes, otherwise.
  */
 WEIR_EXTERN bool weir_session_set_grpc_web(struct weir_session *s);
+
+/**
+ * Caches this request in zone c under policy p (copied): GET and HEAD requests without a body
+ * are looked up and, on a miss, fetched once for every request of the key (the cache lock);
+ * the response is stored when RFC 9111 and response_cache_filter allow. Every response of the
+ * request carries Cache-Status (RFC 9211). Any hook before upstream_peer may call it (the
+ * router does for a route's cache:). 0, WEIR_EINVAL (too late, or c NULL) or WEIR_ENOMEM.
+ */
+WEIR_EXTERN int weir_session_cache_enable(struct weir_session *s, struct weir_cache *c,
+                                          const struct weir_cache_policy *p);
 
 /**
  * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would

@@ -3,6 +3,7 @@
 #define WEIR_WEIR_H
 
 #include "weir/buf.h"
+#include "weir/cache.h"
 #include "weir/config.h"
 #include "weir/error.h"
 #include "weir/http.h"

@@ -36,10 +36,11 @@ static const struct weir__cfg_key root_keys[] = {
      .sub = &weir__cfg_route},
     {"upstreams", WEIR__CFG_T_CUSTOM, WEIR__CFG_NAMED, .parse = weir__cfg_upstreams,
      .sub = &weir__cfg_upstream},
+    WEIR__CFG_SECTION("cache", WEIR__CFG_SELF(struct weir_config), &weir__cfg_cache),
 };
 
 const struct weir__cfg_section weir__cfg_root =
-    WEIR__CFG_TABLE("a mapping with server, listeners, routes, upstreams", root_keys, NULL);
+    WEIR__CFG_TABLE("a mapping with server, listeners, routes, upstreams, cache", root_keys, NULL);
 
 static uint32_t online_cpus(void)
 {

@@ -343,6 +343,11 @@ void weir__cfg_routes(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
 extern const struct weir__cfg_section weir__cfg_upstream;
 void weir__cfg_upstreams(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
                          const struct ynode *v);
+/* config_cache.c: cache: (zones) and routes[].cache (zones come before routes) */
+extern const struct weir__cfg_section weir__cfg_cache;
+extern const struct weir__cfg_section weir__cfg_route_cache;
+void weir__cfg_route_cache_value(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                                 const struct ynode *v);
 /* config.c: the top level, whose rows are the sections above */
 extern const struct weir__cfg_section weir__cfg_root;
 

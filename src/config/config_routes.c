@@ -374,6 +374,8 @@ static const struct weir__cfg_key route_keys[] = {
      .parse = weir__cfg_route_tls_value, .sub = &weir__cfg_route_tls},
     {"grpc_web", WEIR__CFG_T_BOOL, WEIR__CFG_LATE, RT(grpc_web), .def = false,
      .check = grpc_web_check},
+    {"cache", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE, .parse = weir__cfg_route_cache_value,
+     .sub = &weir__cfg_route_cache},
 };
 
 const struct weir__cfg_section weir__cfg_route =

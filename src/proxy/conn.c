@@ -96,6 +96,7 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
                  (unsigned long long)ps->evict_full);
     }
     weir__pool_free(w->pool);
+    weir__cache_worker_free(w);
     weir__access_buf_dispose(&w->access);
     while (w->nspare_arenas > 0) {
         weir_arena_free(w->spare_arenas[--w->nspare_arenas]);

@@ -459,13 +459,22 @@ int weir__forward_response_head(struct weir_session *s)
         weir__grpc_web_response_head(s, r);
         fs.content_length = -2; /* removed when the body is translated: look again */
     }
-    if (hk->upstream_response_filter || hk->response_filter) {
-        if ((hk->upstream_response_filter &&
-             hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) ||
-            (hk->response_filter && hk->response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE)) {
+    bool from_cache = weir__cache_serving(s);
+    if (hk->upstream_response_filter && !from_cache) {
+        if (hk->upstream_response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) {
             return WEIR_EINVAL;
         }
-        fs.content_length = -2; /* the hooks may have moved fields: look again */
+        fs.content_length = -2; /* the hook may have moved fields: look again */
+    }
+    if (s->cache != NULL) {
+        weir__cache_response_head(s, r); /* the writer stores it, or not */
+        weir__cache_status(s, r);
+    }
+    if (hk->response_filter) {
+        if (hk->response_filter(s, s->ctx, r) != WEIR_HOOK_CONTINUE) {
+            return WEIR_EINVAL;
+        }
+        fs.content_length = -2;
     }
     struct weir_iov cl = {NULL, 0};
     bool has_cl = fs.content_length == -2

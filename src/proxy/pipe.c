@@ -160,6 +160,9 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
             if (io->limit && p->bytes + data.len > io->limit) {
                 return WEIR_PIPE_ERR_LIMIT;
             }
+            if (p == &s->respp && weir__cache_teeing(s)) {
+                weir__cache_tee(s, data); /* stored as the origin sent it, before filters */
+            }
             if (io->filter) {
                 p->end_filtered = p->in_done;
                 if (io->filter(s, s->ctx, &data, p->in_done) == WEIR_HOOK_ERROR) {

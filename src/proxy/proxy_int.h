@@ -33,6 +33,8 @@ struct weir__proxy_worker;
 struct weir__h2_conn;
 struct weir__h2s;
 struct weir__h2up;
+struct weir__scache;
+struct weir__cinbox;
 
 /**
  * Connections open on one listener across every worker (listeners[].max_connections). The
@@ -71,9 +73,10 @@ struct weir__proxy_worker {
     struct weir__pool *pool;
     struct weir__access_buf access;
     enum weir_access_format access_format;
-    struct weir__conn *conns;   /* every open client connection */
-    struct weir__conn *zombies; /* closed, waiting for a suspended hook to resume */
-    struct weir__h2up *h2ups;   /* HTTP/2 origin connections (h2_up.c) */
+    struct weir__conn *conns;    /* every open client connection */
+    struct weir__conn *zombies;  /* closed, waiting for a suspended hook to resume */
+    struct weir__h2up *h2ups;    /* HTTP/2 origin connections (h2_up.c) */
+    struct weir__cinbox *cinbox; /* cache wake-ups from other threads, lock deadlines */
     uint32_t nconns;
     bool draining;
     weir__conn_closed_fn on_closed;
@@ -155,6 +158,7 @@ struct weir__conn {
 enum weir__phase {
     PH_EARLY = 0,      /* absolute-form rewrite, early_request_filter */
     PH_REQUEST_FILTER, /* request_filter (may answer itself) */
+    PH_CACHE,          /* request_cache_filter, lookup, the cache lock (cache.c) */
     PH_PEER,           /* upstream_peer chooses the peer; a retry comes back here */
     PH_UPSTREAM,       /* the upstream exchange (its own sub-states, enum weir__up_state) */
     PH_LOCAL_RESPONSE, /* a response weir or a hook made goes out */
@@ -313,6 +317,7 @@ extern const struct weir__down_framing weir__h1_down;
 extern const struct weir__down_framing weir__h2_down;
 extern const struct weir__up_framing weir__h1_up;
 extern const struct weir__up_framing weir__h2_up;
+extern const struct weir__up_framing weir__cache_up;
 
 /** The upstream exchange of one session (upstream.c owns every field). */
 struct weir__exchange {
@@ -374,7 +379,8 @@ struct weir_session {
        upgrade with a key of ours (ws_key, its Sec-WebSocket-Key), the 101 coming back as 200 */
     bool ws_h2;
     struct weir_iov ws_key;
-    struct weir__grpc_web *gw; /* weir_session_set_grpc_web: translated (grpc_web.c); or NULL */
+    struct weir__grpc_web *gw;  /* weir_session_set_grpc_web: translated (grpc_web.c); or NULL */
+    struct weir__scache *cache; /* weir_session_cache_enable (cache.c); or NULL */
     enum weir__h1_body req_body;
     uint64_t req_length;
 
@@ -701,6 +707,25 @@ enum weir_hook_result weir__grpc_web_response_filter(struct weir_session *s, voi
                                                      struct weir_iov *data, bool end);
 /** Frees the translation's buffers (session end). */
 void weir__grpc_web_free(struct weir_session *s);
+
+/* cache.c: the cache in the request's path (weir_session_cache_enable) */
+int weir__cache_worker_init(struct weir__proxy_worker *w);
+void weir__cache_worker_free(struct weir__proxy_worker *w);
+/** PH_CACHE: lookup, serve, or take the lock (writer) or wait. Returns as the phases do. */
+bool weir__cache_phase(struct weir_session *s);
+/** The writer's response head (after upstream_response_filter): store it or not. */
+void weir__cache_response_head(struct weir_session *s, struct weir_resp *r);
+/** Whether the response body is being stored (the pipe tees it: weir__cache_tee). */
+bool weir__cache_teeing(const struct weir_session *s);
+void weir__cache_tee(struct weir_session *s, struct weir_iov data);
+/** The response is complete: the fill finishes. */
+void weir__cache_complete(struct weir_session *s);
+/** The session ends: locks, waits, fills and objects let go. */
+void weir__cache_end(struct weir_session *s);
+/** Whether the response comes from storage (upstream hooks do not run). */
+bool weir__cache_serving(const struct weir_session *s);
+/** Adds Cache-Status to r (once) for a cached request. */
+void weir__cache_status(struct weir_session *s, struct weir_resp *r);
 
 /* ws.c: WebSocket over HTTP/2 (RFC 8441) to an HTTP/1.1 origin */
 /** The upgrade's own fields for s->ws_h2: a fresh Sec-WebSocket-Key (s->ws_key), a version. */

@@ -410,7 +410,7 @@ static bool phase_request_filter(struct weir_session *s)
 {
     const struct weir_proxy_hooks *hk = s->w->hooks;
     enum weir_hook_result r = CALL_HOOK(s, hk->request_filter, s, s->ctx);
-    return handle_result(s, r, PH_PEER, true);
+    return handle_result(s, r, PH_CACHE, true);
 }
 
 static bool phase_peer(struct weir_session *s)
@@ -539,6 +539,7 @@ static bool phase_upstream(struct weir_session *s)
     case WEIR_STEP_BLOCKED:
         return false;
     case WEIR_STEP_DONE:
+        weir__cache_complete(s);
         s->resp_done = true;
         if (!s->req_sent) {
             s->close_after = true; /* the client's body was not read to its end */
@@ -577,6 +578,7 @@ static int start_local_response(struct weir_session *s)
     if (s->req_body != WEIR_H1_BODY_NONE && !s->reqp.in_done) {
         s->close_after = true; /* we will not read the rest of the body */
     }
+    weir__cache_status(s, r);
     int rc = weir__down_connection_fields(s, r);
     if (rc != 0) {
         return rc;
@@ -667,6 +669,9 @@ void weir__session_run(struct weir_session *s)
             break;
         case PH_REQUEST_FILTER:
             more = phase_request_filter(s);
+            break;
+        case PH_CACHE:
+            more = weir__cache_phase(s);
             break;
         case PH_PEER:
             more = phase_peer(s);
@@ -918,6 +923,7 @@ static void session_end(struct weir_session *s)
     weir__upstream_release(s, !s->failed);
     weir__spool_free(s->spool); /* its chunks and temporary file; the arena has the rest */
     weir__grpc_web_free(s);
+    weir__cache_end(s);
     weir__session_wait_end(s); /* only a worker's forced end of a suspended session waits */
     if (s->status == 0 && s->has_err && s->err.source == WEIR_SRC_DOWNSTREAM) {
         s->status = 499; /* nginx's "client closed request": it left before any answer */

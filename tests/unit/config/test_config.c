@@ -300,7 +300,7 @@ static void test_unknown_keys(void **state)
                "unknown key 'upstream_conect'; did you mean 'upstream_connect'?");
     expect_one("sevrer: {}\n", 1, 1, "sevrer", "unknown key 'sevrer'; did you mean 'server'?");
     expect_one("bogus: 1\n", 1, 1, "bogus",
-               "unknown key 'bogus'; valid keys here: server, listeners, routes, upstreams");
+               "unknown key 'bogus'; valid keys here: server, listeners, routes, upstreams, cache");
     expect_one(
         "routes:\n  - upstream: a\n    macth: {}\nupstreams: {a: {backends: [localhost:1]}}\n", 3,
         5, "routes[0].macth", "unknown key 'macth'; did you mean 'match'?");
@@ -339,8 +339,9 @@ static void test_wrong_types(void **state)
                "server.timeouts.client_body",
                "expected a duration of whole milliseconds up to 1193h, got '2000h'");
     expect_one("server: 4\n", 1, 9, "server", "expected a mapping of server settings, got '4'");
-    expect_one("- 1\n", 1, 1, "",
-               "expected a mapping with server, listeners, routes, upstreams, got a sequence");
+    expect_one(
+        "- 1\n", 1, 1, "",
+        "expected a mapping with server, listeners, routes, upstreams, cache, got a sequence");
     expect_one("listeners: 127.0.0.1:80\n", 1, 12, "listeners",
                "expected a sequence of listeners, got '127.0.0.1:80'");
     expect_one("server:\n  work_stealing: \"true\\0x\"\n", 2, 18, "server.work_stealing",

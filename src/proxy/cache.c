@@ -1,0 +1,1005 @@
+/*
+ * The cache in the request's path (weir_session_cache_enable): the cache phase between
+ * request_filter and upstream_peer, serving from storage, the writer's fill, and the waits.
+ *
+ * - PH_CACHE looks the key up. A fresh stored object (or one still filling) is served: the
+ *   session goes to PH_UPSTREAM with the object as its upstream (weir__cache_up, a virtual
+ *   stream reading the body), so response_filter, body filters, framing, buffering and
+ *   timeouts run as for an origin's response. A miss takes the key's lock: the writer goes on
+ *   to upstream_peer; the others wait.
+ * - The writer's response head decides cacheability (RFC 9111, the policy,
+ *   response_cache_filter). A stored response begins its fill at once and the lock is let
+ *   go: the waiters look the key up again, find the fill and read it as it grows. The body is
+ *   teed into the fill by the response pipe (weir__cache_tee) before the body filters.
+ * - Waiting costs no timer and no polling: a waiter is registered on the key's lock, or on
+ *   the object when it has read all there is so far, and woken through its worker's inbox
+ *   (one eventfd per worker, a mutex-guarded list) by whichever thread has news. The lock's
+ *   deadline is kept in one list per worker, sorted, under one timer.
+ */
+#include "proxy/proxy_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "cache/cache_int.h"
+#include "cache/cc.h"
+#include "core/alloc.h"
+#include "weir/log.h"
+
+enum sc_state {
+    SC_LOOKUP = 0, /* look the key up (again) */
+    SC_WAIT_LOCK,  /* waiting for another request's fetch */
+    SC_HIT,        /* served from storage */
+    SC_WRITER,     /* fetching for the key, holding its lock until the head */
+    SC_PASS,       /* fetching for itself, nothing stored */
+};
+
+struct weir__scache {
+    struct weir_session *s;
+    struct weir_cache *zone;
+    struct weir_cache_policy pol;
+    enum sc_state state;
+    struct weir_iov key;
+    uint64_t hash;
+    bool private_req; /* Authorization or Cookie the policy does not ignore */
+    bool head_req;
+    /* the lock */
+    bool locked;
+    uint64_t token;
+    uint64_t deadline_ms;
+    bool woken;
+    int lock_result;
+    /* the writer's fill */
+    struct weir_cache_obj *fill;
+    /* the reader's object */
+    struct weir_cache_obj *obj;
+    struct weir_cache_cursor cur;
+    struct weir__cache_meta meta;
+    struct weir_headers *fields;
+    bool obj_complete;
+    bool obj_waiting;
+    struct weir__stream vst;
+    /* waking: the waiter the lock or the object calls, the worker's inbox list */
+    struct weir_cache_waiter waiter;
+    struct weir__scache *inext, *iprev;
+    bool queued;
+    /* the worker's deadline list (lock waits) */
+    struct weir__scache *dnext, *dprev;
+    bool in_deadlines;
+    /* Cache-Status */
+    const char *fwd;    /* NULL: hit */
+    const char *detail; /* or NULL */
+    bool stored, collapsed;
+    uint32_t ttl_left;
+    bool status_added;
+};
+
+/* ---- the worker's inbox ---- */
+
+struct weir__cinbox {
+    pthread_mutex_t mu;
+    struct weir__scache *head, *tail; /* woken, to run on this worker */
+    bool signalled;
+    struct weir_io io;
+    struct weir__proxy_worker *w;
+    /* lock waits of this worker's sessions, by deadline */
+    struct weir__scache *dhead, *dtail;
+    struct weir_timer timer;
+};
+
+static void inbox_unlink(struct weir__cinbox *ib, struct weir__scache *sc)
+{
+    if (sc->iprev != NULL) {
+        sc->iprev->inext = sc->inext;
+    } else {
+        ib->head = sc->inext;
+    }
+    if (sc->inext != NULL) {
+        sc->inext->iprev = sc->iprev;
+    } else {
+        ib->tail = sc->iprev;
+    }
+    sc->inext = sc->iprev = NULL;
+    sc->queued = false;
+}
+
+/* Any thread, with the lock's or the storage's mutex held: queue sc on its worker. */
+static void waiter_wake(struct weir_cache_waiter *wt)
+{
+    struct weir__scache *sc = WEIR_CONTAINER_OF(wt, struct weir__scache, waiter);
+    struct weir__cinbox *ib = sc->s->w->cinbox;
+    bool signal = false;
+    pthread_mutex_lock(&ib->mu);
+    if (!sc->queued) {
+        sc->queued = true;
+        sc->inext = NULL;
+        sc->iprev = ib->tail;
+        if (ib->tail != NULL) {
+            ib->tail->inext = sc;
+        } else {
+            ib->head = sc;
+        }
+        ib->tail = sc;
+    }
+    if (!ib->signalled) {
+        ib->signalled = true;
+        signal = true;
+    }
+    pthread_mutex_unlock(&ib->mu);
+    if (signal) {
+        uint64_t one = 1;
+        ssize_t n = write(ib->io.fd, &one, sizeof(one));
+        (void)n; /* an eventfd write fails only at a count of 2^64-1: it is signalled then */
+    }
+}
+
+static void sc_run_woken(struct weir__scache *sc)
+{
+    struct weir_session *s = sc->s;
+    WEIR_SESSION_CHECK(s);
+    if (sc->state == SC_WAIT_LOCK) {
+        sc->woken = true;
+        sc->lock_result = sc->waiter.result;
+    } else if (sc->obj_waiting) {
+        sc->obj_waiting = false;
+        sc->vst.readable = true;
+    } else {
+        return; /* already moved on */
+    }
+    if (!s->suspended && (s->phase == PH_CACHE || s->phase == PH_UPSTREAM)) {
+        weir__session_run(s);
+    }
+}
+
+static void inbox_cb(struct weir_loop *loop, struct weir_io *io, uint32_t events)
+{
+    (void)loop;
+    (void)events;
+    struct weir__cinbox *ib = io->data;
+    uint64_t v;
+    while (read(ib->io.fd, &v, sizeof(v)) > 0) {
+    }
+    pthread_mutex_lock(&ib->mu);
+    ib->signalled = false;
+    pthread_mutex_unlock(&ib->mu);
+    /* One at a time: running one session may end others on the list. */
+    for (;;) {
+        pthread_mutex_lock(&ib->mu);
+        struct weir__scache *sc = ib->head;
+        if (sc != NULL) {
+            inbox_unlink(ib, sc);
+        }
+        pthread_mutex_unlock(&ib->mu);
+        if (sc == NULL) {
+            return;
+        }
+        sc_run_woken(sc);
+    }
+}
+
+static void deadline_unlink(struct weir__cinbox *ib, struct weir__scache *sc)
+{
+    if (!sc->in_deadlines) {
+        return;
+    }
+    if (sc->dprev != NULL) {
+        sc->dprev->dnext = sc->dnext;
+    } else {
+        ib->dhead = sc->dnext;
+    }
+    if (sc->dnext != NULL) {
+        sc->dnext->dprev = sc->dprev;
+    } else {
+        ib->dtail = sc->dprev;
+    }
+    sc->dnext = sc->dprev = NULL;
+    sc->in_deadlines = false;
+}
+
+static void arm_deadlines(struct weir__cinbox *ib)
+{
+    struct weir_loop *loop = ib->w->loop;
+    if (ib->dhead == NULL) {
+        weir_timer_stop(loop, &ib->timer);
+        return;
+    }
+    uint64_t now = weir_loop_now_ms(loop);
+    uint64_t at = ib->dhead->deadline_ms;
+    uint64_t ms = at > now ? at - now : 0;
+    if (!weir_timer_active(&ib->timer) || ib->timer.deadline_ms != weir__loop_deadline(loop, ms)) {
+        (void)weir_timer_start(loop, &ib->timer, ms);
+    }
+}
+
+/* Keeps the list sorted; waits of one lock_timeout arrive in order, so this is O(1). */
+static void deadline_insert(struct weir__cinbox *ib, struct weir__scache *sc)
+{
+    struct weir__scache *after = ib->dtail;
+    while (after != NULL && after->deadline_ms > sc->deadline_ms) {
+        after = after->dprev;
+    }
+    sc->dprev = after;
+    sc->dnext = after != NULL ? after->dnext : ib->dhead;
+    if (sc->dnext != NULL) {
+        sc->dnext->dprev = sc;
+    } else {
+        ib->dtail = sc;
+    }
+    if (after != NULL) {
+        after->dnext = sc;
+    } else {
+        ib->dhead = sc;
+    }
+    sc->in_deadlines = true;
+    if (ib->dhead == sc) {
+        arm_deadlines(ib);
+    }
+}
+
+static void deadlines_cb(struct weir_loop *loop, struct weir_timer *t)
+{
+    struct weir__cinbox *ib = t->data;
+    for (;;) {
+        uint64_t now = weir_loop_now_ms(loop);
+        struct weir__scache *sc = ib->dhead;
+        if (sc == NULL || sc->deadline_ms > now) {
+            break;
+        }
+        deadline_unlink(ib, sc);
+        weir__clock_unwait(sc->zone->lock, sc->hash, &sc->waiter);
+        pthread_mutex_lock(&ib->mu);
+        if (sc->queued) {
+            inbox_unlink(ib, sc); /* woken at the same moment: the timeout decides */
+        }
+        pthread_mutex_unlock(&ib->mu);
+        if (sc->state != SC_WAIT_LOCK) {
+            continue;
+        }
+        atomic_fetch_add_explicit(&sc->zone->lock_timeouts, 1, memory_order_relaxed);
+        sc->waiter.result = WEIR_CLOCK_TIMEOUT;
+        sc_run_woken(sc);
+    }
+    arm_deadlines(ib);
+}
+
+int weir__cache_worker_init(struct weir__proxy_worker *w)
+{
+    struct weir__cinbox *ib = weir__calloc(1, sizeof(*ib));
+    if (ib == NULL) {
+        return WEIR_ENOMEM;
+    }
+    if (pthread_mutex_init(&ib->mu, NULL) != 0) {
+        weir__free(ib);
+        return WEIR_ENOMEM;
+    }
+    ib->w = w;
+    ib->io.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ib->io.cb = inbox_cb;
+    ib->io.data = ib;
+    weir_timer_init(&ib->timer, deadlines_cb, ib);
+    if (ib->io.fd < 0 || weir_loop_io_add(w->loop, &ib->io, WEIR_IO_READ) != 0) {
+        int e = ib->io.fd < 0 ? -errno : WEIR_ENOMEM;
+        if (ib->io.fd >= 0) {
+            (void)close(ib->io.fd);
+        }
+        pthread_mutex_destroy(&ib->mu);
+        weir__free(ib);
+        return e;
+    }
+    w->cinbox = ib;
+    return 0;
+}
+
+void weir__cache_worker_free(struct weir__proxy_worker *w)
+{
+    struct weir__cinbox *ib = w->cinbox;
+    if (ib == NULL) {
+        return;
+    }
+    WEIR_ASSERT(ib->head == NULL && ib->dhead == NULL);
+    weir_timer_stop(w->loop, &ib->timer);
+    weir_loop_io_del(w->loop, &ib->io);
+    (void)close(ib->io.fd);
+    pthread_mutex_destroy(&ib->mu);
+    weir__free(ib);
+    w->cinbox = NULL;
+}
+
+/* ---- enabling, keys ---- */
+
+int weir_session_cache_enable(struct weir_session *s, struct weir_cache *c,
+                              const struct weir_cache_policy *p)
+{
+    WEIR_SESSION_CHECK(s);
+    if (c == NULL || p == NULL || s->phase > PH_CACHE || s->resp != NULL) {
+        return WEIR_EINVAL;
+    }
+    if (s->w->cinbox == NULL) {
+        int rc = weir__cache_worker_init(s->w); /* the first cached request of this worker */
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL) {
+        sc = weir_arena_calloc(s->arena, sizeof(*sc));
+        if (sc == NULL) {
+            return WEIR_ENOMEM;
+        }
+        sc->s = s;
+        sc->waiter.wake = waiter_wake;
+        s->cache = sc;
+    }
+    sc->zone = c;
+    sc->pol = *p;
+    return 0;
+}
+
+static void *arena_alloc(void *arg, size_t len)
+{
+    return weir_arena_alloc(arg, len);
+}
+
+/* The default key: "GET https://host/path?query" with the policy's parts. */
+static struct weir_iov default_key(struct weir_session *s, uint32_t parts)
+{
+    struct weir_iov host = weir_req_host(&s->req);
+    struct weir_iov path = weir_req_path(&s->req);
+    struct weir_iov query = weir_req_query(&s->req);
+    bool has_q = query.base > s->req.target.base && query.base[-1] == '?';
+    size_t cap = 16 + host.len + path.len + query.len;
+    char *b = weir_arena_alloc(s->arena, cap);
+    if (b == NULL) {
+        return (struct weir_iov){NULL, 0};
+    }
+    size_t n = 0;
+#define PUT(p, l)                                                                                  \
+    do {                                                                                           \
+        memcpy(b + n, (p), (l));                                                                   \
+        n += (l);                                                                                  \
+    } while (0)
+    if (parts & WEIR_CACHE_KEY_METHOD) {
+        PUT("GET ", 4);
+    }
+    if (parts & WEIR_CACHE_KEY_SCHEME) {
+        if (s->c->tls) {
+            PUT("https://", 8);
+        } else {
+            PUT("http://", 7);
+        }
+    }
+    if (parts & WEIR_CACHE_KEY_HOST) {
+        for (size_t i = 0; i < host.len; i++) {
+            char ch = host.base[i];
+            b[n++] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+        }
+    }
+    if (parts & WEIR_CACHE_KEY_PATH) {
+        PUT(path.base, path.len);
+    }
+    if ((parts & WEIR_CACHE_KEY_QUERY) && has_q) {
+        PUT("?", 1);
+        PUT(query.base, query.len);
+    }
+#undef PUT
+    return (struct weir_iov){b, n};
+}
+
+/* Fields a writer's request must not carry up: the client's conditions and ranges would get
+   a 304 or a 206 where the cache needs the whole response. */
+static void strip_conditions(struct weir_session *s)
+{
+    static const char *const names[] = {"If-None-Match",       "If-Modified-Since", "If-Match",
+                                        "If-Unmodified-Since", "If-Range",          "Range"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        (void)weir_headers_remove(&s->req.headers, names[i]);
+    }
+}
+
+/* ---- the phase ---- */
+
+static void sc_pass(struct weir_session *s, struct weir__scache *sc, const char *fwd,
+                    const char *detail)
+{
+    sc->state = SC_PASS;
+    sc->fwd = fwd;
+    sc->detail = detail;
+    if (s->w->hooks->cache_miss) {
+        s->w->hooks->cache_miss(s, s->ctx);
+    }
+    s->phase = PH_PEER;
+}
+
+static const struct weir__stream_vt cache_vt;
+
+/* The session reads obj from here on: the head, then the body, through weir__cache_up. */
+static void serve(struct weir_session *s, struct weir__scache *sc, bool complete)
+{
+    sc->state = SC_HIT;
+    sc->obj_complete = complete;
+    (void)sc->obj_complete;
+    if (!complete) {
+        sc->fwd = "miss";
+        sc->collapsed = true;
+    }
+    memset(&sc->vst, 0, sizeof(sc->vst));
+    sc->vst.io.fd = -1;
+    sc->vst.readable = true;
+    sc->vst.vt = &cache_vt;
+    const struct weir_cfg_timeouts *t = &s->cfg->server.timeouts;
+    s->peer.read_timeout_ms = t->upstream_read_ms;
+    s->peer.write_timeout_ms = t->upstream_write_ms;
+    s->peer.connect_timeout_ms = t->upstream_connect_ms;
+    s->upf = &weir__cache_up;
+    s->ust = &sc->vst;
+    s->req_sent = true;
+    s->ux.state = UP_HEAD;
+    s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
+    s->phase = PH_UPSTREAM;
+}
+
+/* A stored object's metadata, decoded into the arena; its freshness at now. */
+static int decode_meta(struct weir_session *s, struct weir__scache *sc, struct weir_iov meta)
+{
+    return weir__cache_meta_decode(meta.base, meta.len, &sc->meta, s->arena,
+                                   s->cfg->server.limits.max_headers + WEIR_HEADERS_SLACK,
+                                   &sc->fields);
+}
+
+static bool cache_lookup(struct weir_session *s, struct weir__scache *sc)
+{
+    struct weir_cache_storage *st = sc->zone->st;
+    struct weir_iov meta;
+    struct weir_cache_obj *o = st->ops->lookup(st, sc->key, sc->hash, arena_alloc, s->arena, &meta);
+    if (o == NULL) {
+        return false;
+    }
+    if (decode_meta(s, sc, meta) != 0) {
+        weir_log(WEIR_LOG_WARN, "cache: stored metadata of %.*s does not decode: purged",
+                 (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base);
+        st->ops->release(o);
+        (void)st->ops->purge(st, sc->key, sc->hash);
+        return false;
+    }
+    bool complete = false, failed = false;
+    uint64_t have = st->ops->length(o, &complete, &failed);
+    bool filling = !complete;
+    if (failed) {
+        st->ops->release(o);
+        return false;
+    }
+    if (complete) {
+        sc->meta.body_len = have; /* known now, whatever the head said */
+    }
+    int64_t now = weir_loop_wall_s(s->w->loop);
+    uint32_t age = weir__current_age(&sc->meta.times, now);
+    bool fresh =
+        filling || (age < sc->meta.fresh_s && !(sc->meta.flags & WEIR_CACHE_META_NO_CACHE));
+    if (sc->private_req && !(sc->meta.flags & WEIR_CACHE_META_SHARED_AUTH)) {
+        st->ops->release(o);
+        sc_pass(s, sc, "request", "private request");
+        return true;
+    }
+    if (s->w->hooks->cache_hit_filter) {
+        struct weir_resp stored = {.status = sc->meta.status,
+                                   .minor = 1,
+                                   .reason = sc->meta.reason,
+                                   .headers = *sc->fields};
+        if (s->w->hooks->cache_hit_filter(s, s->ctx, &stored, fresh) == WEIR_CACHE_FETCH) {
+            st->ops->release(o);
+            return false;
+        }
+        fresh = true;
+    }
+    if (!fresh) {
+        /* Stale: refreshed under the lock like a miss (the object stays until replaced). */
+        st->ops->release(o);
+        sc->fwd = "stale";
+        return false;
+    }
+    sc->obj = o;
+    sc->ttl_left = sc->meta.fresh_s > age ? sc->meta.fresh_s - age : 0;
+    sc->meta.times.age = age; /* what the Age field says when served */
+    serve(s, sc, !filling);
+    return true;
+}
+
+/* Woken (or timed out) while waiting on the lock: true when the session's course is set. */
+static bool after_wait(struct weir_session *s, struct weir__scache *sc)
+{
+    sc->woken = false;
+    deadline_unlink(s->w->cinbox, sc);
+    sc->state = SC_LOOKUP;
+    int res = sc->lock_result;
+    if (res == WEIR_CLOCK_UNCACHEABLE) {
+        sc_pass(s, sc, "miss", "hit-for-pass");
+        return true;
+    }
+    if ((res == WEIR_CLOCK_FAILED || res == WEIR_CLOCK_TIMEOUT) &&
+        sc->pol.on_writer_failure == WEIR_CACHE_FETCH_EACH) {
+        sc_pass(s, sc, "miss", res == WEIR_CLOCK_TIMEOUT ? "lock-timeout" : "writer-failed");
+        return true;
+    }
+    sc->collapsed = true;
+    return false;
+}
+
+/* The first look: whether the cache may answer this request at all, and its key. True when
+   the session's course is set (a pass, or a failure). */
+static bool first_look(struct weir_session *s, struct weir__scache *sc)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    bool get = weir_iov_eq(s->req.method, WEIR_IOV_LIT("GET"));
+    sc->head_req = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
+    struct weir_iov v;
+    if ((!get && !sc->head_req) || s->req_body != WEIR_H1_BODY_NONE || s->ws_h2 || s->gw != NULL ||
+        weir_headers_get(&s->req.headers, "upgrade", &v)) {
+        sc_pass(s, sc, "method", NULL);
+        return true;
+    }
+    sc->private_req =
+        (!sc->pol.authorized && weir_headers_get(&s->req.headers, "authorization", &v)) ||
+        (!sc->pol.cookies && weir_headers_get(&s->req.headers, "cookie", &v));
+    struct weir_iov key = {NULL, 0};
+    if (hk->cache_key != NULL && hk->cache_key(s, s->ctx, &key) == WEIR_HOOK_ERROR) {
+        weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "cache_key");
+        return true;
+    }
+    if (key.len == 0) {
+        key = default_key(s, sc->pol.key);
+        if (key.base == NULL) {
+            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+            return true;
+        }
+    }
+    sc->key = key;
+    sc->hash = weir__cache_hash(sc->zone, key);
+    return false;
+}
+
+/* A miss: the key's lock makes this request its writer, or a waiter. */
+static bool take_lock(struct weir_session *s, struct weir__scache *sc)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    uint64_t now = weir_loop_now_ms(s->w->loop);
+    uint64_t deadline = 0;
+    switch (weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms,
+                                &sc->waiter, &sc->token, &deadline)) {
+    case WEIR_CLOCK_WRITER:
+        sc->locked = true;
+        sc->state = SC_WRITER;
+        if (sc->fwd == NULL) {
+            sc->fwd = "miss";
+        }
+        strip_conditions(s);
+        /* The waiters need this fetch to finish even if its own client leaves. */
+        s->ignore_client_abort = true;
+        if (hk->cache_miss) {
+            hk->cache_miss(s, s->ctx);
+        }
+        s->phase = PH_PEER;
+        return true;
+    case WEIR_CLOCK_PASS:
+        sc_pass(s, sc, "miss", "hit-for-pass");
+        return true;
+    case WEIR_CLOCK_WAIT:
+        break;
+    }
+    atomic_fetch_add_explicit(&sc->zone->lock_waits, 1, memory_order_relaxed);
+    sc->state = SC_WAIT_LOCK;
+    sc->woken = false;
+    sc->deadline_ms = deadline;
+    deadline_insert(s->w->cinbox, sc);
+    weir__session_client_deadline(s, 0);
+    return false;
+}
+
+bool weir__cache_phase(struct weir_session *s)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    if (s->cache == NULL && hk->request_cache_filter != NULL) {
+        enum weir_hook_result r = hk->request_cache_filter(s, s->ctx);
+        if (r == WEIR_HOOK_ERROR) {
+            weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "request_cache_filter");
+            return true;
+        }
+    }
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL) {
+        s->phase = PH_PEER;
+        return true;
+    }
+    if (sc->state == SC_WAIT_LOCK) {
+        if (!sc->woken) {
+            return false; /* a client event while waiting: keep waiting */
+        }
+        if (after_wait(s, sc)) {
+            return true;
+        }
+    } else if (sc->key.base == NULL && first_look(s, sc)) {
+        return true;
+    }
+    if (cache_lookup(s, sc)) {
+        return true;
+    }
+    if (sc->private_req) {
+        sc_pass(s, sc, "request", "private request");
+        return true;
+    }
+    if (sc->head_req) {
+        sc_pass(s, sc, sc->fwd != NULL ? sc->fwd : "miss", "HEAD");
+        return true;
+    }
+    return take_lock(s, sc);
+}
+
+/* ---- the writer ---- */
+
+static bool has_field(const struct weir_headers *h, const char *name)
+{
+    struct weir_iov v;
+    return weir_headers_get(h, name, &v);
+}
+
+/* Fields not stored: framing (set again when served) and Age (recomputed). */
+static bool stored_field(struct weir_iov name)
+{
+    return !weir_iov_ieq_cstr(name, "content-length") &&
+           !weir_iov_ieq_cstr(name, "transfer-encoding") && !weir_iov_ieq_cstr(name, "age");
+}
+
+static int begin_fill(struct weir_session *s, struct weir__scache *sc, struct weir_resp *r,
+                      const struct weir__cc *cc, const struct weir_cacheability *ca,
+                      bool authorized)
+{
+    struct weir_headers *keep = weir_arena_calloc(s->arena, sizeof(*keep));
+    if (keep == NULL ||
+        weir__headers_init(keep, s->arena, r->headers.n + 1, r->headers.n + 1) != 0) {
+        return WEIR_ENOMEM;
+    }
+    for (uint32_t i = 0; i < r->headers.n; i++) {
+        if (stored_field(r->headers.v[i].name)) {
+            keep->v[keep->n++] = r->headers.v[i];
+        }
+    }
+    struct weir_iov av;
+    uint64_t agev = 0;
+    if (weir_headers_get(&r->headers, "age", &av) && !weir__parse_length(av, &agev)) {
+        agev = 0;
+    }
+    int64_t now = weir_loop_wall_s(s->w->loop);
+    struct weir__cache_meta m = {
+        .status = r->status,
+        .times = {.request_time = s->start_wall,
+                  .response_time = now,
+                  .date = now,
+                  .age = agev > UINT32_MAX ? UINT32_MAX : (uint32_t)agev},
+        .fresh_s = ca->ttl_s,
+        .swr_s = ca->stale_while_revalidate_s,
+        .sie_s = ca->stale_if_error_s,
+        .reason = r->reason,
+        .headers = keep,
+        .body_len = WEIR_CACHE_LEN_UNKNOWN,
+    };
+    struct weir_iov dv;
+    int64_t date;
+    if (weir_headers_get(&r->headers, "date", &dv) && weir__http_date_parse(dv, &date)) {
+        m.times.date = date;
+    }
+    /* The age at which it was stored is folded in: fresh_s counts from the response's age
+       as the cache computes it (RFC 9111 4.2.3), so freshness = lifetime - current age. */
+    if (cc->flags & (WEIR_CC_MUST_REVALIDATE | WEIR_CC_PROXY_REVALIDATE)) {
+        m.flags |= WEIR_CACHE_META_MUST_REVALIDATE;
+    }
+    if (authorized || (cc->flags & (WEIR_CC_PUBLIC | WEIR_CC_S_MAXAGE | WEIR_CC_MUST_REVALIDATE))) {
+        m.flags |= WEIR_CACHE_META_SHARED_AUTH;
+    }
+    uint64_t len = WEIR_CACHE_LEN_UNKNOWN;
+    struct weir_iov cl;
+    if (s->respp.in_kind == WEIR_H1_BODY_NONE) {
+        len = 0;
+    } else if (s->respp.in_kind == WEIR_H1_BODY_LENGTH &&
+               weir_headers_get(&r->headers, "content-length", &cl) &&
+               !weir__parse_length(cl, &len)) {
+        len = WEIR_CACHE_LEN_UNKNOWN;
+    }
+    m.body_len = len;
+    size_t need = weir__cache_meta_size(&m);
+    char *buf = need ? weir_arena_alloc(s->arena, need) : NULL;
+    if (buf == NULL || weir__cache_meta_encode(&m, buf, need) == 0) {
+        return WEIR_ENOMEM;
+    }
+    struct weir_cache_storage *st = sc->zone->st;
+    return st->ops->begin_fill(st, sc->key, sc->hash, (struct weir_iov){buf, need}, len, &sc->fill);
+}
+
+/* Lets the writer's lock go with outcome (once). */
+static void unlock(struct weir_session *s, struct weir__scache *sc, enum weir__clock_outcome out)
+{
+    if (!sc->locked) {
+        return;
+    }
+    sc->locked = false;
+    weir__clock_release(sc->zone->lock, sc->key, sc->hash, sc->token, out,
+                        weir_loop_now_ms(s->w->loop));
+}
+
+void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL || sc->state != SC_WRITER) {
+        return;
+    }
+    struct weir__cc cc;
+    weir__cc_parse(&r->headers, &cc);
+    struct weir__cache_times t = {.request_time = s->start_wall,
+                                  .response_time = weir_loop_wall_s(s->w->loop)};
+    t.date = t.response_time;
+    struct weir_iov v;
+    int64_t date;
+    if (weir_headers_get(&r->headers, "date", &v) && weir__http_date_parse(v, &date)) {
+        t.date = date;
+    }
+    uint64_t agev;
+    if (weir_headers_get(&r->headers, "age", &v) && weir__parse_length(v, &agev)) {
+        t.age = agev > UINT32_MAX ? UINT32_MAX : (uint32_t)agev;
+    }
+    bool explicit_ = false;
+    uint32_t life = weir__freshness_lifetime(&cc, &r->headers, &t, &explicit_);
+    struct weir_cacheability ca = {
+        .cacheable = true,
+        .ttl_s = explicit_ ? life : sc->pol.default_ttl_s,
+        .stale_while_revalidate_s =
+            (cc.flags & WEIR_CC_SWR) ? cc.stale_while_revalidate : sc->pol.stale_while_revalidate_s,
+        .stale_if_error_s = (cc.flags & WEIR_CC_SIE) ? cc.stale_if_error : sc->pol.stale_if_error_s,
+    };
+    if (!weir__cc_storable(r->status, &cc, explicit_ || sc->pol.default_ttl_s > 0, false)) {
+        ca.cacheable = false;
+        ca.reason = (cc.flags & WEIR_CC_NO_STORE)  ? "no-store"
+                    : (cc.flags & WEIR_CC_PRIVATE) ? "private"
+                                                   : "not storable";
+    } else if (!sc->pol.cookies && has_field(&r->headers, "set-cookie")) {
+        ca.cacheable = false;
+        ca.reason = "set-cookie";
+    } else if (has_field(&r->headers, "vary")) {
+        ca.cacheable = false;
+        ca.reason = "vary";
+    } else if (cc.flags & WEIR_CC_NO_CACHE) {
+        ca.cacheable = false;
+        ca.reason = "no-cache";
+    } else if (ca.ttl_s == 0 || weir__current_age(&t, t.response_time) >= ca.ttl_s) {
+        ca.cacheable = false;
+        ca.reason = "stale";
+    }
+    if (s->w->hooks->response_cache_filter) {
+        s->w->hooks->response_cache_filter(s, s->ctx, r, &ca);
+        if (ca.cacheable && ca.ttl_s == 0) {
+            ca.cacheable = false;
+            ca.reason = "ttl 0";
+        }
+    }
+    if (ca.cacheable) {
+        /* fresh_s is kept relative to the response's age: the stored age grows from it */
+        uint32_t age0 = weir__current_age(&t, t.response_time);
+        ca.ttl_s = ca.ttl_s > UINT32_MAX - age0 ? UINT32_MAX : ca.ttl_s;
+        int rc = begin_fill(s, sc, r, &cc, &ca, false);
+        if (rc == 0) {
+            sc->stored = true;
+            sc->ttl_left = ca.ttl_s > age0 ? ca.ttl_s - age0 : 0;
+            unlock(s, sc, WEIR_CLOCK_FILLING);
+            return;
+        }
+        ca.reason = rc == WEIR_ELIMIT ? "too-large" : "no-memory";
+    }
+    sc->detail = ca.reason;
+    unlock(s, sc, WEIR_CLOCK_UNCACHEABLE);
+}
+
+bool weir__cache_teeing(const struct weir_session *s)
+{
+    return s->cache != NULL && s->cache->fill != NULL;
+}
+
+void weir__cache_tee(struct weir_session *s, struct weir_iov data)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc->fill == NULL || data.len == 0) {
+        return;
+    }
+    struct weir_cache_storage *st = sc->zone->st;
+    int rc = st->ops->append(sc->fill, data);
+    if (rc != 0) {
+        weir_log(WEIR_LOG_INFO, "cache: %.*s not stored: %s",
+                 (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base,
+                 rc == WEIR_ELIMIT ? "over max_object" : weir_strerror(rc));
+        st->ops->abandon(sc->fill);
+        st->ops->release(sc->fill);
+        sc->fill = NULL;
+        sc->stored = false;
+        sc->detail = rc == WEIR_ELIMIT ? "too-large" : "no-memory";
+    }
+}
+
+void weir__cache_complete(struct weir_session *s)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL || sc->fill == NULL) {
+        return;
+    }
+    struct weir_cache_storage *st = sc->zone->st;
+    if (st->ops->finish(sc->fill) != 0) {
+        st->ops->abandon(sc->fill);
+        sc->stored = false;
+    }
+    st->ops->release(sc->fill);
+    sc->fill = NULL;
+}
+
+void weir__cache_end(struct weir_session *s)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL) {
+        return;
+    }
+    struct weir_cache_storage *st = sc->zone->st;
+    if (sc->fill != NULL) {
+        st->ops->abandon(sc->fill); /* the fill did not complete */
+        st->ops->release(sc->fill);
+        sc->fill = NULL;
+    }
+    unlock(s, sc, WEIR_CLOCK_FAILED);
+    if (sc->state == SC_WAIT_LOCK) {
+        weir__clock_unwait(sc->zone->lock, sc->hash, &sc->waiter);
+    }
+    if (sc->obj != NULL) {
+        if (sc->obj_waiting) {
+            st->ops->unwait(sc->obj, &sc->waiter);
+        }
+        st->ops->release(sc->obj);
+        sc->obj = NULL;
+    }
+    struct weir__cinbox *ib = s->w->cinbox;
+    deadline_unlink(ib, sc);
+    arm_deadlines(ib);
+    pthread_mutex_lock(&ib->mu);
+    if (sc->queued) {
+        inbox_unlink(ib, sc);
+    }
+    pthread_mutex_unlock(&ib->mu);
+    weir__buf_release(&s->w->bufs, &sc->vst.in);
+    sc->state = SC_PASS;
+}
+
+bool weir__cache_serving(const struct weir_session *s)
+{
+    return s->cache != NULL && s->cache->state == SC_HIT;
+}
+
+/* ---- Cache-Status (RFC 9211) ---- */
+
+void weir__cache_status(struct weir_session *s, struct weir_resp *r)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL || sc->status_added) {
+        return;
+    }
+    char buf[160];
+    int n;
+    if (sc->fwd == NULL) {
+        n = snprintf(buf, sizeof(buf), "weir; hit; ttl=%u", sc->ttl_left);
+    } else {
+        n = snprintf(buf, sizeof(buf), "weir; fwd=%s%s%s%s%s", sc->fwd,
+                     sc->stored ? "; stored" : "", sc->collapsed ? "; collapsed" : "",
+                     sc->detail ? "; detail=" : "", sc->detail ? sc->detail : "");
+    }
+    if (n <= 0 || (size_t)n >= sizeof(buf)) {
+        return;
+    }
+    struct weir_iov v = weir_arena_iovdup(s->arena, (struct weir_iov){buf, (size_t)n});
+    if (v.base != NULL && weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Cache-Status"), v) == 0) {
+        sc->status_added = true;
+    }
+}
+
+/* ---- reading an object: the virtual upstream stream ---- */
+
+static ssize_t cache_vread(struct weir__stream *st, char *buf, size_t len)
+{
+    struct weir__scache *sc = WEIR_CONTAINER_OF(st, struct weir__scache, vst);
+    const struct weir_cache_storage_ops *ops = sc->zone->st->ops;
+    size_t got = 0;
+    while (got < len) {
+        struct weir_iov d;
+        switch (ops->read(sc->obj, &sc->cur, &d)) {
+        case WEIR_CACHE_READ_DATA: {
+            size_t n = d.len < len - got ? d.len : len - got;
+            memcpy(buf + got, d.base, n);
+            got += n;
+            sc->cur.off += n;
+            continue;
+        }
+        case WEIR_CACHE_READ_END:
+            st->eof = true;
+            return (ssize_t)got;
+        case WEIR_CACHE_READ_ERROR:
+            return got > 0 ? (ssize_t)got : -EIO;
+        case WEIR_CACHE_READ_WAIT:
+            if (got > 0) {
+                return (ssize_t)got;
+            }
+            if (ops->wait(sc->obj, sc->cur.off, &sc->waiter)) {
+                sc->obj_waiting = true;
+                st->readable = false;
+                return 0;
+            }
+            continue; /* it grew meanwhile */
+        }
+    }
+    return (ssize_t)got;
+}
+
+static ssize_t cache_vflush(struct weir__stream *st, struct weir__outq *q)
+{
+    (void)st;
+    (void)q;
+    return -EPIPE; /* nothing goes up to a stored object */
+}
+
+static const struct weir__stream_vt cache_vt = {cache_vread, cache_vflush};
+
+static int cache_request_head(struct weir_session *s, bool length_ok)
+{
+    (void)s;
+    (void)length_ok;
+    return WEIR_EINVAL;
+}
+
+/* The stored head as the response: fields, Age, and the length once it is known. */
+static enum weir__step cache_response_head(struct weir_session *s, struct weir__outcome *o)
+{
+    struct weir__scache *sc = s->cache;
+    struct weir_resp *r = weir_arena_calloc(s->arena, sizeof(*r));
+    if (r == NULL ||
+        weir__headers_init(&r->headers, s->arena, sc->fields->n + 8,
+                           s->cfg->server.limits.max_headers + WEIR_HEADERS_SLACK) != 0) {
+        return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+    }
+    memcpy(r->headers.v, sc->fields->v, sc->fields->n * sizeof(r->headers.v[0]));
+    r->headers.n = sc->fields->n;
+    r->status = sc->meta.status;
+    r->minor = 1;
+    r->reason = sc->meta.reason;
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%u", sc->meta.times.age);
+    struct weir_iov age = weir_arena_iovdup(s->arena, (struct weir_iov){num, (size_t)n});
+    if (age.base == NULL || weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Age"), age) != 0) {
+        return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+    }
+    uint64_t len = sc->meta.body_len;
+    enum weir__h1_body kind = WEIR_H1_BODY_CLOSE; /* a fill of unknown length: to its end */
+    if (len != WEIR_CACHE_LEN_UNKNOWN) {
+        n = snprintf(num, sizeof(num), "%llu", (unsigned long long)len);
+        struct weir_iov cl = weir_arena_iovdup(s->arena, (struct weir_iov){num, (size_t)n});
+        if (cl.base == NULL ||
+            weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Content-Length"), cl) != 0) {
+            return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        }
+        kind = len > 0 ? WEIR_H1_BODY_LENGTH : WEIR_H1_BODY_NONE;
+    }
+    if (sc->head_req || r->status == 204 || r->status == 304) {
+        kind = WEIR_H1_BODY_NONE;
+    }
+    s->resp = r;
+    s->ux.byte_seen = true;
+    weir__pipe_source(s, &s->respp, kind, len);
+    return WEIR_STEP_DONE;
+}
+
+const struct weir__up_framing weir__cache_up = {
+    .name = "cache",
+    .request_head = cache_request_head,
+    .response_head = cache_response_head,
+};

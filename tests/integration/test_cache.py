@@ -1,0 +1,438 @@
+"""The HTTP cache (routes[].cache, cache.zones): storage, the cache lock, RFC 9111 rules and
+Cache-Status, against a real origin that counts what it is asked.
+
+The origin reads what to answer from the query string: delay (seconds before the head),
+cc (Cache-Control), len (body bytes), chunked (1: chunked, in pieces), pause (seconds between
+pieces), status, setcookie, vary, expires, age, date_offset, drop (1: close without answering),
+cut (1: close half-way through the body). Every request it gets is counted by its target.
+"""
+import http.client
+import http.server
+import socket
+import socketserver
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import SLOW, free_port, wait_for
+
+
+class CountingOrigin:
+    def __init__(self):
+        self.counts = {}
+        self.heads = []
+        self.lock = threading.Lock()
+        origin = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                self.rfile.read(n)
+                self.do_GET()
+
+            def do_GET(self):
+                with origin.lock:
+                    origin.counts[self.path] = origin.counts.get(self.path, 0) + 1
+                    origin.heads.append((self.command, self.path, dict(self.headers)))
+                q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                time.sleep(float(q.get("delay", "0")))
+                if q.get("drop") == "1":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                n = int(q.get("len", "1000"))
+                body = bytes((i * 7 + 3) % 251 for i in range(n))
+                self.send_response(int(q.get("status", "200")))
+                if "cc" in q:
+                    self.send_header("Cache-Control", q["cc"])
+                if "expires" in q:
+                    self.send_header("Expires", q["expires"])
+                if "age" in q:
+                    self.send_header("Age", q["age"])
+                if "vary" in q:
+                    self.send_header("Vary", q["vary"])
+                if q.get("setcookie") == "1":
+                    self.send_header("Set-Cookie", "s=1")
+                self.send_header("X-Served", str(origin.counts[self.path]))
+                if q.get("chunked") == "1":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    if self.command == "HEAD":
+                        return
+                    pause = float(q.get("pause", "0"))
+                    step = max(1, n // 4)
+                    for i in range(0, n, step):
+                        if q.get("cut") == "1" and i >= n // 2:
+                            self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        piece = body[i:i + step]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.flush()
+                        time.sleep(pause)
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
+                self.send_header("Content-Length", str(n))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def count(self, target):
+        with self.lock:
+            return self.counts.get(target, 0)
+
+
+def body_of(n):
+    return bytes((i * 7 + 3) % 251 for i in range(n))
+
+
+@pytest.fixture
+def corigin():
+    o = CountingOrigin().start()
+    yield o
+    o.stop()
+
+
+def cache_config(port, origin_port, threads=2, route_cache="", zone="{capacity: 16m, max_object: 1m}"):
+    return (f"server:\n  threads: {threads}\n  grace_period: 5s\n"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            f"cache:\n  zones:\n    main: {zone}\n"
+            f"routes:\n  - upstream: web\n    cache:\n      zone: main\n{route_cache}"
+            f"upstreams:\n  web:\n    backends:\n      - 127.0.0.1:{origin_port}\n")
+
+
+def get(port, target, headers=None, method="GET", timeout=30):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout * SLOW)
+    c.request(method, target, headers=headers or {})
+    r = c.getresponse()
+    body = r.read()
+    out = (r.status, {k.lower(): v for k, v in r.getheaders()}, body)
+    c.close()
+    return out
+
+
+@pytest.fixture
+def cached(weir, corigin):
+    """Starts weir with a cached route in front of the counting origin: (port, origin, weir)."""
+    def start(threads=2, route_cache="", zone="{capacity: 16m, max_object: 1m}"):
+        port = free_port()
+        w = weir(cache_config(port, corigin.port, threads, route_cache, zone), port=port)
+        return port, corigin, w
+    return start
+
+
+def test_miss_then_hit_with_age_and_cache_status(cached):
+    port, o, _ = cached()
+    t = "/a?cc=max-age%3D60&len=1500"
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(1500)
+    assert h["cache-status"] == "weir; fwd=miss; stored"
+    for _ in range(3):
+        st, h, b = get(port, t)
+        assert st == 200 and b == body_of(1500)
+        assert h["cache-status"].startswith("weir; hit; ttl=")
+        assert int(h["age"]) >= 0 and h["content-length"] == "1500"
+    assert o.count(t) == 1
+
+
+def test_chunked_response_is_stored_and_served_with_its_length(cached):
+    port, o, _ = cached()
+    t = "/c?cc=max-age%3D60&len=100000&chunked=1"
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(100000) and h.get("transfer-encoding") == "chunked"
+    st, h, b = get(port, t)
+    assert b == body_of(100000) and h["content-length"] == "100000"
+    assert h["cache-status"].startswith("weir; hit")
+    assert o.count(t) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_stampede_is_one_fetch_streamed_to_every_waiter(cached, threads):
+    """40 clients at once on one key: one origin fetch, every client the whole body; the
+    waiters (on other workers too) get the head before the fetch has finished."""
+    port, o, _ = cached(threads=threads)
+    t = "/s?cc=max-age%3D60&len=40000&chunked=1&pause=0.15&delay=0.2"
+    n = 40
+    results = [None] * n
+    first_byte = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30 * SLOW)
+        c.connect()
+        barrier.wait()
+        t0 = time.monotonic()
+        c.request("GET", t)
+        r = c.getresponse()
+        first_byte[i] = time.monotonic() - t0
+        results[i] = (r.status, r.getheader("Cache-Status"), r.read())
+        c.close()
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    start = time.monotonic()
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join(60 * SLOW)
+    total = time.monotonic() - start
+    assert o.count(t) == 1
+    for st, cs, b in results:
+        assert st == 200 and b == body_of(40000)
+    statuses = [r[1] for r in results]
+    assert statuses.count("weir; fwd=miss; stored") == 1
+    assert statuses.count("weir; fwd=miss; collapsed") == n - 1
+    # Streaming, not store-then-serve: the slowest head came before the body was complete
+    # (the fetch takes delay + 4 pauses; a waiter served only after it would wait as long).
+    assert max(first_byte) < total
+
+
+def test_writer_failure_hands_the_lock_to_a_waiter(cached):
+    """The first fetch fails (the origin closes without answering): one waiter fetches next
+    (next_writer), and the rest are served from its fetch."""
+    port, o, _ = cached(route_cache="      lock_timeout: 10s\n")
+    fail_t = "/f?cc=max-age%3D60&delay=0.3&drop=1"
+    # The writer gets a 502; meanwhile the key's waiters queue behind it.
+    res = []
+
+    def one():
+        res.append(get(port, fail_t))
+
+    ts = [threading.Thread(target=one) for _ in range(5)]
+    for th in ts:
+        th.start()
+        time.sleep(0.02)
+    for th in ts:
+        th.join(30 * SLOW)
+    # Every request became the writer in turn (each failed): five fetches, one at a time, five
+    # 502s, and no request was served a failure it did not fetch itself.
+    assert [r[0] for r in res] == [502] * 5
+    assert o.count(fail_t) == 5
+
+
+def test_on_writer_failure_fetch_each(cached):
+    port, o, _ = cached(route_cache="      on_writer_failure: fetch_each\n")
+    t = "/fe?cc=max-age%3D60&delay=0.3&drop=1"
+    res = []
+    ts = [threading.Thread(target=lambda: res.append(get(port, t))) for _ in range(4)]
+    for th in ts:
+        th.start()
+        time.sleep(0.02)
+    for th in ts:
+        th.join(30 * SLOW)
+    assert sorted(r[0] for r in res) == [502] * 4
+    assert o.count(t) == 4
+
+
+def test_uncacheable_response_releases_waiters_and_passes(cached):
+    port, o, _ = cached()
+    t = "/u?cc=no-store&delay=0.3"
+    res = []
+    ts = [threading.Thread(target=lambda: res.append(get(port, t))) for _ in range(5)]
+    for th in ts:
+        th.start()
+        time.sleep(0.02)
+    for th in ts:
+        th.join(30 * SLOW)
+    assert [r[0] for r in res] == [200] * 5
+    assert o.count(t) == 5  # waiters fetch for themselves once the response proves uncacheable
+    details = sorted(r[1]["cache-status"] for r in res)
+    assert "weir; fwd=miss; detail=no-store" in details
+    assert "weir; fwd=miss; detail=hit-for-pass" in details
+    # Within the hit-for-pass window the next burst fetches at once, unserialised.
+    st, h, _ = get(port, t)
+    assert h["cache-status"] == "weir; fwd=miss; detail=hit-for-pass"
+
+
+def test_lock_timeout_releases_waiters(cached):
+    """A writer slower than lock_timeout: its waiters stop waiting; with next_writer one takes
+    the lock over and fetches (the origin sees a second fetch), and nobody waits past it."""
+    port, o, _ = cached(route_cache="      lock_timeout: 300ms\n")
+    t = "/lt?cc=max-age%3D60&delay=1.5"
+    res = []
+    t0 = time.monotonic()
+    first = threading.Thread(target=lambda: res.append(("w", get(port, t))))
+    first.start()
+    time.sleep(0.1)
+    waiter = threading.Thread(target=lambda: res.append(("x", get(port, t))))
+    waiter.start()
+    first.join(30 * SLOW)
+    waiter.join(30 * SLOW)
+    assert all(r[1][0] == 200 for r in res)
+    assert o.count(t) == 2
+
+
+@pytest.mark.parametrize("cc,detail", [
+    ("private", "private"),
+    ("no-cache", "no-cache"),
+    ("max-age%3D0", "stale"),
+])
+def test_responses_not_stored(cached, cc, detail):
+    port, o, _ = cached()
+    t = f"/n?cc={cc}"
+    for _ in range(2):
+        st, h, _ = get(port, t)
+        assert st == 200
+    assert o.count(t) == 2
+    assert h["cache-status"] in (f"weir; fwd=miss; detail={detail}",
+                                 "weir; fwd=miss; detail=hit-for-pass")
+
+
+def test_set_cookie_and_cookie_requests(cached):
+    port, o, _ = cached()
+    t = "/sc?cc=max-age%3D60&setcookie=1"
+    get(port, t)
+    get(port, t)
+    assert o.count(t) == 2
+    # A request with Cookie is not served a response that is not public, and not stored.
+    t2 = "/ck?cc=max-age%3D60"
+    st, h, _ = get(port, t2, headers={"Cookie": "a=1"})
+    assert h["cache-status"] == "weir; fwd=request; detail=private request"
+    get(port, t2)  # stored now
+    st, h, _ = get(port, t2, headers={"Cookie": "a=1"})
+    assert h["cache-status"] == "weir; fwd=request; detail=private request"
+    assert o.count(t2) == 3  # the stored response is not public: fetched for the cookie
+    # public: it may be served to requests with credentials
+    t3 = "/pub?cc=public%2C%20max-age%3D60"
+    get(port, t3)
+    st, h, _ = get(port, t3, headers={"Authorization": "Bearer x"})
+    assert h["cache-status"].startswith("weir; hit")
+    assert o.count(t3) == 1
+
+
+def test_expires_and_age_from_the_origin(cached):
+    port, o, _ = cached()
+    # Age beyond max-age: already stale on arrival, not stored
+    t = "/ag?cc=max-age%3D10&age=20"
+    get(port, t)
+    get(port, t)
+    assert o.count(t) == 2
+    # Expires in the future, no max-age
+    exp = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
+    t2 = "/ex?expires=" + urllib.parse.quote(exp)
+    get(port, t2)
+    st, h, _ = get(port, t2)
+    assert h["cache-status"].startswith("weir; hit")
+    assert o.count(t2) == 1
+
+
+def test_freshness_ends_and_the_object_is_fetched_again(cached):
+    port, o, _ = cached()
+    t = "/fr?cc=max-age%3D1"
+    get(port, t)
+    st, h, _ = get(port, t)
+    assert h["cache-status"].startswith("weir; hit")
+    time.sleep(2.2)
+    st, h, _ = get(port, t)
+    assert h["cache-status"] == "weir; fwd=stale; stored"
+    assert o.count(t) == 2
+
+
+def test_default_ttl_and_methods(cached):
+    port, o, _ = cached(route_cache="      default_ttl: 60s\n")
+    t = "/d"
+    get(port, t)
+    st, h, _ = get(port, t)
+    assert h["cache-status"].startswith("weir; hit")
+    assert o.count(t) == 1
+    # POST goes through, marked
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("POST", t, body=b"x")
+    r = c.getresponse()
+    r.read()
+    assert r.getheader("Cache-Status") == "weir; fwd=method"
+    c.close()
+    assert o.count(t) == 2
+    # HEAD is served from the cached GET
+    st, h, b = get(port, t, method="HEAD")
+    assert st == 200 and b == b"" and h["content-length"] == "1000"
+    assert h["cache-status"].startswith("weir; hit")
+    assert o.count(t) == 2
+
+
+def test_conditional_and_range_fields_do_not_go_up_from_the_writer(cached):
+    port, o, _ = cached()
+    t = "/cond?cc=max-age%3D60"
+    st, h, b = get(port, t, headers={"If-None-Match": '"x"', "Range": "bytes=0-1"})
+    assert st == 200 and len(b) == 1000
+    sent = [hd for m, p, hd in o.heads if p == t][0]
+    assert "If-None-Match" not in sent and "Range" not in sent
+
+
+def test_object_larger_than_max_object_is_passed(cached):
+    port, o, _ = cached(zone="{capacity: 1m, max_object: 64k}")
+    t = "/big?cc=max-age%3D60&len=200000"
+    st, h, b = get(port, t)
+    assert b == body_of(200000)
+    assert h["cache-status"] == "weir; fwd=miss; detail=too-large"
+    t2 = "/bigc?cc=max-age%3D60&len=200000&chunked=1"
+    st, h, b = get(port, t2)
+    assert b == body_of(200000)
+    st, h, b = get(port, t2)
+    assert b == body_of(200000) and not h["cache-status"].startswith("weir; hit")
+    assert o.count(t2) == 2
+
+
+def test_memory_stays_bounded_under_a_working_set_larger_than_the_zone(cached):
+    """4 MiB of distinct objects through a 1 MiB zone: RSS grows by about the zone, not the
+    working set (bounded by the zone plus fixed overhead)."""
+    port, o, w = cached(zone="{capacity: 1m, max_object: 128k}")
+    for i in range(20):
+        get(port, f"/warm{i}?cc=max-age%3D60&len=1000")
+    before = w.rss_kb()
+    for i in range(64):
+        st, _, b = get(port, f"/ws{i}?cc=max-age%3D60&len=65536")
+        assert st == 200 and len(b) == 65536
+    after = w.rss_kb()
+    assert after - before < 4096, (before, after)
+
+
+def test_fill_cut_short_is_not_stored(cached):
+    port, o, _ = cached()
+    t = "/cut?cc=max-age%3D60&len=40000&chunked=1&cut=1"
+    with pytest.raises((http.client.IncompleteRead, http.client.RemoteDisconnected,
+                        ConnectionError)):
+        get(port, t)
+    with pytest.raises((http.client.IncompleteRead, http.client.RemoteDisconnected,
+                        ConnectionError)):
+        get(port, t)
+    assert o.count(t) == 2
+
+
+def test_config_errors(tmp_path, weir):
+    from conftest import check_refuses
+    base = ("listeners:\n  - 127.0.0.1:1\nupstreams:\n  web:\n    backends: [127.0.0.1:2]\n")
+    _, out = check_refuses(tmp_path, base + "routes:\n  - upstream: web\n    cache: {zone: nope}\n")
+    assert "routes[0].cache.zone" in out and "no cache zone 'nope'" in out
+    _, out = check_refuses(tmp_path, base + "cache:\n  zones:\n    main: {capacity: 1m, max_object: 2m}\n"
+                        "routes:\n  - upstream: web\n    cache: {zone: main}\n")
+    assert "cache.zones.main.max_object" in out and "larger than the zone's capacity" in out
+    _, out = check_refuses(tmp_path, base + "cache:\n  zones:\n    main: {capacity: 1m}\n"
+                        "routes:\n  - upstream: web\n    cache: {zone: main, key: [path, colour]}\n")
+    assert "routes[0].cache.key[1]" in out and "colour" in out
