@@ -41,6 +41,7 @@ static void usage(FILE *to)
         "  --access-log PATH|stdout|off   access log (default: off)\n"
         "  --access-log-format combined|json   (default: combined)\n"
         "  --work-stealing           one shared listening socket instead of one per thread\n"
+        "  --cache SIZE              cache responses (RFC 9111) in memory, up to SIZE (256m)\n"
         "\n"
         "Signals: SIGTERM/SIGQUIT finish in-flight requests and exit, SIGINT exits at once.\n"
         "Configuration reference: docs/CONFIG.md\n",
@@ -204,6 +205,7 @@ struct proxy_cmd {
     unsigned nlisten;
     const char *to, *threads, *access, *format;
     const char *tls_cert, *tls_key, *upstream_sni, *upstream_ca;
+    const char *cache; /* --cache SIZE: one zone of that capacity for the route */
     bool stealing;
 };
 
@@ -233,6 +235,9 @@ static const char **proxy_slot(struct proxy_cmd *pc, const char *a)
     }
     if (strcmp(a, "--upstream-ca") == 0) {
         return &pc->upstream_ca;
+    }
+    if (strcmp(a, "--cache") == 0) {
+        return &pc->cache;
     }
     return NULL;
 }
@@ -359,7 +364,14 @@ static int write_proxy_yaml(struct proxy_cmd *pc)
             put_setting(t, "          key: ", pc->tls_key);
         }
     }
+    if (pc->cache != NULL) {
+        put(t, "cache:\n  zones:\n    cli:\n");
+        put_setting(t, "      capacity: ", pc->cache);
+    }
     put(t, "routes:\n  - upstream: backends\n");
+    if (pc->cache != NULL) {
+        put(t, "    cache: {zone: cli}\n");
+    }
     int rc = write_backends(pc, t);
     if (rc == 0 && t->overflow) {
         return proxy_usage_error("arguments too long", NULL);

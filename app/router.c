@@ -316,6 +316,8 @@ static int enable_cache(struct weir_session *s, const struct route_ctx *rc)
     p.on_writer_failure = (enum weir_cache_writer_failure)c->on_writer_failure;
     p.cookies = c->cookies;
     p.authorized = c->authorization;
+    p.purge_from = c->purge_from;
+    p.npurge_from = c->npurge_from;
     return weir_session_cache_enable(s, zone, &p);
 }
 

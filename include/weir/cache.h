@@ -33,6 +33,7 @@ struct weir_cache_waiter {
     struct weir_cache_waiter *prev, *next; /**< private */
     bool linked;                           /**< private */
     int result;                            /**< private: the lock's verdict on wake */
+    struct weir_cache_obj *obj;            /**< private: the fill handed over on wake */
 };
 
 /** A reader's position in an object's body. Start zeroed. */
@@ -94,6 +95,11 @@ struct weir_cache_storage_ops {
     void (*unwait)(struct weir_cache_obj *o, struct weir_cache_waiter *w);
     /** Body bytes so far; *complete once the fill finished, *failed if it was abandoned. */
     uint64_t (*length)(struct weir_cache_obj *o, bool *complete, bool *failed);
+    /** A copy of o's metadata (as lookup makes it). 0 or WEIR_ENOMEM. */
+    int (*meta)(struct weir_cache_obj *o, void *(*alloc)(void *arg, size_t len), void *arg,
+                struct weir_iov *meta);
+    /** Takes another reference (any thread). */
+    void (*ref)(struct weir_cache_obj *o);
     /** Drops a reference. */
     void (*release)(struct weir_cache_obj *o);
     /** Frees the storage (no reference may remain). */
@@ -161,6 +167,22 @@ enum weir_cache_writer_failure {
 #define WEIR_CACHE_KEY_DEFAULT                                                                     \
     (WEIR_CACHE_KEY_METHOD | WEIR_CACHE_KEY_HOST | WEIR_CACHE_KEY_PATH | WEIR_CACHE_KEY_QUERY)
 
+/** An address block: family 4 or 6, the first `bits` bits of addr (network order). */
+struct weir_cidr {
+    uint8_t family;
+    uint8_t bits;
+    uint8_t addr[16];
+};
+
+/** Whether sa (IPv4, IPv6, or IPv4-mapped IPv6) is in one of the n blocks. */
+WEIR_EXTERN bool weir_cidr_match(const struct weir_cidr *list, size_t n, const void *sa);
+
+/**
+ * Parses "ADDR" or "ADDR/BITS" (IPv4 or IPv6) into *out. 0 or WEIR_EINVAL (bits past the
+ * address, or bits set in the address past them: "10.1.0.0/8" is refused as a likely typo).
+ */
+WEIR_EXTERN int weir_cidr_parse(const char *s, struct weir_cidr *out);
+
 struct weir_cache_policy {
     uint32_t key;           /**< WEIR_CACHE_KEY_* parts of the default key */
     uint32_t default_ttl_s; /**< for responses without freshness information; 0: not cached */
@@ -172,6 +194,12 @@ struct weir_cache_policy {
     bool authorized;
     /** Serve and store requests with Cookie, responses with Set-Cookie (default: not). */
     bool cookies;
+    /**
+     * Clients that may remove a key with a PURGE request for its URL (answered 200, or 404
+     * when it was not stored; 403 from anyone else). None: PURGE is passed like any method.
+     */
+    const struct weir_cidr *purge_from;
+    size_t npurge_from;
 };
 
 /**

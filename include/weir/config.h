@@ -326,6 +326,8 @@ struct weir_cfg_route_upstream_tls {
 };
 
 /** cache.zones.NAME: one cache zone (a bounded in-memory storage and its cache lock). */
+struct weir_cidr;
+
 struct weir_cfg_cache_zone {
     const char *name;
     uint64_t capacity;   /**< bytes, keys and metadata counted; required */
@@ -342,6 +344,8 @@ struct weir_cfg_route_cache {
     uint32_t stale_while_revalidate_ms;     /**< default 0 */
     uint32_t stale_if_error_ms;             /**< default 0 */
     uint32_t on_writer_failure;             /**< 0 next_writer (default), 1 fetch_each */
+    const struct weir_cidr *purge_from;     /**< clients that may PURGE; none by default */
+    size_t npurge_from;
     bool cookies;       /**< serve and store requests with Cookie; default false */
     bool authorization; /**< serve and store requests with Authorization; default false */
 };

@@ -56,9 +56,14 @@ enum weir__clock_verdict weir__clock_acquire(struct weir__clock *l, struct weir_
                                              uint64_t hash, uint64_t now_ms, uint32_t timeout_ms,
                                              struct weir_cache_waiter *w, uint64_t *token,
                                              uint64_t *deadline_ms);
-/** The writer of turn token lets go with outcome; every waiter is woken. */
+/**
+ * The writer of turn token lets go with outcome; every waiter is woken. With FILLING, fill is
+ * handed to each waiter (w->obj, a reference taken with ref), so waiters read it even if the
+ * storage evicts or refuses it before they look.
+ */
 void weir__clock_release(struct weir__clock *l, struct weir_iov key, uint64_t hash, uint64_t token,
-                         enum weir__clock_outcome outcome, uint64_t now_ms);
+                         enum weir__clock_outcome outcome, uint64_t now_ms,
+                         struct weir_cache_obj *fill, void (*ref)(struct weir_cache_obj *));
 /** A waiter leaves (its request ended or timed out); harmless when it was woken. */
 void weir__clock_unwait(struct weir__clock *l, uint64_t hash, struct weir_cache_waiter *w);
 /** Forgets key's hit-for-pass mark (a purge). */

@@ -148,7 +148,8 @@ static void add_waiter(struct lentry *e, struct weir_cache_waiter *w)
     w->linked = true;
 }
 
-static void wake_all(struct lentry *e, int result)
+static void wake_all(struct lentry *e, int result, struct weir_cache_obj *fill,
+                     void (*ref)(struct weir_cache_obj *))
 {
     struct weir_cache_waiter *w = e->waiters;
     e->waiters = NULL;
@@ -157,6 +158,10 @@ static void wake_all(struct lentry *e, int result)
         w->prev = w->next = NULL;
         w->linked = false;
         w->result = result;
+        if (fill != NULL && ref != NULL && w->obj == NULL) {
+            ref(fill);
+            w->obj = fill;
+        }
         w->wake(w);
         w = n;
     }
@@ -212,7 +217,8 @@ enum weir__clock_verdict weir__clock_acquire(struct weir__clock *l, struct weir_
 }
 
 void weir__clock_release(struct weir__clock *l, struct weir_iov key, uint64_t hash, uint64_t token,
-                         enum weir__clock_outcome outcome, uint64_t now_ms)
+                         enum weir__clock_outcome outcome, uint64_t now_ms,
+                         struct weir_cache_obj *fill, void (*ref)(struct weir_cache_obj *))
 {
     struct lshard *sh = lshard_of(l, hash);
     pthread_mutex_lock(&sh->mu);
@@ -221,7 +227,7 @@ void weir__clock_release(struct weir__clock *l, struct weir_iov key, uint64_t ha
         pthread_mutex_unlock(&sh->mu); /* taken over meanwhile: not ours to release */
         return;
     }
-    wake_all(e, (int)outcome);
+    wake_all(e, (int)outcome, outcome == WEIR_CLOCK_FILLING ? fill : NULL, ref);
     if (outcome != WEIR_CLOCK_UNCACHEABLE) {
         remove_entry(sh, e);
         pthread_mutex_unlock(&sh->mu);

@@ -62,6 +62,8 @@ struct mobj {
     _Atomic uint32_t refs;
     uint8_t queue;        /* enum mobj_queue, under the shard's mutex */
     uint8_t uses;         /* under the shard's mutex */
+    uint8_t freq;         /* its TinyLFU estimate when its fill began */
+    uint8_t was;          /* the queue evict_one took it from */
     bool indexed;         /* in the index (holds a reference) */
     _Atomic int state;    /* enum mobj_state */
     _Atomic uint64_t len; /* body bytes published */
@@ -286,6 +288,7 @@ static struct mobj *evict_one(struct mshard *sh)
                 q_push(sh, o, Q_MAIN);
                 continue;
             }
+            o->was = Q_SMALL;
             return o;
         }
         if (o->uses > 0) {
@@ -295,6 +298,7 @@ static struct mobj *evict_one(struct mshard *sh)
             continue;
         }
         q_unlink(sh, o);
+        o->was = Q_MAIN;
         return o;
     }
 }
@@ -309,11 +313,13 @@ static void evict_to_limit(struct mshard *sh, struct mobj *incoming, uint32_t in
 {
     struct mobj *victims = NULL;
     unsigned nvictims = 0;
-    while (sh->weight > sh->limit) {
+    uint64_t freed = 0; /* the victims leave sh->weight only when unindexed, below */
+    while (sh->weight - freed > sh->limit) {
         struct mobj *v = evict_one(sh);
         if (v == NULL) {
             break;
         }
+        freed += v->charge;
         nvictims++;
         v->qnext = victims; /* queue links are free now: a list of victims */
         victims = v;
@@ -326,7 +332,7 @@ static void evict_to_limit(struct mshard *sh, struct mobj *incoming, uint32_t in
         /* The one it would push out is asked for more often: it stays, the new one goes. */
         struct mobj *v = victims;
         v->qnext = NULL;
-        q_push(sh, v, Q_MAIN);
+        q_push(sh, v, (enum mobj_queue)v->was); /* back where it was, as the newest there */
         q_unlink(sh, incoming);
         victims = incoming;
         incoming->qnext = NULL;
@@ -402,7 +408,12 @@ static int mem_begin_fill(struct weir_cache_storage *st, struct weir_iov key, ui
     struct memstore *m = MS(st);
     *out = NULL;
     uint64_t fixed = MEM_OBJ_OVERHEAD + key.len + meta.len;
-    if (fixed > m->max_object || (len != UINT64_MAX && len > m->max_object - fixed)) {
+    /* A known length is stored in chunks of up to MEM_CHUNK_MAX, each with its header. */
+    if (fixed > m->max_object ||
+        (len != UINT64_MAX &&
+         (len > m->max_object - fixed ||
+          len + (len + MEM_CHUNK_MAX - 1u) / MEM_CHUNK_MAX * sizeof(struct mchunk) >
+              m->max_object - fixed))) {
         struct mshard *sh = shard_of(m, hash);
         pthread_mutex_lock(&sh->mu);
         sh->st.too_large++;
@@ -418,7 +429,9 @@ static int mem_begin_fill(struct weir_cache_storage *st, struct weir_iov key, ui
         weir__free(o);
         return WEIR_ENOMEM;
     }
-    memcpy(o->meta, meta.base, meta.len);
+    if (meta.len > 0) { /* an empty iov's base may be NULL */
+        memcpy(o->meta, meta.base, meta.len);
+    }
     o->meta_len = meta.len;
     memcpy(o->key, key.base, key.len);
     o->key_len = key.len;
@@ -445,12 +458,27 @@ static int mem_begin_fill(struct weir_cache_storage *st, struct weir_iov key, ui
     o->hnext = *bucket(sh, hash);
     *bucket(sh, hash) = o;
     o->indexed = true;
+    if (len != UINT64_MAX) {
+        /* A known length is charged whole now, so admission weighs the object it will be. */
+        uint64_t chunks = (len + MEM_CHUNK_MAX - 1) / MEM_CHUNK_MAX;
+        o->charge += len + chunks * sizeof(struct mchunk);
+    }
     sh->nobj++;
     sh->weight += o->charge;
     sh->st.objects++;
     sh->st.bytes += o->charge;
     grow_index(sh);
-    evict_to_limit(sh, NULL, 0, &dead, &(bool){false});
+    /* TinyUFO: the newcomer starts in the small queue and, when room must be made, TinyLFU
+       decides between it and a lone victim. A fill is evictable like any object: its readers
+       keep their references and read it to the end. */
+    uint32_t freq = sketch_incr(sh, hash);
+    o->freq = (uint8_t)(freq > 255 ? 255 : freq);
+    q_push(sh, o, Q_SMALL);
+    bool refused = false;
+    evict_to_limit(sh, o, freq, &dead, &refused);
+    if (refused) {
+        sh->st.rejected++;
+    }
     pthread_mutex_unlock(&sh->mu);
     drop_dead(m, dead);
     *out = (struct weir_cache_obj *)o;
@@ -514,6 +542,11 @@ static int mem_append(struct weir_cache_obj *h, struct weir_iov data)
     while (data.len > 0) {
         if (o->tail == NULL || o->tail_used == o->tail->cap) {
             size_t cap = chunk_cap(o, have, data.len);
+            /* The last chunk gets what max_object leaves: doubling must not refuse early. */
+            uint64_t room = m->max_object - o->alloc;
+            if (room > sizeof(struct mchunk) && cap > room - sizeof(struct mchunk)) {
+                cap = (size_t)(room - sizeof(struct mchunk));
+            }
             uint64_t add = sizeof(struct mchunk) + cap;
             if (o->alloc + add > m->max_object) {
                 pthread_mutex_lock(&sh->mu);
@@ -531,11 +564,19 @@ static int mem_append(struct weir_cache_obj *h, struct weir_iov data)
             struct mobj *dead = NULL;
             pthread_mutex_lock(&sh->mu);
             o->alloc += add;
-            if (o->indexed) {
+            if (o->indexed && o->expect == UINT64_MAX) {
+                /* unknown length: charged as it grows (a known one was charged whole) */
                 o->charge += add;
                 sh->weight += add;
                 sh->st.bytes += add;
-                evict_to_limit(sh, NULL, 0, &dead, &(bool){false});
+                if (o->queue != Q_NONE) {
+                    (o->queue == Q_SMALL ? &sh->small : &sh->main)->weight += add;
+                }
+                bool refused = false;
+                evict_to_limit(sh, o, o->freq, &dead, &refused);
+                if (refused) {
+                    sh->st.rejected++;
+                }
             }
             pthread_mutex_unlock(&sh->mu);
             drop_dead(m, dead);
@@ -571,21 +612,11 @@ static int mem_finish(struct weir_cache_obj *h)
         return WEIR_EINVAL; /* short: the caller abandons it */
     }
     struct mobj *dead = NULL;
-    bool refused = false;
     pthread_mutex_lock(&sh->mu);
     atomic_store_explicit(&o->state, MOBJ_COMPLETE, memory_order_seq_cst);
     wake_readers(o);
     if (o->indexed) {
-        /* It competes for its place now: the small queue, then admission. */
-        uint32_t freq = sketch_incr(sh, o->hash);
-        o->uses = 0;
-        q_push(sh, o, Q_SMALL);
-        evict_to_limit(sh, o, freq, &dead, &refused);
-        if (refused) {
-            sh->st.rejected++;
-        } else {
-            sh->st.inserts++;
-        }
+        sh->st.inserts++; /* it kept its place through the fill */
     }
     pthread_mutex_unlock(&sh->mu);
     drop_dead(m, dead);
@@ -643,7 +674,10 @@ static int mem_update_meta(struct weir_cache_storage *st, struct weir_cache_obj 
     if (copy == NULL) {
         return WEIR_ENOMEM;
     }
-    memcpy(copy, meta.base, meta.len);
+    if (meta.len > 0) { /* an empty iov's base may be NULL */
+        memcpy(copy, meta.base, meta.len);
+    }
+    struct mobj *dead = NULL;
     pthread_mutex_lock(&sh->mu);
     char *old = o->meta;
     uint64_t was = o->meta_len;
@@ -659,9 +693,11 @@ static int mem_update_meta(struct weir_cache_storage *st, struct weir_cache_obj 
             struct mqueue *q = o->queue == Q_SMALL ? &sh->small : &sh->main;
             q->weight = q->weight - was + meta.len;
         }
+        evict_to_limit(sh, NULL, 0, &dead, &(bool){false}); /* it may have grown */
     }
     pthread_mutex_unlock(&sh->mu);
     weir__free(old);
+    drop_dead(sh->m, dead);
     return 0;
 }
 
@@ -753,6 +789,30 @@ static uint64_t mem_length(struct weir_cache_obj *h, bool *complete, bool *faile
     return atomic_load_explicit(&o->len, memory_order_acquire);
 }
 
+static int mem_meta(struct weir_cache_obj *h, void *(*alloc)(void *, size_t), void *arg,
+                    struct weir_iov *meta)
+{
+    struct mobj *o = (struct mobj *)h;
+    int rc = 0;
+    pthread_mutex_lock(&o->sh->mu);
+    char *copy = alloc(arg, o->meta_len ? o->meta_len : 1);
+    if (copy == NULL) {
+        rc = WEIR_ENOMEM;
+    } else {
+        if (o->meta_len > 0) {
+            memcpy(copy, o->meta, o->meta_len);
+        }
+        *meta = (struct weir_iov){copy, o->meta_len};
+    }
+    pthread_mutex_unlock(&o->sh->mu);
+    return rc;
+}
+
+static void mem_ref(struct weir_cache_obj *h)
+{
+    atomic_fetch_add_explicit(&((struct mobj *)h)->refs, 1, memory_order_relaxed);
+}
+
 static void mem_release(struct weir_cache_obj *h)
 {
     struct mobj *o = (struct mobj *)h;
@@ -800,6 +860,8 @@ static const struct weir_cache_storage_ops mem_ops = {
     .wait = mem_wait,
     .unwait = mem_unwait,
     .length = mem_length,
+    .meta = mem_meta,
+    .ref = mem_ref,
     .release = mem_release,
     .free = mem_free,
 };

@@ -176,6 +176,35 @@ static void route_key(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
     rc->key = bits;
 }
 
+static void route_purge(struct weir__cfg_ctx *c, const struct weir__cfg_frame *f,
+                        const struct ynode *v)
+{
+    struct weir_cfg_route_cache *rc = f->obj;
+    const struct ynode *seq =
+        weir__cfg_sequence(c, v, "a list of client addresses or blocks (127.0.0.1, 10.0.0.0/8)");
+    if (seq == NULL || seq->n == 0) {
+        return;
+    }
+    struct weir_cidr *list = weir__cfg_keep_array(c, seq->n, sizeof(*list));
+    if (list == NULL) {
+        return;
+    }
+    size_t i = 0;
+    for (const struct ynode *it = seq->first; it != NULL; it = it->next, i++) {
+        size_t old = weir__cfg_path_index(c, i);
+        const struct ynode *s = weir__cfg_scalar(c, it, "an address or block");
+        if (s != NULL && weir_cidr_parse(s->text, &list[i]) != 0) {
+            weir__cfg_err(c, it,
+                          "expected an IPv4 or IPv6 address, or a block such as 10.0.0.0/8 "
+                          "(no bits set past the prefix), got '%.*s'",
+                          (int)(s->len > 64 ? 64 : s->len), s->text);
+        }
+        weir__cfg_path_pop(c, old);
+    }
+    rc->purge_from = list;
+    rc->npurge_from = seq->n;
+}
+
 static const char *const writer_failure[] = {"next_writer", "fetch_each"};
 
 static const struct weir__cfg_key route_cache_keys[] = {
@@ -189,6 +218,7 @@ static const struct weir__cfg_key route_cache_keys[] = {
     WEIR__CFG_ENUM("on_writer_failure", RC(on_writer_failure), writer_failure, 0),
     WEIR__CFG_BOOL("cookies", RC(cookies), false),
     WEIR__CFG_BOOL("authorization", RC(authorization), false),
+    {"purge", WEIR__CFG_T_CUSTOM, WEIR__CFG_VALUE, .parse = route_purge},
 };
 
 const struct weir__cfg_section weir__cfg_route_cache = WEIR__CFG_TABLE(

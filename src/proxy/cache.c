@@ -19,6 +19,7 @@
 #include "proxy/proxy_int.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -28,6 +29,16 @@
 #include "cache/cc.h"
 #include "core/alloc.h"
 #include "weir/log.h"
+
+/* A piece of a range response's body: bytes of the object, or literal bytes (multipart). */
+struct cseg {
+    bool lit;
+    struct weir_iov text; /* lit */
+    uint64_t off, len;    /* object bytes */
+};
+
+/** The most ranges one request may ask for; a request for more gets the whole object. */
+#define WEIR_CACHE_MAX_RANGES 16
 
 enum sc_state {
     SC_LOOKUP = 0, /* look the key up (again) */
@@ -69,6 +80,10 @@ struct weir__scache {
     /* the worker's deadline list (lock waits) */
     struct weir__scache *dnext, *dprev;
     bool in_deadlines;
+    /* what the body is made of when it is not the whole object (ranges): segments */
+    struct cseg *segs;
+    unsigned nsegs, seg;
+    uint64_t seg_done; /* bytes of segs[seg] already read */
     /* Cache-Status */
     const char *fwd;    /* NULL: hit */
     const char *detail; /* or NULL */
@@ -420,7 +435,6 @@ static void serve(struct weir_session *s, struct weir__scache *sc, bool complete
 {
     sc->state = SC_HIT;
     sc->obj_complete = complete;
-    (void)sc->obj_complete;
     if (!complete) {
         sc->fwd = "miss";
         sc->collapsed = true;
@@ -449,6 +463,10 @@ static int decode_meta(struct weir_session *s, struct weir__scache *sc, struct w
                                    &sc->fields);
 }
 
+/* Serves o (a reference the session owns now) if it is fresh and usable; else lets it go. */
+static bool consider(struct weir_session *s, struct weir__scache *sc, struct weir_cache_obj *o,
+                     struct weir_iov meta);
+
 static bool cache_lookup(struct weir_session *s, struct weir__scache *sc)
 {
     struct weir_cache_storage *st = sc->zone->st;
@@ -457,6 +475,30 @@ static bool cache_lookup(struct weir_session *s, struct weir__scache *sc)
     if (o == NULL) {
         return false;
     }
+    return consider(s, sc, o, meta);
+}
+
+/* The fill the writer handed over on waking this waiter, if any. */
+static bool take_handed_fill(struct weir_session *s, struct weir__scache *sc)
+{
+    struct weir_cache_obj *o = sc->waiter.obj;
+    if (o == NULL) {
+        return false;
+    }
+    sc->waiter.obj = NULL;
+    struct weir_cache_storage *st = sc->zone->st;
+    struct weir_iov meta;
+    if (st->ops->meta(o, arena_alloc, s->arena, &meta) != 0) {
+        st->ops->release(o);
+        return false;
+    }
+    return consider(s, sc, o, meta);
+}
+
+static bool consider(struct weir_session *s, struct weir__scache *sc, struct weir_cache_obj *o,
+                     struct weir_iov meta)
+{
+    struct weir_cache_storage *st = sc->zone->st;
     if (decode_meta(s, sc, meta) != 0) {
         weir_log(WEIR_LOG_WARN, "cache: stored metadata of %.*s does not decode: purged",
                  (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base);
@@ -514,6 +556,13 @@ static bool after_wait(struct weir_session *s, struct weir__scache *sc)
     deadline_unlink(s->w->cinbox, sc);
     sc->state = SC_LOOKUP;
     int res = sc->lock_result;
+    if (sc->waiter.obj != NULL) {
+        /* FILLING: read the very fill that was made (even if the storage let it go since) */
+        sc->collapsed = true;
+        if (take_handed_fill(s, sc)) {
+            return true;
+        }
+    }
     if (res == WEIR_CLOCK_UNCACHEABLE) {
         sc_pass(s, sc, "miss", "hit-for-pass");
         return true;
@@ -527,11 +576,66 @@ static bool after_wait(struct weir_session *s, struct weir__scache *sc)
     return false;
 }
 
+/* The request's key: the cache_key hook's, or the policy's parts. false on out of memory. */
+static bool make_key(struct weir_session *s, struct weir__scache *sc, bool *hook_failed)
+{
+    const struct weir_proxy_hooks *hk = s->w->hooks;
+    struct weir_iov key = {NULL, 0};
+    *hook_failed = false;
+    if (hk->cache_key != NULL && hk->cache_key(s, s->ctx, &key) == WEIR_HOOK_ERROR) {
+        *hook_failed = true;
+        return false;
+    }
+    if (key.len == 0) {
+        key = default_key(s, sc->pol.key);
+        if (key.base == NULL) {
+            return false;
+        }
+    }
+    sc->key = key;
+    sc->hash = weir__cache_hash(sc->zone, key);
+    return true;
+}
+
+/* PURGE from an allowed client: the key goes (200), or was not there (404); others 403. */
+static void purge(struct weir_session *s, struct weir__scache *sc)
+{
+    sc->fwd = "bypass";
+    sc->detail = "purge";
+    int status;
+    struct weir_iov text;
+    bool hook_failed = false;
+    if (!weir_cidr_match(sc->pol.purge_from, sc->pol.npurge_from, &s->c->addr)) {
+        weir_log(WEIR_LOG_INFO, "cache: PURGE from %s refused: not in the route's purge list",
+                 s->c->ip);
+        status = 403;
+        text = WEIR_IOV_LIT("Forbidden\n");
+    } else if (!make_key(s, sc, &hook_failed)) {
+        weir__session_fail(s, hook_failed ? WEIR_ERR_HOOK : WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0,
+                           "cache_key");
+        return;
+    } else if (weir_cache_purge(sc->zone, sc->key) > 0) {
+        weir_log(WEIR_LOG_INFO, "cache: %.*s purged by %s",
+                 (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base, s->c->ip);
+        status = 200;
+        text = WEIR_IOV_LIT("Purged\n");
+    } else {
+        status = 404;
+        text = WEIR_IOV_LIT("Not in the cache\n");
+    }
+    if (weir_session_respond_text(s, status, text) != 0) {
+        weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+    }
+}
+
 /* The first look: whether the cache may answer this request at all, and its key. True when
    the session's course is set (a pass, or a failure). */
 static bool first_look(struct weir_session *s, struct weir__scache *sc)
 {
-    const struct weir_proxy_hooks *hk = s->w->hooks;
+    if (sc->pol.npurge_from > 0 && weir_iov_eq(s->req.method, WEIR_IOV_LIT("PURGE"))) {
+        purge(s, sc);
+        return true;
+    }
     bool get = weir_iov_eq(s->req.method, WEIR_IOV_LIT("GET"));
     sc->head_req = weir_iov_eq(s->req.method, WEIR_IOV_LIT("HEAD"));
     struct weir_iov v;
@@ -543,20 +647,12 @@ static bool first_look(struct weir_session *s, struct weir__scache *sc)
     sc->private_req =
         (!sc->pol.authorized && weir_headers_get(&s->req.headers, "authorization", &v)) ||
         (!sc->pol.cookies && weir_headers_get(&s->req.headers, "cookie", &v));
-    struct weir_iov key = {NULL, 0};
-    if (hk->cache_key != NULL && hk->cache_key(s, s->ctx, &key) == WEIR_HOOK_ERROR) {
-        weir__session_fail(s, WEIR_ERR_HOOK, WEIR_SRC_INTERNAL, 0, "cache_key");
+    bool hook_failed = false;
+    if (!make_key(s, sc, &hook_failed)) {
+        weir__session_fail(s, hook_failed ? WEIR_ERR_HOOK : WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0,
+                           "cache_key");
         return true;
     }
-    if (key.len == 0) {
-        key = default_key(s, sc->pol.key);
-        if (key.base == NULL) {
-            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
-            return true;
-        }
-    }
-    sc->key = key;
-    sc->hash = weir__cache_hash(sc->zone, key);
     return false;
 }
 
@@ -724,7 +820,7 @@ static void unlock(struct weir_session *s, struct weir__scache *sc, enum weir__c
     }
     sc->locked = false;
     weir__clock_release(sc->zone->lock, sc->key, sc->hash, sc->token, out,
-                        weir_loop_now_ms(s->w->loop));
+                        weir_loop_now_ms(s->w->loop), sc->fill, sc->zone->st->ops->ref);
 }
 
 void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
@@ -854,6 +950,10 @@ void weir__cache_end(struct weir_session *s)
     if (sc->state == SC_WAIT_LOCK) {
         weir__clock_unwait(sc->zone->lock, sc->hash, &sc->waiter);
     }
+    if (sc->waiter.obj != NULL) {
+        st->ops->release(sc->waiter.obj); /* handed over, never read */
+        sc->waiter.obj = NULL;
+    }
     if (sc->obj != NULL) {
         if (sc->obj_waiting) {
             st->ops->unwait(sc->obj, &sc->waiter);
@@ -906,10 +1006,51 @@ void weir__cache_status(struct weir_session *s, struct weir_resp *r)
 
 /* ---- reading an object: the virtual upstream stream ---- */
 
+/* A range response's body: its segments in order (the object is complete). */
+static ssize_t read_segments(struct weir__scache *sc, char *buf, size_t len)
+{
+    const struct weir_cache_storage_ops *ops = sc->zone->st->ops;
+    size_t got = 0;
+    while (got < len && sc->seg < sc->nsegs) {
+        struct cseg *g = &sc->segs[sc->seg];
+        uint64_t left = (g->lit ? g->text.len : g->len) - sc->seg_done;
+        if (left == 0) {
+            sc->seg++;
+            sc->seg_done = 0;
+            continue;
+        }
+        size_t n = left < len - got ? (size_t)left : len - got;
+        if (g->lit) {
+            memcpy(buf + got, g->text.base + sc->seg_done, n);
+        } else {
+            uint64_t want = g->off + sc->seg_done;
+            if (sc->cur.off > want) {
+                sc->cur = (struct weir_cache_cursor){0}; /* ranges out of order: rewind */
+            }
+            sc->cur.off = want;
+            struct weir_iov d;
+            if (ops->read(sc->obj, &sc->cur, &d) != WEIR_CACHE_READ_DATA) {
+                return got > 0 ? (ssize_t)got : -EIO; /* complete, so the bytes are there */
+            }
+            n = n < d.len ? n : d.len;
+            memcpy(buf + got, d.base, n);
+        }
+        got += n;
+        sc->seg_done += n;
+    }
+    if (sc->seg >= sc->nsegs) {
+        sc->vst.eof = true;
+    }
+    return (ssize_t)got;
+}
+
 static ssize_t cache_vread(struct weir__stream *st, char *buf, size_t len)
 {
     struct weir__scache *sc = WEIR_CONTAINER_OF(st, struct weir__scache, vst);
     const struct weir_cache_storage_ops *ops = sc->zone->st->ops;
+    if (sc->segs != NULL) {
+        return read_segments(sc, buf, len);
+    }
     size_t got = 0;
     while (got < len) {
         struct weir_iov d;
@@ -957,6 +1098,250 @@ static int cache_request_head(struct weir_session *s, bool length_ok)
     return WEIR_EINVAL;
 }
 
+/* ---- conditional requests and ranges, answered from a stored object ---- */
+
+static struct weir_iov trim_ows(struct weir_iov v)
+{
+    while (v.len > 0 && (v.base[0] == ' ' || v.base[0] == '\t')) {
+        v.base++;
+        v.len--;
+    }
+    while (v.len > 0 && (v.base[v.len - 1] == ' ' || v.base[v.len - 1] == '\t')) {
+        v.len--;
+    }
+    return v;
+}
+
+static struct weir_iov strip_weak(struct weir_iov v)
+{
+    if (v.len >= 2 && v.base[0] == 'W' && v.base[1] == '/') {
+        v.base += 2;
+        v.len -= 2;
+    }
+    return v;
+}
+
+/* If-None-Match's list against the stored ETag, weak comparison (RFC 9110 13.1.2). */
+static bool etag_listed(struct weir_iov list, struct weir_iov etag)
+{
+    list = trim_ows(list);
+    if (list.len == 1 && list.base[0] == '*') {
+        return true;
+    }
+    struct weir_iov mine = strip_weak(trim_ows(etag));
+    while (list.len > 0) {
+        const char *comma = memchr(list.base, ',', list.len);
+        size_t n = comma ? (size_t)(comma - list.base) : list.len;
+        struct weir_iov one = strip_weak(trim_ows((struct weir_iov){list.base, n}));
+        if (one.len > 0 && weir_iov_eq(one, mine)) {
+            return true;
+        }
+        list.base += n + (comma ? 1 : 0);
+        list.len -= n + (comma ? 1 : 0);
+    }
+    return false;
+}
+
+/* Whether the client's conditions say it has this response already (304). */
+static bool not_modified(struct weir_session *s, const struct weir_headers *stored)
+{
+    struct weir_iov inm, ims, etag, lm;
+    if (weir_headers_get(&s->req.headers, "if-none-match", &inm)) {
+        return weir_headers_get(stored, "etag", &etag) && etag_listed(inm, etag);
+    }
+    int64_t since, modified;
+    return weir_headers_get(&s->req.headers, "if-modified-since", &ims) &&
+           weir_headers_get(stored, "last-modified", &lm) && weir__http_date_parse(ims, &since) &&
+           weir__http_date_parse(lm, &modified) && modified <= since;
+}
+
+/* If-Range: the ranges apply only to the representation it names (strong ETag, or date). */
+static bool if_range_holds(struct weir_session *s, const struct weir_headers *stored)
+{
+    struct weir_iov ir, v;
+    if (!weir_headers_get(&s->req.headers, "if-range", &ir)) {
+        return true;
+    }
+    ir = trim_ows(ir);
+    if (ir.len > 0 && (ir.base[0] == '"' || ir.base[0] == 'W')) {
+        return ir.base[0] == '"' && weir_headers_get(stored, "etag", &v) &&
+               weir_iov_eq(trim_ows(v), ir);
+    }
+    int64_t a, b;
+    return weir_headers_get(stored, "last-modified", &v) && weir__http_date_parse(ir, &a) &&
+           weir__http_date_parse(v, &b) && a == b;
+}
+
+struct brange {
+    uint64_t first, last;
+};
+
+/*
+ * A Range field against a body of len bytes (RFC 9110 14.1.2): the satisfiable ranges into
+ * out. Returns their count; 0 when none is satisfiable (416); -1 when the field is not a
+ * bytes range set weir answers (malformed, another unit, too many ranges: the whole object).
+ */
+static int parse_ranges(struct weir_iov v, uint64_t len, struct brange *out)
+{
+    v = trim_ows(v);
+    if (v.len < 6 || !weir_iov_ieq((struct weir_iov){v.base, 6}, WEIR_IOV_LIT("bytes="))) {
+        return -1;
+    }
+    v.base += 6;
+    v.len -= 6;
+    int n = 0, seen = 0;
+    while (v.len > 0) {
+        const char *comma = memchr(v.base, ',', v.len);
+        size_t l = comma ? (size_t)(comma - v.base) : v.len;
+        struct weir_iov one = trim_ows((struct weir_iov){v.base, l});
+        v.base += l + (comma ? 1 : 0);
+        v.len -= l + (comma ? 1 : 0);
+        if (one.len == 0) {
+            continue; /* empty list elements are allowed */
+        }
+        if (++seen > WEIR_CACHE_MAX_RANGES) {
+            return -1;
+        }
+        const char *dash = memchr(one.base, '-', one.len);
+        if (dash == NULL) {
+            return -1;
+        }
+        struct weir_iov a = {one.base, (size_t)(dash - one.base)};
+        struct weir_iov b = {dash + 1, one.len - a.len - 1};
+        uint64_t x = 0, y = 0;
+        if (a.len == 0) {
+            if (!weir__parse_length(b, &y)) {
+                return -1;
+            }
+            if (y == 0 || len == 0) {
+                continue; /* unsatisfiable */
+            }
+            out[n++] = (struct brange){len > y ? len - y : 0, len - 1};
+            continue;
+        }
+        if (!weir__parse_length(a, &x) || (b.len > 0 && !weir__parse_length(b, &y))) {
+            return -1;
+        }
+        if (b.len > 0 && y < x) {
+            return -1; /* an invalid range: the whole field is ignored */
+        }
+        if (x >= len) {
+            continue;
+        }
+        out[n++] = (struct brange){x, b.len == 0 || y >= len ? len - 1 : y};
+    }
+    return seen == 0 ? -1 : n;
+}
+
+static struct weir_iov arena_printf(struct weir_arena *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static struct weir_iov arena_printf(struct weir_arena *a, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof(buf)) {
+        return (struct weir_iov){NULL, 0};
+    }
+    return weir_arena_iovdup(a, (struct weir_iov){buf, (size_t)n});
+}
+
+/*
+ * Turns the complete object's 200 into a 206 (one range, or multipart/byteranges) or a 416
+ * when the request asks for ranges. *len becomes the body's length. 0, 1 (not a range
+ * response: serve it whole) or WEIR_ENOMEM.
+ */
+static int answer_ranges(struct weir_session *s, struct weir__scache *sc, struct weir_resp *r,
+                         uint64_t *len)
+{
+    struct weir_iov rv;
+    if (r->status != 200 || sc->head_req || !weir_headers_get(&s->req.headers, "range", &rv) ||
+        !if_range_holds(s, &r->headers)) {
+        return 1;
+    }
+    uint64_t total = *len;
+    struct brange rs[WEIR_CACHE_MAX_RANGES];
+    int n = parse_ranges(rv, total, rs);
+    if (n < 0) {
+        return 1;
+    }
+    struct weir_arena *a = s->arena;
+    if (n == 0) {
+        r->status = 416;
+        r->reason = WEIR_IOV_LIT("Range Not Satisfiable");
+        struct weir_iov cr = arena_printf(a, "bytes */%llu", (unsigned long long)total);
+        if (cr.base == NULL ||
+            weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Content-Range"), cr) != 0) {
+            return WEIR_ENOMEM;
+        }
+        sc->segs = weir_arena_calloc(a, sizeof(struct cseg));
+        if (sc->segs == NULL) {
+            return WEIR_ENOMEM;
+        }
+        sc->nsegs = 0;
+        *len = 0;
+        return 0;
+    }
+    r->status = 206;
+    r->reason = WEIR_IOV_LIT("Partial Content");
+    if (n == 1) {
+        sc->segs = weir_arena_calloc(a, sizeof(struct cseg));
+        struct weir_iov cr =
+            arena_printf(a, "bytes %llu-%llu/%llu", (unsigned long long)rs[0].first,
+                         (unsigned long long)rs[0].last, (unsigned long long)total);
+        if (sc->segs == NULL || cr.base == NULL ||
+            weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Content-Range"), cr) != 0) {
+            return WEIR_ENOMEM;
+        }
+        sc->segs[0] = (struct cseg){.off = rs[0].first, .len = rs[0].last - rs[0].first + 1};
+        sc->nsegs = 1;
+        *len = sc->segs[0].len;
+        return 0;
+    }
+    /* multipart/byteranges: each part its Content-Type and Content-Range, then the bytes */
+    struct weir_iov ctype = WEIR_IOV_LIT("application/octet-stream");
+    (void)weir_headers_get(&r->headers, "content-type", &ctype);
+    char boundary[40];
+    (void)snprintf(boundary, sizeof(boundary), "weir-%016llx",
+                   (unsigned long long)(sc->hash ^ (uint64_t)s->start_ms * 0x9e3779b97f4a7c15ull));
+    sc->segs = weir_arena_calloc(a, sizeof(struct cseg) * (size_t)(2 * n + 1));
+    if (sc->segs == NULL) {
+        return WEIR_ENOMEM;
+    }
+    uint64_t body = 0;
+    unsigned k = 0;
+    for (int i = 0; i < n; i++) {
+        struct weir_iov part = arena_printf(
+            a, "%s--%s\r\nContent-Type: %.*s\r\nContent-Range: bytes %llu-%llu/%llu\r\n\r\n",
+            i == 0 ? "" : "\r\n", boundary, (int)(ctype.len > 200 ? 200 : ctype.len), ctype.base,
+            (unsigned long long)rs[i].first, (unsigned long long)rs[i].last,
+            (unsigned long long)total);
+        if (part.base == NULL) {
+            return WEIR_ENOMEM;
+        }
+        sc->segs[k++] = (struct cseg){.lit = true, .text = part};
+        sc->segs[k++] = (struct cseg){.off = rs[i].first, .len = rs[i].last - rs[i].first + 1};
+        body += part.len + (rs[i].last - rs[i].first + 1);
+    }
+    struct weir_iov end = arena_printf(a, "\r\n--%s--\r\n", boundary);
+    struct weir_iov mct = arena_printf(a, "multipart/byteranges; boundary=%s", boundary);
+    if (end.base == NULL || mct.base == NULL) {
+        return WEIR_ENOMEM;
+    }
+    sc->segs[k++] = (struct cseg){.lit = true, .text = end};
+    body += end.len;
+    sc->nsegs = k;
+    (void)weir_headers_remove(&r->headers, "content-type");
+    if (weir_headers_add_iov(&r->headers, WEIR_IOV_LIT("Content-Type"), mct) != 0) {
+        return WEIR_ENOMEM;
+    }
+    *len = body;
+    return 0;
+}
+
 /* The stored head as the response: fields, Age, and the length once it is known. */
 static enum weir__step cache_response_head(struct weir_session *s, struct weir__outcome *o)
 {
@@ -980,6 +1365,19 @@ static enum weir__step cache_response_head(struct weir_session *s, struct weir__
     }
     uint64_t len = sc->meta.body_len;
     enum weir__h1_body kind = WEIR_H1_BODY_CLOSE; /* a fill of unknown length: to its end */
+    bool conditional = r->status == 200 && not_modified(s, &r->headers);
+    if (conditional) {
+        /* The client has it: 304 with the stored fields, no body (RFC 9110 15.4.5). */
+        r->status = 304;
+        r->reason = WEIR_IOV_LIT("Not Modified");
+        len = WEIR_CACHE_LEN_UNKNOWN;
+        kind = WEIR_H1_BODY_NONE;
+    } else if (sc->obj_complete && len != WEIR_CACHE_LEN_UNKNOWN) {
+        int rc = answer_ranges(s, sc, r, &len);
+        if (rc < 0) {
+            return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+        }
+    }
     if (len != WEIR_CACHE_LEN_UNKNOWN) {
         n = snprintf(num, sizeof(num), "%llu", (unsigned long long)len);
         struct weir_iov cl = weir_arena_iovdup(s->arena, (struct weir_iov){num, (size_t)n});
@@ -989,7 +1387,7 @@ static enum weir__step cache_response_head(struct weir_session *s, struct weir__
         }
         kind = len > 0 ? WEIR_H1_BODY_LENGTH : WEIR_H1_BODY_NONE;
     }
-    if (sc->head_req || r->status == 204 || r->status == 304) {
+    if (sc->head_req || r->status == 204 || r->status == 304 || r->status == 416) {
         kind = WEIR_H1_BODY_NONE;
     }
     s->resp = r;
