@@ -1,5 +1,5 @@
 # weir's front door. `make run` and `make test` work on a fresh Debian 12 machine as root.
-.PHONY: all deps build build-asan run test test-release test-asan bench bench-callgrind bench-tls bench-h2 fuzz-build fuzz-smoke clean format \
+.PHONY: all deps build build-asan run test test-release test-asan bench bench-callgrind bench-tls bench-h2 bench-cache fuzz-build fuzz-smoke clean format \
 	build-tsan test-tsan build-memcheck memcheck build-failmalloc failmalloc soak
 
 JOBS ?= $(shell nproc)
@@ -128,6 +128,11 @@ bench-tls: build
 # HTTP/2: weir, nginx and HAProxy terminating h2 over TLS, and weir and HAProxy h2c -> h2c (bench/README.md).
 bench-h2: build
 	bash bench/h2.sh
+
+# The cache: hit ratio on a Zipf trace, and a stampede through weir, nginx and Varnish.
+bench-cache: build
+	bash bench/cache_hitratio.sh
+	bash bench/cache_stampede.sh
 
 fuzz-build: deps
 	@CC=clang cmake -S . -B build-fuzz $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug \

@@ -988,7 +988,9 @@ void weir__cache_status(struct weir_session *s, struct weir_resp *r)
     }
     char buf[160];
     int n;
-    if (sc->fwd == NULL) {
+    if (sc->fwd == NULL && sc->collapsed) {
+        n = snprintf(buf, sizeof(buf), "weir; fwd=miss; collapsed"); /* waited for the fetch */
+    } else if (sc->fwd == NULL) {
         n = snprintf(buf, sizeof(buf), "weir; hit; ttl=%u", sc->ttl_left);
     } else {
         n = snprintf(buf, sizeof(buf), "weir; fwd=%s%s%s%s%s", sc->fwd,
