@@ -54,12 +54,14 @@ TSAN_ENV = TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(
 TSAN_TESTS = test_smoke.py test_threads.py test_shutdown.py test_examples.py test_access_log.py \
 	test_http_proxy.py test_lb.py test_health.py test_discovery.py test_abuse.py \
 	test_timeouts.py test_rejections.py test_faults.py test_buffering.py test_tls.py test_mtls.py \
-	test_h2.py test_h2_upstream.py test_grpc.py test_websocket.py test_websocket_h2.py test_grpc_web.py
+	test_h2.py test_h2_upstream.py test_grpc.py test_websocket.py test_websocket_h2.py test_grpc_web.py \
+	test_cache.py
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
 	--show-leak-kinds=definite --num-callers=30
 MEMCHECK_TESTS = test_smoke.py test_http_proxy.py test_shutdown.py test_lb.py test_health.py \
 	test_rejections.py test_faults.py test_defaults.py test_buffering.py test_tls.py test_mtls.py \
-	test_h2.py test_h2_upstream.py test_grpc.py test_websocket.py test_websocket_h2.py test_grpc_web.py
+	test_h2.py test_h2_upstream.py test_grpc.py test_websocket.py test_websocket_h2.py test_grpc_web.py \
+	test_cache.py
 MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_upload or \
 	chunked_download or keepalive_20 or pipelined or http10 or head_ or no_body_statuses or \
 	close_delimited or expect_100 or dead_backend or pooled_connection_closed or \
@@ -74,7 +76,9 @@ MEMCHECK_SELECT = methods_pass_through or content_length_upload or chunked_uploa
 	h2_client_to_h2_tls_origin or origin_goaway_is_honoured or grpc_h2c_both_sides or \
 	grpc_upstream_down or websocket_messages_ping or close_from_origin_and_origin_death or \
 	over_h2_messages_ping or client_reset_closes_the_origin or wrong_accept or \
-	unary_binary_with_deadline or text_mode_both_ways or trailers_only_response_on
+	unary_binary_with_deadline or text_mode_both_ways or trailers_only_response_on or \
+	miss_then_hit or stampede_is_one_fetch or writer_failure_hands or revalidated_with or \
+	stale_if_error or ranges_served or fill_cut_short or purge_from_allowed
 
 build-tsan: deps
 	@cmake -S . -B build-tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -42,6 +42,7 @@ enum weir__clock_outcome {
     WEIR_CLOCK_FAILED,      /* the writer failed: next_writer or fetch_each */
     WEIR_CLOCK_UNCACHEABLE, /* not cacheable: every waiter fetches for itself (pass) */
     WEIR_CLOCK_TIMEOUT,     /* (waiter only) lock_timeout passed */
+    WEIR_CLOCK_STALE,       /* the origin failed: serve the handed stale object (stale-if-error) */
 };
 
 struct weir__clock;

@@ -227,8 +227,9 @@ void weir__clock_release(struct weir__clock *l, struct weir_iov key, uint64_t ha
         pthread_mutex_unlock(&sh->mu); /* taken over meanwhile: not ours to release */
         return;
     }
-    wake_all(e, (int)outcome, outcome == WEIR_CLOCK_FILLING ? fill : NULL, ref);
-    if (outcome != WEIR_CLOCK_UNCACHEABLE) {
+    wake_all(e, (int)outcome,
+             outcome == WEIR_CLOCK_FILLING || outcome == WEIR_CLOCK_STALE ? fill : NULL, ref);
+    if (outcome != WEIR_CLOCK_UNCACHEABLE) { /* FILLING, FAILED, STALE: the lock goes */
         remove_entry(sh, e);
         pthread_mutex_unlock(&sh->mu);
         return;

@@ -65,6 +65,12 @@ struct weir__scache {
     int lock_result;
     /* the writer's fill */
     struct weir_cache_obj *fill;
+    /* a stale object found on the way: revalidated by the writer, or served on errors */
+    struct weir_cache_obj *stale;
+    struct weir__cache_meta stale_meta;
+    struct weir_headers *stale_fields;
+    bool writer_failed; /* woken because the writer failed: stale-if-error applies */
+    bool accept_stale;  /* woken with a stale object the writer served (stale-if-error) */
     /* the reader's object */
     struct weir_cache_obj *obj;
     struct weir_cache_cursor cur;
@@ -449,6 +455,10 @@ static void serve(struct weir_session *s, struct weir__scache *sc, bool complete
     s->peer.connect_timeout_ms = t->upstream_connect_ms;
     s->upf = &weir__cache_up;
     s->ust = &sc->vst;
+    /* a writer switching to a stored object may have begun the origin's body pipe */
+    s->respp.in_done = s->respp.out_done = s->respp.end_filtered = false;
+    s->respp.pending_consume = 0;
+    s->respp.bytes = 0;
     s->req_sent = true;
     s->ux.state = UP_HEAD;
     s->ux.progress_ms = weir_loop_now_ms(s->w->loop);
@@ -536,9 +546,25 @@ static bool consider(struct weir_session *s, struct weir__scache *sc, struct wei
         }
         fresh = true;
     }
+    uint32_t sie = sc->meta.sie_s;
+    bool within_sie = !filling && sie > 0 && age < sc->meta.fresh_s + (uint64_t)sie &&
+                      !(sc->meta.flags & WEIR_CACHE_META_MUST_REVALIDATE);
+    if (!fresh && (sc->accept_stale || (sc->writer_failed && within_sie))) {
+        /* stale-if-error: the origin failed for the writer; this one is served stale */
+        fresh = true;
+        sc->fwd = "stale";
+        sc->detail = "stale-if-error";
+    }
     if (!fresh) {
-        /* Stale: refreshed under the lock like a miss (the object stays until replaced). */
-        st->ops->release(o);
+        /* Stale: refreshed under the lock like a miss. The writer revalidates it (its
+           validators go up) and may serve it on an error; it stays until replaced. */
+        if (sc->stale == NULL && !filling) {
+            sc->stale = o;
+            sc->stale_meta = sc->meta;
+            sc->stale_fields = sc->fields;
+        } else {
+            st->ops->release(o);
+        }
         sc->fwd = "stale";
         return false;
     }
@@ -556,6 +582,8 @@ static bool after_wait(struct weir_session *s, struct weir__scache *sc)
     deadline_unlink(s->w->cinbox, sc);
     sc->state = SC_LOOKUP;
     int res = sc->lock_result;
+    sc->writer_failed = res == WEIR_CLOCK_FAILED;
+    sc->accept_stale = res == WEIR_CLOCK_STALE;
     if (sc->waiter.obj != NULL) {
         /* FILLING: read the very fill that was made (even if the storage let it go since) */
         sc->collapsed = true;
@@ -656,6 +684,24 @@ static bool first_look(struct weir_session *s, struct weir__scache *sc)
     return false;
 }
 
+/* A writer refreshing a stale object asks the origin whether it changed (RFC 9111 4.3.1). */
+static int add_validators(struct weir_session *s, struct weir__scache *sc)
+{
+    struct weir_iov v;
+    if (sc->stale == NULL) {
+        return 0;
+    }
+    if (weir_headers_get(sc->stale_fields, "etag", &v) &&
+        weir_headers_add_iov(&s->req.headers, WEIR_IOV_LIT("If-None-Match"), v) != 0) {
+        return WEIR_ENOMEM;
+    }
+    if (weir_headers_get(sc->stale_fields, "last-modified", &v) &&
+        weir_headers_add_iov(&s->req.headers, WEIR_IOV_LIT("If-Modified-Since"), v) != 0) {
+        return WEIR_ENOMEM;
+    }
+    return 0;
+}
+
 /* A miss: the key's lock makes this request its writer, or a waiter. */
 static bool take_lock(struct weir_session *s, struct weir__scache *sc)
 {
@@ -671,6 +717,10 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
             sc->fwd = "miss";
         }
         strip_conditions(s);
+        if (add_validators(s, sc) != 0) {
+            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+            return true;
+        }
         /* The waiters need this fetch to finish even if its own client leaves. */
         s->ignore_client_abort = true;
         if (hk->cache_miss) {
@@ -894,6 +944,155 @@ void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
     unlock(s, sc, WEIR_CLOCK_UNCACHEABLE);
 }
 
+/* 304 fields replace the stored ones of the same name (RFC 9111 4.3.4), framing aside. */
+static struct weir_headers *merge_304(struct weir_session *s, const struct weir_headers *stored,
+                                      const struct weir_headers *fresh)
+{
+    struct weir_headers *h = weir_arena_calloc(s->arena, sizeof(*h));
+    uint32_t cap = stored->n + fresh->n + 1;
+    if (h == NULL || weir__headers_init(h, s->arena, cap, cap) != 0) {
+        return NULL;
+    }
+    struct weir_iov v;
+    for (uint32_t i = 0; i < stored->n; i++) {
+        struct weir_iov name = stored->v[i].name;
+        if (!weir_headers_get_iov(fresh, name, &v) || !stored_field(name)) {
+            h->v[h->n++] = stored->v[i];
+        }
+    }
+    for (uint32_t i = 0; i < fresh->n; i++) {
+        if (stored_field(fresh->v[i].name)) {
+            h->v[h->n++] = fresh->v[i];
+        }
+    }
+    return h;
+}
+
+/* The writer got a 304 for its stale object: the object's head is refreshed and served. */
+static int refresh(struct weir_session *s, struct weir__scache *sc, struct weir_resp *r)
+{
+    struct weir_headers *merged = merge_304(s, sc->stale_fields, &r->headers);
+    if (merged == NULL) {
+        return WEIR_ENOMEM;
+    }
+    struct weir__cc cc;
+    weir__cc_parse(merged, &cc);
+    int64_t now = weir_loop_wall_s(s->w->loop);
+    struct weir__cache_times t = {.request_time = s->start_wall, .response_time = now, .date = now};
+    struct weir_iov v;
+    int64_t date;
+    uint64_t agev;
+    if (weir_headers_get(&r->headers, "date", &v) && weir__http_date_parse(v, &date)) {
+        t.date = date;
+    }
+    if (weir_headers_get(&r->headers, "age", &v) && weir__parse_length(v, &agev)) {
+        t.age = agev > UINT32_MAX ? UINT32_MAX : (uint32_t)agev;
+    }
+    bool explicit_ = false;
+    uint32_t life = weir__freshness_lifetime(&cc, merged, &t, &explicit_);
+    struct weir__cache_meta m = sc->stale_meta;
+    m.times = t;
+    m.fresh_s = explicit_ ? life : sc->pol.default_ttl_s;
+    m.swr_s =
+        (cc.flags & WEIR_CC_SWR) ? cc.stale_while_revalidate : sc->pol.stale_while_revalidate_s;
+    m.sie_s = (cc.flags & WEIR_CC_SIE) ? cc.stale_if_error : sc->pol.stale_if_error_s;
+    m.headers = merged;
+    bool complete = false, failed = false;
+    m.body_len = sc->zone->st->ops->length(sc->stale, &complete, &failed);
+    size_t need = weir__cache_meta_size(&m);
+    char *buf = need ? weir_arena_alloc(s->arena, need) : NULL;
+    if (buf == NULL || weir__cache_meta_encode(&m, buf, need) == 0) {
+        return WEIR_ENOMEM;
+    }
+    struct weir_cache_storage *st = sc->zone->st;
+    bool keep = weir__cc_storable(200, &cc, explicit_ || sc->pol.default_ttl_s > 0, false) &&
+                !(cc.flags & WEIR_CC_NO_CACHE);
+    if (keep && st->ops->update_meta(st, sc->stale, (struct weir_iov){buf, need}) != 0) {
+        keep = false;
+    }
+    if (!keep) {
+        (void)st->ops->purge(st, sc->key, sc->hash); /* served once more, then gone */
+    }
+    uint32_t age0 = weir__current_age(&t, now);
+    sc->meta = m;
+    sc->meta.times.age = age0;
+    sc->fields = merged;
+    sc->ttl_left = m.fresh_s > age0 ? m.fresh_s - age0 : 0;
+    sc->stored = keep;
+    return 0;
+}
+
+/* Serves the stale object instead of the origin's answer (the upstream is let go). */
+static void switch_to_stale(struct weir_session *s, struct weir__scache *sc, bool reusable,
+                            enum weir__clock_outcome out)
+{
+    if (reusable && s->respp.in_kind == WEIR_H1_BODY_NONE) {
+        s->respp.in_done = true; /* a 304 has no body: the connection can be pooled */
+    }
+    weir__upstream_release(s, reusable);
+    s->resp = NULL;
+    /* the validators were weir's, not the client's (whose conditions never went up) */
+    (void)weir_headers_remove(&s->req.headers, "If-None-Match");
+    (void)weir_headers_remove(&s->req.headers, "If-Modified-Since");
+    sc->obj = sc->stale;
+    sc->stale = NULL;
+    sc->fwd = "stale";
+    if (sc->locked) {
+        /* the waiters get the object too: refreshed (FILLING) or stale on an error (STALE) */
+        struct weir_cache_obj *keep = sc->fill;
+        sc->fill = sc->obj;
+        unlock(s, sc, out);
+        sc->fill = keep;
+    }
+    serve(s, sc, true);
+}
+
+bool weir__cache_origin_head(struct weir_session *s)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL || sc->state != SC_WRITER || sc->stale == NULL || s->resp == NULL) {
+        return false;
+    }
+    struct weir_resp *r = s->resp;
+    if (r->status == 304) {
+        if (refresh(s, sc, r) != 0) {
+            return false; /* out of memory: the 304 goes to the client as it is */
+        }
+        sc->detail = "revalidated";
+        switch_to_stale(s, sc, true, WEIR_CLOCK_FILLING);
+        return true;
+    }
+    if (r->status >= 500 && r->status <= 599 && weir__cache_stale_ok(s)) {
+        sc->detail = "stale-if-error";
+        switch_to_stale(s, sc, false, WEIR_CLOCK_STALE);
+        return true;
+    }
+    return false;
+}
+
+bool weir__cache_stale_ok(const struct weir_session *s)
+{
+    const struct weir__scache *sc = s->cache;
+    if (sc == NULL || sc->stale == NULL || s->resp_started) {
+        return false;
+    }
+    uint32_t age = weir__current_age(&sc->stale_meta.times, weir_loop_wall_s(s->w->loop));
+    return sc->stale_meta.sie_s > 0 &&
+           age < sc->stale_meta.fresh_s + (uint64_t)sc->stale_meta.sie_s &&
+           !(sc->stale_meta.flags & WEIR_CACHE_META_MUST_REVALIDATE);
+}
+
+bool weir__cache_serve_stale_on_error(struct weir_session *s)
+{
+    struct weir__scache *sc = s->cache;
+    if (sc == NULL || sc->state != SC_WRITER || !weir__cache_stale_ok(s)) {
+        return false;
+    }
+    sc->detail = "stale-if-error";
+    switch_to_stale(s, sc, false, WEIR_CLOCK_STALE);
+    return true;
+}
+
 bool weir__cache_teeing(const struct weir_session *s)
 {
     return s->cache != NULL && s->cache->fill != NULL;
@@ -953,6 +1152,10 @@ void weir__cache_end(struct weir_session *s)
     if (sc->waiter.obj != NULL) {
         st->ops->release(sc->waiter.obj); /* handed over, never read */
         sc->waiter.obj = NULL;
+    }
+    if (sc->stale != NULL) {
+        st->ops->release(sc->stale);
+        sc->stale = NULL;
     }
     if (sc->obj != NULL) {
         if (sc->obj_waiting) {

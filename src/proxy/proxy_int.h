@@ -715,6 +715,16 @@ void weir__cache_worker_free(struct weir__proxy_worker *w);
 bool weir__cache_phase(struct weir_session *s);
 /** The writer's response head (after upstream_response_filter): store it or not. */
 void weir__cache_response_head(struct weir_session *s, struct weir_resp *r);
+/**
+ * The origin's response head for a writer refreshing a stale object: a 304 refreshes it, a
+ * 5xx within stale-if-error is answered with it. True when the session now serves it (its
+ * upstream let go, s->upf the cache's: read the head again).
+ */
+bool weir__cache_origin_head(struct weir_session *s);
+/** Whether a stale object may answer for a failed writer (stale-if-error). */
+bool weir__cache_stale_ok(const struct weir_session *s);
+/** The writer failed (connect, timeout, error): serve the stale object if allowed. */
+bool weir__cache_serve_stale_on_error(struct weir_session *s);
 /** Whether the response body is being stored (the pipe tees it: weir__cache_tee). */
 bool weir__cache_teeing(const struct weir_session *s);
 void weir__cache_tee(struct weir_session *s, struct weir_iov data);

@@ -480,6 +480,10 @@ static void connect_failed(struct weir_session *s, const struct weir__outcome *o
         retry_peer(s);
         return;
     }
+    if (s->cache != NULL && weir__cache_serve_stale_on_error(s)) {
+        s->phase = PH_UPSTREAM; /* stale-if-error: the stored response answers */
+        return;
+    }
     weir__session_fail(s, o->err.type, WEIR_SRC_UPSTREAM, e.sys_errno, "connect");
 }
 
@@ -511,6 +515,9 @@ static void upstream_failed(struct weir_session *s, const struct weir__outcome *
         weir__upstream_rewind(s, false);
         retry_peer(s);
         return;
+    }
+    if (s->cache != NULL && weir__cache_serve_stale_on_error(s)) {
+        return; /* still PH_UPSTREAM: stale-if-error, the stored response answers */
     }
     weir__session_fail(s, o->err.type, WEIR_SRC_UPSTREAM, o->err.sys_errno, o->err.context);
 }

@@ -429,6 +429,13 @@ static enum weir__step up_head(struct weir_session *s, struct weir__outcome *o)
     if (st != WEIR_STEP_DONE) {
         return st;
     }
+    if (s->cache != NULL && weir__cache_origin_head(s)) {
+        weir__backend_succeeded(s->peer.backend); /* it answered (a 304, or a 5xx) */
+        st = weir__up_response_head(s, o);        /* the stored head, from the cache now */
+        if (st != WEIR_STEP_DONE) {
+            return st;
+        }
+    }
     if (s->ux.tunnel && s->ws_h2 && !weir__ws_accept_ok(s->ws_key, &s->resp->headers)) {
         weir_log(WEIR_LOG_WARN,
                  "WebSocket upgrade at %s: a 101 without the Sec-WebSocket-Accept "

@@ -23,6 +23,7 @@ class CountingOrigin:
     def __init__(self):
         self.counts = {}
         self.heads = []
+        self.force_status = 0
         self.lock = threading.Lock()
         origin = self
 
@@ -53,6 +54,22 @@ class CountingOrigin:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if origin.force_status:
+                    b = b"origin trouble\n"
+                    self.send_response(origin.force_status)
+                    self.send_header("Content-Length", str(len(b)))
+                    self.end_headers()
+                    self.wfile.write(b)
+                    return
+                inm = self.headers.get("If-None-Match")
+                if "etag" in q and inm == q["etag"]:
+                    self.send_response(304)
+                    if "cc" in q:
+                        self.send_header("Cache-Control", q["cc"])
+                    self.send_header("ETag", q["etag"])
+                    self.send_header("X-Revalidated", "1")
+                    self.end_headers()
+                    return
                 n = int(q.get("len", "1000"))
                 body = bytes((i * 7 + 3) % 251 for i in range(n))
                 self.send_response(int(q.get("status", "200")))
@@ -71,6 +88,9 @@ class CountingOrigin:
                 if q.get("setcookie") == "1":
                     self.send_header("Set-Cookie", "s=1")
                 self.send_header("X-Served", str(origin.counts[self.path]))
+                if q.get("close") == "1":
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 if q.get("chunked") == "1":
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
@@ -566,3 +586,55 @@ def test_client_conditionals_answered_from_the_cache(cached):
     st, h, b = get(port, t, headers={"Range": "bytes=0-9", "If-Range": '"v0"'})
     assert st == 200
     assert o.count(t) == 1
+
+
+def test_stale_object_is_revalidated_with_its_validators(cached):
+    port, o, _ = cached()
+    t = "/rv?cc=max-age%3D1&etag=%22e1%22&len=2000"
+    st, h, b = get(port, t)
+    assert h["cache-status"] == "weir; fwd=miss; stored"
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    # the origin said 304: the stored body, its head refreshed with the 304's fields
+    assert st == 200 and b == body_of(2000)
+    assert h["cache-status"].startswith("weir; fwd=stale; stored; detail=revalidated"), h
+    assert h.get("x-revalidated") == "1"
+    sent = [hd for m, p, hd in o.heads if p == t]
+    assert sent[1].get("If-None-Match") == '"e1"'
+    # fresh again: a hit
+    st, h, b = get(port, t)
+    assert h["cache-status"].startswith("weir; hit") and b == body_of(2000)
+    assert o.count(t) == 2
+
+
+def test_stale_if_error(cached):
+    port, o, _ = cached()
+    t = "/sie?cc=max-age%3D1%2C%20stale-if-error%3D60&len=1500"
+    get(port, t)
+    time.sleep(2.2)
+    o.force_status = 503
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(1500)
+    assert h["cache-status"] == "weir; fwd=stale; detail=stale-if-error"
+    # without stale-if-error the error goes through
+    t2 = "/nosie?cc=max-age%3D1&len=1500"
+    o.force_status = 0
+    get(port, t2)
+    time.sleep(2.2)
+    o.force_status = 503
+    st, h, b = get(port, t2)
+    assert st == 503
+    o.force_status = 0
+
+
+def test_stale_if_error_when_the_origin_is_down(weir, tmp_path):
+    o = CountingOrigin().start()
+    port = free_port()
+    weir(cache_config(port, o.port, route_cache="      stale_if_error: 1m\n"), port=port)
+    t = "/down?cc=max-age%3D1&len=1200&close=1"  # no pooled connection left behind
+    get(port, t)
+    o.stop()
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(1200)
+    assert h["cache-status"] == "weir; fwd=stale; detail=stale-if-error"

@@ -18,6 +18,7 @@ ends and a request begins.
   handshake with a client certificate and a GET (test_failmalloc_tls_handshake).
 - HTTP/2 (nghttp2's allocations counted too): every N across an h2c connection with two
   streams, a POST without a length and a chunked GET with a trailer (test_failmalloc_h2_streams).
+- The cache: a miss stored, a hit and a range from it on a cached route (test_failmalloc_cache).
 
 Every run checks weir's stderr for sanitizer reports (conftest's SANITIZER_MARKERS); ASan's
 leak check runs at exit.
@@ -87,14 +88,15 @@ def h2_config(port, origin_port, log_path):
 class Run:
     """One weir process with WEIR_FAILMALLOC=fail_at (0: none) and the count reported at exit;
     with pki, a TLS listener (mTLS optional) instead of a cleartext one; with h2, a listener
-    that also speaks h2c."""
+    that also speaks h2c; with cache, a cached route."""
 
-    def __init__(self, tmp_path, origin_port, fail_at, tag, pki=None, h2=False):
+    def __init__(self, tmp_path, origin_port, fail_at, tag, pki=None, h2=False, cache=False):
         self.port = free_port()
         cfg = tmp_path / f"fm-{tag}.yaml"
         log = tmp_path / f"access-{tag}.log"
         cfg.write_text(tls_config(self.port, origin_port, log, pki) if pki
                        else h2_config(self.port, origin_port, log) if h2
+                       else cache_config(self.port, origin_port, log) if cache
                        else config(self.port, origin_port, log))
         self.err_path = tmp_path / f"fm-{tag}.stderr"
         asan = "detect_leaks=1:abort_on_error=1"
@@ -372,6 +374,70 @@ def test_failmalloc_h2_streams(tmp_path):
                 assert all(st in (None, 200, 500, 502, 503) for st in after), f"N={n}: {after}"
                 after = h2_exchange(run.port)
             assert after == [200, 200], f"N={n}: the exchange after the failure got {after}"
+            rc, err = run.finish()
+            assert rc == 0, f"N={n}: weir exited {rc} on SIGTERM:\n{err}"
+    finally:
+        o.stop()
+
+
+# ---- the cache: a miss stored, then hits, under a cached route ----
+
+CACHE_RUNS = int(os.environ.get("WEIR_FAILMALLOC_CACHE_RUNS", "120"))
+CACHE_REQUEST = (b"GET /chunked/3000 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /chunked/3000 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET /chunked/3000 HTTP/1.1\r\nHost: t\r\nRange: bytes=0-9\r\n"
+                 b"Connection: close\r\n\r\n")
+
+
+def cache_config(port, origin_port, log_path):
+    return (f"server:\n  threads: 2\n  grace_period: 5s\n  access_log: {log_path}\n"
+            f"listeners:\n  - 127.0.0.1:{port}\n"
+            "cache:\n  zones:\n    main: {capacity: 1m, max_object: 64k}\n"
+            "routes:\n  - upstream: backend\n    cache: {zone: main, default_ttl: 60s}\n"
+            f"upstreams:\n  backend:\n    backends: [127.0.0.1:{origin_port}]\n")
+
+
+def test_failmalloc_cache(tmp_path):
+    """A cached route: a miss stored (the zone, the lock, the worker's inbox made on first
+    use, the fill), then a hit and a range from it. Any allocation failing gives a response or
+    a 5xx or a clean close, the next request works, nothing leaks."""
+    from origin import HttpOrigin
+    o = HttpOrigin()
+    o.start()
+    try:
+        idle = Run(tmp_path, o.port, 0, "cache-idle", cache=True)
+        assert idle.wait_started(), idle.stderr()
+        time.sleep(0.2)
+        assert idle.finish()[0] == 0
+        busy = Run(tmp_path, o.port, 0, "cache-busy", cache=True)
+        assert busy.wait_started(), busy.stderr()
+        time.sleep(0.2)
+        data = exchange(busy.port, CACHE_REQUEST)
+        assert statuses(data) == [200, 200, 206], data[:400]
+        assert b"Cache-Status: weir; hit" in data
+        assert busy.finish()[0] == 0
+        # From the first allocation: startup makes the zone (its shards, sketch and lock).
+        lo, hi = 1, busy.count() + 3
+        assert hi > lo + 10, (lo, hi)
+        step = max(1, (hi - lo) // CACHE_RUNS) if CACHE_RUNS > 0 else 1
+        print(f"cache sweep: allocations {lo}..{hi}, every {step}")
+        get = b"GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        for n in range(lo, hi, step):
+            run = Run(tmp_path, o.port, n, f"cache-{n}", cache=True)
+            if not run.wait_started():
+                rc, err = run.finish()
+                assert rc != 0 and re.search(r"out of memory|Cannot allocate memory", err), \
+                    f"N={n}: no clear error:\n{err}"
+                continue
+            time.sleep(0.05)
+            first = exchange(run.port, CACHE_REQUEST)
+            for st in statuses(first):
+                assert st in (200, 206, 500, 502, 503), f"N={n}: {first[:300]!r}"
+            after = exchange(run.port, get)
+            if statuses(after) != [200]:
+                assert statuses(after) in ([], [500], [502], [503]), f"N={n}: {after[:300]!r}"
+                after = exchange(run.port, get)
+            assert statuses(after) == [200], f"N={n}: request after the failure: {after[:300]!r}"
             rc, err = run.finish()
             assert rc == 0, f"N={n}: weir exited {rc} on SIGTERM:\n{err}"
     finally:
