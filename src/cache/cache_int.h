@@ -43,6 +43,7 @@ enum weir__clock_outcome {
     WEIR_CLOCK_UNCACHEABLE, /* not cacheable: every waiter fetches for itself (pass) */
     WEIR_CLOCK_TIMEOUT,     /* (waiter only) lock_timeout passed */
     WEIR_CLOCK_STALE,       /* the origin failed: serve the handed stale object (stale-if-error) */
+    WEIR_CLOCK_VARIED,      /* the response varies (Vary): look up your own variant */
 };
 
 struct weir__clock;

@@ -128,6 +128,7 @@ struct weir__cache_meta {
 #define WEIR_CACHE_META_NO_CACHE        0x02u /* stored, but revalidate before every use */
 #define WEIR_CACHE_META_SHARED_AUTH     0x04u /* may answer requests with Authorization */
 #define WEIR_CACHE_META_VARY            0x08u /* the response has Vary */
+#define WEIR_CACHE_META_VARY_INDEX      0x10u /* not a response: a key's Vary names and variants */
 
 /** Format version of the encoding (its first byte). */
 #define WEIR_CACHE_META_VERSION 1

@@ -30,12 +30,17 @@
 #include "core/alloc.h"
 #include "weir/log.h"
 
+static struct weir_iov trim_ows(struct weir_iov v);
+
 /* A piece of a range response's body: bytes of the object, or literal bytes (multipart). */
 struct cseg {
     bool lit;
     struct weir_iov text; /* lit */
     uint64_t off, len;    /* object bytes */
 };
+
+/** Variants one key may have (Vary); a response for one more is not stored. */
+#define WEIR_CACHE_MAX_VARIANTS 16
 
 /** The most ranges one request may ask for; a request for more gets the whole object. */
 #define WEIR_CACHE_MAX_RANGES 16
@@ -65,6 +70,13 @@ struct weir__scache {
     int lock_result;
     /* the writer's fill */
     struct weir_cache_obj *fill;
+    /* Vary: the key without the variance, and what the key's index said */
+    struct weir_iov primary;
+    uint64_t primary_hash;
+    struct weir_headers *index; /* the index's fields (Vary, one X-Variant per variant) */
+    bool varied;                /* sc->key is a variant key */
+    struct weir_iov lock_key;   /* the key whose lock this writer holds */
+    uint64_t lock_hash;
     /* a stale object found on the way: revalidated by the writer, or served on errors */
     struct weir_cache_obj *stale;
     struct weir__cache_meta stale_meta;
@@ -473,6 +485,98 @@ static int decode_meta(struct weir_session *s, struct weir__scache *sc, struct w
                                    &sc->fields);
 }
 
+/* ---- Vary: an index at the key, each variant under key + its variance ---- */
+
+/* The request's values of the names a Vary lists, as one printable string with lengths, so
+   that no two variances read alike: "name=LEN:value;" each (all of a name's fields, joined
+   with ","). */
+static struct weir_iov variance(struct weir_session *s, struct weir_iov names)
+{
+    size_t cap = names.len * 24 + 16;
+    for (uint32_t i = 0; i < s->req.headers.n; i++) {
+        cap += s->req.headers.v[i].value.len + 1;
+    }
+    char *b = weir_arena_alloc(s->arena, cap);
+    if (b == NULL) {
+        return (struct weir_iov){NULL, 0};
+    }
+    size_t n = 0;
+    while (names.len > 0) {
+        const char *comma = memchr(names.base, ',', names.len);
+        size_t l = comma ? (size_t)(comma - names.base) : names.len;
+        struct weir_iov name = trim_ows((struct weir_iov){names.base, l});
+        names.base += l + (comma ? 1 : 0);
+        names.len -= l + (comma ? 1 : 0);
+        if (name.len == 0) {
+            continue;
+        }
+        for (size_t i = 0; i < name.len; i++) {
+            char ch = name.base[i];
+            b[n++] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
+        }
+        size_t len = 0;
+        bool first = true;
+        for (uint32_t i = 0; i < s->req.headers.n; i++) {
+            if (weir_iov_ieq(s->req.headers.v[i].name, name)) {
+                len += trim_ows(s->req.headers.v[i].value).len + (first ? 0 : 1);
+                first = false;
+            }
+        }
+        int w = snprintf(b + n, 24, "=%zu:", len);
+        n += w > 0 && w < 24 ? (size_t)w : 0;
+        first = true;
+        for (uint32_t i = 0; i < s->req.headers.n; i++) {
+            if (weir_iov_ieq(s->req.headers.v[i].name, name)) {
+                struct weir_iov v = trim_ows(s->req.headers.v[i].value);
+                if (!first) {
+                    b[n++] = ',';
+                }
+                memcpy(b + n, v.base, v.len);
+                n += v.len;
+                first = false;
+            }
+        }
+        b[n++] = ';';
+    }
+    return (struct weir_iov){b, n};
+}
+
+/* key + "\x1f" + variance: where a variant lives. */
+static int variant_key(struct weir_session *s, struct weir__scache *sc, struct weir_iov names)
+{
+    struct weir_iov var = variance(s, names);
+    char *b = var.base ? weir_arena_alloc(s->arena, sc->primary.len + 1 + var.len) : NULL;
+    if (b == NULL) {
+        return WEIR_ENOMEM;
+    }
+    memcpy(b, sc->primary.base, sc->primary.len);
+    b[sc->primary.len] = '\x1f';
+    memcpy(b + sc->primary.len + 1, var.base, var.len);
+    sc->key = (struct weir_iov){b, sc->primary.len + 1 + var.len};
+    sc->hash = weir__cache_hash(sc->zone, sc->key);
+    sc->varied = true;
+    return 0;
+}
+
+/* An index at the primary key: the variant key for this request from its Vary names. */
+static bool use_index(struct weir_session *s, struct weir__scache *sc, struct weir_cache_obj *o,
+                      struct weir_iov meta)
+{
+    struct weir_cache_storage *st = sc->zone->st;
+    struct weir__cache_meta m;
+    struct weir_headers *h = NULL;
+    bool ok = weir__cache_meta_decode(meta.base, meta.len, &m, s->arena,
+                                      WEIR_CACHE_MAX_VARIANTS + 8, &h) == 0 &&
+              (m.flags & WEIR_CACHE_META_VARY_INDEX);
+    st->ops->release(o);
+    struct weir_iov names;
+    if (!ok || !weir_headers_get(h, "vary", &names) || variant_key(s, sc, names) != 0) {
+        return false;
+    }
+    sc->index = h;
+    return true;
+}
+
 /* Serves o (a reference the session owns now) if it is fresh and usable; else lets it go. */
 static bool consider(struct weir_session *s, struct weir__scache *sc, struct weir_cache_obj *o,
                      struct weir_iov meta);
@@ -484,6 +588,20 @@ static bool cache_lookup(struct weir_session *s, struct weir__scache *sc)
     struct weir_cache_obj *o = st->ops->lookup(st, sc->key, sc->hash, arena_alloc, s->arena, &meta);
     if (o == NULL) {
         return false;
+    }
+    if (!sc->varied && meta.len > 0) {
+        struct weir__cache_meta peek;
+        if (weir__cache_meta_peek(meta.base, meta.len, &peek) == 0 &&
+            (peek.flags & WEIR_CACHE_META_VARY_INDEX)) {
+            /* the key varies: look for this request's variant */
+            if (!use_index(s, sc, o, meta)) {
+                return false;
+            }
+            o = st->ops->lookup(st, sc->key, sc->hash, arena_alloc, s->arena, &meta);
+            if (o == NULL) {
+                return false;
+            }
+        }
     }
     return consider(s, sc, o, meta);
 }
@@ -620,9 +738,43 @@ static bool make_key(struct weir_session *s, struct weir__scache *sc, bool *hook
             return false;
         }
     }
-    sc->key = key;
-    sc->hash = weir__cache_hash(sc->zone, key);
+    sc->key = sc->primary = key;
+    sc->hash = sc->primary_hash = weir__cache_hash(sc->zone, key);
     return true;
+}
+
+/* Removes the key's object, or its index and every variant it lists. How many went. */
+static int purge_all(struct weir_session *s, struct weir__scache *sc)
+{
+    struct weir_cache_storage *st = sc->zone->st;
+    struct weir_iov meta;
+    int n = 0;
+    struct weir_cache_obj *o =
+        st->ops->lookup(st, sc->primary, sc->primary_hash, arena_alloc, s->arena, &meta);
+    struct weir__cache_meta m;
+    struct weir_headers *h = NULL;
+    if (o != NULL) {
+        st->ops->release(o);
+        if (weir__cache_meta_decode(meta.base, meta.len, &m, s->arena, WEIR_CACHE_MAX_VARIANTS + 8,
+                                    &h) == 0 &&
+            (m.flags & WEIR_CACHE_META_VARY_INDEX)) {
+            for (uint32_t i = 0; i < h->n; i++) {
+                if (!weir_iov_ieq_cstr(h->v[i].name, "x-variant")) {
+                    continue;
+                }
+                struct weir_iov v = h->v[i].value;
+                char *b = weir_arena_alloc(s->arena, sc->primary.len + 1 + v.len);
+                if (b == NULL) {
+                    break;
+                }
+                memcpy(b, sc->primary.base, sc->primary.len);
+                b[sc->primary.len] = '\x1f';
+                memcpy(b + sc->primary.len + 1, v.base, v.len);
+                n += weir_cache_purge(sc->zone, (struct weir_iov){b, sc->primary.len + 1 + v.len});
+            }
+        }
+    }
+    return n + weir_cache_purge(sc->zone, sc->primary);
 }
 
 /* PURGE from an allowed client: the key goes (200), or was not there (404); others 403. */
@@ -642,7 +794,7 @@ static void purge(struct weir_session *s, struct weir__scache *sc)
         weir__session_fail(s, hook_failed ? WEIR_ERR_HOOK : WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0,
                            "cache_key");
         return;
-    } else if (weir_cache_purge(sc->zone, sc->key) > 0) {
+    } else if (purge_all(s, sc) > 0) {
         weir_log(WEIR_LOG_INFO, "cache: %.*s purged by %s",
                  (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base, s->c->ip);
         status = 200;
@@ -712,6 +864,8 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
                                 &sc->waiter, &sc->token, &deadline)) {
     case WEIR_CLOCK_WRITER:
         sc->locked = true;
+        sc->lock_key = sc->key;
+        sc->lock_hash = sc->hash;
         sc->state = SC_WRITER;
         if (sc->fwd == NULL) {
             sc->fwd = "miss";
@@ -869,8 +1023,90 @@ static void unlock(struct weir_session *s, struct weir__scache *sc, enum weir__c
         return;
     }
     sc->locked = false;
-    weir__clock_release(sc->zone->lock, sc->key, sc->hash, sc->token, out,
+    weir__clock_release(sc->zone->lock, sc->lock_key, sc->lock_hash, sc->token, out,
                         weir_loop_now_ms(s->w->loop), sc->fill, sc->zone->st->ops->ref);
+}
+
+/* The index of a varying key: its Vary names and the variances stored (one X-Variant each). */
+static int write_index(struct weir_session *s, struct weir__scache *sc, struct weir_iov names,
+                       const struct weir_headers *old, struct weir_iov add)
+{
+    uint32_t n = old != NULL ? old->n + 2 : 2;
+    struct weir_headers *h = weir_arena_calloc(s->arena, sizeof(*h));
+    if (h == NULL || weir__headers_init(h, s->arena, n, n) != 0) {
+        return WEIR_ENOMEM;
+    }
+    h->v[h->n++] = (struct weir_header){WEIR_IOV_LIT("Vary"), names};
+    for (uint32_t i = 0; old != NULL && i < old->n; i++) {
+        if (weir_iov_ieq_cstr(old->v[i].name, "x-variant")) {
+            h->v[h->n++] = old->v[i];
+        }
+    }
+    h->v[h->n++] = (struct weir_header){WEIR_IOV_LIT("X-Variant"), add};
+    int64_t now = weir_loop_wall_s(s->w->loop);
+    struct weir__cache_meta m = {.status = 200,
+                                 .times = {now, now, now, 0},
+                                 .fresh_s = UINT32_MAX,
+                                 .flags = WEIR_CACHE_META_VARY_INDEX,
+                                 .body_len = 0,
+                                 .reason = WEIR_IOV_LIT("OK"),
+                                 .headers = h};
+    size_t need = weir__cache_meta_size(&m);
+    char *buf = need ? weir_arena_alloc(s->arena, need) : NULL;
+    if (buf == NULL || weir__cache_meta_encode(&m, buf, need) == 0) {
+        return WEIR_ENOMEM;
+    }
+    struct weir_cache_storage *st = sc->zone->st;
+    struct weir_cache_obj *o = NULL;
+    int rc =
+        st->ops->begin_fill(st, sc->primary, sc->primary_hash, (struct weir_iov){buf, need}, 0, &o);
+    if (rc == 0) {
+        rc = st->ops->finish(o);
+        st->ops->release(o);
+    }
+    return rc;
+}
+
+/* A response with Vary: where its variant is stored, and the key's index updated. NULL, or
+   why it is not stored. */
+static const char *prepare_variant(struct weir_session *s, struct weir__scache *sc,
+                                   struct weir_resp *r)
+{
+    struct weir_iov names;
+    (void)weir_headers_get(&r->headers, "vary", &names);
+    names = trim_ows(names);
+    if (memchr(names.base, '*', names.len) != NULL || names.len == 0) {
+        return "vary-star";
+    }
+    struct weir_iov known;
+    if (sc->varied && sc->index != NULL && weir_headers_get(sc->index, "vary", &known) &&
+        !weir_iov_ieq(trim_ows(known), names)) {
+        /* the origin changed its Vary: the index goes, the next request makes a new one */
+        (void)sc->zone->st->ops->purge(sc->zone->st, sc->primary, sc->primary_hash);
+        return "vary-changed";
+    }
+    if (!sc->varied && variant_key(s, sc, names) != 0) {
+        return "no-memory";
+    }
+    struct weir_iov var = {sc->key.base + sc->primary.len + 1, sc->key.len - sc->primary.len - 1};
+    unsigned count = 0;
+    bool listed = false;
+    for (uint32_t i = 0; sc->index != NULL && i < sc->index->n; i++) {
+        if (weir_iov_ieq_cstr(sc->index->v[i].name, "x-variant")) {
+            count++;
+            listed |= weir_iov_eq(sc->index->v[i].value, var);
+        }
+    }
+    if (listed) {
+        return NULL;
+    }
+    if (count >= WEIR_CACHE_MAX_VARIANTS) {
+        return "vary-limit";
+    }
+    if (write_index(s, sc, names, sc->index, var) != 0) {
+        return "no-memory";
+    }
+    return NULL;
 }
 
 void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
@@ -910,9 +1146,8 @@ void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
     } else if (!sc->pol.cookies && has_field(&r->headers, "set-cookie")) {
         ca.cacheable = false;
         ca.reason = "set-cookie";
-    } else if (has_field(&r->headers, "vary")) {
+    } else if (has_field(&r->headers, "vary") && (ca.reason = prepare_variant(s, sc, r)) != NULL) {
         ca.cacheable = false;
-        ca.reason = "vary";
     } else if (cc.flags & WEIR_CC_NO_CACHE) {
         ca.cacheable = false;
         ca.reason = "no-cache";
@@ -935,7 +1170,10 @@ void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
         if (rc == 0) {
             sc->stored = true;
             sc->ttl_left = ca.ttl_s > age0 ? ca.ttl_s - age0 : 0;
-            unlock(s, sc, WEIR_CLOCK_FILLING);
+            /* A varying response fetched under the key's own lock: the waiters may want
+               other variants, so each looks its own up (this one's fill among them). */
+            bool other_key = sc->lock_hash != sc->hash || !weir_iov_eq(sc->lock_key, sc->key);
+            unlock(s, sc, other_key ? WEIR_CLOCK_VARIED : WEIR_CLOCK_FILLING);
             return;
         }
         ca.reason = rc == WEIR_ELIMIT ? "too-large" : "no-memory";

@@ -142,6 +142,9 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
         }
         if (p->in_done &&
             (io->filter == NULL || p->end_filtered || p->in_kind == WEIR_H1_BODY_NONE)) {
+            if (p == &s->respp && weir__cache_teeing(s)) {
+                weir__cache_complete(s); /* stored whole before the client sees the end */
+            }
             queue_end(p, io->q);
             continue;
         }
@@ -162,6 +165,9 @@ enum weir__pipe_status weir__pipe_step(struct weir_session *s, struct weir__pipe
             }
             if (p == &s->respp && weir__cache_teeing(s)) {
                 weir__cache_tee(s, data); /* stored as the origin sent it, before filters */
+                if (p->in_done) {
+                    weir__cache_complete(s); /* complete before its last bytes go out */
+                }
             }
             if (io->filter) {
                 p->end_filtered = p->in_done;

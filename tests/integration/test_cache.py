@@ -638,3 +638,54 @@ def test_stale_if_error_when_the_origin_is_down(weir, tmp_path):
     st, h, b = get(port, t)
     assert st == 200 and b == body_of(1200)
     assert h["cache-status"] == "weir; fwd=stale; detail=stale-if-error"
+
+
+def test_vary_keeps_a_variant_per_request_value(cached):
+    port, o, _ = cached()
+    t = "/v?cc=max-age%3D60&vary=Accept-Encoding&len=1111"
+    h_gz = {"Accept-Encoding": "gzip"}
+    h_br = {"Accept-Encoding": "br"}
+    assert get(port, t, headers=h_gz)[1]["cache-status"] == "weir; fwd=miss; stored"
+    assert get(port, t, headers=h_gz)[1]["cache-status"].startswith("weir; hit")
+    assert get(port, t, headers=h_br)[1]["cache-status"] == "weir; fwd=miss; stored"
+    assert get(port, t, headers=h_br)[1]["cache-status"].startswith("weir; hit")
+    assert get(port, t)[1]["cache-status"] == "weir; fwd=miss; stored"  # identity: a variant too
+    assert get(port, t)[1]["cache-status"].startswith("weir; hit")
+    assert get(port, t, headers=h_gz)[1]["cache-status"].startswith("weir; hit")
+    assert o.count(t) == 3
+    # what went up for each variant carried its own value
+    sent = [hd.get("Accept-Encoding") for m, p, hd in o.heads if p == t]
+    assert sent == ["gzip", "br", "identity"]  # http.client sends identity by default
+
+
+def test_vary_star_is_not_stored_and_variants_are_capped(cached):
+    port, o, _ = cached(route_cache="      purge: [127.0.0.1]\n")
+    t = "/vs?cc=max-age%3D60&vary=*"
+    get(port, t)
+    get(port, t)
+    assert o.count(t) == 2
+    t2 = "/vc?cc=max-age%3D60&vary=X-V"
+    for i in range(20):
+        st, h, _ = get(port, t2, headers={"X-V": str(i)})
+        assert st == 200
+        if i >= 16:
+            assert h["cache-status"] == "weir; fwd=miss; detail=vary-limit"
+    assert get(port, t2, headers={"X-V": "3"})[1]["cache-status"].startswith("weir; hit")
+    # PURGE takes every variant with the key
+    assert purge(port, t2) == 200
+    assert get(port, t2, headers={"X-V": "3"})[1]["cache-status"] == "weir; fwd=miss; stored"
+
+
+def test_vary_stampede_of_one_variant_is_one_fetch(cached):
+    port, o, _ = cached(threads=2)
+    t = "/vst?cc=max-age%3D60&vary=Accept-Encoding&delay=0.3"
+    get(port, t, headers={"Accept-Encoding": "gzip"})  # the key's index exists now
+    res = []
+    ts = [threading.Thread(target=lambda: res.append(get(port, t, headers={"Accept-Encoding": "br"})))
+          for _ in range(10)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join(30 * SLOW)
+    assert [r[0] for r in res] == [200] * 10
+    assert o.count(t) == 2
