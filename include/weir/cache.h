@@ -140,7 +140,11 @@ struct weir_cache_opts {
     struct weir_cache_storage *storage;
 };
 
-/** A new zone. 0, WEIR_EINVAL (capacity 0, or below max_object) or WEIR_ENOMEM. */
+/**
+ * A new zone. 0, WEIR_EINVAL (capacity 0, or below max_object) or WEIR_ENOMEM. A storage the
+ * caller gave is the zone's once this succeeds (freed with it); on failure it stays the
+ * caller's.
+ */
 WEIR_EXTERN int weir_cache_new(const struct weir_cache_opts *o, struct weir_cache **out);
 /** Frees a zone no request uses any more. NULL is fine. */
 WEIR_EXTERN void weir_cache_free(struct weir_cache *c);

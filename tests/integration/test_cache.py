@@ -689,3 +689,29 @@ def test_vary_stampede_of_one_variant_is_one_fetch(cached):
         th.join(30 * SLOW)
     assert [r[0] for r in res] == [200] * 10
     assert o.count(t) == 2
+
+
+def test_http2_streams_share_the_cache_and_its_lock(weir, corigin):
+    """HTTP/2 clients: 20 streams on one connection for one uncached URL are one origin fetch
+    (the streams wait on the lock like any request), each stream gets the whole body, and a
+    later stream is a hit."""
+    from h2_client import H2Client
+    port = free_port()
+    cfg = cache_config(port, corigin.port).replace(
+        f"listeners:\n  - 127.0.0.1:{port}\n",
+        f"listeners:\n  - address: 127.0.0.1:{port}\n    h2c: true\n")
+    weir(cfg, port=port)
+    t = "/h2?cc=max-age%3D60&len=30000&chunked=1&pause=0.05&delay=0.2"
+    c = H2Client(port, timeout=20 * SLOW)
+    sids = [c.request(t) for _ in range(20)]
+    recs = [c.response(sid, timeout=30 * SLOW) for sid in sids]
+    for rec in recs:
+        assert rec and rec["ended"] and rec["headers"][":status"] == "200"
+        assert bytes(rec["data"]) == body_of(30000)
+    statuses = sorted(rec["headers"]["cache-status"] for rec in recs)
+    assert statuses.count("weir; fwd=miss; stored") == 1
+    assert corigin.count(t) == 1
+    rec = c.response(c.request(t), timeout=10 * SLOW)
+    assert rec["headers"]["cache-status"].startswith("weir; hit")
+    assert rec["headers"]["content-length"] == "30000"
+    c.close()
