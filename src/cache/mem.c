@@ -225,6 +225,17 @@ static bool key_is(const struct mobj *o, uint64_t hash, struct weir_iov key)
     return o->hash == hash && o->key_len == key.len && memcmp(o->key, key.base, key.len) == 0;
 }
 
+/* key's object in the shard's index (its mutex held), or NULL. */
+static struct mobj *find(struct mshard *sh, struct weir_iov key, uint64_t hash)
+{
+    for (struct mobj *o = *bucket(sh, hash); o != NULL; o = o->hnext) {
+        if (key_is(o, hash, key)) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
 /* Removes o from the index and its queue; the caller drops the index's reference. */
 static void unindex(struct mshard *sh, struct mobj *o)
 {
@@ -369,15 +380,9 @@ static struct weir_cache_obj *mem_lookup(struct weir_cache_storage *st, struct w
 {
     struct memstore *m = MS(st);
     struct mshard *sh = shard_of(m, hash);
-    struct mobj *found = NULL;
     *meta = (struct weir_iov){NULL, 0};
     pthread_mutex_lock(&sh->mu);
-    for (struct mobj *o = *bucket(sh, hash); o != NULL; o = o->hnext) {
-        if (key_is(o, hash, key)) {
-            found = o;
-            break;
-        }
-    }
+    struct mobj *found = find(sh, key, hash);
     if (found != NULL) {
         char *copy = alloc(arg, found->meta_len ? found->meta_len : 1);
         if (copy == NULL) {
@@ -445,13 +450,11 @@ static int mem_begin_fill(struct weir_cache_storage *st, struct weir_iov key, ui
     atomic_fetch_add_explicit(&m->held, o->alloc, memory_order_relaxed);
     struct mobj *dead = NULL;
     pthread_mutex_lock(&sh->mu);
-    for (struct mobj *p = *bucket(sh, hash); p != NULL; p = p->hnext) {
-        if (key_is(p, hash, key)) {
-            unindex(sh, p); /* replaced: its readers keep it */
-            p->hnext = dead;
-            dead = p;
-            break;
-        }
+    struct mobj *p = find(sh, key, hash);
+    if (p != NULL) {
+        unindex(sh, p); /* replaced: its readers keep it */
+        p->hnext = dead;
+        dead = p;
     }
     o->hnext = *bucket(sh, hash);
     *bucket(sh, hash) = o;
@@ -643,14 +646,8 @@ static int mem_purge(struct weir_cache_storage *st, struct weir_iov key, uint64_
 {
     struct memstore *m = MS(st);
     struct mshard *sh = shard_of(m, hash);
-    struct mobj *found = NULL;
     pthread_mutex_lock(&sh->mu);
-    for (struct mobj *o = *bucket(sh, hash); o != NULL; o = o->hnext) {
-        if (key_is(o, hash, key)) {
-            found = o;
-            break;
-        }
-    }
+    struct mobj *found = find(sh, key, hash);
     if (found != NULL) {
         unindex(sh, found);
         sh->st.purges++;

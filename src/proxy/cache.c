@@ -95,6 +95,7 @@ struct weir__scache {
     struct weir_cache_waiter waiter;
     struct weir__scache *inext, *iprev;
     bool queued;
+    bool registered; /* ever registered to be woken: only then can it be on the inbox */
     /* the worker's deadline list (lock waits) */
     struct weir__scache *dnext, *dprev;
     bool in_deadlines;
@@ -860,6 +861,7 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
     const struct weir_proxy_hooks *hk = s->w->hooks;
     uint64_t now = weir_loop_now_ms(s->w->loop);
     uint64_t deadline = 0;
+    sc->registered = true; /* set before another thread can see the waiter */
     switch (weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms,
                                 &sc->waiter, &sc->token, &deadline)) {
     case WEIR_CLOCK_WRITER:
@@ -1403,13 +1405,18 @@ void weir__cache_end(struct weir_session *s)
         sc->obj = NULL;
     }
     struct weir__cinbox *ib = s->w->cinbox;
-    deadline_unlink(ib, sc);
-    arm_deadlines(ib);
-    pthread_mutex_lock(&ib->mu);
-    if (sc->queued) {
-        inbox_unlink(ib, sc);
+    if (sc->registered) {
+        /* A hit that never waited was never handed to another thread: no lock to take. */
+        if (sc->in_deadlines) {
+            deadline_unlink(ib, sc);
+            arm_deadlines(ib);
+        }
+        pthread_mutex_lock(&ib->mu);
+        if (sc->queued) {
+            inbox_unlink(ib, sc);
+        }
+        pthread_mutex_unlock(&ib->mu);
     }
-    pthread_mutex_unlock(&ib->mu);
     weir__buf_release(&s->w->bufs, &sc->vst.in);
     sc->state = SC_PASS;
 }
@@ -1514,6 +1521,7 @@ static ssize_t cache_vread(struct weir__stream *st, char *buf, size_t len)
             if (got > 0) {
                 return (ssize_t)got;
             }
+            sc->registered = true;
             if (ops->wait(sc->obj, sc->cur.off, &sc->waiter)) {
                 sc->obj_waiting = true;
                 st->readable = false;
