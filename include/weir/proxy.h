@@ -257,6 +257,16 @@ WEIR_EXTERN int weir_session_cache_enable(struct weir_session *s, struct weir_ca
                                           const struct weir_cache_policy *p);
 
 /**
+ * Whether s is a request weir makes itself, with no client: a stale-while-revalidate refresh.
+ * It runs every hook a client's request does, on the request as it stood when
+ * weir_session_cache_enable was first called for the request that caused it (its client
+ * address and TLS flag too; as a GET, without the client's conditions and ranges); its
+ * response goes nowhere but the cache. A hook that must not run twice for one client
+ * request (counting, rewriting before the cache is enabled) checks this.
+ */
+WEIR_EXTERN bool weir_session_is_background(const struct weir_session *s);
+
+/**
  * Resumes a session whose hook returned WEIR_HOOK_PENDING, with the result that hook would
  * have returned. Worker thread only; the session continues at the end of the current loop
  * turn, never inside this call.

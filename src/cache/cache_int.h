@@ -34,6 +34,7 @@ enum weir__clock_verdict {
     WEIR_CLOCK_WRITER = 0, /* no one fetches the key: the caller does (*token is its turn) */
     WEIR_CLOCK_WAIT,       /* someone does: the waiter is registered until *deadline_ms */
     WEIR_CLOCK_PASS,       /* the key's last response was not cacheable: fetch, no lock */
+    WEIR_CLOCK_BUSY,       /* (a try, w NULL) someone fetches the key: nothing registered */
 };
 
 /** How a writer lets go of its lock; each waiter's w->result on wake. */
@@ -52,7 +53,8 @@ int weir__clock_new(struct weir__clock **out);
 void weir__clock_free(struct weir__clock *l);
 /**
  * Takes key's lock or waits for it at now_ms (monotonic). A lock older than its timeout_ms is
- * taken over (the old writer's release is then ignored). WAIT registers w.
+ * taken over (the old writer's release is then ignored). WAIT registers w; with w NULL the
+ * call only tries: BUSY instead of WAIT (a background refresh, which never waits).
  */
 enum weir__clock_verdict weir__clock_acquire(struct weir__clock *l, struct weir_iov key,
                                              uint64_t hash, uint64_t now_ms, uint32_t timeout_ms,

@@ -184,7 +184,9 @@ enum weir__clock_verdict weir__clock_acquire(struct weir__clock *l, struct weir_
         remove_entry(sh, e);
         e = NULL;
     }
-    if (e != NULL && now_ms < e->deadline_ms) {
+    if (e != NULL && now_ms < e->deadline_ms && w == NULL) {
+        v = WEIR_CLOCK_BUSY; /* a try: nothing registered */
+    } else if (e != NULL && now_ms < e->deadline_ms) {
         add_waiter(e, w);
         *deadline_ms = e->deadline_ms;
         v = WEIR_CLOCK_WAIT;

@@ -82,6 +82,8 @@ struct weir__scache {
     struct weir__cache_meta stale_meta;
     struct weir_headers *stale_fields;
     bool writer_failed; /* woken because the writer failed: stale-if-error applies */
+    bool swr;           /* served stale while a background refresh runs */
+    uint32_t stale_by;  /* ... this long past its freshness (Cache-Status ttl=-N) */
     bool accept_stale;  /* woken with a stale object the writer served (stale-if-error) */
     /* the reader's object */
     struct weir_cache_obj *obj;
@@ -109,6 +111,18 @@ struct weir__scache {
     bool stored, collapsed;
     uint32_t ttl_left;
     bool status_added;
+    /* the request as it stood when the cache was enabled: what a refresh replays */
+    struct weir_iov replay_target;
+    struct weir_header *replay_fields;
+    uint32_t replay_n;
+};
+
+/* The lock a request handed to the background session refreshing its stale object. */
+struct weir__refresh {
+    struct weir_cache *zone;
+    struct weir_iov key; /* in the background session's arena */
+    uint64_t hash;
+    uint64_t token; /* 0: used, or let go */
 };
 
 /* ---- the worker's inbox ---- */
@@ -365,6 +379,14 @@ int weir_session_cache_enable(struct weir_session *s, struct weir_cache *c,
         }
         sc->s = s;
         sc->waiter.wake = waiter_wake;
+        const struct weir_headers *h = &s->req.headers;
+        sc->replay_fields = weir_arena_alloc(s->arena, (h->n ? h->n : 1) * sizeof(*h->v));
+        if (sc->replay_fields == NULL) {
+            return WEIR_ENOMEM;
+        }
+        memcpy(sc->replay_fields, h->v, h->n * sizeof(*h->v));
+        sc->replay_n = h->n;
+        sc->replay_target = s->req.target;
         s->cache = sc;
     }
     sc->zone = c;
@@ -439,6 +461,10 @@ static void sc_pass(struct weir_session *s, struct weir__scache *sc, const char 
                     const char *detail)
 {
     sc->state = SC_PASS;
+    if (s->bg != NULL) {
+        s->phase = PH_DONE; /* a refresh that would store nothing is not made */
+        return;
+    }
     sc->fwd = fwd;
     sc->detail = detail;
     if (s->w->hooks->cache_miss) {
@@ -578,6 +604,92 @@ static bool use_index(struct weir_session *s, struct weir__scache *sc, struct we
     return true;
 }
 
+/* ---- stale-while-revalidate: the background refresh ---- */
+
+/* The request a refresh replays: the cached request as it stood when the cache was enabled,
+   as a GET without conditions or ranges, copied into b's arena. */
+static int copy_request(struct weir_session *b, const struct weir__scache *sc)
+{
+    struct weir_arena *a = b->arena;
+    uint32_t max = b->cfg->server.limits.max_headers + WEIR_HEADERS_SLACK;
+    if (weir__headers_init(&b->req.headers, a, sc->replay_n + 8, max) != 0) {
+        return WEIR_ENOMEM;
+    }
+    for (uint32_t i = 0; i < sc->replay_n; i++) {
+        struct weir_iov n = weir_arena_iovdup(a, sc->replay_fields[i].name);
+        struct weir_iov v = weir_arena_iovdup(a, sc->replay_fields[i].value);
+        if ((n.base == NULL && sc->replay_fields[i].name.len > 0) ||
+            (v.base == NULL && sc->replay_fields[i].value.len > 0) ||
+            weir_headers_add_iov(&b->req.headers, n, v) != 0) {
+            return WEIR_ENOMEM;
+        }
+    }
+    b->req.method = b->orig_method = WEIR_IOV_LIT("GET");
+    b->req.target = b->orig_target = weir_arena_iovdup(a, sc->replay_target);
+    if (b->req.target.base == NULL) {
+        return WEIR_ENOMEM;
+    }
+    b->req.minor = 1;
+    b->req_body = WEIR_H1_BODY_NONE;
+    strip_conditions(b);
+    return 0;
+}
+
+/*
+ * A stale object served within stale-while-revalidate: one background session refreshes it.
+ * The key's lock is taken here, without waiting (someone fetching it already is the one
+ * refresh), and handed to that session, which becomes the key's writer with it. Best effort:
+ * with no room for a background session the object is only served stale.
+ */
+static void start_refresh(struct weir_session *s, struct weir__scache *sc)
+{
+    uint64_t token = 0, deadline = 0;
+    uint64_t now = weir_loop_now_ms(s->w->loop);
+    if (weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms, NULL,
+                            &token, &deadline) != WEIR_CLOCK_WRITER) {
+        return; /* being fetched (or marked pass) */
+    }
+    struct weir_session *b = weir__bg_new(s);
+    struct weir__refresh *rf = b != NULL ? weir_arena_calloc(b->arena, sizeof(*rf)) : NULL;
+    if (rf != NULL) {
+        rf->key = weir_arena_iovdup(b->arena, sc->key);
+    }
+    if (rf == NULL || rf->key.base == NULL || copy_request(b, sc) != 0) {
+        if (b != NULL) {
+            weir__session_abandon(b);
+        }
+        weir__clock_release(sc->zone->lock, sc->key, sc->hash, token, WEIR_CLOCK_FAILED, now, NULL,
+                            NULL);
+        return;
+    }
+    rf->zone = sc->zone;
+    rf->hash = sc->hash;
+    rf->token = token;
+    b->refresh = rf;
+    weir_log(WEIR_LOG_DEBUG, "cache: %.*s is stale: refreshed in the background",
+             (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base);
+    weir__bg_start(b);
+}
+
+/* A refresh lets go of the lock it was handed and did not use. */
+static void drop_refresh(struct weir_session *s)
+{
+    struct weir__refresh *rf = s->refresh;
+    if (rf != NULL && rf->token != 0) {
+        weir__clock_release(rf->zone->lock, rf->key, rf->hash, rf->token, WEIR_CLOCK_FAILED,
+                            weir_loop_now_ms(s->w->loop), NULL, NULL);
+        rf->token = 0;
+    }
+}
+
+/* Whether o (stale, its meta decoded in sc) may be served while it is refreshed. */
+static bool within_swr(const struct weir__scache *sc, uint32_t age)
+{
+    const struct weir__cache_meta *m = &sc->meta;
+    return m->swr_s > 0 && age < m->fresh_s + (uint64_t)m->swr_s &&
+           !(m->flags & (WEIR_CACHE_META_MUST_REVALIDATE | WEIR_CACHE_META_NO_CACHE));
+}
+
 /* Serves o (a reference the session owns now) if it is fresh and usable; else lets it go. */
 static bool consider(struct weir_session *s, struct weir__scache *sc, struct weir_cache_obj *o,
                      struct weir_iov meta);
@@ -673,6 +785,15 @@ static bool consider(struct weir_session *s, struct weir__scache *sc, struct wei
         fresh = true;
         sc->fwd = "stale";
         sc->detail = "stale-if-error";
+    }
+    if (!fresh && !filling && s->bg == NULL && !sc->private_req && within_swr(sc, age)) {
+        /* stale-while-revalidate: served now, refreshed in the background */
+        start_refresh(s, sc);
+        fresh = true;
+        sc->swr = true;
+        sc->stale_by = age - sc->meta.fresh_s;
+        sc->fwd = NULL;
+        sc->detail = "stale-while-revalidate";
     }
     if (!fresh) {
         /* Stale: refreshed under the lock like a miss. The writer revalidates it (its
@@ -861,9 +982,23 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
     const struct weir_proxy_hooks *hk = s->w->hooks;
     uint64_t now = weir_loop_now_ms(s->w->loop);
     uint64_t deadline = 0;
-    sc->registered = true; /* set before another thread can see the waiter */
-    switch (weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms,
-                                &sc->waiter, &sc->token, &deadline)) {
+    enum weir__clock_verdict v;
+    struct weir__refresh *rf = s->refresh;
+    if (rf != NULL && rf->token != 0 && rf->zone == sc->zone && rf->hash == sc->hash &&
+        weir_iov_eq(rf->key, sc->key)) {
+        v = WEIR_CLOCK_WRITER; /* the lock the refresh was handed */
+        sc->token = rf->token;
+        rf->token = 0;
+    } else if (s->bg != NULL) {
+        drop_refresh(s); /* handed for another key: the route changed since */
+        v = weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms,
+                                NULL, &sc->token, &deadline);
+    } else {
+        sc->registered = true; /* set before another thread can see the waiter */
+        v = weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms,
+                                &sc->waiter, &sc->token, &deadline);
+    }
+    switch (v) {
     case WEIR_CLOCK_WRITER:
         sc->locked = true;
         sc->lock_key = sc->key;
@@ -886,6 +1021,9 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
         return true;
     case WEIR_CLOCK_PASS:
         sc_pass(s, sc, "miss", "hit-for-pass");
+        return true;
+    case WEIR_CLOCK_BUSY: /* a refresh only tries: someone else fetches it */
+        s->phase = PH_DONE;
         return true;
     case WEIR_CLOCK_WAIT:
         break;
@@ -911,7 +1049,8 @@ bool weir__cache_phase(struct weir_session *s)
     }
     struct weir__scache *sc = s->cache;
     if (sc == NULL) {
-        s->phase = PH_PEER;
+        /* a refresh whose route no longer caches fetches nothing */
+        s->phase = s->bg != NULL ? PH_DONE : PH_PEER;
         return true;
     }
     if (sc->state == SC_WAIT_LOCK) {
@@ -1375,6 +1514,7 @@ void weir__cache_complete(struct weir_session *s)
 
 void weir__cache_end(struct weir_session *s)
 {
+    drop_refresh(s);
     struct weir__scache *sc = s->cache;
     if (sc == NULL) {
         return;
@@ -1436,7 +1576,10 @@ void weir__cache_status(struct weir_session *s, struct weir_resp *r)
     }
     char buf[160];
     int n;
-    if (sc->fwd == NULL && sc->collapsed) {
+    if (sc->fwd == NULL && sc->swr) {
+        n = snprintf(buf, sizeof(buf), "weir; hit; ttl=-%u; detail=stale-while-revalidate",
+                     sc->stale_by);
+    } else if (sc->fwd == NULL && sc->collapsed) {
         n = snprintf(buf, sizeof(buf), "weir; fwd=miss; collapsed"); /* waited for the fetch */
     } else if (sc->fwd == NULL) {
         n = snprintf(buf, sizeof(buf), "weir; hit; ttl=%u", sc->ttl_left);

@@ -84,6 +84,7 @@ void weir__proxy_worker_free(struct weir__proxy_worker *w)
         struct weir__conn *z = w->zombies;
         weir__session_abandon(z->s != NULL ? z->s : weir__conn_h2_orphan(z));
     }
+    weir__bg_abandon_all(w);
     const struct weir__pool_stats *ps = weir__pool_stats(w->pool);
     if (ps->connects != 0) {
         weir_log(WEIR_LOG_INFO,
@@ -771,6 +772,7 @@ void weir__conn_request_done(struct weir__conn *c, bool close_conn)
 void weir__proxy_drain(struct weir__proxy_worker *w)
 {
     w->draining = true;
+    weir__bg_abort_all(w); /* refreshes are not worth waiting for */
     struct weir__conn *c = w->conns;
     while (c) {
         struct weir__conn *next = c->next;
@@ -788,6 +790,7 @@ void weir__proxy_drain(struct weir__proxy_worker *w)
 void weir__proxy_close_all(struct weir__proxy_worker *w)
 {
     w->draining = true;
+    weir__bg_abort_all(w);
     while (w->conns) {
         weir__conn_close(w->conns);
     }

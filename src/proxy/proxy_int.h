@@ -35,6 +35,8 @@ struct weir__h2s;
 struct weir__h2up;
 struct weir__scache;
 struct weir__cinbox;
+struct weir__bg;
+struct weir__refresh;
 
 /**
  * Connections open on one listener across every worker (listeners[].max_connections). The
@@ -77,6 +79,8 @@ struct weir__proxy_worker {
     struct weir__conn *zombies;  /* closed, waiting for a suspended hook to resume */
     struct weir__h2up *h2ups;    /* HTTP/2 origin connections (h2_up.c) */
     struct weir__cinbox *cinbox; /* cache wake-ups from other threads, lock deadlines */
+    struct weir__bg *bgs;        /* background sessions (background.c) */
+    uint32_t nbg;
     uint32_t nconns;
     bool draining;
     weir__conn_closed_fn on_closed;
@@ -229,6 +233,8 @@ struct weir__outcome {
 #define WEIR_ACCESS_FLUSH_MS 1000
 /** At most one warning per worker per this long for refused connections (then debug). */
 #define WEIR_REFUSED_WARN_MS 10000
+/** Background sessions (stale-while-revalidate refreshes) one worker runs at once. */
+#define WEIR_MAX_BACKGROUND 64
 /** Bytes per memory chunk of a response spool (buffer_responses), or memory if smaller. */
 #define WEIR_SPOOL_CHUNK (16u << 10)
 /** Bytes of a spool's temporary file read back per read. */
@@ -379,8 +385,10 @@ struct weir_session {
        upgrade with a key of ours (ws_key, its Sec-WebSocket-Key), the 101 coming back as 200 */
     bool ws_h2;
     struct weir_iov ws_key;
-    struct weir__grpc_web *gw;  /* weir_session_set_grpc_web: translated (grpc_web.c); or NULL */
-    struct weir__scache *cache; /* weir_session_cache_enable (cache.c); or NULL */
+    struct weir__grpc_web *gw;     /* weir_session_set_grpc_web: translated (grpc_web.c); or NULL */
+    struct weir__scache *cache;    /* weir_session_cache_enable (cache.c); or NULL */
+    struct weir__bg *bg;           /* a background session's own (background.c); or NULL */
+    struct weir__refresh *refresh; /* a refresh's handed lock (cache.c); or NULL */
     enum weir__h1_body req_body;
     uint64_t req_length;
 
@@ -581,6 +589,12 @@ int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr,
  * caller fills the request, then calls weir__session_begin. NULL when out of memory.
  */
 struct weir_session *weir__session_new(struct weir__conn *c);
+/** A session of worker w on snapshot h (one more reference to it) in a fresh arena, with no
+    client side yet. NULL when out of memory. */
+struct weir_session *weir__session_alloc(struct weir__proxy_worker *w,
+                                         struct weir__snapshot_holder *h);
+/** Frees a session weir__session_alloc made that never ran. */
+void weir__session_discard(struct weir_session *s);
 /** Runs new_ctx, the early refusals (rate, size) and the phases of a filled-in session. */
 void weir__session_begin(struct weir_session *s);
 /** Sets the client-side deadline ms from now (0 disarms): the connection's or the stream's. */
@@ -613,6 +627,24 @@ void weir__session_upstream_timer(struct weir_loop *loop, struct weir_timer *t);
 void weir__session_abort(struct weir_session *s);
 /** Ends a session that waits for a hook that will never resume (the worker stops). */
 void weir__session_abandon(struct weir_session *s);
+
+/* background.c: sessions with no client (a stale-while-revalidate refresh) */
+/**
+ * A background session of from's worker on from's snapshot, with from's client identity;
+ * the caller fills its request (s->req, GET with no body) and calls weir__bg_start. NULL when
+ * the worker runs WEIR_MAX_BACKGROUND already, drains, or is out of memory.
+ */
+struct weir_session *weir__bg_new(struct weir_session *from);
+/** Starts s at the end of the loop turn (never inside the caller's phase). */
+void weir__bg_start(struct weir_session *s);
+/** s ends (session_end): off the worker's list. */
+void weir__bg_end(struct weir_session *s);
+/** Whether s ran (new_ctx was called: the logging hook may see it). */
+bool weir__bg_started(const struct weir_session *s);
+/** The worker drains or stops: every background session ends (or waits in PH_CLOSING). */
+void weir__bg_abort_all(struct weir__proxy_worker *w);
+/** The worker is freed: those still waiting for a hook end too. */
+void weir__bg_abandon_all(struct weir__proxy_worker *w);
 
 /* session_api.c: the backend wait queue behind weir_session_select_backend */
 void weir__session_wait_end(struct weir_session *s);

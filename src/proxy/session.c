@@ -131,13 +131,9 @@ static int normalize_absolute_form(struct weir_session *s)
     return weir_headers_set_iov(&s->req.headers, WEIR_IOV_LIT("Host"), (struct weir_iov){a, alen});
 }
 
-struct weir_session *weir__session_new(struct weir__conn *c)
+struct weir_session *weir__session_alloc(struct weir__proxy_worker *w,
+                                         struct weir__snapshot_holder *h)
 {
-    struct weir__proxy_worker *w = c->w;
-    struct weir__snapshot_holder *h = weir__snapshot_acquire(w->slot, &w->holder);
-    if (h == NULL) {
-        return NULL;
-    }
     const struct weir_config *cfg = h->snap->data;
     struct weir_arena *a = take_arena(w, cfg);
     if (a == NULL) {
@@ -149,8 +145,6 @@ struct weir_session *weir__session_new(struct weir__conn *c)
         return NULL;
     }
     s->magic = WEIR_SESSION_MAGIC;
-    s->c = c;
-    s->cst = &c->st;
     s->w = w;
     s->arena = a;
     s->holder = h;
@@ -162,9 +156,33 @@ struct weir_session *weir__session_new(struct weir__conn *c)
     s->start_wall = weir_loop_wall_s(w->loop);
     s->resume.fn = session_resume_cb;
     weir__upstream_init(s);
+    w->requests++;
+    return s;
+}
+
+void weir__session_discard(struct weir_session *s)
+{
+    struct weir__snapshot_holder *h = s->holder;
+    s->magic = 0;
+    give_arena(s->w, s->arena);
+    weir__snapshot_holder_put(h);
+}
+
+struct weir_session *weir__session_new(struct weir__conn *c)
+{
+    struct weir__proxy_worker *w = c->w;
+    struct weir__snapshot_holder *h = weir__snapshot_acquire(w->slot, &w->holder);
+    if (h == NULL) {
+        return NULL;
+    }
+    struct weir_session *s = weir__session_alloc(w, h);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->c = c;
+    s->cst = &c->st;
     c->nrequests++;
     s->index = c->nrequests;
-    w->requests++;
     return s;
 }
 
@@ -229,6 +247,9 @@ void weir__session_begin(struct weir_session *s)
 
 void weir__session_client_deadline(struct weir_session *s, uint64_t ms)
 {
+    if (s->bg != NULL) {
+        return; /* no client to wait for: the upstream's timeouts bound it */
+    }
     if (s->h2 == NULL) {
         weir__conn_set_deadline(s->c, ms);
         return;
@@ -935,10 +956,18 @@ static void session_end(struct weir_session *s)
     if (s->status == 0 && s->has_err && s->err.source == WEIR_SRC_DOWNSTREAM) {
         s->status = 499; /* nginx's "client closed request": it left before any answer */
     }
-    if (w->hooks->logging) {
+    bool bg = s->bg != NULL;
+    if (w->hooks->logging && (!bg || weir__bg_started(s))) {
         w->hooks->logging(s, s->ctx, s->has_err ? &s->err : NULL);
     }
-    weir__access_log_request(s);
+    if (!bg) {
+        weir__access_log_request(s); /* a background request is not a client's */
+    } else {
+        weir_log(WEIR_LOG_DEBUG, "background request %.*s ended: %d%s%s", (int)s->req.target.len,
+                 s->req.target.base, s->status, s->has_err ? ", " : "",
+                 s->has_err ? weir_error_type_str(s->err.type) : "");
+        weir__bg_end(s);
+    }
     weir_peer_release(&s->peer);
     /* A failure answered with a whole error response (request fully read) keeps the
        connection, as its Connection field said; every other failure set close_after. */
@@ -955,7 +984,7 @@ static void session_end(struct weir_session *s)
     weir__snapshot_holder_put(h);
     if (hs != NULL) {
         weir__conn_h2_request_done(c, hs, complete);
-    } else {
+    } else if (!bg) {
         weir__conn_request_done(c, close_conn);
     }
 }

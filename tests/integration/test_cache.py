@@ -4,7 +4,8 @@ Cache-Status, against a real origin that counts what it is asked.
 The origin reads what to answer from the query string: delay (seconds before the head),
 cc (Cache-Control), len (body bytes), chunked (1: chunked, in pieces), pause (seconds between
 pieces), status, setcookie, vary, expires, age, date_offset, drop (1: close without answering),
-cut (1: close half-way through the body). Every request it gets is counted by its target.
+cut (1: close half-way through the body). Every request it gets is counted by its target;
+its attributes force_status and delay change what it does for every target.
 """
 import http.client
 import http.server
@@ -24,6 +25,7 @@ class CountingOrigin:
         self.counts = {}
         self.heads = []
         self.force_status = 0
+        self.delay = 0.0  # seconds every request waits (on top of ?delay=)
         self.lock = threading.Lock()
         origin = self
 
@@ -49,7 +51,7 @@ class CountingOrigin:
                     origin.counts[self.path] = origin.counts.get(self.path, 0) + 1
                     origin.heads.append((self.command, self.path, dict(self.headers)))
                 q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-                time.sleep(float(q.get("delay", "0")))
+                time.sleep(float(q.get("delay", "0")) + origin.delay)
                 if q.get("drop") == "1":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -715,3 +717,134 @@ def test_http2_streams_share_the_cache_and_its_lock(weir, corigin):
     assert rec["headers"]["cache-status"].startswith("weir; hit")
     assert rec["headers"]["content-length"] == "30000"
     c.close()
+
+
+# ---- stale-while-revalidate: served stale at once, one refresh in the background ----
+
+SWR_CC = "max-age%3D1%2C%20stale-while-revalidate%3D60"
+
+
+def wait_for(pred, timeout=20):
+    end = time.monotonic() + timeout * SLOW
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_stale_while_revalidate_serves_stale_and_refreshes_once(cached):
+    port, o, _ = cached(threads=4)
+    t = "/swr?cc=max-age%3D3%2C%20stale-while-revalidate%3D60&len=1500"
+    st, h, b = get(port, t)
+    assert h["x-served"] == "1" and h["cache-status"] == "weir; fwd=miss; stored"
+    time.sleep(3.2)
+    # The refresh takes a while (not so long that its answer arrives stale: RFC 9111 counts
+    # the response delay into its age): the first stale answers cannot have waited for it.
+    o.delay = 1.5
+    # the first stale request is a range with a condition: neither goes to the origin
+    st, h, b = get(port, t, {"Range": "bytes=0-9", "If-None-Match": '"other"'})
+    assert st == 206 and b == body_of(1500)[:10] and h["x-served"] == "1"
+    assert h["cache-status"].startswith("weir; hit; ttl=-")
+    assert h["cache-status"].endswith("; detail=stale-while-revalidate"), h["cache-status"]
+    assert int(h["age"]) >= 3
+    results = []
+
+    def one():
+        results.append(get(port, t))
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(results) == 20
+    for st, h, b in results:
+        assert st == 200 and b == body_of(1500)
+        if h["x-served"] == "1":
+            assert h["cache-status"].endswith("detail=stale-while-revalidate")
+        else:  # a slow machine: the refresh was stored before this request came
+            assert h["x-served"] == "2" and "-" not in h["cache-status"]
+    # exactly one refresh reached the origin, as a plain GET
+    assert wait_for(lambda: o.count(t) == 2)
+    assert wait_for(lambda: get(port, t)[1]["x-served"] == "2")
+    st, h, b = get(port, t)
+    assert h["cache-status"].startswith("weir; hit; ttl=") and "-" not in h["cache-status"]
+    assert o.count(t) == 2
+    sent = [hd for m, p, hd in o.heads if p == t]
+    assert len(sent) == 2
+    assert "Range" not in sent[1] and "If-None-Match" not in sent[1], sent[1]
+    assert [m for m, p, hd in o.heads if p == t] == ["GET", "GET"]
+
+
+def test_stale_while_revalidate_from_the_route_and_a_304_refresh(cached):
+    port, o, _ = cached(route_cache="      stale_while_revalidate: 1m\n")
+    t = '/swr304?cc=max-age%3D1&etag=%22v1%22&len=800'
+    get(port, t)
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(800)
+    assert h["cache-status"].endswith("detail=stale-while-revalidate")
+    # the refresh asked with the stored validator and got a 304: fresh again, same body
+    assert wait_for(lambda: o.count(t) == 2)
+    assert wait_for(lambda: "-" not in get(port, t)[1]["cache-status"])
+    st, h, b = get(port, t)
+    assert b == body_of(800) and h["cache-status"].startswith("weir; hit; ttl=")
+    sent = [hd for m, p, hd in o.heads if p == t]
+    assert sent[1].get("If-None-Match") == '"v1"'
+    assert o.count(t) == 2
+
+
+def test_stale_while_revalidate_does_not_override_must_revalidate(cached):
+    port, o, _ = cached(route_cache="      stale_while_revalidate: 1m\n")
+    t = "/swrmr?cc=max-age%3D1%2C%20must-revalidate&len=600"
+    get(port, t)
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert h["x-served"] == "2" and h["cache-status"].startswith("weir; fwd=stale; stored")
+    assert o.count(t) == 2
+
+
+def test_stale_while_revalidate_window_ends(cached):
+    port, o, _ = cached()
+    t = "/swrend?cc=max-age%3D1%2C%20stale-while-revalidate%3D1&len=600"
+    get(port, t)
+    time.sleep(3.2)  # past max-age + stale-while-revalidate: refreshed in the request's path
+    st, h, b = get(port, t)
+    assert h["x-served"] == "2" and h["cache-status"].startswith("weir; fwd=stale; stored")
+
+
+def test_failed_refresh_keeps_the_stale_object_and_is_tried_again(cached):
+    port, o, _ = cached()
+    t = f"/swrfail?cc={SWR_CC}&len=700"
+    get(port, t)
+    time.sleep(2.2)
+    o.force_status = 503
+    st, h, b = get(port, t)
+    assert st == 200 and h["x-served"] == "1"
+    assert wait_for(lambda: o.count(t) == 2)
+    # the refresh failed: still stale, still served; the next request tries again
+    time.sleep(0.3)
+    o.force_status = 0
+    st, h, b = get(port, t)
+    assert st == 200 and h["x-served"] == "1"
+    assert h["cache-status"].endswith("detail=stale-while-revalidate")
+    assert wait_for(lambda: get(port, t)[1]["x-served"] == "3")
+    assert o.count(t) == 3
+
+
+def test_worker_stops_with_a_refresh_in_flight(cached):
+    port, o, w = cached()
+    t = f"/swrstop?cc={SWR_CC}&len=700"
+    get(port, t)
+    time.sleep(2.2)
+    o.delay = 4.0
+    st, h, b = get(port, t)
+    assert st == 200 and h["x-served"] == "1"
+    assert wait_for(lambda: o.count(t) == 2)
+    # weir stops at once: a refresh is not worth waiting for (the fixture checks exit 0 and
+    # that the sanitizers found nothing to report)
+    start = time.monotonic()
+    assert w.stop() == 0
+    assert time.monotonic() - start < 3.5 * SLOW
+    w.check_clean()

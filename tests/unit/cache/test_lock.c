@@ -3,7 +3,8 @@
  * wait, every release wakes every waiter with its outcome and removes the lock; hit-for-pass
  * marks and their expiry (at times the tests pass in: no sleeping), their bound, and forget;
  * takeover past the deadline and the stale writer's release ignored; unwait; keys that share
- * a hash kept apart; and 8 threads racing for one key: one writer, seven woken by one release.
+ * a hash kept apart; a try (no waiter) that never waits; and 8 threads racing for one key: one
+ * writer, seven woken by one release.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -110,6 +111,37 @@ static void test_new_and_free(void **state)
     assert_int_equal(acq(l, "held", 1000, &t, &tok), WEIR_CLOCK_WRITER);
     assert_int_equal(acq(l, "pass", 1000, &t, &tok), WEIR_CLOCK_WRITER);
     rel(l, "pass", tok, WEIR_CLOCK_UNCACHEABLE, 1000);
+    weir__clock_free(l);
+}
+
+/* A try (no waiter) takes a free lock, or says BUSY without registering anything; a lock
+   past its deadline is taken over by a try as by anyone; a pass mark says PASS. */
+static void test_try_never_waits(void **state)
+{
+    (void)state;
+    struct weir__clock *l = lock_new();
+    struct weir_iov k = WEIR_IOV_LIT("try");
+    uint64_t h = hash_of(k), tok = 0, t2 = 0, d = 0;
+    assert_int_equal(weir__clock_acquire(l, k, h, 100, TIMEOUT_MS, NULL, &tok, &d),
+                     WEIR_CLOCK_WRITER);
+    assert_int_equal(weir__clock_acquire(l, k, h, 101, TIMEOUT_MS, NULL, &t2, &d), WEIR_CLOCK_BUSY);
+    struct tw a;
+    tw_init(&a);
+    assert_int_equal(weir__clock_acquire(l, k, h, 102, TIMEOUT_MS, &a.w, &t2, &d), WEIR_CLOCK_WAIT);
+    assert_int_equal(weir__clock_acquire(l, k, h, 103, TIMEOUT_MS, NULL, &t2, &d), WEIR_CLOCK_BUSY);
+    /* the release wakes the one registered waiter and nobody else */
+    weir__clock_release(l, k, h, tok, WEIR_CLOCK_FAILED, 104, NULL, NULL);
+    assert_int_equal(a.woken, 1);
+    assert_int_equal(a.w.result, WEIR_CLOCK_FAILED);
+    /* taken over by a try once the holder outlives its deadline */
+    assert_int_equal(weir__clock_acquire(l, k, h, 200, TIMEOUT_MS, NULL, &tok, &d),
+                     WEIR_CLOCK_WRITER);
+    assert_int_equal(weir__clock_acquire(l, k, h, 200 + TIMEOUT_MS, TIMEOUT_MS, NULL, &t2, &d),
+                     WEIR_CLOCK_WRITER);
+    assert_int_not_equal(t2, tok);
+    weir__clock_release(l, k, h, t2, WEIR_CLOCK_UNCACHEABLE, 6000, NULL, NULL);
+    assert_int_equal(weir__clock_acquire(l, k, h, 6001, TIMEOUT_MS, NULL, &t2, &d),
+                     WEIR_CLOCK_PASS);
     weir__clock_free(l);
 }
 
@@ -720,6 +752,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_new_and_free),
+        cmocka_unit_test(test_try_never_waits),
         cmocka_unit_test(test_writer_then_waiters_filling),
         cmocka_unit_test(test_filling_hands_the_fill_over),
         cmocka_unit_test(test_failed_wakes_with_failed),
