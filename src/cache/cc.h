@@ -151,4 +151,34 @@ int weir__cache_meta_decode(const char *buf, size_t len, struct weir__cache_meta
 /** Decodes only the fixed part (no fields), for a storage's own bookkeeping. 0 or EINVAL. */
 int weir__cache_meta_peek(const char *buf, size_t len, struct weir__cache_meta *m);
 
+/* ---- what a request selects: ranges and variants (select.c) ---- */
+
+/** The most ranges one request may ask for; a request for more gets the whole object. */
+#define WEIR_CACHE_MAX_RANGES 16
+/** The most distinct fields a Vary may name for its response to be stored. */
+#define WEIR_CACHE_MAX_VARY_FIELDS 32
+
+/** A byte range of a body, both ends included. */
+struct weir__range {
+    uint64_t first, last;
+};
+
+/**
+ * A Range field value against a body of len bytes (RFC 9110 14.1.2): the satisfiable ranges
+ * into out (room for WEIR_CACHE_MAX_RANGES), in the order asked. Their count (0: none is
+ * satisfiable, a 416), or -1 when the field is to be ignored (not a bytes range set, an
+ * invalid range, more than WEIR_CACHE_MAX_RANGES).
+ */
+int weir__range_parse(struct weir_iov v, uint64_t len, struct weir__range *out);
+
+/**
+ * The variance of a request (its n fields) for a response's Vary names (RFC 9111 4.1): per
+ * distinct name, in the order listed, "name=LEN:values;" with the name lowercased and the
+ * request's fields of that name joined with "," (OWS trimmed), LEN their length, so no two
+ * variances read alike. Writes at most cap bytes to out and returns the whole length (call
+ * with cap 0 to size it), or SIZE_MAX when more than WEIR_CACHE_MAX_VARY_FIELDS are named.
+ */
+size_t weir__cache_variance(struct weir_iov names, const struct weir_header *fields, size_t n,
+                            char *out, size_t cap);
+
 #endif

@@ -42,9 +42,6 @@ struct cseg {
 /** Variants one key may have (Vary); a response for one more is not stored. */
 #define WEIR_CACHE_MAX_VARIANTS 16
 
-/** The most ranges one request may ask for; a request for more gets the whole object. */
-#define WEIR_CACHE_MAX_RANGES 16
-
 enum sc_state {
     SC_LOOKUP = 0, /* look the key up (again) */
     SC_WAIT_LOCK,  /* waiting for another request's fetch */
@@ -514,72 +511,24 @@ static int decode_meta(struct weir_session *s, struct weir__scache *sc, struct w
 
 /* ---- Vary: an index at the key, each variant under key + its variance ---- */
 
-/* The request's values of the names a Vary lists, as one printable string with lengths, so
-   that no two variances read alike: "name=LEN:value;" each (all of a name's fields, joined
-   with ","). */
-static struct weir_iov variance(struct weir_session *s, struct weir_iov names)
-{
-    size_t cap = names.len * 24 + 16;
-    for (uint32_t i = 0; i < s->req.headers.n; i++) {
-        cap += s->req.headers.v[i].value.len + 1;
-    }
-    char *b = weir_arena_alloc(s->arena, cap);
-    if (b == NULL) {
-        return (struct weir_iov){NULL, 0};
-    }
-    size_t n = 0;
-    while (names.len > 0) {
-        const char *comma = memchr(names.base, ',', names.len);
-        size_t l = comma ? (size_t)(comma - names.base) : names.len;
-        struct weir_iov name = trim_ows((struct weir_iov){names.base, l});
-        names.base += l + (comma ? 1 : 0);
-        names.len -= l + (comma ? 1 : 0);
-        if (name.len == 0) {
-            continue;
-        }
-        for (size_t i = 0; i < name.len; i++) {
-            char ch = name.base[i];
-            b[n++] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
-        }
-        size_t len = 0;
-        bool first = true;
-        for (uint32_t i = 0; i < s->req.headers.n; i++) {
-            if (weir_iov_ieq(s->req.headers.v[i].name, name)) {
-                len += trim_ows(s->req.headers.v[i].value).len + (first ? 0 : 1);
-                first = false;
-            }
-        }
-        int w = snprintf(b + n, 24, "=%zu:", len);
-        n += w > 0 && w < 24 ? (size_t)w : 0;
-        first = true;
-        for (uint32_t i = 0; i < s->req.headers.n; i++) {
-            if (weir_iov_ieq(s->req.headers.v[i].name, name)) {
-                struct weir_iov v = trim_ows(s->req.headers.v[i].value);
-                if (!first) {
-                    b[n++] = ',';
-                }
-                memcpy(b + n, v.base, v.len);
-                n += v.len;
-                first = false;
-            }
-        }
-        b[n++] = ';';
-    }
-    return (struct weir_iov){b, n};
-}
-
-/* key + "\x1f" + variance: where a variant lives. */
 static int variant_key(struct weir_session *s, struct weir__scache *sc, struct weir_iov names)
 {
-    struct weir_iov var = variance(s, names);
-    char *b = var.base ? weir_arena_alloc(s->arena, sc->primary.len + 1 + var.len) : NULL;
+    const struct weir_headers *h = &s->req.headers;
+    size_t vlen = weir__cache_variance(names, h->v, h->n, NULL, 0);
+    if (vlen == SIZE_MAX) {
+        return WEIR_ELIMIT;
+    }
+    size_t klen = sc->primary.len + 1 + vlen;
+    char *b = weir_arena_alloc(s->arena, klen);
     if (b == NULL) {
         return WEIR_ENOMEM;
     }
     memcpy(b, sc->primary.base, sc->primary.len);
     b[sc->primary.len] = '\x1f';
-    memcpy(b + sc->primary.len + 1, var.base, var.len);
-    sc->key = (struct weir_iov){b, sc->primary.len + 1 + var.len};
+    if (weir__cache_variance(names, h->v, h->n, b + sc->primary.len + 1, vlen) != vlen) {
+        return WEIR_EINVAL; /* cannot happen: the same call sized it */
+    }
+    sc->key = (struct weir_iov){b, klen};
     sc->hash = weir__cache_hash(sc->zone, sc->key);
     sc->varied = true;
     return 0;
@@ -1226,8 +1175,9 @@ static const char *prepare_variant(struct weir_session *s, struct weir__scache *
         (void)sc->zone->st->ops->purge(sc->zone->st, sc->primary, sc->primary_hash);
         return "vary-changed";
     }
-    if (!sc->varied && variant_key(s, sc, names) != 0) {
-        return "no-memory";
+    int vrc = sc->varied ? 0 : variant_key(s, sc, names);
+    if (vrc != 0) {
+        return vrc == WEIR_ELIMIT ? "vary-fields" : "no-memory";
     }
     struct weir_iov var = {sc->key.base + sc->primary.len + 1, sc->key.len - sc->primary.len - 1};
     unsigned count = 0;
@@ -1766,67 +1716,6 @@ static bool if_range_holds(struct weir_session *s, const struct weir_headers *st
            weir__http_date_parse(v, &b) && a == b;
 }
 
-struct brange {
-    uint64_t first, last;
-};
-
-/*
- * A Range field against a body of len bytes (RFC 9110 14.1.2): the satisfiable ranges into
- * out. Returns their count; 0 when none is satisfiable (416); -1 when the field is not a
- * bytes range set weir answers (malformed, another unit, too many ranges: the whole object).
- */
-static int parse_ranges(struct weir_iov v, uint64_t len, struct brange *out)
-{
-    v = trim_ows(v);
-    if (v.len < 6 || !weir_iov_ieq((struct weir_iov){v.base, 6}, WEIR_IOV_LIT("bytes="))) {
-        return -1;
-    }
-    v.base += 6;
-    v.len -= 6;
-    int n = 0, seen = 0;
-    while (v.len > 0) {
-        const char *comma = memchr(v.base, ',', v.len);
-        size_t l = comma ? (size_t)(comma - v.base) : v.len;
-        struct weir_iov one = trim_ows((struct weir_iov){v.base, l});
-        v.base += l + (comma ? 1 : 0);
-        v.len -= l + (comma ? 1 : 0);
-        if (one.len == 0) {
-            continue; /* empty list elements are allowed */
-        }
-        if (++seen > WEIR_CACHE_MAX_RANGES) {
-            return -1;
-        }
-        const char *dash = memchr(one.base, '-', one.len);
-        if (dash == NULL) {
-            return -1;
-        }
-        struct weir_iov a = {one.base, (size_t)(dash - one.base)};
-        struct weir_iov b = {dash + 1, one.len - a.len - 1};
-        uint64_t x = 0, y = 0;
-        if (a.len == 0) {
-            if (!weir__parse_length(b, &y)) {
-                return -1;
-            }
-            if (y == 0 || len == 0) {
-                continue; /* unsatisfiable */
-            }
-            out[n++] = (struct brange){len > y ? len - y : 0, len - 1};
-            continue;
-        }
-        if (!weir__parse_length(a, &x) || (b.len > 0 && !weir__parse_length(b, &y))) {
-            return -1;
-        }
-        if (b.len > 0 && y < x) {
-            return -1; /* an invalid range: the whole field is ignored */
-        }
-        if (x >= len) {
-            continue;
-        }
-        out[n++] = (struct brange){x, b.len == 0 || y >= len ? len - 1 : y};
-    }
-    return seen == 0 ? -1 : n;
-}
-
 static struct weir_iov arena_printf(struct weir_arena *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -1857,8 +1746,8 @@ static int answer_ranges(struct weir_session *s, struct weir__scache *sc, struct
         return 1;
     }
     uint64_t total = *len;
-    struct brange rs[WEIR_CACHE_MAX_RANGES];
-    int n = parse_ranges(rv, total, rs);
+    struct weir__range rs[WEIR_CACHE_MAX_RANGES];
+    int n = weir__range_parse(rv, total, rs);
     if (n < 0) {
         return 1;
     }

@@ -678,6 +678,31 @@ def test_vary_star_is_not_stored_and_variants_are_capped(cached):
     assert get(port, t2, headers={"X-V": "3"})[1]["cache-status"] == "weir; fwd=miss; stored"
 
 
+def test_vary_naming_a_field_many_times(cached):
+    """Regression: a Vary listing one field many times with a long request value wrote the
+    variance past its buffer (sized for each value once)."""
+    port, o, w = cached()
+    names = urllib.parse.quote(",".join(["X-Long"] * 64))
+    t = f"/vrep?cc=max-age%3D60&vary={names}"
+    long_value = "v" * 4000
+    for _ in range(2):
+        st, h, b = get(port, t, headers={"X-Long": long_value})
+        assert st == 200 and b == body_of(1000)
+    assert h["cache-status"].startswith("weir; hit")
+    st, h, b = get(port, t, headers={"X-Long": "other"})
+    assert st == 200 and h["cache-status"] == "weir; fwd=miss; stored"
+    assert o.count(t) == 2
+    # more than 32 distinct fields: not stored
+    many = urllib.parse.quote(",".join(f"X-F{i}" for i in range(33)))
+    t2 = f"/vmany?cc=max-age%3D60&vary={many}"
+    st, h, b = get(port, t2)
+    assert st == 200 and h["cache-status"] == "weir; fwd=miss; detail=vary-fields"
+    st, h, b = get(port, t2)
+    assert st == 200 and h["cache-status"] == "weir; fwd=miss; detail=hit-for-pass"
+    assert o.count(t2) == 2
+    assert w.alive()
+
+
 def test_vary_stampede_of_one_variant_is_one_fetch(cached):
     port, o, _ = cached(threads=2)
     t = "/vst?cc=max-age%3D60&vary=Accept-Encoding&delay=0.3"
