@@ -79,6 +79,7 @@ struct weir__scache {
     struct weir__cache_meta stale_meta;
     struct weir_headers *stale_fields;
     bool writer_failed; /* woken because the writer failed: stale-if-error applies */
+    bool head_waited;   /* a HEAD waited for a GET of its key once (never twice) */
     bool swr;           /* served stale while a background refresh runs */
     uint32_t stale_by;  /* ... this long past its freshness (Cache-Status ttl=-N) */
     bool accept_stale;  /* woken with a stale object the writer served (stale-if-error) */
@@ -584,20 +585,24 @@ static int copy_request(struct weir_session *b, const struct weir__scache *sc)
     return 0;
 }
 
-/*
- * A stale object served within stale-while-revalidate: one background session refreshes it.
- * The key's lock is taken here, without waiting (someone fetching it already is the one
- * refresh), and handed to that session, which becomes the key's writer with it. Best effort:
- * with no room for a background session the object is only served stale.
- */
-static void start_refresh(struct weir_session *s, struct weir__scache *sc)
+/* Takes sc's key's lock if no one holds it, without waiting: WRITER (*token), BUSY or PASS. */
+static enum weir__clock_verdict try_lock(struct weir_session *s, struct weir__scache *sc,
+                                         uint64_t *token)
 {
-    uint64_t token = 0, deadline = 0;
+    uint64_t deadline = 0;
+    return weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, weir_loop_now_ms(s->w->loop),
+                               sc->pol.lock_timeout_ms, NULL, token, &deadline);
+}
+
+/*
+ * Fetches sc's key in a background session, handing it the lock turn token the caller took
+ * (try_lock): it becomes the key's writer with it. false, and the lock let go, when no
+ * background session can be started (the worker runs its most, or is out of memory).
+ */
+static bool start_background(struct weir_session *s, struct weir__scache *sc, uint64_t token,
+                             const char *why)
+{
     uint64_t now = weir_loop_now_ms(s->w->loop);
-    if (weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, now, sc->pol.lock_timeout_ms, NULL,
-                            &token, &deadline) != WEIR_CLOCK_WRITER) {
-        return; /* being fetched (or marked pass) */
-    }
     struct weir_session *b = weir__bg_new(s);
     struct weir__refresh *rf = b != NULL ? weir_arena_calloc(b->arena, sizeof(*rf)) : NULL;
     if (rf != NULL) {
@@ -609,15 +614,29 @@ static void start_refresh(struct weir_session *s, struct weir__scache *sc)
         }
         weir__clock_release(sc->zone->lock, sc->key, sc->hash, token, WEIR_CLOCK_FAILED, now, NULL,
                             NULL);
-        return;
+        return false;
     }
     rf->zone = sc->zone;
     rf->hash = sc->hash;
     rf->token = token;
     b->refresh = rf;
-    weir_log(WEIR_LOG_DEBUG, "cache: %.*s is stale: refreshed in the background",
-             (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base);
+    weir_log(WEIR_LOG_DEBUG, "cache: %.*s: fetched in the background (%s)",
+             (int)(sc->key.len > 200 ? 200 : sc->key.len), sc->key.base, why);
     weir__bg_start(b);
+    return true;
+}
+
+/*
+ * A stale object served within stale-while-revalidate: one background session refreshes it.
+ * Someone fetching the key already is the one refresh. Best effort: with no room for a
+ * background session the object is only served stale.
+ */
+static void start_refresh(struct weir_session *s, struct weir__scache *sc)
+{
+    uint64_t token = 0;
+    if (try_lock(s, sc, &token) == WEIR_CLOCK_WRITER) {
+        (void)start_background(s, sc, token, "stale-while-revalidate");
+    }
 }
 
 /* A refresh lets go of the lock it was handed and did not use. */
@@ -925,6 +944,17 @@ static int add_validators(struct weir_session *s, struct weir__scache *sc)
     return 0;
 }
 
+/* Waits on the key's lock (registered there) until woken or deadline. */
+static void wait_lock(struct weir_session *s, struct weir__scache *sc, uint64_t deadline)
+{
+    atomic_fetch_add_explicit(&sc->zone->lock_waits, 1, memory_order_relaxed);
+    sc->state = SC_WAIT_LOCK;
+    sc->woken = false;
+    sc->deadline_ms = deadline;
+    deadline_insert(s->w->cinbox, sc);
+    weir__session_client_deadline(s, 0);
+}
+
 /* A miss: the key's lock makes this request its writer, or a waiter. */
 static bool take_lock(struct weir_session *s, struct weir__scache *sc)
 {
@@ -977,13 +1007,43 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
     case WEIR_CLOCK_WAIT:
         break;
     }
-    atomic_fetch_add_explicit(&sc->zone->lock_waits, 1, memory_order_relaxed);
-    sc->state = SC_WAIT_LOCK;
-    sc->woken = false;
-    sc->deadline_ms = deadline;
-    deadline_insert(s->w->cinbox, sc);
-    weir__session_client_deadline(s, 0);
+    wait_lock(s, sc, deadline);
     return false;
+}
+
+/*
+ * A HEAD that misses (or finds a stale object): the key is fetched as a GET, which fills the
+ * cache, and the HEAD waits for it like any waiter and is answered from the fill. A HEAD is
+ * never the writer itself (its response has no body to store): it starts a background GET
+ * when no one fetches the key. true when it waits; false when it goes to the origin as it is
+ * (hit-for-pass, no room for a background session, or the fetch it waited for failed).
+ */
+static bool head_fill(struct weir_session *s, struct weir__scache *sc)
+{
+    if (sc->head_waited || s->bg != NULL) {
+        return false;
+    }
+    uint64_t token = 0, deadline = 0;
+    enum weir__clock_verdict v = try_lock(s, sc, &token);
+    if (v == WEIR_CLOCK_PASS ||
+        (v == WEIR_CLOCK_WRITER && !start_background(s, sc, token, "HEAD"))) {
+        return false;
+    }
+    sc->head_waited = true;
+    sc->registered = true; /* set before another thread can see the waiter */
+    v = weir__clock_acquire(sc->zone->lock, sc->key, sc->hash, weir_loop_now_ms(s->w->loop),
+                            sc->pol.lock_timeout_ms, &sc->waiter, &token, &deadline);
+    if (v == WEIR_CLOCK_WRITER) {
+        /* the fetch ended already (it failed: a fill would have been found) */
+        weir__clock_release(sc->zone->lock, sc->key, sc->hash, token, WEIR_CLOCK_FAILED,
+                            weir_loop_now_ms(s->w->loop), NULL, NULL);
+        return false;
+    }
+    if (v != WEIR_CLOCK_WAIT) {
+        return false;
+    }
+    wait_lock(s, sc, deadline);
+    return true;
 }
 
 bool weir__cache_phase(struct weir_session *s)
@@ -1020,6 +1080,9 @@ bool weir__cache_phase(struct weir_session *s)
         return true;
     }
     if (sc->head_req) {
+        if (head_fill(s, sc)) {
+            return false; /* waiting for the GET */
+        }
         sc_pass(s, sc, sc->fwd != NULL ? sc->fwd : "miss", "HEAD");
         return true;
     }

@@ -405,6 +405,46 @@ def test_default_ttl_and_methods(cached):
     assert o.count(t) == 2
 
 
+def test_head_miss_is_fetched_as_a_get_that_fills_the_cache(cached):
+    port, o, _ = cached(threads=4)
+    t = "/headmiss?cc=max-age%3D60&len=1200&delay=0.5"
+    # a burst of HEADs on a cold key: one GET goes up, every HEAD is answered from it
+    results = []
+
+    def one():
+        results.append(get(port, t, method="HEAD"))
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(results) == 10
+    for st, h, b in results:
+        assert st == 200 and b == b"", h
+        assert h.get("content-length") == "1200" or h.get("transfer-encoding") == "chunked"
+        assert "fwd=miss" in h["cache-status"], h["cache-status"]
+    assert o.count(t) == 1
+    assert [m for m, p, hd in o.heads if p == t] == ["GET"]
+    # the GET's response was stored: GETs and HEADs hit it
+    st, h, b = get(port, t)
+    assert b == body_of(1200) and h["cache-status"].startswith("weir; hit")
+    st, h, b = get(port, t, method="HEAD")
+    assert h["cache-status"].startswith("weir; hit") and h["content-length"] == "1200"
+    assert o.count(t) == 1
+
+
+def test_head_of_an_uncacheable_key_goes_to_the_origin(cached):
+    port, o, _ = cached()
+    t = "/headpass?cc=no-store&len=500"
+    st, h, b = get(port, t, method="HEAD")
+    assert st == 200 and b == b""
+    # the GET made for it was not cacheable: the HEAD went up itself, and the next too
+    st, h, b = get(port, t, method="HEAD")
+    assert st == 200 and "fwd=miss" in h["cache-status"]
+    assert [m for m, p, hd in o.heads if p == t] == ["GET", "HEAD", "HEAD"]
+
+
 def test_conditional_and_range_fields_do_not_go_up_from_the_writer(cached):
     port, o, _ = cached()
     t = "/cond?cc=max-age%3D60"
