@@ -96,7 +96,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *colon = memchr(l.base, ':', l.len);
         size_t nl = colon ? (size_t)(colon - l.base) : l.len;
         f[n].name = (struct weir_iov){l.base, nl};
-        f[n].value = colon ? (struct weir_iov){colon + 1, l.len - nl - 1} : (struct weir_iov){"", 0};
+        f[n].value =
+            colon ? (struct weir_iov){colon + 1, l.len - nl - 1} : (struct weir_iov){"", 0};
         n++;
     }
     check_ranges(range);

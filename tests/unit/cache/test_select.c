@@ -140,8 +140,7 @@ static void test_range_cap(void **state)
 
 /* ---- Vary ---- */
 
-static struct weir_header F(const char *n, const char *v)
-{
+static struct weir_header F(const char *n, const char *v) {
     return (struct weir_header){weir_iov_cstr(n), weir_iov_cstr(v)};
 }
 
