@@ -51,9 +51,7 @@ static void bg_start(struct weir_loop *loop, struct weir__defer *d)
     struct weir_session *s = bg->s;
     WEIR_SESSION_CHECK(s);
     bg->started = true;
-    if (s->w->hooks->new_ctx) {
-        s->ctx = s->w->hooks->new_ctx(s, s->w->hooks_data);
-    }
+    weir__session_new_ctx(s);
     s->phase = PH_EARLY;
     weir__session_run(s);
 }

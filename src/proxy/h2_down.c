@@ -201,7 +201,10 @@ static int h2_request(void *data, struct weir__h2s *hs)
     s->orig_method = s->req.method;
     s->orig_target = s->req.target;
     if (rc != 0 || other_protocol) {
-        /* An extended CONNECT for another protocol (connect-udp...): not one weir carries. */
+        /* An extended CONNECT for another protocol (connect-udp...): not one weir carries.
+           Refused (or failed) before any hook but new_ctx, like every refusal of a whole
+           request: logging gets its ctx, and every session the hooks see has begun. */
+        weir__session_new_ctx(s);
         s->phase = PH_EARLY;
         if (rc != 0 ||
             weir_session_respond_text(

@@ -595,6 +595,8 @@ struct weir_session *weir__session_alloc(struct weir__proxy_worker *w,
                                          struct weir__snapshot_holder *h);
 /** Frees a session weir__session_alloc made that never ran. */
 void weir__session_discard(struct weir_session *s);
+/** Calls the new_ctx hook (if any) and keeps its ctx for the session's other hooks. */
+void weir__session_new_ctx(struct weir_session *s);
 /** Runs new_ctx, the early refusals (rate, size) and the phases of a filled-in session. */
 void weir__session_begin(struct weir_session *s);
 /** Sets the client-side deadline ms from now (0 disarms): the connection's or the stream's. */

@@ -218,12 +218,17 @@ int weir__session_start(struct weir__conn *c, const struct weir__h1_request *hr,
     return 0;
 }
 
-void weir__session_begin(struct weir_session *s)
+void weir__session_new_ctx(struct weir_session *s)
 {
     struct weir__proxy_worker *w = s->w;
     if (w->hooks->new_ctx) {
         s->ctx = w->hooks->new_ctx(s, w->hooks_data);
     }
+}
+
+void weir__session_begin(struct weir_session *s)
+{
+    weir__session_new_ctx(s);
     s->phase = PH_EARLY;
     /* Refused before any hook but new_ctx (logging needs its ctx) or the upstream sees it. */
     int early = 0;
