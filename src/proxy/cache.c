@@ -59,6 +59,10 @@ struct weir__scache {
     uint64_t hash;
     bool private_req; /* Authorization or Cookie the policy does not ignore */
     bool head_req;
+    /* the request's fields as the lookup saw them (a writer's variance: the upstream filters
+       and the writer's own edits change s->req after) */
+    struct weir_header *look_fields;
+    uint32_t look_n;
     /* the lock */
     bool locked;
     uint64_t token;
@@ -297,15 +301,18 @@ static void deadlines_cb(struct weir_loop *loop, struct weir_timer *t)
         deadline_unlink(ib, sc);
         weir__clock_unwait(sc->zone->lock, sc->hash, &sc->waiter);
         pthread_mutex_lock(&ib->mu);
-        if (sc->queued) {
-            inbox_unlink(ib, sc); /* woken at the same moment: the timeout decides */
+        bool woken = sc->queued; /* by the writer at the same moment: its outcome stands */
+        if (woken) {
+            inbox_unlink(ib, sc);
         }
         pthread_mutex_unlock(&ib->mu);
         if (sc->state != SC_WAIT_LOCK) {
             continue;
         }
-        atomic_fetch_add_explicit(&sc->zone->lock_timeouts, 1, memory_order_relaxed);
-        sc->waiter.result = WEIR_CLOCK_TIMEOUT;
+        if (!woken) {
+            atomic_fetch_add_explicit(&sc->zone->lock_timeouts, 1, memory_order_relaxed);
+            sc->waiter.result = WEIR_CLOCK_TIMEOUT;
+        }
         sc_run_woken(sc);
     }
     arm_deadlines(ib);
@@ -370,6 +377,9 @@ int weir_session_cache_enable(struct weir_session *s, struct weir_cache *c,
         }
     }
     struct weir__scache *sc = s->cache;
+    if (sc != NULL && sc->key.base != NULL) {
+        return WEIR_EINVAL; /* looked up already: its lock and storage are the zone's */
+    }
     if (sc == NULL) {
         sc = weir_arena_calloc(s->arena, sizeof(*sc));
         if (sc == NULL) {
@@ -474,8 +484,13 @@ static void sc_pass(struct weir_session *s, struct weir__scache *sc, const char 
 static const struct weir__stream_vt cache_vt;
 
 /* The session reads obj from here on: the head, then the body, through weir__cache_up. */
+static void drop_refresh(struct weir_session *s);
+
 static void serve(struct weir_session *s, struct weir__scache *sc, bool complete)
 {
+    if (s->bg != NULL) {
+        drop_refresh(s); /* nothing to refresh: the lock goes now, not at the end */
+    }
     sc->state = SC_HIT;
     sc->obj_complete = complete;
     if (!complete) {
@@ -512,10 +527,10 @@ static int decode_meta(struct weir_session *s, struct weir__scache *sc, struct w
 
 /* ---- Vary: an index at the key, each variant under key + its variance ---- */
 
-static int variant_key(struct weir_session *s, struct weir__scache *sc, struct weir_iov names)
+static int variant_key(struct weir_session *s, struct weir__scache *sc, struct weir_iov names,
+                       const struct weir_header *fields, uint32_t nfields)
 {
-    const struct weir_headers *h = &s->req.headers;
-    size_t vlen = weir__cache_variance(names, h->v, h->n, NULL, 0);
+    size_t vlen = weir__cache_variance(names, fields, nfields, NULL, 0);
     if (vlen == SIZE_MAX) {
         return WEIR_ELIMIT;
     }
@@ -526,7 +541,7 @@ static int variant_key(struct weir_session *s, struct weir__scache *sc, struct w
     }
     memcpy(b, sc->primary.base, sc->primary.len);
     b[sc->primary.len] = '\x1f';
-    if (weir__cache_variance(names, h->v, h->n, b + sc->primary.len + 1, vlen) != vlen) {
+    if (weir__cache_variance(names, fields, nfields, b + sc->primary.len + 1, vlen) != vlen) {
         return WEIR_EINVAL; /* cannot happen: the same call sized it */
     }
     sc->key = (struct weir_iov){b, klen};
@@ -547,7 +562,8 @@ static bool use_index(struct weir_session *s, struct weir__scache *sc, struct we
               (m.flags & WEIR_CACHE_META_VARY_INDEX);
     st->ops->release(o);
     struct weir_iov names;
-    if (!ok || !weir_headers_get(h, "vary", &names) || variant_key(s, sc, names) != 0) {
+    if (!ok || !weir_headers_get(h, "vary", &names) ||
+        variant_key(s, sc, names, s->req.headers.v, s->req.headers.n) != 0) {
         return false;
     }
     sc->index = h;
@@ -986,6 +1002,14 @@ static bool take_lock(struct weir_session *s, struct weir__scache *sc)
         if (sc->fwd == NULL) {
             sc->fwd = "miss";
         }
+        sc->look_n = s->req.headers.n;
+        sc->look_fields =
+            weir_arena_alloc(s->arena, (sc->look_n ? sc->look_n : 1) * sizeof(*sc->look_fields));
+        if (sc->look_fields == NULL) {
+            weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
+            return true;
+        }
+        memcpy(sc->look_fields, s->req.headers.v, sc->look_n * sizeof(*sc->look_fields));
         strip_conditions(s);
         if (add_validators(s, sc) != 0) {
             weir__session_fail(s, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
@@ -1169,6 +1193,20 @@ static int begin_fill(struct weir_session *s, struct weir__scache *sc, struct we
     return st->ops->begin_fill(st, sc->key, sc->hash, (struct weir_iov){buf, need}, len, &sc->fill);
 }
 
+/*
+ * How long a response may be served stale (stale-while-revalidate or stale-if-error): its own
+ * directive's, else the policy's default, which s-maxage (proxy-revalidate for a shared
+ * cache, RFC 9111 5.2.2.10) rules out.
+ */
+static uint32_t stale_allowance(const struct weir__cc *cc, uint32_t flag, uint32_t own,
+                                uint32_t dflt)
+{
+    if (cc->flags & flag) {
+        return own;
+    }
+    return (cc->flags & WEIR_CC_S_MAXAGE) ? 0 : dflt;
+}
+
 /* Lets the writer's lock go with outcome (once). */
 static void unlock(struct weir_session *s, struct weir__scache *sc, enum weir__clock_outcome out)
 {
@@ -1222,6 +1260,27 @@ static int write_index(struct weir_session *s, struct weir__scache *sc, struct w
 
 /* A response with Vary: where its variant is stored, and the key's index updated. NULL, or
    why it is not stored. */
+/* The key's index object as stored now (its fields), or NULL. */
+static struct weir_headers *current_index(struct weir_session *s, struct weir__scache *sc)
+{
+    struct weir_cache_storage *st = sc->zone->st;
+    struct weir_iov meta;
+    struct weir_cache_obj *o =
+        st->ops->lookup(st, sc->primary, sc->primary_hash, arena_alloc, s->arena, &meta);
+    if (o == NULL) {
+        return NULL;
+    }
+    st->ops->release(o);
+    struct weir__cache_meta m;
+    struct weir_headers *h = NULL;
+    if (weir__cache_meta_decode(meta.base, meta.len, &m, s->arena, WEIR_CACHE_MAX_VARIANTS + 8,
+                                &h) != 0 ||
+        !(m.flags & WEIR_CACHE_META_VARY_INDEX)) {
+        return NULL;
+    }
+    return h;
+}
+
 static const char *prepare_variant(struct weir_session *s, struct weir__scache *sc,
                                    struct weir_resp *r)
 {
@@ -1231,14 +1290,18 @@ static const char *prepare_variant(struct weir_session *s, struct weir__scache *
     if (memchr(names.base, '*', names.len) != NULL || names.len == 0) {
         return "vary-star";
     }
+    /* The index as it is now, not as this request found it: another variant's writer may
+       have added to it since, and writing back an older copy would lose its variant (which
+       a PURGE of the key would then miss). */
+    sc->index = current_index(s, sc);
     struct weir_iov known;
-    if (sc->varied && sc->index != NULL && weir_headers_get(sc->index, "vary", &known) &&
+    if (sc->index != NULL && weir_headers_get(sc->index, "vary", &known) &&
         !weir_iov_ieq(trim_ows(known), names)) {
         /* the origin changed its Vary: the index goes, the next request makes a new one */
         (void)sc->zone->st->ops->purge(sc->zone->st, sc->primary, sc->primary_hash);
         return "vary-changed";
     }
-    int vrc = sc->varied ? 0 : variant_key(s, sc, names);
+    int vrc = sc->varied ? 0 : variant_key(s, sc, names, sc->look_fields, sc->look_n);
     if (vrc != 0) {
         return vrc == WEIR_ELIMIT ? "vary-fields" : "no-memory";
     }
@@ -1288,11 +1351,12 @@ void weir__cache_response_head(struct weir_session *s, struct weir_resp *r)
     struct weir_cacheability ca = {
         .cacheable = true,
         .ttl_s = explicit_ ? life : sc->pol.default_ttl_s,
-        .stale_while_revalidate_s =
-            (cc.flags & WEIR_CC_SWR) ? cc.stale_while_revalidate : sc->pol.stale_while_revalidate_s,
-        .stale_if_error_s = (cc.flags & WEIR_CC_SIE) ? cc.stale_if_error : sc->pol.stale_if_error_s,
+        .stale_while_revalidate_s = stale_allowance(&cc, WEIR_CC_SWR, cc.stale_while_revalidate,
+                                                    sc->pol.stale_while_revalidate_s),
+        .stale_if_error_s =
+            stale_allowance(&cc, WEIR_CC_SIE, cc.stale_if_error, sc->pol.stale_if_error_s),
     };
-    if (!weir__cc_storable(r->status, &cc, explicit_ || sc->pol.default_ttl_s > 0, false)) {
+    if (!weir__cc_storable(r->status, &cc, explicit_, false)) {
         ca.cacheable = false;
         ca.reason = (cc.flags & WEIR_CC_NO_STORE)  ? "no-store"
                     : (cc.flags & WEIR_CC_PRIVATE) ? "private"
@@ -1342,6 +1406,21 @@ static struct weir_headers *merge_304(struct weir_session *s, const struct weir_
 {
     struct weir_headers *h = weir_arena_calloc(s->arena, sizeof(*h));
     uint32_t cap = stored->n + fresh->n + 1;
+    if (cap > s->cfg->server.limits.max_headers) {
+        /* the served head must fit its array (max_headers and the slack for added fields) */
+        uint32_t n = 0;
+        struct weir_iov v;
+        for (uint32_t i = 0; i < stored->n; i++) {
+            n += !weir_headers_get_iov(fresh, stored->v[i].name, &v) ||
+                 !stored_field(stored->v[i].name);
+        }
+        for (uint32_t i = 0; i < fresh->n; i++) {
+            n += stored_field(fresh->v[i].name);
+        }
+        if (n > s->cfg->server.limits.max_headers) {
+            return NULL;
+        }
+    }
     if (h == NULL || weir__headers_init(h, s->arena, cap, cap) != 0) {
         return NULL;
     }
@@ -1364,8 +1443,16 @@ static struct weir_headers *merge_304(struct weir_session *s, const struct weir_
 static int refresh(struct weir_session *s, struct weir__scache *sc, struct weir_resp *r)
 {
     struct weir_headers *merged = merge_304(s, sc->stale_fields, &r->headers);
+    struct weir_cache_storage *st = sc->zone->st;
     if (merged == NULL) {
-        return WEIR_ENOMEM;
+        /* Too many fields together (or no memory): the body is still right, so it is served
+           once more with its stored head and dropped, not refreshed. */
+        (void)st->ops->purge(st, sc->key, sc->hash);
+        sc->meta = sc->stale_meta;
+        sc->fields = sc->stale_fields;
+        sc->ttl_left = 0;
+        sc->stored = false;
+        return 0;
     }
     struct weir__cc cc;
     weir__cc_parse(merged, &cc);
@@ -1385,10 +1472,13 @@ static int refresh(struct weir_session *s, struct weir__scache *sc, struct weir_
     struct weir__cache_meta m = sc->stale_meta;
     m.times = t;
     m.fresh_s = explicit_ ? life : sc->pol.default_ttl_s;
-    m.swr_s =
-        (cc.flags & WEIR_CC_SWR) ? cc.stale_while_revalidate : sc->pol.stale_while_revalidate_s;
-    m.sie_s = (cc.flags & WEIR_CC_SIE) ? cc.stale_if_error : sc->pol.stale_if_error_s;
+    m.swr_s = stale_allowance(&cc, WEIR_CC_SWR, cc.stale_while_revalidate,
+                              sc->pol.stale_while_revalidate_s);
+    m.sie_s = stale_allowance(&cc, WEIR_CC_SIE, cc.stale_if_error, sc->pol.stale_if_error_s);
     m.headers = merged;
+    if (cc.flags & (WEIR_CC_MUST_REVALIDATE | WEIR_CC_PROXY_REVALIDATE)) {
+        m.flags |= WEIR_CACHE_META_MUST_REVALIDATE; /* the 304 may say it now */
+    }
     bool complete = false, failed = false;
     m.body_len = sc->zone->st->ops->length(sc->stale, &complete, &failed);
     size_t need = weir__cache_meta_size(&m);
@@ -1396,7 +1486,6 @@ static int refresh(struct weir_session *s, struct weir__scache *sc, struct weir_
     if (buf == NULL || weir__cache_meta_encode(&m, buf, need) == 0) {
         return WEIR_ENOMEM;
     }
-    struct weir_cache_storage *st = sc->zone->st;
     bool keep = weir__cc_storable(200, &cc, explicit_ || sc->pol.default_ttl_s > 0, false) &&
                 !(cc.flags & WEIR_CC_NO_CACHE);
     if (keep && st->ops->update_meta(st, sc->stale, (struct weir_iov){buf, need}) != 0) {
@@ -1893,9 +1982,10 @@ static enum weir__step cache_response_head(struct weir_session *s, struct weir__
 {
     struct weir__scache *sc = s->cache;
     struct weir_resp *r = weir_arena_calloc(s->arena, sizeof(*r));
-    if (r == NULL ||
-        weir__headers_init(&r->headers, s->arena, sc->fields->n + 8,
-                           s->cfg->server.limits.max_headers + WEIR_HEADERS_SLACK) != 0) {
+    /* room for every stored field (a head a hook grew may hold more than a parse allows) */
+    uint32_t max = s->cfg->server.limits.max_headers + WEIR_HEADERS_SLACK;
+    max = sc->fields->n + 8 > max ? sc->fields->n + 8 : max;
+    if (r == NULL || weir__headers_init(&r->headers, s->arena, sc->fields->n + 8, max) != 0) {
         return weir__outcome_end(o, WEIR_ERR_INTERNAL, WEIR_SRC_INTERNAL, 0, "arena");
     }
     memcpy(r->headers.v, sc->fields->v, sc->fields->n * sizeof(r->headers.v[0]));

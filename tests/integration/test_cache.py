@@ -4,7 +4,8 @@ Cache-Status, against a real origin that counts what it is asked.
 The origin reads what to answer from the query string: delay (seconds before the head),
 cc (Cache-Control), len (body bytes), chunked (1: chunked, in pieces), pause (seconds between
 pieces), status, setcookie, vary, expires, age, date_offset, drop (1: close without answering),
-cut (1: close half-way through the body). Every request it gets is counted by its target;
+cut (1: close half-way through the body), etag (answered 304 to a matching If-None-Match, with
+cc304 as its Cache-Control if given), xf and xf304 (that many extra fields on a 200, on a 304). Every request it gets is counted by its target;
 its attributes force_status and delay change what it does for every target.
 """
 import http.client
@@ -66,8 +67,10 @@ class CountingOrigin:
                 inm = self.headers.get("If-None-Match")
                 if "etag" in q and inm == q["etag"]:
                     self.send_response(304)
-                    if "cc" in q:
-                        self.send_header("Cache-Control", q["cc"])
+                    if "cc304" in q or "cc" in q:
+                        self.send_header("Cache-Control", q.get("cc304", q.get("cc")))
+                    for i in range(int(q.get("xf304", "0"))):
+                        self.send_header(f"X-G{i}", "g")
                     self.send_header("ETag", q["etag"])
                     self.send_header("X-Revalidated", "1")
                     self.end_headers()
@@ -87,6 +90,8 @@ class CountingOrigin:
                     self.send_header("ETag", q["etag"])
                 if "lastmod" in q:
                     self.send_header("Last-Modified", q["lastmod"])
+                for i in range(int(q.get("xf", "0"))):
+                    self.send_header(f"X-F{i}", "f")
                 if q.get("setcookie") == "1":
                     self.send_header("Set-Cookie", "s=1")
                 self.send_header("X-Served", str(origin.counts[self.path]))
@@ -403,6 +408,22 @@ def test_default_ttl_and_methods(cached):
     assert st == 200 and b == b"" and h["content-length"] == "1000"
     assert h["cache-status"].startswith("weir; hit")
     assert o.count(t) == 2
+
+
+def test_default_ttl_does_not_make_an_error_storable(cached):
+    """default_ttl is the freshness of what RFC 9111 lets a cache store without it (200, 404,
+    ...), not a licence to store every status: a 503 with no freshness of its own goes up."""
+    port, o, _ = cached(route_cache="      default_ttl: 60s\n")
+    t = "/dt503?status=503"
+    for _ in range(2):
+        st, h, _ = get(port, t)
+        assert st == 503 and h["cache-status"].startswith("weir; fwd=miss"), h
+    assert o.count(t) == 2
+    t = "/dt404?status=404"  # heuristically cacheable: stored for default_ttl
+    get(port, t)
+    st, h, _ = get(port, t)
+    assert st == 404 and h["cache-status"].startswith("weir; hit"), h
+    assert o.count(t) == 1
 
 
 def test_head_miss_is_fetched_as_a_get_that_fills_the_cache(cached):
@@ -844,7 +865,8 @@ def test_stale_while_revalidate_serves_stale_and_refreshes_once(cached):
 
 def test_stale_while_revalidate_from_the_route_and_a_304_refresh(cached):
     port, o, _ = cached(route_cache="      stale_while_revalidate: 1m\n")
-    t = '/swr304?cc=max-age%3D1&etag=%22v1%22&len=800'
+    # the 304 makes it fresh for an hour, so a slow (sanitized) run cannot see it go stale again
+    t = '/swr304?cc=max-age%3D1&cc304=max-age%3D3600&etag=%22v1%22&len=800'
     get(port, t)
     time.sleep(2.2)
     st, h, b = get(port, t)
@@ -855,6 +877,7 @@ def test_stale_while_revalidate_from_the_route_and_a_304_refresh(cached):
     assert wait_for(lambda: "-" not in get(port, t)[1]["cache-status"])
     st, h, b = get(port, t)
     assert b == body_of(800) and h["cache-status"].startswith("weir; hit; ttl=")
+    assert int(h["cache-status"].split("ttl=")[1].split(";")[0]) > 3000  # the 304's max-age
     sent = [hd for m, p, hd in o.heads if p == t]
     assert sent[1].get("If-None-Match") == '"v1"'
     assert o.count(t) == 2
@@ -913,3 +936,67 @@ def test_worker_stops_with_a_refresh_in_flight(cached):
     assert w.stop() == 0
     assert time.monotonic() - start < 3.5 * SLOW
     w.check_clean()
+
+
+def test_s_maxage_rules_out_the_routes_stale_defaults(cached):
+    """s-maxage means proxy-revalidate for a shared cache (RFC 9111 5.2.2.10): the route's
+    stale_while_revalidate and stale_if_error never serve such a response stale; its own
+    stale-while-revalidate still does."""
+    port, o, _ = cached(route_cache="      stale_while_revalidate: 1m\n      stale_if_error: 1m\n")
+    t = "/sm?cc=s-maxage%3D1&len=700"
+    get(port, t)
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert st == 200 and h["x-served"] == "2", h
+    assert h["cache-status"].startswith("weir; fwd=stale; stored"), h
+    time.sleep(2.2)
+    o.force_status = 503
+    try:
+        st, h, _ = get(port, t)
+        assert st == 503, h
+    finally:
+        o.force_status = 0
+    t = "/sm2?cc=s-maxage%3D1%2C%20stale-while-revalidate%3D60&len=700"
+    get(port, t)
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert b == body_of(700) and h["cache-status"].endswith("detail=stale-while-revalidate"), h
+
+
+def test_a_304_that_says_must_revalidate_ends_serving_stale(cached):
+    """The route serves stale while it revalidates; a 304 carrying must-revalidate refreshes
+    the object, which from then on is revalidated before it is served once stale."""
+    port, o, _ = cached(route_cache="      stale_while_revalidate: 1m\n")
+    t = ("/mr304?cc=max-age%3D1&cc304=max-age%3D1%2C%20must-revalidate&etag=%22m1%22"
+         "&len=900")
+    get(port, t)
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert b == body_of(900) and h["cache-status"].endswith("detail=stale-while-revalidate"), h
+    assert wait_for(lambda: o.count(t) == 2)
+    assert wait_for(lambda: get(port, t)[1]["cache-status"].startswith("weir; hit"))
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(900), h
+    assert h["cache-status"].startswith("weir; fwd=stale; stored; detail=revalidated"), h
+    assert o.count(t) == 3
+
+
+def test_a_304_whose_fields_overflow_max_headers(weir, corigin):
+    """A 304's fields merged into the stored head would make a head of more fields than
+    server.limits.max_headers: the stored body is served once with its stored head and the
+    object is dropped, not refreshed into a head that overflows what serves it."""
+    port = free_port()
+    cfg = cache_config(port, corigin.port).replace(
+        "  grace_period: 5s\n", "  grace_period: 5s\n  limits:\n    max_headers: 100\n")
+    weir(cfg, port=port)
+    t = "/many?cc=max-age%3D1&etag=%22x1%22&xf=85&xf304=85&len=1300"
+    st, h, b = get(port, t)
+    assert st == 200 and h["cache-status"] == "weir; fwd=miss; stored", h
+    time.sleep(2.2)
+    st, h, b = get(port, t)
+    assert st == 200 and b == body_of(1300), h
+    assert "x-f84" in h and "x-g0" not in h, h
+    st, h, b = get(port, t)  # dropped: fetched again in full
+    assert st == 200 and b == body_of(1300) and h["x-served"] == "3", h
+    assert corigin.count(t) == 3
