@@ -211,8 +211,7 @@ static bool has_freshness(const struct weir_headers *h)
     size_t n = weir_headers_count(h);
     for (size_t i = 0; i < n; i++) {
         const struct weir_header *f = weir_headers_at(h, i);
-        if (f != NULL && weir_iov_ieq_cstr(f->name, "Cache-Control") &&
-            cc_has_lifetime(f->value)) {
+        if (f != NULL && weir_iov_ieq_cstr(f->name, "Cache-Control") && cc_has_lifetime(f->value)) {
             return true;
         }
     }
@@ -299,14 +298,13 @@ static int parse_capacity(const char *text, uint64_t *out)
 static void usage(FILE *to)
 {
     (void)fprintf(
-        to,
-        "Usage: cache_hooks --listen ADDR --upstream ADDR [--capacity SIZE] [--threads N]\n"
-        "\n"
-        "Proxies to --upstream through one cache zone of SIZE bytes (k, m, g: powers of\n"
-        "1024; default 64m). Caches /static/ (an hour when the origin gives no freshness)\n"
-        "and /api/ (one object per 'X-Tenant' value); other paths are not cached. A\n"
-        "response with 'X-No-Cache: 1' is never stored; a request with 'X-Refresh: 1'\n"
-        "fetches again. Prints the requests and misses counted to stderr at exit.\n");
+        to, "Usage: cache_hooks --listen ADDR --upstream ADDR [--capacity SIZE] [--threads N]\n"
+            "\n"
+            "Proxies to --upstream through one cache zone of SIZE bytes (k, m, g: powers of\n"
+            "1024; default 64m). Caches /static/ (an hour when the origin gives no freshness)\n"
+            "and /api/ (one object per 'X-Tenant' value); other paths are not cached. A\n"
+            "response with 'X-No-Cache: 1' is never stored; a request with 'X-Refresh: 1'\n"
+            "fetches again. Prints the requests and misses counted to stderr at exit.\n");
 }
 
 static int run(const char *listen, unsigned threads, uint64_t capacity, struct app *app)
@@ -351,15 +349,14 @@ static int run(const char *listen, unsigned threads, uint64_t capacity, struct a
     if (rc == 0) {
         struct weir_cache_stats st;
         weir_cache_stats(app->zone, &st);
-        (void)fprintf(
-            stderr,
-            "cache_hooks: %" PRIu64 " requests (%" PRIu64 " through the cache), %" PRIu64
-            " misses (%" PRIu64 " in background sessions); %" PRIu64 " objects stored\n",
-            (uint64_t)atomic_load_explicit(&requests, memory_order_relaxed),
-            (uint64_t)atomic_load_explicit(&cached_requests, memory_order_relaxed),
-            (uint64_t)atomic_load_explicit(&misses, memory_order_relaxed),
-            (uint64_t)atomic_load_explicit(&background_misses, memory_order_relaxed),
-            st.objects);
+        (void)fprintf(stderr,
+                      "cache_hooks: %" PRIu64 " requests (%" PRIu64 " through the cache), %" PRIu64
+                      " misses (%" PRIu64 " in background sessions); %" PRIu64 " objects stored\n",
+                      (uint64_t)atomic_load_explicit(&requests, memory_order_relaxed),
+                      (uint64_t)atomic_load_explicit(&cached_requests, memory_order_relaxed),
+                      (uint64_t)atomic_load_explicit(&misses, memory_order_relaxed),
+                      (uint64_t)atomic_load_explicit(&background_misses, memory_order_relaxed),
+                      st.objects);
     }
     weir_cache_free(app->zone);
     app->zone = NULL;
