@@ -173,6 +173,7 @@ static uint32_t sketch_incr(struct mshard *sh, uint64_t hash)
 
 static void obj_free(struct mobj *o)
 {
+    weir__alloc_released((size_t)o->alloc);
     struct mchunk *c = o->head;
     while (c != NULL) {
         struct mchunk *n = atomic_load_explicit(&c->next, memory_order_relaxed);

@@ -12,6 +12,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #ifdef WEIR_FAILMALLOC
 #include <execinfo.h>
@@ -146,4 +149,27 @@ void *weir_calloc(size_t nmemb, size_t size)
 void weir_free(void *p)
 {
     weir__free(p);
+}
+
+static _Atomic size_t released; /* bytes weir__alloc_released noted since the last trim */
+
+void weir__alloc_released(size_t n)
+{
+    atomic_fetch_add_explicit(&released, n, memory_order_relaxed);
+}
+
+void weir__alloc_trim(void)
+{
+    if (atomic_load_explicit(&released, memory_order_relaxed) < WEIR__TRIM_MIN) {
+        return; /* the common case: a check of one counter */
+    }
+    atomic_store_explicit(&released, 0, memory_order_relaxed);
+#if defined(__GLIBC__)
+    /* A fill reuses the free chunks of its own thread's arena; the others' stay resident.
+       mallinfo2 is cheaper than a trim that finds nothing to give back. */
+    struct mallinfo2 mi = mallinfo2();
+    if (mi.fordblks >= WEIR__TRIM_MIN) {
+        (void)malloc_trim(0);
+    }
+#endif
 }

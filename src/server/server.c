@@ -844,7 +844,12 @@ int weir_server_run(struct weir_server *srv)
     atomic_store(&srv->running, true);
     weir_log(WEIR_LOG_INFO, "weir started (pid %ld)", (long)getpid());
     for (;;) {
-        int sig = wait_signal(&set, -1);
+        /* Once a second, between signals: the heap's housekeeping (cache memory back). */
+        int sig = wait_signal(&set, 1000);
+        if (sig == 0) {
+            weir__alloc_trim();
+            continue;
+        }
         if (sig == SIGHUP) {
             weir_log(WEIR_LOG_WARN, "SIGHUP: live reload is not available yet; ignoring");
             continue;
