@@ -663,7 +663,7 @@ static int mem_purge(struct weir_cache_storage *st, struct weir_iov key, uint64_
 static int mem_update_meta(struct weir_cache_storage *st, struct weir_cache_obj *h,
                            struct weir_iov meta)
 {
-    (void)st;
+    struct memstore *m = MS(st);
     struct mobj *o = (struct mobj *)h;
     struct mshard *sh = o->sh;
     char *copy = weir__malloc(meta.len ? meta.len : 1);
@@ -677,10 +677,22 @@ static int mem_update_meta(struct weir_cache_storage *st, struct weir_cache_obj 
     pthread_mutex_lock(&sh->mu);
     char *old = o->meta;
     uint64_t was = o->meta_len;
+    if (o->alloc - was + meta.len > m->max_object) {
+        /* a 304's fields made the object larger than any object may be */
+        sh->st.too_large++;
+        pthread_mutex_unlock(&sh->mu);
+        weir__free(copy);
+        return WEIR_ELIMIT;
+    }
     o->meta = copy;
     o->meta_len = meta.len;
-    /* The charge follows the metadata's size; held keeps the allocation's (close enough:
-       the difference is one head's worth). */
+    /* The charge, the allocation and held follow the metadata's size. */
+    o->alloc = o->alloc - was + meta.len;
+    if (meta.len >= was) {
+        atomic_fetch_add_explicit(&m->held, meta.len - was, memory_order_relaxed);
+    } else {
+        atomic_fetch_sub_explicit(&m->held, was - meta.len, memory_order_relaxed);
+    }
     if (o->indexed) {
         o->charge = o->charge - was + meta.len;
         sh->weight = sh->weight - was + meta.len;

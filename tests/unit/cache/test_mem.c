@@ -442,6 +442,7 @@ static void test_update_meta(void **state)
     uint64_t before = stats_of(st).bytes;
     assert_int_equal(st->ops->update_meta(st, o, WEIR_IOV_LIT("a new, longer head")), 0);
     assert_int_equal(stats_of(st).bytes, before + 10); /* the charge follows the metadata */
+    assert_int_equal(stats_of(st).held, before + 10);  /* and so does the allocation */
     assert_memory_equal(m1.base, "old head", 8);       /* the reader's copy is its own */
     struct weir_cache_obj *o2 = st->ops->lookup(st, k, hash_of(k), scratch_alloc, &s2, &m2);
     assert_ptr_equal(o2, o);
@@ -480,6 +481,40 @@ static void test_update_meta_keeps_budget(void **state)
     assert_true(s.evictions > 0);
     assert_int_equal(read_all(st, o, 5, NULL), 2000);
     st->ops->release(o);
+    st->ops->free(st);
+}
+
+/* A 304's fields may not make an object larger than max_object: refused, the old head kept. */
+static void test_update_meta_past_max_object(void **state)
+{
+    (void)state;
+    struct weir_cache_storage *st = mem_new(1 * MIB, 16 * KIB);
+    st->ops->release(put_ref(st, "k", "head", 15000, true, 3, 1000));
+    struct scratch s1, s2;
+    struct weir_iov m1, m2;
+    struct weir_iov k = WEIR_IOV_LIT("k");
+    struct weir_cache_obj *o = st->ops->lookup(st, k, hash_of(k), scratch_alloc, &s1, &m1);
+    assert_non_null(o);
+    struct weir_cache_stats before = stats_of(st);
+    static char head[2000];
+    memset(head, 'h', sizeof(head));
+    assert_int_equal(st->ops->update_meta(st, o, (struct weir_iov){head, sizeof(head)}),
+                     WEIR_ELIMIT);
+    struct weir_cache_stats after = stats_of(st);
+    assert_int_equal(after.bytes, before.bytes);
+    assert_int_equal(after.held, before.held);
+    assert_int_equal(after.too_large, before.too_large + 1);
+    struct weir_cache_obj *o2 = st->ops->lookup(st, k, hash_of(k), scratch_alloc, &s2, &m2);
+    assert_ptr_equal(o2, o);
+    assert_int_equal(m2.len, 4);
+    assert_memory_equal(m2.base, "head", 4);
+    /* a head that still fits is taken */
+    assert_int_equal(st->ops->update_meta(st, o, (struct weir_iov){head, 200}), 0);
+    assert_int_equal(stats_of(st).held, before.held + 196);
+    st->ops->release(o2);
+    st->ops->release(o);
+    assert_int_equal(st->ops->purge(st, k, hash_of(k)), 1);
+    assert_int_equal(stats_of(st).held, 0);
     st->ops->free(st);
 }
 
@@ -1414,6 +1449,7 @@ int main(void)
         cmocka_unit_test(test_empty_and_short_bodies),
         cmocka_unit_test(test_update_meta),
         cmocka_unit_test(test_update_meta_keeps_budget),
+        cmocka_unit_test(test_update_meta_past_max_object),
         cmocka_unit_test(test_lookup_without_memory),
         cmocka_unit_test(test_purge),
         cmocka_unit_test(test_replace_under_reader),
